@@ -1,0 +1,102 @@
+"""The `inferd` command: one typer app with a sub-command group per component."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from node import __version__
+from node.config import ConfigFileError, Settings, load_settings, masked_dump
+
+app = typer.Typer(
+    name="inferd",
+    help="inferd: decentralized LLM inference (miner, gateway, hub contract, devnet).",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+miner_app = typer.Typer(help="Run and manage a miner (stake, run, status, exit).", no_args_is_help=True)
+gateway_app = typer.Typer(help="Serve the OpenAI-compatible API over the chain.", no_args_is_help=True)
+devnet_app = typer.Typer(help="Run the whole network on this machine.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(miner_app, name="miner")
+app.add_typer(gateway_app, name="gateway")
+app.add_typer(devnet_app, name="devnet")
+
+console = Console()
+
+
+class State:
+    """What the root callback parsed, shared with sub-commands through typer's context."""
+
+    def __init__(self, config_file: Path | None) -> None:
+        self.config_file = config_file
+
+    def settings(self, **overrides: Any) -> Settings:
+        try:
+            return load_settings(self.config_file, **overrides)
+        except ConfigFileError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"inferd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="TOML settings file.", envvar="INFERD_CONFIG")
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """inferd: decentralized LLM inference."""
+    ctx.obj = State(config)
+
+
+def state(ctx: typer.Context) -> State:
+    """The root State, whichever sub-command runs."""
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, State) else State(None)
+
+
+@config_app.command("show")
+def config_show(
+    ctx: typer.Context,
+    rpc_url: Annotated[str | None, typer.Option(help="Override chain.rpc_url.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Override data_dir.")] = None,
+) -> None:
+    """Print the effective settings as JSON, with every secret masked."""
+    overrides: dict[str, Any] = {}
+    if rpc_url is not None:
+        overrides["chain"] = {"rpc_url": rpc_url}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    settings = state(ctx).settings(**overrides)
+    typer.echo(json.dumps(masked_dump(settings), indent=2, sort_keys=True))
+
+
+@app.command("verify")
+def verify() -> None:
+    """Check a gateway response: signature, CIDs against on-chain digests, on-chain status."""
+    console.print("not yet: `inferd verify` arrives with the gateway")
+    raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

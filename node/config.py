@@ -1,0 +1,157 @@
+"""Settings for every component, from CLI flags, `INFERD_*` env vars, a TOML file and defaults.
+
+Precedence is CLI > env > file > defaults. Nested fields use `__` in env names, e.g.
+`INFERD_CHAIN__RPC_URL`; the TOML file has one table per component (`[chain]`, `[engine]`, ...).
+Secrets are `SecretStr` so that dumping settings never prints them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_DATA_DIR = Path.home() / ".inferd"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+class ChainSettings(BaseModel):
+    """Where the hub lives and which key signs transactions."""
+
+    rpc_url: str = "http://127.0.0.1:8545"
+    ws_url: str | None = None
+    chain_id: int | None = None
+    hub_address: str | None = None
+    private_key: SecretStr | None = None
+    keystore_path: Path | None = None
+    keystore_password: SecretStr | None = None
+    confirmations: int = Field(default=0, ge=0)
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    log_range_blocks: int = Field(default=1000, ge=1)
+    gas_margin: float = Field(default=1.2, ge=1.0)
+    rpc_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class ContentSettings(BaseModel):
+    """Which content backend stores and serves documents."""
+
+    backend: Literal["local", "kubo", "gateway"] = "local"
+    path: Path | None = None
+    kubo_api: str | None = None
+    gateway_urls: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(default=10.0, gt=0)
+    retries: int = Field(default=3, ge=0)
+
+
+class EngineSettings(BaseModel):
+    """How vLLM is started; `dtype="auto"` means float32 on the CPU (deterministic), bf16 on GPUs."""
+
+    model: str = DEFAULT_MODEL_NAME
+    model_path: Path | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: int = Field(default=2048, ge=64)
+    max_num_seqs: int = Field(default=64, ge=1)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    cpu_kvcache_gib: float = Field(default=2.0, gt=0)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    batch_invariant: bool = True
+    seed: int = 0
+
+
+class StreamSettings(BaseModel):
+    """The MQTT broker used for live token deltas and heartbeats (optional fast path)."""
+
+    enabled: bool = True
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    heartbeat_s: float = Field(default=10.0, gt=0)
+    username: str | None = None
+    password: SecretStr | None = None
+
+
+class MinerSettings(BaseModel):
+    """The miner daemon's pipeline limits and ops endpoints."""
+
+    max_concurrency: int = Field(default=64, ge=1)
+    batch_max: int = Field(default=32, ge=1)
+    batch_wait_s: float = Field(default=0.5, ge=0)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    journal_path: Path | None = None
+
+
+class GatewaySettings(BaseModel):
+    """The OpenAI-compatible HTTP API."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    keys_path: Path | None = None
+    rate_limit_per_minute: int = Field(default=600, ge=1)
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    fee_wei: int | None = None
+    require_auth: bool = True
+
+
+class Settings(BaseSettings):
+    """All settings; build it with `load_settings` so a TOML file can be layered in."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="INFERD_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    chain: ChainSettings = Field(default_factory=ChainSettings)
+    content: ContentSettings = Field(default_factory=ContentSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
+    miner: MinerSettings = Field(default_factory=MinerSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def content_path(self) -> Path:
+        """The local blockstore folder: explicit, or under the data dir."""
+        return self.content.path or self.data_dir / "blocks"
+
+    def journal_path(self) -> Path:
+        """The miner's SQLite journal: explicit, or under the data dir."""
+        return self.miner.journal_path or self.data_dir / "journal.sqlite"
+
+
+class ConfigFileError(Exception):
+    """The `--config` file is missing or unreadable."""
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings with CLI `overrides` (nested dicts) over env over `config_file` over defaults."""
+    if config_file is not None and not config_file.is_file():
+        raise ConfigFileError(f"config file {config_file} does not exist or is not a file")
+
+    class _FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    return _FileSettings(**overrides)
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """Settings as JSON-able data with every secret masked, for `inferd config show`."""
+    return settings.model_dump(mode="json")

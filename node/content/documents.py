@@ -1,0 +1,645 @@
+"""The input and output documents, shared by gateway and miner, and their canonical bytes.
+
+A document's CID (and the digest on chain) is the sha2-256 of its canonical bytes, so every
+producer must write the same document as the same bytes. The rules, defined once here:
+
+* **Canonical JSON** (`canonical_json`): UTF-8, object keys sorted by code point, separators
+  `,` and `:` with no whitespace, non-ASCII characters written as themselves (no `\\u` escapes),
+  floats in Python's shortest round-trip form, NaN and infinities rejected.
+* **None means "not given" and is omitted** (`to_canonical_bytes`): a model field whose value is
+  None is left out of the encoding, so `{"temperature": null}` and `{}` are the same document.
+  The only fields written as `null` are those a reader must always see: `OutputDocument.error`
+  (null on success) and `AssistantOutput.content` (null when the model only called tools).
+  Nulls *inside* free-form JSON (a tool's `parameters` schema) are data and are kept.
+  Defaults that are not None (`v`, `params` as `{}`) are always written.
+* **Parse, then encode**: a document received as bytes is parsed into its model and re-encoded
+  with `to_canonical_bytes`; a hand-written document with a different key order or `null`s
+  therefore gets the canonical CID only after that round trip.
+
+Validation (`parse_input_document`, `validate_input_document`) follows OpenAI's ranges where OpenAI
+enforces them and raises `DocumentError(field, message)` naming the field as a dotted path
+(`params.temperature`, `messages[2].content`): the gateway answers it as a 400 with `param=field`,
+the miner writes it into an output document's `error` (`OutputError.from_exception`), so every
+assigned request still gets a result.
+
+Output documents must be deterministic too: `created` is **not** wall-clock time but the timestamp
+of the block that carried the request, passed in by the miner, so every honest miner writes the
+same bytes. Non-finite floats are rejected, so the engine must clamp `-inf` logprobs (vLLM's
+OpenAI server uses -9999.0).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    JsonValue,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    Tag,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
+
+from node.content.errors import MAX_DOCUMENT_BYTES, DocumentError, DocumentTooLarge
+
+DOCUMENT_VERSION = 1
+
+# --------------------------------------------------------------------------- canonical JSON
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Encode JSON-able data as canonical bytes (see module docstring); ValueError if impossible."""
+    text = json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate from a "\ud800" escape
+        raise ValueError(f"string is not valid Unicode (lone surrogate at {exc.start})") from exc
+
+
+class _Doc(BaseModel):
+    """Base of every document part: strict types, no unknown keys, None omitted when encoded."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    _keep_null: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_none(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if not isinstance(data, dict):
+            return data
+        keep = self._keep_null
+        return {k: v for k, v in data.items() if v is not None or k in keep}
+
+
+def to_canonical_bytes(doc: BaseModel) -> bytes:
+    """The canonical bytes of a document; DocumentTooLarge over 1 MiB, DocumentError if unencodable."""
+    try:
+        data = canonical_json(doc.model_dump(mode="json"))
+    except ValueError as exc:
+        raise DocumentError("", str(exc)) from exc
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise DocumentTooLarge(len(data))
+    return data
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+class _FieldError(ValueError):
+    """A cross-field check's failure inside a model, naming the field relative to that model."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
+ToolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+TokenIdKey = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,10}$")]
+Bias = Annotated[float, Field(ge=-100, le=100)]
+TokenId = Annotated[int, Field(ge=0, lt=1 << 32)]
+
+
+class FunctionCall(_Doc):
+    """The function a tool call invokes; `arguments` is a JSON string, as OpenAI sends it."""
+
+    name: str
+    arguments: str
+
+
+class ToolCall(_Doc):
+    """One tool call made by the assistant (in an input history or in an output message)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+def _text_part_shape(value: Any) -> Any:
+    if isinstance(value, dict) and value.get("type") != "text":
+        raise ValueError(
+            f"content part type {value.get('type')!r} is not supported; only text parts are"
+        )
+    return value
+
+
+class _TextPart(_Doc):
+    type: Literal["text"]
+    text: str
+
+
+TextPart = Annotated[_TextPart, BeforeValidator(_text_part_shape)]
+Content = str | Annotated[list[TextPart], Field(min_length=1)]
+
+
+# --------------------------------------------------------------------------- chat messages
+
+
+class SystemMessage(_Doc):
+    role: Literal["system"]
+    content: Content
+    name: str | None = None
+
+
+class DeveloperMessage(_Doc):
+    """OpenAI's newer name for system instructions; rendered like a system message."""
+
+    role: Literal["developer"]
+    content: Content
+    name: str | None = None
+
+
+class UserMessage(_Doc):
+    role: Literal["user"]
+    content: Content
+    name: str | None = None
+
+
+class AssistantMessage(_Doc):
+    """An earlier assistant turn: text, tool calls, or both."""
+
+    role: Literal["assistant"]
+    content: Content | None = None
+    tool_calls: Annotated[list[ToolCall], Field(min_length=1)] | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _content_or_tools(self) -> AssistantMessage:
+        if self.content is None and self.tool_calls is None:
+            raise ValueError("an assistant message needs content or tool_calls")
+        return self
+
+
+class ToolMessage(_Doc):
+    """The result of a tool call, answering `tool_call_id`."""
+
+    role: Literal["tool"]
+    content: Content
+    tool_call_id: str
+
+
+Message = Annotated[
+    SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage,
+    Field(discriminator="role"),
+]
+
+
+# --------------------------------------------------------------------------- params
+
+
+class FunctionDefinition(_Doc):
+    name: ToolName
+    description: str | None = None
+    parameters: dict[str, JsonValue] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Doc):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Doc):
+    name: ToolName
+
+
+class NamedToolChoice(_Doc):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+def _tool_choice_shape(value: Any) -> Any:
+    if value is None or value in ("none", "auto", "required") or isinstance(value, dict):
+        return value
+    raise ValueError(
+        "must be 'none', 'auto', 'required' or "
+        '{"type": "function", "function": {"name": ...}}'
+    )
+
+
+ToolChoice = Annotated[
+    Literal["none", "auto", "required"] | NamedToolChoice, BeforeValidator(_tool_choice_shape)
+]
+Stop = str | Annotated[list[str], Field(min_length=1, max_length=4)]
+
+
+class _Params(_Doc):
+    """Sampling parameters both endpoints share; None everywhere means "not given"."""
+
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    seed: Annotated[int, Field(ge=-(1 << 63), lt=1 << 64)] | None = None
+    stop: Stop | None = None
+    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    logit_bias: dict[TokenIdKey, Bias] | None = None
+    user: str | None = None
+
+
+class ChatParams(_Params):
+    """Chat Completions parameters: `logprobs` is a bool, `top_logprobs` 0..20 needs it true."""
+
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: ToolChoice | None = None
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ChatParams:
+        if self.top_logprobs is not None and self.logprobs is not True:
+            raise _FieldError("top_logprobs", "requires logprobs to be true")
+        if self.tool_choice is not None and self.tool_choice != "none" and not self.tools:
+            raise _FieldError("tool_choice", "is only allowed when tools are given")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            wanted = self.tool_choice.function.name
+            if wanted not in {t.function.name for t in self.tools or []}:
+                raise _FieldError("tool_choice", f"names function {wanted!r}, not among tools")
+        if self.tools and len({t.function.name for t in self.tools}) != len(self.tools):
+            raise _FieldError("tools", "function names must be unique")
+        return self
+
+
+class CompletionParams(_Params):
+    """Legacy Completions parameters: `logprobs` an int 0..5, `best_of` >= n, `echo`, `suffix`."""
+
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    best_of: Annotated[int, Field(ge=1, le=20)] | None = None
+    echo: bool | None = None
+    suffix: str | None = None
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> CompletionParams:
+        if self.best_of is not None and self.best_of < (self.n or 1):
+            raise _FieldError("best_of", f"must be >= n ({self.n or 1})")
+        return self
+
+
+# --------------------------------------------------------------------------- input documents
+
+
+class ChatInputDocument(_Doc):
+    """A Chat Completions request: `messages` rendered through the model's chat template."""
+
+    v: Literal[1] = 1
+    type: Literal["chat"] = "chat"
+    model: NonEmptyStr
+    messages: Annotated[list[Message], Field(min_length=1)]
+    params: ChatParams = Field(default_factory=ChatParams)
+
+
+def _prompt_shape(value: Any) -> Any:
+    ok = isinstance(value, str) or (
+        isinstance(value, list)
+        and len(value) > 0
+        and (
+            all(isinstance(p, str) for p in value)
+            or all(isinstance(p, int) and not isinstance(p, bool) for p in value)
+            or all(
+                isinstance(p, list)
+                and len(p) > 0
+                and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
+                for p in value
+            )
+        )
+    )
+    if not ok:
+        raise ValueError(
+            "must be a string, a non-empty list of strings, a non-empty list of token ids, "
+            "or a non-empty list of non-empty lists of token ids"
+        )
+    return value
+
+
+Prompt = Annotated[
+    str | list[str] | list[TokenId] | list[Annotated[list[TokenId], Field(min_length=1)]],
+    BeforeValidator(_prompt_shape),
+]
+
+
+class CompletionInputDocument(_Doc):
+    """A legacy Completions request: raw `prompt`(s), no chat template."""
+
+    v: Literal[1] = 1
+    type: Literal["completion"] = "completion"
+    model: NonEmptyStr
+    prompt: Prompt
+    params: CompletionParams = Field(default_factory=CompletionParams)
+
+
+InputDocument: TypeAlias = ChatInputDocument | CompletionInputDocument
+
+
+# --------------------------------------------------------------------------- output documents
+
+
+class TopLogprob(_Doc):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(_Doc):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(_Doc):
+    content: list[TokenLogprob] | None = None
+    refusal: list[TokenLogprob] | None = None
+
+
+class AssistantOutput(_Doc):
+    """The generated message; `content` is always written (null when only tools were called)."""
+
+    _keep_null: ClassVar[frozenset[str]] = frozenset({"content"})
+
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    reasoning_content: str | None = None
+
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+class ChatChoice(_Doc):
+    index: Annotated[int, Field(ge=0)]
+    message: AssistantOutput
+    finish_reason: FinishReason | None = None
+    logprobs: ChatLogprobs | None = None
+
+
+class CompletionLogprobs(_Doc):
+    """Legacy logprobs; the first echoed prompt token has no logprob (null)."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(_Doc):
+    index: Annotated[int, Field(ge=0)]
+    text: str
+    finish_reason: FinishReason | None = None
+    logprobs: CompletionLogprobs | None = None
+
+
+class Usage(_Doc):
+    prompt_tokens: Annotated[int, Field(ge=0)]
+    completion_tokens: Annotated[int, Field(ge=0)]
+    total_tokens: Annotated[int, Field(ge=0)]
+
+
+class OutputError(_Doc):
+    """Why a request produced no completion; `code` is machine-readable, `message` for people."""
+
+    code: NonEmptyStr
+    message: str
+
+    @classmethod
+    def from_exception(cls, exc: Exception, code: str | None = None) -> OutputError:
+        """An error for a bad input: DocumentError -> `invalid_request` naming the field."""
+        if code is None:
+            code = {
+                "DocumentError": "invalid_request",
+                "DocumentTooLarge": "input_too_large",
+                "ContentNotFound": "input_not_found",
+                "IntegrityError": "input_integrity",
+            }.get(type(exc).__name__, "internal_error")
+        return cls(code=code, message=str(exc))
+
+
+def _choice_kind(value: Any) -> str:
+    if isinstance(value, CompletionChoice) or (isinstance(value, dict) and "text" in value):
+        return "completion"
+    return "chat"
+
+
+Choice = Annotated[
+    Annotated[ChatChoice, Tag("chat")] | Annotated[CompletionChoice, Tag("completion")],
+    Discriminator(_choice_kind),
+]
+OutputObject = Literal["chat.completion", "text_completion", "error"]
+
+
+class OutputDocument(_Doc):
+    """The miner's answer. `object` is `error` only when the input's type could not be read.
+
+    `created` is the request block's timestamp (deterministic), never the wall clock.
+    """
+
+    _keep_null: ClassVar[frozenset[str]] = frozenset({"error"})
+
+    v: Literal[1] = 1
+    request_id: Annotated[int, Field(ge=0, lt=1 << 256)]
+    input_cid: NonEmptyStr
+    model: str
+    system_fingerprint: str
+    object: OutputObject
+    created: Annotated[int, Field(ge=0)]
+    choices: list[Choice] = Field(default_factory=list)
+    usage: Usage | None = None
+    error: OutputError | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OutputDocument:
+        want = {"chat.completion": ChatChoice, "text_completion": CompletionChoice}.get(self.object)
+        if want is None:
+            if self.error is None or self.choices:
+                raise _FieldError("object", "'error' needs error set and no choices")
+        elif not all(isinstance(c, want) for c in self.choices):
+            raise _FieldError("choices", f"must be {want.__name__} objects for {self.object}")
+        return self
+
+    @classmethod
+    def for_error(
+        cls,
+        *,
+        request_id: int,
+        input_cid: str,
+        model: str,
+        system_fingerprint: str,
+        created: int,
+        error: OutputError,
+        object: OutputObject = "error",
+    ) -> OutputDocument:
+        """An output document that carries only an error: every assigned request gets a result."""
+        return cls(
+            request_id=request_id,
+            input_cid=input_cid,
+            model=model,
+            system_fingerprint=system_fingerprint,
+            object=object,
+            created=created,
+            error=error,
+        )
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def load_json(raw: bytes) -> Any:
+    """Strict JSON: UTF-8 only, no duplicate keys, no NaN/Infinity; DocumentError otherwise."""
+    if len(raw) > MAX_DOCUMENT_BYTES:
+        raise DocumentTooLarge(len(raw))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DocumentError("", f"document is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    try:
+        obj = json.loads(
+            text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant
+        )
+        canonical_json(obj)  # rejects lone surrogates, which could never be re-encoded
+    except ValueError as exc:  # JSONDecodeError is a ValueError
+        raise DocumentError("", f"document is not valid JSON: {exc}") from exc
+    return obj
+
+
+def _field_path(data: Any, loc: Sequence[int | str], names_field: bool = False) -> str:
+    """Turn a pydantic error location into `a.b[2].c`, skipping union tags and member names.
+
+    The input is walked alongside: a location part that is a list index or a key of the data
+    is kept, as is a last part naming a missing or unknown field (`names_field`); anything else (the `user` tag of a
+    message union, the `str` member of `str | list[str]`) is pydantic's bookkeeping.
+    """
+    out = ""
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out += f"[{part}]"
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str):
+            if part in node or (names_field and i == len(loc) - 1):
+                out += f".{part}" if out else part
+                node = node.get(part)
+    return out
+
+
+def _document_error(exc: ValidationError, data: Any) -> DocumentError:
+    """The most specific of pydantic's errors (the deepest field path), as a DocumentError."""
+    best: tuple[str, str] | None = None
+    for err in exc.errors(include_url=False):
+        inner = (err.get("ctx") or {}).get("error")
+        path = _field_path(data, err["loc"], err["type"] in ("missing", "extra_forbidden"))
+        if isinstance(inner, _FieldError):  # a cross-field check inside a sub-model
+            path = f"{path}.{inner.field}" if path else inner.field
+            msg = inner.message
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        if best is None or len(path) > len(best[0]):
+            best = (path, msg)
+    assert best is not None  # a ValidationError always carries at least one error
+    return DocumentError(*best)
+
+
+def validate_input_document(obj: Any) -> InputDocument:
+    """Validate already-decoded JSON as an input document; DocumentError names the bad field."""
+    if not isinstance(obj, dict):
+        raise DocumentError("", "an input document must be a JSON object")
+    v = obj.get("v")
+    if v != DOCUMENT_VERSION or isinstance(v, bool):
+        raise DocumentError("v", f"must be {DOCUMENT_VERSION}, got {v!r}")
+    kind = obj.get("type")
+    model: type[ChatInputDocument] | type[CompletionInputDocument]
+    if kind == "chat":
+        model = ChatInputDocument
+    elif kind == "completion":
+        model = CompletionInputDocument
+    else:
+        raise DocumentError("type", f"must be 'chat' or 'completion', got {kind!r}")
+    try:
+        return model.model_validate(obj, strict=True)
+    except ValidationError as exc:
+        raise _document_error(exc, obj) from None
+
+
+def parse_input_document(raw: bytes) -> InputDocument:
+    """Parse and validate an input document's bytes (as fetched by CID)."""
+    return validate_input_document(load_json(raw))
+
+
+def parse_output_document(raw: bytes) -> OutputDocument:
+    """Parse and validate an output document's bytes (the gateway checks what miners wrote)."""
+    obj = load_json(raw)
+    if not isinstance(obj, dict):
+        raise DocumentError("", "an output document must be a JSON object")
+    try:
+        return OutputDocument.model_validate(obj, strict=True)
+    except ValidationError as exc:
+        raise _document_error(exc, obj) from None
+
+
+__all__ = [
+    "DOCUMENT_VERSION",
+    "AssistantMessage",
+    "AssistantOutput",
+    "ChatChoice",
+    "ChatInputDocument",
+    "ChatLogprobs",
+    "ChatParams",
+    "Choice",
+    "CompletionChoice",
+    "CompletionInputDocument",
+    "CompletionLogprobs",
+    "CompletionParams",
+    "Content",
+    "DeveloperMessage",
+    "FinishReason",
+    "FunctionCall",
+    "FunctionDefinition",
+    "InputDocument",
+    "Message",
+    "NamedFunction",
+    "NamedToolChoice",
+    "OutputDocument",
+    "OutputError",
+    "OutputObject",
+    "SystemMessage",
+    "TextPart",
+    "TokenLogprob",
+    "Tool",
+    "ToolCall",
+    "ToolChoice",
+    "ToolMessage",
+    "TopLogprob",
+    "Usage",
+    "UserMessage",
+    "canonical_json",
+    "load_json",
+    "parse_input_document",
+    "parse_output_document",
+    "to_canonical_bytes",
+    "validate_input_document",
+]

@@ -1,0 +1,1 @@
+"""The devnet: anvil, mosquitto, miner and gateway on one machine."""

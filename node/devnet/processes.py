@@ -1,0 +1,197 @@
+"""Start and stop the real external parts (anvil, mosquitto) on loopback, for the devnet and tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ANVIL_MNEMONIC = "test test test test test test test test test test test junk"
+
+
+class ToolNotFound(RuntimeError):
+    """A required binary (anvil, mosquitto) is not installed where inferd looks for it."""
+
+
+class StartupTimeout(RuntimeError):
+    """A started process did not become ready in time."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on `host` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def find_tool(name: str) -> str:
+    """Locate a binary: `INFERD_<NAME>_BIN`, then the npm toolchain in contracts/, then PATH."""
+    env = os.environ.get(f"INFERD_{name.upper()}_BIN")
+    if env:
+        return env
+    npm_bin = REPO_ROOT / "contracts" / "node_modules" / "@foundry-rs" / f"{name}-linux-amd64" / "bin" / name
+    if npm_bin.is_file():
+        return str(npm_bin)
+    for candidate in (shutil.which(name), f"/usr/sbin/{name}"):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    raise ToolNotFound(
+        f"{name} not found: run `make setup` (it installs anvil via npm and mosquitto via apt), "
+        f"or set INFERD_{name.upper()}_BIN"
+    )
+
+
+@dataclass
+class ManagedProcess:
+    """A child process we started and must stop; restartable for outage tests."""
+
+    name: str
+    argv: list[str]
+    host: str
+    port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(  # noqa: S603
+            self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise StartupTimeout(
+                    f"{self.name} exited with {self.proc.returncode}; see {self.log_path}"
+                )
+            if port_open(self.host, self.port) and self._ready():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise StartupTimeout(f"{self.name} not ready on {self.host}:{self.port} after {timeout_s}s")
+
+    def _ready(self) -> bool:
+        return True
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class Anvil(ManagedProcess):
+    """A real anvil node on loopback."""
+
+    chain_id: int = 31337
+
+    @property
+    def rpc_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    def _ready(self) -> bool:
+        try:
+            reply = httpx.post(
+                self.rpc_url,
+                json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []},
+                timeout=1.0,
+            )
+            return reply.status_code == 200 and "result" in reply.json()
+        except httpx.HTTPError:
+            return False
+
+
+def anvil_process(
+    log_dir: Path,
+    port: int | None = None,
+    block_time: float | None = None,
+    chain_id: int = 31337,
+    state_path: Path | None = None,
+    accounts: int = 10,
+) -> Anvil:
+    """An Anvil (not yet started) on 127.0.0.1; automine unless `block_time` is given."""
+    port = port or free_port()
+    argv = [
+        find_tool("anvil"),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--chain-id", str(chain_id),
+        "--accounts", str(accounts),
+        "--mnemonic", ANVIL_MNEMONIC,
+        "--balance", "10000",
+    ]  # fmt: skip
+    if block_time is not None:
+        argv += ["--block-time", str(block_time)]
+    if state_path is not None:
+        argv += ["--state", str(state_path)]
+    return Anvil(
+        name="anvil",
+        argv=argv,
+        host="127.0.0.1",
+        port=port,
+        log_path=log_dir / f"anvil-{port}.log",
+        chain_id=chain_id,
+    )
+
+
+@dataclass
+class Mosquitto(ManagedProcess):
+    """A real mosquitto broker on loopback."""
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+
+def mosquitto_process(log_dir: Path, port: int | None = None) -> Mosquitto:
+    """A Mosquitto (not yet started) listening only on 127.0.0.1, anonymous, no persistence."""
+    port = port or free_port()
+    conf = Path(tempfile.mkstemp(prefix="mosquitto-", suffix=".conf", dir=log_dir)[1])
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    return Mosquitto(
+        name="mosquitto",
+        argv=[find_tool("mosquitto"), "-c", str(conf)],
+        host="127.0.0.1",
+        port=port,
+        log_path=log_dir / f"mosquitto-{port}.log",
+    )
+
+
+def anvil_private_keys(count: int = 10) -> list[str]:
+    """The well-known dev keys anvil derives from its default test mnemonic (never real funds)."""
+    from eth_account import Account
+
+    Account.enable_unaudited_hdwallet_features()
+    return [
+        "0x" + bytes(Account.from_mnemonic(ANVIL_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}").key).hex()
+        for i in range(count)
+    ]

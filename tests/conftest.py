@@ -1,0 +1,51 @@
+"""Shared fixtures: real anvil and mosquitto on free loopback ports, and a temp data dir."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node.devnet.processes import Anvil, Mosquitto, anvil_private_keys, anvil_process, mosquitto_process
+
+
+@pytest.fixture(scope="session")
+def process_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("process-logs")
+
+
+@pytest.fixture(scope="session")
+def anvil(process_logs: Path) -> Iterator[Anvil]:
+    """A real anvil (automine) for the whole session."""
+    node = anvil_process(process_logs)
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def anvil_keys() -> list[str]:
+    """Private keys of anvil's ten funded dev accounts (test mnemonic; never real funds)."""
+    return anvil_private_keys(10)
+
+
+@pytest.fixture(scope="session")
+def mosquitto(process_logs: Path) -> Iterator[Mosquitto]:
+    """A real mosquitto broker for the whole session; tests may stop and restart it."""
+    broker = mosquitto_process(process_logs)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture()
+def data_dir(tmp_path: Path) -> Path:
+    """An empty data dir for one test."""
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
