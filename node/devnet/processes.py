@@ -70,7 +70,7 @@ class ManagedProcess:
 
     def start(self, timeout_s: float = 30.0) -> None:
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(  # noqa: S603
+        self.proc = subprocess.Popen(
             self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         log.close()
