@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from node import __version__
+from node.cli.content import app as content_app
 from node.config import ConfigFileError, Settings, load_settings, masked_dump
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(miner_app, name="miner")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(devnet_app, name="devnet")
+app.add_typer(content_app, name="content", help="Put, get and hash documents by CID.")
 
 console = Console()
 

@@ -58,9 +58,7 @@ DOCUMENT_VERSION = 1
 
 def canonical_json(obj: Any) -> bytes:
     """Encode JSON-able data as canonical bytes (see module docstring); ValueError if impossible."""
-    text = json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate from a "\ud800" escape
@@ -130,9 +128,7 @@ class ToolCall(_Doc):
 
 def _text_part_shape(value: Any) -> Any:
     if isinstance(value, dict) and value.get("type") != "text":
-        raise ValueError(
-            f"content part type {value.get('type')!r} is not supported; only text parts are"
-        )
+        raise ValueError(f"content part type {value.get('type')!r} is not supported; only text parts are")
     return value
 
 
@@ -225,8 +221,7 @@ def _tool_choice_shape(value: Any) -> Any:
     if value is None or value in ("none", "auto", "required") or isinstance(value, dict):
         return value
     raise ValueError(
-        "must be 'none', 'auto', 'required' or "
-        '{"type": "function", "function": {"name": ...}}'
+        'must be \'none\', \'auto\', \'required\' or {"type": "function", "function": {"name": ...}}'
     )
 
 
@@ -518,9 +513,7 @@ def load_json(raw: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise DocumentError("", f"document is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
     try:
-        obj = json.loads(
-            text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant
-        )
+        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
         canonical_json(obj)  # rejects lone surrogates, which could never be re-encoded
     except ValueError as exc:  # JSONDecodeError is a ValueError
         raise DocumentError("", f"document is not valid JSON: {exc}") from exc
@@ -531,8 +524,8 @@ def _field_path(data: Any, loc: Sequence[int | str], names_field: bool = False) 
     """Turn a pydantic error location into `a.b[2].c`, skipping union tags and member names.
 
     The input is walked alongside: a location part that is a list index or a key of the data
-    is kept, as is a last part naming a missing or unknown field (`names_field`); anything else (the `user` tag of a
-    message union, the `str` member of `str | list[str]`) is pydantic's bookkeeping.
+    is kept, as is a last part naming a missing or unknown field (`names_field`); anything else
+    (the `user` tag of a message union, the `str` of `str | list[str]`) is pydantic's bookkeeping.
     """
     out = ""
     node = data
@@ -540,10 +533,13 @@ def _field_path(data: Any, loc: Sequence[int | str], names_field: bool = False) 
         if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             out += f"[{part}]"
             node = node[part]
-        elif isinstance(node, dict) and isinstance(part, str):
-            if part in node or (names_field and i == len(loc) - 1):
-                out += f".{part}" if out else part
-                node = node.get(part)
+        elif (
+            isinstance(node, dict)
+            and isinstance(part, str)
+            and (part in node or (names_field and i == len(loc) - 1))
+        ):
+            out += f".{part}" if out else part
+            node = node.get(part)
     return out
 
 

@@ -77,8 +77,7 @@ class ReadOnlyStore(ContentError):
     def __init__(self, backend: str) -> None:
         self.backend = backend
         super().__init__(
-            f"the {backend} content backend is read-only; "
-            "use backend 'local' or 'kubo' to store documents"
+            f"the {backend} content backend is read-only; use backend 'local' or 'kubo' to store documents"
         )
 
 

@@ -1,0 +1,93 @@
+"""HTTP plumbing for the remote backends: capped body reads, retries with exponential backoff.
+
+Only failures that another try may fix are retried: connection errors, timeouts, 429 and 5xx
+gateway errors. A 404 or a block that fails verification is an answer, not a glitch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from node.content.errors import MAX_DOCUMENT_BYTES, BackendUnavailable, DocumentTooLarge
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A finished HTTP exchange with its body read (at most the block limit)."""
+
+    status: int
+    body: bytes
+    headers: httpx.Headers
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """`retries` extra tries after the first, waiting `base_s * 2**i` (capped, with jitter)."""
+
+    retries: int = 3
+    base_s: float = 0.2
+    max_s: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        wait: float = min(self.max_s, self.base_s * (2**attempt))
+        return wait * (0.5 + random.random() / 2)  # jitter so clients do not retry in lockstep
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise DocumentTooLarge(int(declared), limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise DocumentTooLarge(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def request(
+    client: httpx.AsyncClient,
+    backend: str,
+    method: str,
+    url: str,
+    policy: RetryPolicy,
+    *,
+    limit: int = MAX_DOCUMENT_BYTES,
+    **kwargs: Any,
+) -> Reply:
+    """Send one request with retries; BackendUnavailable once every try failed."""
+    last = ""
+    for attempt in range(policy.retries + 1):
+        if attempt:
+            await asyncio.sleep(policy.delay(attempt - 1))
+        try:
+            req = client.build_request(method, url, **kwargs)
+            response = await client.send(req, stream=True)
+            try:
+                if response.status_code in RETRY_STATUSES:
+                    last = f"HTTP {response.status_code} from {_where(url)}"
+                    continue
+                body = await _read_capped(response, limit)
+            finally:
+                await response.aclose()
+            return Reply(response.status_code, body, response.headers)
+        except httpx.TransportError as exc:
+            last = f"{type(exc).__name__} talking to {_where(url)}: {exc}".rstrip(": ")
+    raise BackendUnavailable(backend, f"{last} (after {policy.retries + 1} tries)")
+
+
+def _where(url: str) -> str:
+    parsed = httpx.URL(url)
+    return f"{parsed.scheme}://{parsed.netloc.decode()}{parsed.path}"
+
+
+__all__ = ["RETRY_STATUSES", "Reply", "RetryPolicy", "request"]
