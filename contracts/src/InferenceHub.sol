@@ -192,8 +192,9 @@ contract InferenceHub {
 
     bool private transient _locked;
 
-    /// @notice Id of the last request created (ids start at 1).
-    uint256 public requestCount;
+    /// @dev Id of the next request; starts at 1 so that the first request pays no zero-to-nonzero
+    ///      write for the counter.
+    uint256 private _nextId = 1;
 
     mapping(bytes32 => Model) private _models;
     mapping(bytes32 => string) private _modelNames;
@@ -314,12 +315,7 @@ contract InferenceHub {
 
     /// @notice Request an inference: msg.value is the fee (>= minFee); `redundancy` distinct active
     ///         miners of the model are assigned pseudo-randomly from (block.prevrandao, id).
-    function requestInference(bytes32 modelId, bytes32 inputDigest)
-        external
-        payable
-        nonReentrant
-        returns (uint256 id)
-    {
+    function requestInference(bytes32 modelId, bytes32 inputDigest) external payable nonReentrant returns (uint256 id) {
         Model memory model = _models[modelId];
         if (model.index == 0) revert UnknownModel();
         if (msg.value < model.minFee) revert FeeTooLow(model.minFee, msg.value);
@@ -330,7 +326,7 @@ contract InferenceHub {
         uint256 r = model.redundancy;
         if (n < r) revert NotEnoughMiners(r, n);
 
-        id = ++requestCount;
+        id = _nextId++;
         address[] memory assignees = _pick(pool, n, r, _seed(id), new address[](0));
         uint48 deadline = uint48(block.number + model.timeoutBlocks);
 
@@ -446,6 +442,11 @@ contract InferenceHub {
             redundancy: model.redundancy,
             activeMinerCount: _active[modelId].length
         });
+    }
+
+    /// @notice Number of requests created so far (ids are 1..requestCount).
+    function requestCount() external view returns (uint256) {
+        return _nextId - 1;
     }
 
     function modelIds() external view returns (bytes32[] memory) {

@@ -1,0 +1,1 @@
+"""Chain layer: the InferenceHub artifact, its async client and events, signing, tx sending, log watching."""
