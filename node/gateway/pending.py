@@ -1,0 +1,350 @@
+"""The pending-request registry: one future per on-chain request, fed by ONE chain watcher and ONE
+MQTT subscription for the whole gateway (no poll loop per request).
+
+Events may arrive in any order and even before the gateway has registered the request (a fast
+miner can finalize in the block after the request); those are buffered, bounded, and replayed on
+`register`. A request resolves only with a `VerifiedResult`: bytes whose sha256 equals the digest
+the chain finalized, whose signature (when one came over MQTT) recovers to an assignee, and whose
+document names this request. Anything else is counted as rejected and never answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from node.content.cid import digest_of, digest_to_cid
+from node.content.documents import OutputDocument, parse_output_document
+from node.content.errors import ContentError
+from node.gateway.errors import GatewayError, TamperedOutput, UpstreamError, UpstreamTimeout
+from node.gateway.records import Delta, Submission, VerifiedResult
+from node.log import get_logger
+
+log = get_logger("gateway.pending")
+
+Key = tuple[int, int]
+SignatureCheck = Callable[[Submission, bytes, str], str]
+"""(submission, output digest, signature) -> recovered signer address; raises ValueError if invalid."""
+FetchOutput = Callable[[str], Awaitable[bytes]]
+"""CID -> verified bytes (the content store's `get`)."""
+
+
+@dataclass(frozen=True)
+class ResultMessage:
+    """A miner's MQTT result: the output document's bytes, its signature, and who claims to sign."""
+
+    output_bytes: bytes
+    signature: str
+    miner: str
+
+
+@dataclass
+class _Early:
+    """Events for a request id nobody has registered yet."""
+
+    deltas: list[Delta] = field(default_factory=list)
+    results: list[ResultMessage] = field(default_factory=list)
+    submitted: list[tuple[str, str, bytes]] = field(default_factory=list)
+    finalized: tuple[bytes, str | None] | None = None
+    failure: GatewayError | None = None
+
+
+class PendingInference:
+    """One request in flight: a queue of streamed deltas and a future for the verified result."""
+
+    def __init__(self, submission: Submission, registry: PendingRegistry) -> None:
+        self.submission = submission
+        self.deltas: asyncio.Queue[Delta] = asyncio.Queue(maxsize=10_000)
+        self.final_digest: bytes | None = None
+        self.final_tx: str | None = None
+        self.submits: dict[str, tuple[str, bytes]] = {}
+        self.candidates: list[ResultMessage] = []
+        self.rejections: list[str] = []
+        self._registry = registry
+        self._future: asyncio.Future[VerifiedResult] = asyncio.get_running_loop().create_future()
+        self._fetch_task: asyncio.Task[None] | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.submission.chain_id, self.submission.request_id)
+
+    @property
+    def request_id(self) -> int:
+        return self.submission.request_id
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    @property
+    def result_future(self) -> asyncio.Future[VerifiedResult]:
+        return self._future
+
+    async def wait(self, timeout_s: float) -> VerifiedResult:
+        """The verified result; UpstreamTimeout (504) or UpstreamError (502) with the request id."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._future), timeout_s)
+        except TimeoutError:
+            hint = (
+                f"the chain finalized digest 0x{self.final_digest.hex()} but no matching output "
+                "document could be fetched"
+                if self.final_digest is not None
+                else "no result was finalized on chain"
+            )
+            raise UpstreamTimeout(
+                f"Timed out after {timeout_s:.0f}s waiting for request {self.request_id}: {hint}. "
+                f"Look it up later with GET /v1/inferences/{self.request_id}.",
+                request_id=self.request_id,
+            ) from None
+
+    def release(self) -> None:
+        """Forget this request (after answering, or when the client went away)."""
+        self._registry.release(self)
+
+    # --------------------------------------------------------------- internal
+
+    def _resolve(self, result: VerifiedResult) -> None:
+        if not self._future.done():
+            self._future.set_result(result)
+        self._cancel_fetch()
+
+    def _fail(self, exc: GatewayError) -> None:
+        if not self._future.done():
+            self._future.set_exception(exc)
+            self._future.exception()  # mark retrieved: a failure nobody awaits is not an error
+        self._cancel_fetch()
+
+    def _cancel_fetch(self) -> None:
+        if self._fetch_task is not None and not self._fetch_task.done():
+            self._fetch_task.cancel()
+
+
+class PendingRegistry:
+    """Futures keyed by (chain id, request id); the chain backend feeds it events."""
+
+    def __init__(
+        self,
+        check_signature: SignatureCheck,
+        fetch_output: FetchOutput,
+        *,
+        grace_s: float = 0.5,
+        fetch_retry_s: float = 0.5,
+        max_early: int = 4096,
+    ) -> None:
+        self._check_signature = check_signature
+        self._fetch_output = fetch_output
+        self._grace_s = grace_s
+        self._fetch_retry_s = fetch_retry_s
+        self._pending: dict[Key, PendingInference] = {}
+        self._early: OrderedDict[Key, _Early] = OrderedDict()
+        self._max_early = max_early
+        self._rejection_listeners: list[Callable[[str], None]] = []
+
+    def add_rejection_listener(self, listener: Callable[[str], None]) -> None:
+        """Called with a reason for every output that failed verification (metrics, alerts)."""
+        self._rejection_listeners.append(listener)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def get(self, chain_id: int, request_id: int) -> PendingInference | None:
+        return self._pending.get((chain_id, request_id))
+
+    def register(self, submission: Submission) -> PendingInference:
+        """Start tracking a request; replays anything that arrived for it before."""
+        pending = PendingInference(submission, self)
+        self._pending[pending.key] = pending
+        early = self._early.pop(pending.key, None)
+        if early is not None:
+            for delta in early.deltas:
+                self._put_delta(pending, delta)
+            for miner, tx, digest in early.submitted:
+                pending.submits[miner.lower()] = (tx, digest)
+            pending.candidates.extend(early.results)
+            if early.finalized is not None:
+                pending.final_digest, pending.final_tx = early.finalized
+            if early.failure is not None:
+                pending._fail(early.failure)
+            self._advance(pending)
+        return pending
+
+    def release(self, pending: PendingInference) -> None:
+        if self._pending.get(pending.key) is pending:
+            del self._pending[pending.key]
+        pending._cancel_fetch()
+
+    async def close(self) -> None:
+        for pending in list(self._pending.values()):
+            pending._fail(UpstreamError("The gateway is shutting down.", request_id=pending.request_id))
+            self.release(pending)
+
+    # --------------------------------------------------------------- events
+
+    def _early_for(self, key: Key) -> _Early:
+        early = self._early.get(key)
+        if early is None:
+            early = self._early[key] = _Early()
+            while len(self._early) > self._max_early:
+                self._early.popitem(last=False)
+        return early
+
+    def on_delta(self, chain_id: int, request_id: int, delta: Delta) -> None:
+        pending = self._pending.get((chain_id, request_id))
+        if pending is None:
+            early = self._early_for((chain_id, request_id))
+            if len(early.deltas) < 4096:
+                early.deltas.append(delta)
+            return
+        self._put_delta(pending, delta)
+
+    def on_result_message(self, chain_id: int, request_id: int, message: ResultMessage) -> None:
+        pending = self._pending.get((chain_id, request_id))
+        if pending is None:
+            early = self._early_for((chain_id, request_id))
+            if len(early.results) < 16:
+                early.results.append(message)
+            return
+        if len(pending.candidates) < 16:
+            pending.candidates.append(message)
+        self._advance(pending)
+
+    def on_submitted(self, chain_id: int, request_id: int, miner: str, tx_hash: str, digest: bytes) -> None:
+        pending = self._pending.get((chain_id, request_id))
+        if pending is None:
+            self._early_for((chain_id, request_id)).submitted.append((miner, tx_hash, digest))
+            return
+        pending.submits[miner.lower()] = (tx_hash, digest)
+
+    def on_finalized(self, chain_id: int, request_id: int, digest: bytes, tx_hash: str | None) -> None:
+        pending = self._pending.get((chain_id, request_id))
+        if pending is None:
+            self._early_for((chain_id, request_id)).finalized = (digest, tx_hash)
+            return
+        pending.final_digest, pending.final_tx = digest, tx_hash
+        self._advance(pending)
+
+    def on_reassigned(self, chain_id: int, request_id: int, assignees: tuple[str, ...]) -> None:
+        """The request expired and went to new miners: their signatures are now the valid ones."""
+        pending = self._pending.get((chain_id, request_id))
+        if pending is not None:
+            pending.submission = replace(
+                pending.submission,
+                assignees=tuple(dict.fromkeys((*pending.submission.assignees, *assignees))),
+            )
+
+    def on_failed(self, chain_id: int, request_id: int, error: GatewayError) -> None:
+        """The chain says no result will come (expired and refunded)."""
+        pending = self._pending.get((chain_id, request_id))
+        if pending is None:
+            self._early_for((chain_id, request_id)).failure = error
+            return
+        pending._fail(error)
+
+    # --------------------------------------------------------------- verification
+
+    @staticmethod
+    def _put_delta(pending: PendingInference, delta: Delta) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            pending.deltas.put_nowait(delta)
+
+    def _reject(self, pending: PendingInference, reason: str) -> None:
+        pending.rejections.append(reason)
+        log.warning("output_rejected", request_id=pending.request_id, reason=reason)
+        for listener in self._rejection_listeners:
+            listener(reason)
+
+    def _advance(self, pending: PendingInference) -> None:
+        """Resolve from a verified candidate once the chain's digest is known, else fetch by CID."""
+        if pending.done() or pending.final_digest is None:
+            return
+        final = pending.final_digest
+        while pending.candidates:
+            message = pending.candidates.pop(0)
+            digest = digest_of(message.output_bytes)
+            if digest != final:
+                self._reject(
+                    pending, f"digest 0x{digest.hex()} from {message.miner} != on-chain 0x{final.hex()}"
+                )
+                continue
+            try:
+                signer = self._check_signature(pending.submission, digest, message.signature)
+            except ValueError as exc:
+                self._reject(pending, f"bad signature from {message.miner}: {exc}")
+                continue
+            if signer.lower() not in {a.lower() for a in pending.submission.assignees}:
+                self._reject(pending, f"signature recovers to {signer}, not an assignee")
+                continue
+            self._finish(pending, message.output_bytes, message.signature, signer)
+            return
+        if pending._fetch_task is None:
+            pending._fetch_task = asyncio.get_running_loop().create_task(self._fetch_later(pending, final))
+
+    async def _fetch_later(self, pending: PendingInference, final: bytes) -> None:
+        """No MQTT result (no broker, or a lost message): read the output by CID, retrying."""
+        await asyncio.sleep(self._grace_s)
+        cid = digest_to_cid(final)
+        while not pending.done():
+            try:
+                data = await self._fetch_output(cid)
+            except ContentError as exc:
+                log.debug("output_fetch_retry", request_id=pending.request_id, error=str(exc))
+                await asyncio.sleep(self._fetch_retry_s)
+                continue
+            if digest_of(data) != final:  # stores verify, but never trust a backend blindly
+                self._reject(pending, "content store returned bytes that do not match the digest")
+                await asyncio.sleep(self._fetch_retry_s)
+                continue
+            signer = next(
+                (m for m, (_, d) in pending.submits.items() if d == final),
+                None,
+            )
+            self._finish(pending, data, None, signer)
+            return
+
+    def _finish(
+        self, pending: PendingInference, data: bytes, signature: str | None, signer: str | None
+    ) -> None:
+        sub = pending.submission
+        try:
+            output: OutputDocument = parse_output_document(data)
+        except ContentError as exc:
+            pending._fail(
+                TamperedOutput(
+                    f"The output finalized on chain for request {sub.request_id} is not a valid "
+                    f"output document: {exc}",
+                    request_id=sub.request_id,
+                )
+            )
+            return
+        if output.request_id != sub.request_id or output.input_cid != sub.input_cid:
+            pending._fail(
+                TamperedOutput(
+                    f"The output finalized on chain for request {sub.request_id} answers request "
+                    f"{output.request_id} / input {output.input_cid}, not this one.",
+                    request_id=sub.request_id,
+                )
+            )
+            return
+        submit_tx = None
+        if signer is not None and signer.lower() in pending.submits:
+            submit_tx = pending.submits[signer.lower()][0]
+        submit_tx = submit_tx or pending.final_tx
+        extra: dict[str, Any] = {"final_digest": "0x" + digest_of(data).hex()}
+        pending._resolve(
+            VerifiedResult(
+                submission=sub,
+                output=output,
+                output_bytes=data,
+                output_cid=digest_to_cid(digest_of(data)),
+                signature=signature,
+                signer=signer,
+                submit_tx=submit_tx,
+                extra=extra,
+            )
+        )
+
+
+__all__ = ["FetchOutput", "PendingInference", "PendingRegistry", "ResultMessage", "SignatureCheck"]

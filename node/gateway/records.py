@@ -1,0 +1,68 @@
+"""Plain records passed between the HTTP layer, the pending registry and the chain backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from node.content.documents import OutputDocument
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model from the hub's registry on one chain, with its live miner count."""
+
+    chain_id: int
+    name: str
+    model_id: str
+    min_fee: int
+    min_stake: int
+    timeout_blocks: int
+    redundancy: int
+    active_miners: int
+    created: int = 0
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A request accepted on chain: everything `onchain_data` needs before the result."""
+
+    chain_id: int
+    hub: str
+    request_id: int
+    infer_tx: str
+    assignees: tuple[str, ...]
+    input_cid: str
+    input_digest: bytes
+    model: str
+    fee: int = 0
+    deadline_block: int | None = None
+    created: int = 0
+    """Unix time of the block that carried the request (streamed chunks' `created`)."""
+
+
+@dataclass(frozen=True)
+class VerifiedResult:
+    """An output document whose sha256 equals the finalized on-chain digest (and whose signature,
+    when present, recovers to an assignee). Only this type is ever answered to a client."""
+
+    submission: Submission
+    output: OutputDocument
+    output_bytes: bytes
+    output_cid: str
+    signature: str | None
+    signer: str | None
+    submit_tx: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One streamed token delta from a miner (unverified until the final result arrives)."""
+
+    seq: int
+    choice: int
+    text: str
+
+
+__all__ = ["Delta", "ModelInfo", "Submission", "VerifiedResult"]

@@ -1,0 +1,99 @@
+"""OpenAI response objects built from a verified output document, plus the on-chain evidence.
+
+The `choices` come from the output document unchanged (they already are OpenAI choice objects), so
+what the client reads is byte-for-byte what the chain's digest commits to; `id` and `onchain_data`
+tie the answer to its request on chain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from node.content.documents import ChatChoice, CompletionChoice, OutputDocument
+from node.gateway.errors import GatewayError, InvalidRequest, UpstreamError
+from node.gateway.records import Submission, VerifiedResult
+
+
+def completion_id(kind: str, sub: Submission) -> str:
+    prefix = "chatcmpl" if kind == "chat" else "cmpl"
+    return f"{prefix}-inferd-{sub.chain_id}-{sub.request_id}"
+
+
+def onchain_data(sub: Submission, result: VerifiedResult | None = None) -> dict[str, Any]:
+    return {
+        "chain_id": sub.chain_id,
+        "hub": sub.hub,
+        "request_id": sub.request_id,
+        "infer_tx": sub.infer_tx,
+        "submit_tx": result.submit_tx if result else None,
+        "assignment_addresses": list(sub.assignees),
+        "input_cid": sub.input_cid,
+        "output_cid": result.output_cid if result else None,
+    }
+
+
+def output_error(result: VerifiedResult) -> GatewayError | None:
+    """A verified output that carries an error (the miner refused the input) as a gateway error."""
+    err = result.output.error
+    if err is None:
+        return None
+    rid = result.submission.request_id
+    message = f"The miner answered request {rid} with an error ({err.code}): {err.message}"
+    if err.code in ("invalid_request", "input_too_large"):
+        return InvalidRequest(message, code=err.code, request_id=rid)
+    return UpstreamError(message, code=err.code, request_id=rid)
+
+
+def chat_choice_json(choice: ChatChoice) -> dict[str, Any]:
+    data: dict[str, Any] = choice.model_dump(mode="json")
+    data["finish_reason"] = choice.finish_reason or "stop"
+    data.setdefault("logprobs", None)
+    message = data["message"]
+    message.setdefault("refusal", None)
+    return data
+
+
+def completion_choice_json(choice: CompletionChoice) -> dict[str, Any]:
+    data: dict[str, Any] = choice.model_dump(mode="json")
+    data["finish_reason"] = choice.finish_reason or "stop"
+    data.setdefault("logprobs", None)
+    return data
+
+
+def usage_json(output: OutputDocument) -> dict[str, Any] | None:
+    return output.usage.model_dump(mode="json") if output.usage is not None else None
+
+
+def build_response(kind: str, result: VerifiedResult) -> dict[str, Any]:
+    """The `chat.completion` / `text_completion` body with `onchain_data` and `signature`."""
+    out = result.output
+    sub = result.submission
+    choices: list[dict[str, Any]] = []
+    for choice in out.choices:
+        if isinstance(choice, ChatChoice):
+            choices.append(chat_choice_json(choice))
+        else:
+            choices.append(completion_choice_json(choice))
+    return {
+        "id": completion_id(kind, sub),
+        "object": "chat.completion" if kind == "chat" else "text_completion",
+        "created": out.created,
+        "model": out.model,
+        "system_fingerprint": out.system_fingerprint,
+        "choices": choices,
+        "usage": usage_json(out),
+        "onchain_data": onchain_data(sub, result),
+        "signature": result.signature,
+        "signer": result.signer,
+    }
+
+
+__all__ = [
+    "build_response",
+    "chat_choice_json",
+    "completion_choice_json",
+    "completion_id",
+    "onchain_data",
+    "output_error",
+    "usage_json",
+]

@@ -1,0 +1,278 @@
+"""Offline verification of a gateway answer against the chain: what `inferd verify` runs.
+
+A response carries the output document's content (choices, usage, model, created, fingerprint) and
+`onchain_data`; the output document is rebuilt from it, canonically encoded and hashed, and that
+digest must equal the one the hub finalized for `request_id`, whose CID must be `output_cid`. The
+input CID must match the on-chain input digest, and the signature must recover (EIP-712) to one of
+the request's assignees. Any changed character in the answer changes the digest, so it fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from node.chain.errors import ChainError
+from node.chain.hub import HubClient, RequestInfo, RequestStatus
+from node.chain.signing import SignatureError, recover_result_signer
+from node.content.cid import cid_to_digest, digest_of, digest_to_cid
+from node.content.documents import OutputDocument, parse_output_document, to_canonical_bytes
+from node.content.errors import ContentError
+from node.content.store import ContentStore
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verification step and its outcome (`ok` None means skipped, not failed)."""
+
+    name: str
+    ok: bool | None
+    detail: str
+
+
+@dataclass
+class Verdict:
+    """All checks; valid only if none failed and the decisive ones ran."""
+
+    request_id: int | None = None
+    chain_id: int | None = None
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        ran = {c.name for c in self.checks if c.ok is True}
+        return all(c.ok is not False for c in self.checks) and {"output digest", "on-chain status"} <= ran
+
+    def add(self, name: str, ok: bool | None, detail: str) -> bool | None:
+        self.checks.append(Check(name, ok, detail))
+        return ok
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "valid": self.valid,
+            "request_id": self.request_id,
+            "chain_id": self.chain_id,
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
+        }
+
+
+class ResponseFormatError(ValueError):
+    """The file is not a gateway response (no `onchain_data`, or not the OpenAI shape)."""
+
+
+def _strip_nulls(obj: dict[str, Any], keep: frozenset[str] = frozenset()) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if v is not None or k in keep}
+
+
+def output_document_from_response(response: dict[str, Any]) -> OutputDocument:
+    """Rebuild the output document a gateway response was made from (ResponseFormatError if not one)."""
+    od = response.get("onchain_data")
+    if not isinstance(od, dict):
+        raise ResponseFormatError("no `onchain_data` object: this is not an inferd gateway response")
+    obj = response.get("object")
+    if obj not in ("chat.completion", "text_completion"):
+        raise ResponseFormatError(f"`object` is {obj!r}, expected chat.completion or text_completion")
+    choices: list[dict[str, Any]] = []
+    for raw in response.get("choices") or []:
+        if not isinstance(raw, dict):
+            raise ResponseFormatError("a choice is not an object")
+        choice = _strip_nulls(raw)
+        if isinstance(choice.get("message"), dict):
+            msg = _strip_nulls(choice["message"], frozenset({"content"}))
+            msg.pop("refusal", None)
+            choice["message"] = msg
+        choices.append(choice)
+    doc = {
+        "v": 1,
+        "request_id": od.get("request_id"),
+        "input_cid": od.get("input_cid"),
+        "model": response.get("model"),
+        "system_fingerprint": response.get("system_fingerprint"),
+        "object": obj,
+        "created": response.get("created"),
+        "choices": choices,
+        "usage": response.get("usage"),
+        "error": None,
+    }
+    try:
+        return OutputDocument.model_validate(_strip_nulls(doc, frozenset({"error"})), strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ResponseFormatError(f"cannot rebuild the output document: {where}: {first['msg']}") from None
+
+
+async def _check_onchain(
+    verdict: Verdict, hub: HubClient, request_id: int, output_digest: bytes | None
+) -> RequestInfo | None:
+    try:
+        info = await hub.get_request(request_id)
+    except (ChainError, OSError) as exc:
+        verdict.add("on-chain status", False, f"cannot read request {request_id}: {exc}")
+        return None
+    if info.status != RequestStatus.FINALIZED or info.output_digest is None:
+        verdict.add("on-chain status", False, f"request {request_id} is {info.status.name}, not FINALIZED")
+        return info
+    verdict.add("on-chain status", True, f"request {request_id} is FINALIZED")
+    if output_digest is not None:
+        ok = info.output_digest == output_digest
+        verdict.add(
+            "output digest",
+            ok,
+            f"sha256(output document) 0x{output_digest.hex()} "
+            + ("== on-chain digest" if ok else f"!= on-chain 0x{info.output_digest.hex()}"),
+        )
+    return info
+
+
+def _check_signature(
+    verdict: Verdict,
+    signature: str | None,
+    *,
+    chain_id: int,
+    hub: str,
+    info: RequestInfo,
+    output_digest: bytes,
+) -> None:
+    if not signature:
+        submitted = [a for a, d in zip(info.assignees, info.submitted, strict=False) if d == output_digest]
+        verdict.add(
+            "signature",
+            None,
+            "no miner signature in the response (the gateway had no broker); the result was submitted "
+            f"on chain by assignee(s) {', '.join(submitted) or '?'}",
+        )
+        return
+    try:
+        signer = recover_result_signer(
+            signature,
+            chain_id=chain_id,
+            hub=hub,
+            request_id=info.id,
+            input_digest=info.input_digest,
+            output_digest=output_digest,
+        )
+    except SignatureError as exc:
+        verdict.add("signature", False, str(exc))
+        return
+    ok = signer in info.assignees
+    verdict.add(
+        "signature",
+        ok,
+        f"EIP-712 signature recovers to {signer}, "
+        + ("an assignee of the request" if ok else f"not among assignees {', '.join(info.assignees)}"),
+    )
+
+
+async def verify_response(response: dict[str, Any], hub: HubClient) -> Verdict:
+    """All checks for one saved gateway response (see module docstring)."""
+    verdict = Verdict()
+    try:
+        doc = output_document_from_response(response)
+    except ResponseFormatError as exc:
+        verdict.add("response format", False, str(exc))
+        return verdict
+    od: dict[str, Any] = response["onchain_data"]
+    verdict.request_id = doc.request_id
+    verdict.chain_id = od.get("chain_id")
+    chain_id = int(await hub.w3.eth.chain_id)
+    if verdict.chain_id != chain_id or str(od.get("hub", "")).lower() != hub.address.lower():
+        verdict.add(
+            "chain",
+            False,
+            f"response is for chain {verdict.chain_id} hub {od.get('hub')}, "
+            f"but the RPC serves chain {chain_id} hub {hub.address}",
+        )
+        return verdict
+    verdict.add("chain", True, f"chain {chain_id}, hub {hub.address}")
+    data = to_canonical_bytes(doc)
+    digest = digest_of(data)
+    cid = digest_to_cid(digest)
+    verdict.add(
+        "output cid",
+        cid == od.get("output_cid"),
+        f"rebuilt output document hashes to {cid}"
+        + ("" if cid == od.get("output_cid") else f", response claims {od.get('output_cid')}"),
+    )
+    info = await _check_onchain(verdict, hub, doc.request_id, digest)
+    if info is None:
+        return verdict
+    try:
+        input_ok = cid_to_digest(str(od.get("input_cid"))) == info.input_digest
+    except ContentError:
+        input_ok = False
+    verdict.add(
+        "input cid",
+        input_ok,
+        f"input_cid {od.get('input_cid')} "
+        + ("matches" if input_ok else "does not match")
+        + f" the on-chain input digest (CID {digest_to_cid(info.input_digest)})",
+    )
+    assigned = sorted(a.lower() for a in od.get("assignment_addresses") or [])
+    on_chain = sorted(a.lower() for a in info.assignees)
+    verdict.add(
+        "assignees",
+        assigned == on_chain,
+        "assignment_addresses match the chain"
+        if assigned == on_chain
+        else f"assignment_addresses {assigned} != on-chain {on_chain}",
+    )
+    _check_signature(
+        verdict,
+        response.get("signature"),
+        chain_id=chain_id,
+        hub=hub.address,
+        info=info,
+        output_digest=digest,
+    )
+    return verdict
+
+
+async def verify_request_id(request_id: int, hub: HubClient, store: ContentStore | None) -> Verdict:
+    """Check a request by id: finalized on chain, and its output document (fetched by CID) consistent."""
+    verdict = Verdict(request_id=request_id)
+    verdict.chain_id = int(await hub.w3.eth.chain_id)
+    info = await _check_onchain(verdict, hub, request_id, None)
+    if info is None or info.output_digest is None:
+        return verdict
+    cid = digest_to_cid(info.output_digest)
+    if store is None:
+        verdict.add("output digest", None, f"no content store configured to fetch {cid}")
+        return verdict
+    try:
+        data = await store.get(cid)  # stores verify bytes against the CID
+    except ContentError as exc:
+        verdict.add("output digest", False, f"cannot fetch output {cid}: {exc}")
+        return verdict
+    verdict.add(
+        "output digest", digest_of(data) == info.output_digest, f"output document {cid} fetched and verified"
+    )
+    try:
+        doc = parse_output_document(data)
+    except ContentError as exc:
+        verdict.add("output document", False, f"not a valid output document: {exc}")
+        return verdict
+    consistent = doc.request_id == request_id and doc.input_cid == digest_to_cid(info.input_digest)
+    verdict.add(
+        "output document",
+        consistent,
+        f"answers request {doc.request_id} for input {doc.input_cid}"
+        + ("" if consistent else " (not this request!)"),
+    )
+    if doc.error is not None:
+        verdict.add(
+            "output error", None, f"the miner answered with an error: {doc.error.code}: {doc.error.message}"
+        )
+    return verdict
+
+
+__all__ = [
+    "Check",
+    "ResponseFormatError",
+    "Verdict",
+    "output_document_from_response",
+    "verify_request_id",
+    "verify_response",
+]

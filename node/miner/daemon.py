@@ -1,0 +1,472 @@
+"""The miner daemon: watch → journal → fetch → infer → upload → submit → confirm.
+
+Wiring and policy live here; each step is its own module (watcher, journal, pipeline, submitter,
+stream publisher, metrics). Crash safety comes from the journal: on start every unfinished job is
+resumed from its last durable state, and the submitter checks the chain before sending anything.
+Graceful shutdown (SIGTERM): stop taking jobs, give in-flight work `grace_s` to finish, leave the
+rest journaled for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+
+from node import __version__
+from node.chain.events import InferenceExpired, InferenceFinalized, InferenceRequested, ResultSubmitted
+from node.chain.hub import HubClient, RequestStatus
+from node.chain.sender import TxSender
+from node.chain.watcher import LogBatch, LogFollower, Reorg
+from node.content.store import ContentStore
+from node.log import bound, get_logger
+from node.miner.hubview import HubView, MinerEvent
+from node.miner.journal import OPEN, TERMINAL, UNFINISHED, Job, JobState, Journal
+from node.miner.metrics import MinerMetrics, OpsServer
+from node.miner.pipeline import EngineLike, Pipeline
+from node.miner.submitter import Submitter
+from node.stream.publisher import StreamPublisher
+
+log = get_logger("inferd.miner")
+
+
+@dataclass
+class DaemonConfig:
+    """The knobs of one daemon (built from `Settings` by `node.miner.run`)."""
+
+    chain_id: int
+    max_concurrency: int = 64
+    batch_max: int = 32
+    batch_wait_s: float = 0.5
+    confirmations: int = 0
+    poll_interval_s: float = 1.0
+    log_range_blocks: int = 1000
+    gas_margin: float = 1.2
+    lookback_blocks: int = 1000
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    grace_s: float = 30.0
+    stuck_after_s: float = 30.0
+    sweep_interval_s: float = 2.0
+
+
+class MinerDaemon:
+    """One miner: one key, one hub, one engine, one journal."""
+
+    def __init__(
+        self,
+        *,
+        config: DaemonConfig,
+        hub: HubClient,
+        account: LocalAccount,
+        engine: EngineLike,
+        store: ContentStore,
+        journal: Journal,
+        publisher: StreamPublisher | None = None,
+        metrics: MinerMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.hub = hub
+        self.view = HubView(hub)
+        self.account = account
+        self.address = str(account.address)
+        self.engine = engine
+        self.store = store
+        self.journal = journal
+        self.publisher = publisher
+        self.metrics = metrics or MinerMetrics()
+        self.sender = TxSender(
+            hub.w3, account, chain_id=config.chain_id, gas_margin=config.gas_margin,
+            stuck_after_s=config.stuck_after_s,
+        )  # fmt: skip
+        self.pipeline = Pipeline(
+            engine=engine,
+            store=store,
+            private_key="0x" + bytes(account.key).hex(),
+            chain_id=config.chain_id,
+            hub=hub.address,
+        )
+        self.submitter = Submitter(
+            journal=journal,
+            hub=self.view,
+            sender=self.sender,
+            miner=self.address,
+            metrics=self.metrics,
+            batch_max=config.batch_max,
+            batch_wait_s=config.batch_wait_s,
+        )
+        self.follower: LogFollower[MinerEvent] | None = None
+        self.ops: OpsServer | None = None
+        self._sem = asyncio.Semaphore(config.max_concurrency)
+        self._producing: dict[int, asyncio.Task[None]] = {}
+        self._accepting = True
+        self._head = 0
+        self._started_at = time.time()
+        self._last_chain_ok = 0.0
+        self.ready = asyncio.Event()
+
+    # ------------------------------------------------------------------ status
+
+    def heartbeat(self) -> dict[str, Any]:
+        return {
+            "miner": self.address,
+            "model": self.engine.model_name,
+            "capacity": self.config.max_concurrency,
+            "in_flight": len(self._producing),
+            "queued_submissions": self.submitter.pending,
+            "version": __version__,
+            "fingerprint": self.engine.system_fingerprint,
+            "ts": int(time.time()),
+        }
+
+    def health(self) -> dict[str, Any]:
+        stats = self.follower.stats if self.follower else None
+        chain_ok = time.time() - self._last_chain_ok < max(30.0, 10 * self.config.poll_interval_s)
+        return {
+            "ok": self.ready.is_set() and self._accepting and chain_ok,
+            "accepting": self._accepting,
+            "chain_ok": chain_ok,
+            "head": stats.head if stats else None,
+            "cursor": stats.cursor if stats else None,
+            "in_flight": len(self._producing),
+            "mqtt": self.publisher.stats.connected if self.publisher else None,
+        }
+
+    def _refresh_gauges(self) -> None:
+        for state, n in self.journal.counts().items():
+            self.metrics.jobs.labels(state.value).set(n)
+        self.metrics.in_flight.set(len(self._producing))
+
+    # ------------------------------------------------------------------ production
+
+    def schedule(self, request_id: int) -> None:
+        """Start producing a `new` job (no-op if it already runs or we are shutting down)."""
+        if not self._accepting or request_id in self._producing:
+            return
+        task = asyncio.create_task(self._produce(request_id), name=f"job-{request_id}")
+        self._producing[request_id] = task
+        task.add_done_callback(lambda t: self._producing.pop(request_id, None))
+
+    async def _produce(self, request_id: int) -> None:
+        with bound(request_id=request_id):
+            try:
+                async with self._sem:
+                    await self._produce_once(request_id)
+            except asyncio.CancelledError:
+                log.info("job_interrupted", note="stays journaled, resumes on next start")
+                raise
+            except Exception:
+                log.exception("job_crashed", note="retrying in 2 s")
+                await asyncio.sleep(2)
+                if self._accepting:
+                    asyncio.get_running_loop().call_soon(self._reschedule, request_id)
+
+    def _reschedule(self, request_id: int) -> None:
+        job = self.journal.get(request_id)
+        if job is not None and job.state == JobState.NEW:
+            self.schedule(request_id)
+
+    async def _produce_once(self, request_id: int) -> None:
+        while True:
+            job = self.journal.get(request_id)
+            if job is None or job.state != JobState.NEW:
+                return
+            if self._head + 1 > job.deadline:
+                log.warning(
+                    "job_dropped", reason=f"deadline {job.deadline} passed before work began", head=self._head
+                )
+                self.journal.mark(request_id, JobState.DROPPED, "deadline passed before work began")
+                self.metrics.jobs_done.labels("dropped").inc()
+                return
+            deltas = None
+            if self.publisher is not None:
+                deltas = functools.partial(self.publisher.publish_delta, request_id)
+
+            self.metrics.in_flight.set(len(self._producing))
+            produced = await self.pipeline.produce(job, deltas=deltas)
+            self.metrics.stage_latency.labels("fetch").observe(produced.fetch_s)
+            self.metrics.stage_latency.labels("infer").observe(produced.infer_s)
+            self.metrics.stage_latency.labels("upload").observe(produced.upload_s)
+            self.metrics.tokens.inc(produced.completion_tokens)
+            self.metrics.prompt_tokens.inc(produced.prompt_tokens)
+            now = self.journal.get(request_id)
+            if now is None or now.state != JobState.NEW:
+                return  # settled meanwhile (finalized by others, expired, dropped)
+            if (now.block_hash, now.created, now.input_digest) != (
+                job.block_hash,
+                job.created,
+                job.input_digest,
+            ):
+                continue  # re-assigned from another block while we worked (reorg): redo
+            self.journal.mark_uploaded(request_id, produced.output_digest, produced.signature)
+            log.info(
+                "job_uploaded", output_cid=produced.output_cid, generated=produced.completion_tokens,
+                error=produced.error_code, infer_s=round(produced.infer_s, 3),
+            )  # fmt: skip
+            if self.publisher is not None:
+                self.publisher.publish_result(request_id, produced.output.decode("utf-8"), produced.signature)
+            self.submitter.enqueue(request_id, fresh=True)
+            return
+
+    # ------------------------------------------------------------------ chain events
+
+    def _on_event(self, ev: MinerEvent, timestamps: dict[int, int]) -> None:
+        me = self.address
+        if isinstance(ev, InferenceRequested):
+            if me not in ev.assignees:
+                return
+            self._assign(
+                ev.id, ev.input_digest, ev.deadline, ev.log.block_number, ev.log.block_hash, timestamps
+            )
+            return
+        job = self.journal.get(ev.id)
+        if isinstance(ev, InferenceExpired):
+            if ev.reassigned and me in ev.assignees:
+                self._assign(
+                    ev.id, ev.input_digest, ev.deadline, ev.log.block_number, ev.log.block_hash, timestamps
+                )
+            elif job is not None and job.state in OPEN:
+                reason = "reassigned to other miners" if ev.reassigned else "expired and refunded"
+                log.warning("job_expired", request_id=ev.id, reason=reason)
+                self._cancel(ev.id)
+                self.journal.mark(ev.id, JobState.EXPIRED, reason)
+                self.metrics.jobs_done.labels("expired").inc()
+            return
+        if job is None:
+            return
+        if isinstance(ev, ResultSubmitted):
+            if ev.miner == me and job.state in (JobState.UPLOADED, JobState.SUBMITTING):
+                self.journal.mark_submitted(ev.id, ev.log.block_number)
+            return
+        if isinstance(ev, InferenceFinalized) and job.state in OPEN:
+            ours = job.output_digest == ev.output_digest and job.state in (
+                JobState.SUBMITTING,
+                JobState.SUBMITTED,
+            )
+            if job.state != JobState.SUBMITTED:
+                self._cancel(ev.id)
+            self.journal.mark(ev.id, JobState.FINALIZED, None if ours else "finalized by other miners")
+            self.metrics.jobs_done.labels("finalized").inc()
+
+    def _assign(
+        self, rid: int, input_digest: bytes, deadline: int, block: int, block_hash: str, ts: dict[int, int]
+    ) -> None:
+        job, changed = self.journal.assign(
+            rid, input_digest=input_digest, deadline=deadline, block_number=block,
+            block_hash=block_hash, created=ts.get(block, 0),
+        )  # fmt: skip
+        if changed:
+            log.info("job_assigned", request_id=rid, deadline=deadline, block=block, state=job.state.value)
+        if job.state == JobState.NEW:
+            self.schedule(rid)
+
+    def _cancel(self, rid: int) -> None:
+        task = self._producing.get(rid)
+        if task is not None:
+            task.cancel()
+
+    async def _on_reorg(self, reorg: Reorg) -> None:
+        """Re-check every job the replaced blocks touched; the re-scan re-assigns what still exists."""
+        self.metrics.reorgs.inc()
+        fork = reorg.fork_block
+        touched = [
+            j for j in self.journal.jobs()
+            if j.block_number >= fork or (j.submit_block is not None and j.submit_block >= fork)
+        ]  # fmt: skip
+        for job in touched:
+            if job.state in (JobState.NEW, JobState.FAILED):
+                continue
+            if job.output_digest is not None and job.state != JobState.UPLOADED:
+                self.journal.mark(
+                    job.request_id, JobState.UPLOADED, f"re-check after reorg at {reorg.fork_block}"
+                )
+            if job.output_digest is not None:
+                self.submitter.enqueue(job.request_id)
+        log.warning("reorg_handled", fork_block=reorg.fork_block, depth=reorg.depth, rechecked=len(touched))
+
+    async def _watch(self) -> None:
+        assert self.follower is not None
+        async for item in self.follower.follow():
+            self._last_chain_ok = time.time()
+            if isinstance(item, Reorg):
+                await self._on_reorg(item)
+                continue
+            self._head = max(self._head, item.head)
+            self._handle_batch(item)
+
+    def _handle_batch(self, batch: LogBatch[MinerEvent]) -> None:
+        for ev in batch.events:
+            self._on_event(ev, batch.timestamps)
+        self.metrics.last_block.set(batch.to_block)
+
+    # ------------------------------------------------------------------ housekeeping
+
+    async def _sweep(self) -> None:
+        """Drop jobs whose deadline passed before we could submit; keep gauges fresh."""
+        while True:
+            await asyncio.sleep(self.config.sweep_interval_s)
+            try:
+                self._head = max(self._head, int(await self.hub.w3.eth.block_number))
+                self._last_chain_ok = time.time()
+            except Exception:
+                self.metrics.rpc_errors.labels("sweeper").inc()
+            for job in self.journal.jobs([JobState.NEW]):
+                if job.request_id not in self._producing and self._head + 1 > job.deadline:
+                    log.warning(
+                        "job_dropped", request_id=job.request_id, reason=f"deadline {job.deadline} passed"
+                    )
+                    self.journal.mark(job.request_id, JobState.DROPPED, "deadline passed")
+                    self.metrics.jobs_done.labels("dropped").inc()
+                elif job.request_id not in self._producing:
+                    self.schedule(job.request_id)
+            self._refresh_gauges()
+
+    async def _resume(self) -> None:
+        """Pick up every unfinished job from its last durable state."""
+        jobs = self.journal.jobs(UNFINISHED | {JobState.SUBMITTED})
+        counts: dict[str, int] = {}
+        for job in jobs:
+            counts[job.state.value] = counts.get(job.state.value, 0) + 1
+            if job.state == JobState.NEW:
+                self.schedule(job.request_id)
+            elif job.state == JobState.SUBMITTING:
+                await self._resolve_submitting(job)
+            elif job.state == JobState.UPLOADED:
+                self.submitter.enqueue(job.request_id)
+            elif job.state == JobState.SUBMITTED:
+                await self._check_submitted(job)
+        if jobs:
+            log.info("resumed_jobs", **counts)
+
+    async def _resolve_submitting(self, job: Job) -> None:
+        """A crash after recording a tx hash: did any of those transactions land?"""
+        for tx_hash in reversed(job.tx_hashes):
+            try:
+                receipt = await self.hub.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+            except Exception as exc:
+                log.info("receipt_lookup_failed", tx_hash=tx_hash, error=f"{type(exc).__name__}: {exc}")
+                continue
+            if receipt is None or int(receipt["status"]) != 1:
+                continue
+            events = self.view.decode_receipt(receipt)
+            if any(
+                isinstance(e, ResultSubmitted) and e.id == job.request_id and e.miner == self.address
+                for e in events
+            ):
+                self.journal.mark_submitted(job.request_id, int(receipt["blockNumber"]))
+                if any(isinstance(e, InferenceFinalized) and e.id == job.request_id for e in events):
+                    self.journal.mark(job.request_id, JobState.FINALIZED)
+                return
+        self.submitter.enqueue(job.request_id)  # the chain check decides: resubmit or settle
+
+    async def _check_submitted(self, job: Job) -> None:
+        try:
+            info = await self.view.get_request(job.request_id)
+        except Exception:
+            return
+        if info is None:
+            self.journal.mark(job.request_id, JobState.UPLOADED, "request vanished (reorg)")
+            self.submitter.enqueue(job.request_id)
+        elif info.status == RequestStatus.FINALIZED:
+            self.journal.mark(job.request_id, JobState.FINALIZED)
+        elif info.status == RequestStatus.REFUNDED:
+            self.journal.mark(job.request_id, JobState.EXPIRED, "refunded")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then shut down gracefully."""
+        head = await self._wait_for_chain(stop)
+        if head is None:
+            return
+        self._head = head
+        self._last_chain_ok = time.time()
+        start = max(0, head - self.config.lookback_blocks)
+        self.follower = LogFollower(
+            self.hub.w3,
+            address=self.hub.address,
+            decode=self.view.decode,
+            cursor=self.journal,
+            topics=self.view.topics,
+            start_block=start,
+            confirmations=self.config.confirmations,
+            range_blocks=self.config.log_range_blocks,
+            poll_interval_s=self.config.poll_interval_s,
+            on_rpc_error=lambda exc: self.metrics.rpc_errors.labels("watcher").inc(),
+        )
+        if self.config.metrics_port is not None:
+            self.ops = OpsServer(
+                self.metrics, self.health, self.config.metrics_host, self.config.metrics_port
+            )
+            await self.ops.start()
+        if self.publisher is not None:
+            self.publisher.start()
+        background = [
+            asyncio.create_task(self.submitter.run(), name="submitter"),
+            asyncio.create_task(self._sweep(), name="sweeper"),
+        ]
+        await self._resume()
+        background.append(asyncio.create_task(self._watch(), name="watcher"))
+        self.ready.set()
+        log.info(
+            "miner_started", miner=self.address, hub=self.hub.address, chain_id=self.config.chain_id,
+            model=self.engine.model_name, from_block=self.journal.load_cursor() or start, head=head,
+        )  # fmt: skip
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopper, *background], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopper and task.exception() is not None:
+                log.error("background_task_died", task=task.get_name(), error=repr(task.exception()))
+        await self.shutdown(background)
+
+    async def _wait_for_chain(self, stop: asyncio.Event) -> int | None:
+        """The head block, retrying with backoff while the RPC is unreachable (None: stopped)."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                return int(await self.hub.w3.eth.block_number)
+            except Exception as exc:
+                self.metrics.rpc_errors.labels("startup").inc()
+                log.warning("chain_unreachable", rpc_error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 10.0)
+        return None
+
+    async def shutdown(self, background: list[asyncio.Task[Any]]) -> None:
+        """Stop taking jobs, let in-flight work finish for `grace_s`, leave the rest journaled."""
+        log.info("miner_stopping", in_flight=len(self._producing), grace_s=self.config.grace_s)
+        self._accepting = False
+        if self.follower is not None:
+            self.follower.stop()
+        deadline = time.monotonic() + self.config.grace_s
+        if self._producing:
+            await asyncio.wait(set(self._producing.values()), timeout=max(0.0, deadline - time.monotonic()))
+        # Let the submitter flush what is ready (its batch window) and wait for in-flight txs.
+        while self.submitter.pending and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded flush
+            await asyncio.sleep(0.1)
+        await self.submitter.drain(max(0.0, deadline - time.monotonic()))
+        for task in [*self._producing.values(), *background]:
+            task.cancel()
+        for task in [*self._producing.values(), *background]:
+            with contextlib.suppress(BaseException):
+                await task
+        if self.publisher is not None:
+            await self.publisher.close()
+        if self.ops is not None:
+            await self.ops.stop()
+        self._refresh_gauges()
+        left = {s.value: n for s, n in self.journal.counts().items() if s in UNFINISHED and n}
+        log.info("miner_stopped", unfinished=left)
+
+    @property
+    def settled_states(self) -> frozenset[JobState]:
+        return TERMINAL
+
+
+__all__ = ["DaemonConfig", "MinerDaemon"]

@@ -1,0 +1,118 @@
+"""Prometheus metrics of the miner and a tiny `/metrics` + `/healthz` HTTP server.
+
+The server is a few lines over `asyncio.start_server` (no framework): it only ever answers two
+GETs, and it must keep answering while the event loop is busy with jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from node.log import get_logger
+
+log = get_logger("inferd.miner.metrics")
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+
+
+class MinerMetrics:
+    """Every metric the miner exports, on its own registry (several daemons per test process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.jobs = Gauge("inferd_miner_jobs", "Jobs in the journal by state", ["state"], registry=r)
+        self.jobs_done = Counter(
+            "inferd_miner_job_transitions", "Jobs reaching a state", ["state"], registry=r
+        )
+        self.in_flight = Gauge("inferd_miner_in_flight", "Jobs being fetched/inferred now", registry=r)
+        self.tokens = Counter("inferd_miner_output_tokens_total", "Completion tokens generated", registry=r)
+        self.prompt_tokens = Counter(
+            "inferd_miner_prompt_tokens_total", "Prompt tokens processed", registry=r
+        )
+        self.stage_latency = Histogram(
+            "inferd_miner_stage_seconds", "Latency of pipeline stages", ["stage"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.job_latency = Histogram(
+            "inferd_miner_job_seconds",
+            "Assignment seen to result on chain",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tx_gas = Counter("inferd_miner_tx_gas_total", "Gas used by submit transactions", registry=r)
+        self.txs = Counter(
+            "inferd_miner_txs_total", "Submit transactions by outcome", ["outcome"], registry=r
+        )
+        self.batch_size = Histogram(
+            "inferd_miner_batch_size", "Results per submit transaction",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r,
+        )  # fmt: skip
+        self.rpc_errors = Counter(
+            "inferd_miner_rpc_errors_total", "RPC errors by component", ["component"], registry=r
+        )
+        self.last_block = Gauge(
+            "inferd_miner_last_block", "Last block fully scanned by the watcher", registry=r
+        )
+        self.reorgs = Counter("inferd_miner_reorgs_total", "Chain reorganisations seen", registry=r)
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))
+
+
+class OpsServer:
+    """Serves `GET /metrics` and `GET /healthz` (200 when `health()` says ok, else 503)."""
+
+    def __init__(
+        self, metrics: MinerMetrics, health: Callable[[], dict[str, Any]], host: str, port: int
+    ) -> None:
+        self.metrics = metrics
+        self.health = health
+        self.host = host
+        self.port = port
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        sock = self._server.sockets[0].getsockname()
+        self.port = int(sock[1])
+        log.info("ops_server_listening", host=self.host, port=self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = line.decode("latin-1").split()
+            path = parts[1].split("?")[0] if len(parts) >= 2 else "/"
+            if path == "/metrics":
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self.metrics.render()
+            elif path == "/healthz":
+                info = self.health()
+                status = "200 OK" if info.get("ok") else "503 Service Unavailable"
+                ctype, body = "application/json", json.dumps(info).encode()
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"not found: try /metrics or /healthz\n"
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+__all__ = ["MinerMetrics", "OpsServer"]

@@ -1,0 +1,116 @@
+"""Build a `MinerDaemon` from `Settings` and run it until SIGTERM/SIGINT (what `inferd miner run` does)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+
+from node.chain.hub import HubClient
+from node.config import Settings
+from node.content.factory import open_store
+from node.log import get_logger
+from node.miner.daemon import DaemonConfig, MinerDaemon
+from node.miner.journal import Journal
+from node.miner.keys import load_account
+from node.miner.pipeline import EngineLike
+from node.stream.publisher import StreamPublisher
+
+log = get_logger("inferd.miner")
+
+
+class MinerConfigError(RuntimeError):
+    """Settings that cannot start a miner (no hub address, wrong chain id, ...)."""
+
+
+async def open_engine(settings: Settings, fake: bool = False) -> tuple[EngineLike, Any]:
+    """The engine (and a closer). `fake` uses the deterministic FakeEngine (devnet without vLLM)."""
+    if fake:
+        from node.miner.testing import FakeEngine
+
+        return FakeEngine(model_name=settings.engine.model), None
+    from node.engine.engine import Engine  # heavy: vLLM
+
+    engine = await Engine.start(settings.engine)
+    return engine, engine.shutdown
+
+
+async def build_daemon(
+    settings: Settings, engine: EngineLike, account: LocalAccount | None = None
+) -> MinerDaemon:
+    chain = settings.chain
+    if not chain.hub_address:
+        raise MinerConfigError("chain.hub_address is not set: pass the deployed InferenceHub address")
+    account = account or load_account(chain)
+    w3 = HubClient.web3(chain.rpc_url, timeout=chain.rpc_timeout_s)
+    hub = HubClient(w3, chain.hub_address, "0x" + bytes(account.key).hex(), gas_margin=chain.gas_margin)
+    chain_id = int(await w3.eth.chain_id)
+    if chain.chain_id is not None and chain.chain_id != chain_id:
+        raise MinerConfigError(
+            f"chain.chain_id is {chain.chain_id} but {chain.rpc_url} serves chain {chain_id}"
+        )
+    miner = settings.miner
+    config = DaemonConfig(
+        chain_id=chain_id,
+        max_concurrency=miner.max_concurrency,
+        batch_max=miner.batch_max,
+        batch_wait_s=miner.batch_wait_s,
+        confirmations=chain.confirmations,
+        poll_interval_s=chain.poll_interval_s,
+        log_range_blocks=chain.log_range_blocks,
+        gas_margin=chain.gas_margin,
+        metrics_host=miner.metrics_host,
+        metrics_port=miner.metrics_port,
+    )
+    journal = Journal(settings.journal_path(), scope=f"{chain_id}:{hub.address}:{account.address}")
+    store = open_store(settings.content, settings.content_path())
+    publisher = None
+    if settings.stream.enabled:
+        publisher = StreamPublisher(
+            settings.stream.broker_url,
+            chain_id=chain_id,
+            hub=hub.address,
+            miner=str(account.address),
+            heartbeat=lambda: {},
+            heartbeat_s=settings.stream.heartbeat_s,
+            username=settings.stream.username,
+            password=settings.stream.password.get_secret_value() if settings.stream.password else None,
+        )
+    daemon = MinerDaemon(
+        config=config,
+        hub=hub,
+        account=account,
+        engine=engine,
+        store=store,
+        journal=journal,
+        publisher=publisher,
+    )
+    if publisher is not None:
+        publisher.heartbeat = daemon.heartbeat
+    return daemon
+
+
+async def run_miner(settings: Settings, *, fake_engine: bool = False) -> None:
+    """Run the miner until SIGTERM or SIGINT; in-flight work is finished or left journaled."""
+    account = load_account(settings.chain)  # fail fast on a bad key, before loading the model
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    engine, close = await open_engine(settings, fake=fake_engine)
+    try:
+        daemon = await build_daemon(settings, engine, account)
+        await daemon.run(stop)
+        daemon.journal.close()
+    finally:
+        if close is not None:
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+
+
+__all__ = ["MinerConfigError", "build_daemon", "open_engine", "run_miner"]

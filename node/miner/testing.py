@@ -1,0 +1,125 @@
+"""Test and devnet helpers: a deterministic fake engine and a one-call hub setup on a dev chain.
+
+The fake engine lets pipeline logic (journal, batching, crash recovery, reorgs) be exercised in
+seconds without vLLM; its text is a pure function of the request, so output digests are stable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from node.chain.hub import HubClient, model_id
+from node.content.documents import (
+    AssistantOutput,
+    ChatChoice,
+    ChatInputDocument,
+    CompletionChoice,
+    InputDocument,
+    OutputDocument,
+    Usage,
+)
+
+
+class FakeEngine:
+    """Deterministic stand-in for `node.engine.Engine`: words derived from the request's input."""
+
+    def __init__(self, model_name: str = "fake-model", delay_s: float = 0.0, tokens: int = 8) -> None:
+        self._model = model_name
+        self.delay_s = delay_s
+        self.tokens = tokens
+        self.calls = 0
+        self.max_concurrent = 0
+        self._running = 0
+
+    @property
+    def model_name(self) -> str:
+        return self._model
+
+    @property
+    def system_fingerprint(self) -> str:
+        return "inferd-fake-1"
+
+    def _words(self, input_doc: InputDocument) -> list[str]:
+        seed = hashlib.sha256(input_doc.model_dump_json().encode()).hexdigest()
+        n = input_doc.params.max_tokens or self.tokens
+        return [seed[(2 * i) % 64 : (2 * i) % 64 + 4] for i in range(n)]
+
+    def _output(
+        self, input_doc: InputDocument, request_id: int, input_cid: str, created: int
+    ) -> OutputDocument:
+        words = self._words(input_doc)
+        text = " ".join(words)
+        usage = Usage(prompt_tokens=4, completion_tokens=len(words), total_tokens=4 + len(words))
+        if isinstance(input_doc, ChatInputDocument):
+            return OutputDocument(
+                request_id=request_id, input_cid=input_cid, model=self._model,
+                system_fingerprint=self.system_fingerprint, object="chat.completion", created=created,
+                choices=[ChatChoice(index=0, message=AssistantOutput(content=text), finish_reason="length")],
+                usage=usage,
+            )  # fmt: skip
+        return OutputDocument(
+            request_id=request_id, input_cid=input_cid, model=self._model,
+            system_fingerprint=self.system_fingerprint, object="text_completion", created=created,
+            choices=[CompletionChoice(index=0, text=text, finish_reason="length")], usage=usage,
+        )  # fmt: skip
+
+    async def generate(
+        self, input_doc: InputDocument, *, request_id: int, input_cid: str, created: int
+    ) -> OutputDocument:
+        self.calls += 1
+        self._running += 1
+        self.max_concurrent = max(self.max_concurrent, self._running)
+        try:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            return self._output(input_doc, request_id, input_cid, created)
+        finally:
+            self._running -= 1
+
+    async def stream(
+        self, input_doc: InputDocument, *, request_id: int, input_cid: str, created: int
+    ) -> AsyncIterator[Any]:
+        """Deltas `{"choice", "delta"}` then the final OutputDocument (the engine's streaming shape)."""
+        for word in self._words(input_doc):
+            yield {"choice": 0, "delta": {"content": word + " "}}
+        yield await self.generate(input_doc, request_id=request_id, input_cid=input_cid, created=created)
+
+
+@dataclass
+class DevHub:
+    """A freshly deployed hub with one model and registered miners."""
+
+    owner: HubClient
+    model: bytes
+    model_name: str
+    miners: list[str]
+
+
+async def deploy_dev_hub(
+    rpc_url: str,
+    owner_key: str,
+    miner_keys: Sequence[str],
+    *,
+    model_name: str = "fake-model",
+    timeout_blocks: int = 100,
+    redundancy: int = 1,
+    min_stake: int = 10**18,
+    min_fee: int = 10**12,
+) -> DevHub:
+    """Deploy a hub, register `model_name` and stake every miner key (dev chains only)."""
+    owner = await HubClient.deploy(rpc_url, owner_key)
+    await owner.register_model(model_name, min_stake, min_fee, timeout_blocks, redundancy)
+    mid = model_id(model_name)
+    addresses = []
+    for key in miner_keys:
+        client = HubClient(owner.w3, owner.address, key)
+        await client.register_miner(mid, min_stake)
+        addresses.append(str(client.sender))
+    return DevHub(owner=owner, model=mid, model_name=model_name, miners=addresses)
+
+
+__all__ = ["DevHub", "FakeEngine", "deploy_dev_hub"]

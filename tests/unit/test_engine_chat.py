@@ -1,0 +1,206 @@
+"""Chat rendering, hermes tool calls and engine helpers, without the engine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from node.config import EngineSettings
+from node.content.documents import ChatInputDocument, NamedToolChoice, Tool
+from node.engine import chat
+from node.engine.bench_prompts import bench_prompts
+from node.engine.engine import effective_dtype, fingerprint, weights_hash
+from node.engine.model_fetch import MANIFEST, WEIGHTS_SHA256, verify_model_dir
+
+SMOL_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, "
+    "trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+TOOLS_TEMPLATE = (
+    "{% if tools %}TOOLS:{% for t in tools %}{{ t.function.name }};{% endfor %}\n{% endif %}"
+    "{% for m in messages %}[{{ m.role }}]{{ m.content }}"
+    "{% if m.tool_calls %}{% for c in m.tool_calls %}"
+    "CALL {{ c.function.name }} {{ c.function.arguments | tojson }}"
+    "{% endfor %}{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}[assistant]{% endif %}"
+)
+DATE_TEMPLATE = (
+    "{{ strftime_now('%Y-%m-%d') }}|{{ date_string }}|{% for m in messages %}{{ m.content }}{% endfor %}"
+)
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def doc(messages: list[dict[str, object]], **params: object) -> ChatInputDocument:
+    return ChatInputDocument.model_validate({"model": "m", "messages": messages, "params": params})
+
+
+def test_smollm_template_renders_the_conversation() -> None:
+    text = chat.render_chat(doc([{"role": "user", "content": "Hi"}]), SMOL_TEMPLATE)
+    assert text.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    assert "SmolLM" in text
+
+
+def test_tools_join_the_system_prompt_when_the_template_has_no_tools() -> None:
+    d = doc(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather?"}], tools=[WEATHER]
+    )
+    text = chat.render_chat(d, SMOL_TEMPLATE)
+    assert text.startswith("<|im_start|>system\nBe brief.\n\n# Tools")
+    assert '"name": "get_weather"' in text and "<tool_call>" in text
+
+
+def test_tool_choice_none_renders_no_tools() -> None:
+    d = doc([{"role": "user", "content": "Weather?"}], tools=[WEATHER], tool_choice="none")
+    assert "# Tools" not in chat.render_chat(d, SMOL_TEMPLATE)
+
+
+def test_history_tool_calls_and_results_render_as_hermes_text() -> None:
+    d = doc(
+        [
+            {"role": "user", "content": "Weather?"},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        ],
+        tools=[WEATHER],
+    )
+    text = chat.render_chat(d, SMOL_TEMPLATE)
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in text
+    assert "<|im_start|>user\n<tool_response>\nsunny\n</tool_response>" in text
+
+
+def test_a_template_with_tools_gets_them_natively() -> None:
+    d = doc(
+        [
+            {"role": "developer", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {
+                "role": "assistant",
+                "content": "ok",
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "X"}'},
+                    }
+                ],
+            },
+        ],
+        tools=[WEATHER],
+    )
+    text = chat.render_chat(d, TOOLS_TEMPLATE)
+    # trim_blocks eats the newline after each block tag, as transformers' environment does
+    assert text == 'TOOLS:get_weather;[system]ab[assistant]okCALL get_weather {"city": "X"}[assistant]'
+
+
+def test_the_prompt_never_sees_the_clock() -> None:
+    text = chat.render_chat(doc([{"role": "user", "content": "x"}]), DATE_TEMPLATE)
+    assert text == "2025-01-01|01 Jan 2025|x"
+
+
+def test_parse_hermes_tool_calls() -> None:
+    text = 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    parsed = chat.parse_hermes(text, {"get_weather"})
+    assert parsed.content == "Let me check."
+    assert parsed.tool_calls == [("get_weather", '{"city": "Paris"}')]
+    two = chat.parse_hermes(
+        '<tool_call>{"name": "a", "arguments": "{\\"x\\": 1}"}</tool_call>'
+        '<tool_call>{"name": "b", "arguments": {}}',
+        None,
+    )
+    assert two.content is None and [n for n, _ in two.tool_calls] == ["a", "b"]
+    assert json.loads(two.tool_calls[0][1]) == {"x": 1}
+
+
+def test_malformed_or_unknown_tool_calls_stay_text() -> None:
+    for text in (
+        "<tool_call>{not json}</tool_call>",
+        '<tool_call>{"name": "other", "arguments": {}}</tool_call>',
+    ):
+        parsed = chat.parse_hermes(text, {"get_weather"})
+        assert parsed.content == text and parsed.tool_calls == []
+    assert chat.parse_hermes("plain", None).content == "plain"
+
+
+def test_forced_call_schema_and_parse() -> None:
+    tools = [
+        Tool.model_validate(WEATHER),
+        Tool.model_validate({"type": "function", "function": {"name": "noop"}}),
+    ]
+    named = chat.forced_call_schema(
+        tools, NamedToolChoice.model_validate({"type": "function", "function": {"name": "noop"}})
+    )
+    assert named["properties"]["name"]["enum"] == ["noop"]
+    assert named["properties"]["arguments"] == {"type": "object"}
+    required = chat.forced_call_schema(tools, "required")
+    assert len(required["anyOf"]) == 2
+    parsed = chat.parse_forced_call('{"name": "get_weather", "arguments": {"city": "Oslo"}}', {"get_weather"})
+    assert parsed.content is None and parsed.tool_calls == [("get_weather", '{"city": "Oslo"}')]
+
+
+def test_tool_call_ids_are_deterministic() -> None:
+    digest = hashlib.sha256(b"input").digest()
+    assert chat.tool_call_id(digest, 0, 0) == chat.tool_call_id(digest, 0, 0)
+    assert chat.tool_call_id(digest, 0, 0) != chat.tool_call_id(digest, 0, 1)
+    assert chat.tool_call_id(digest, 1, 0).startswith("call_") and len(chat.tool_call_id(digest, 1, 0)) == 29
+    calls = chat.make_tool_calls(chat.ParsedOutput(content=None, tool_calls=[("f", "{}")]), digest, 2)
+    assert calls is not None and calls[0].id == chat.tool_call_id(digest, 2, 0)
+
+
+def test_fingerprint_and_dtype() -> None:
+    fp = fingerprint(
+        vllm_version="0.32.0", weights_sha256="ab" * 32, device="cpu", dtype="float32", batch_invariant=True
+    )
+    assert (
+        fp.startswith("inferd-")
+        and "vllm-0.32.0" in fp
+        and "w-abababababab" in fp
+        and fp.endswith("cpu-float32-bi")
+    )
+    assert effective_dtype(EngineSettings(), on_cpu=True) == "float32"
+    assert effective_dtype(EngineSettings(), on_cpu=False) == "bfloat16"
+    assert effective_dtype(EngineSettings(dtype="bfloat16"), on_cpu=True) == "bfloat16"
+
+
+def test_weights_hash_uses_the_manifest_or_the_files(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"w")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    direct = weights_hash(str(tmp_path))
+    sha = hashlib.sha256(b"w").hexdigest()
+    (tmp_path / MANIFEST).write_text(json.dumps({"files": {"model.safetensors": sha, "tokenizer.json": "x"}}))
+    assert weights_hash(str(tmp_path)) == direct
+    assert weights_hash("org/some-model") != direct
+
+
+def test_verify_model_dir_rejects_wrong_weights(tmp_path: Path) -> None:
+    assert verify_model_dir(tmp_path) is not None
+    (tmp_path / "model.safetensors").write_bytes(b"not the weights")
+    (tmp_path / MANIFEST).write_text(json.dumps({"files": {"model.safetensors": WEIGHTS_SHA256}}))
+    problem = verify_model_dir(tmp_path)
+    assert problem is not None and "sha256" in problem
+
+
+def test_bench_prompts_are_fixed() -> None:
+    prompts = bench_prompts()
+    assert len(prompts) == 256 and len(set(prompts)) == 256
+    assert prompts == bench_prompts()
+    digest = hashlib.sha256("\n".join(prompts).encode()).hexdigest()
+    assert digest == hashlib.sha256("\n".join(bench_prompts()).encode()).hexdigest()

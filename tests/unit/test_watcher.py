@@ -1,0 +1,93 @@
+"""Log follower against real anvil: bounded ranges, cursor, confirmations and reorg re-scan."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from node.chain.events import InferenceRequested, decode_log
+from node.chain.hub import HubClient
+from node.chain.watcher import LogBatch, LogFollower, MemoryCursor, Reorg
+from node.devnet.processes import Anvil
+from node.miner.testing import deploy_dev_hub
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def setup(anvil: Anvil, keys: list[str]) -> tuple[HubClient, bytes]:
+    hub = await deploy_dev_hub(anvil.rpc_url, keys[0], [keys[1]])
+    return HubClient(hub.owner.w3, hub.owner.address, keys[2]), hub.model
+
+
+def follower(client: HubClient, cursor: MemoryCursor, **kw: Any) -> LogFollower[Any]:
+    return LogFollower(
+        client.w3, address=client.address, decode=decode_log, cursor=cursor, poll_interval_s=0.05, **kw
+    )
+
+
+async def collect(f: LogFollower[Any], until: Any, timeout: float = 10) -> list[Any]:  # noqa: ASYNC109
+    items: list[Any] = []
+    async with asyncio.timeout(timeout):
+        async for item in f.follow():
+            items.append(item)
+            if until(items):
+                f.stop()  # the generator resumes once more: the batch is acknowledged, the cursor saved
+    return items
+
+
+def requested(items: list[Any]) -> list[int]:
+    return [
+        e.id for b in items if isinstance(b, LogBatch) for e in b.events if isinstance(e, InferenceRequested)
+    ]
+
+
+async def test_bounded_ranges_and_persisted_cursor(anvil: Anvil, anvil_keys: list[str]) -> None:
+    client, model = await setup(anvil, anvil_keys)
+    start = int(await client.w3.eth.block_number)
+    for i in range(5):
+        await client.request_inference(model, bytes([i + 1]) * 32, 10**12)
+    cursor = MemoryCursor()
+    f = follower(client, cursor, start_block=start, range_blocks=2)
+    items = await collect(f, lambda it: len(requested(it)) == 5)
+    assert requested(items) == [1, 2, 3, 4, 5][: len(requested(items))]
+    assert all(b.to_block - b.from_block < 2 for b in items if isinstance(b, LogBatch))
+    # A new follower on the same cursor continues after it: nothing acknowledged comes twice.
+    await client.request_inference(model, b"\x09" * 32, 10**12)
+    f2 = follower(client, cursor, start_block=start)
+    items2 = await collect(f2, lambda it: 6 in requested(it))
+    assert requested(items2) == [6]
+
+
+async def test_confirmations_hold_back_recent_blocks(anvil: Anvil, anvil_keys: list[str]) -> None:
+    client, model = await setup(anvil, anvil_keys)
+    await client.request_inference(model, b"\x01" * 32, 10**12)
+    head = int(await client.w3.eth.block_number)
+    f = follower(client, MemoryCursor(head - 1), confirmations=3)
+    task = asyncio.create_task(collect(f, lambda it: len(requested(it)) == 1))
+    await asyncio.sleep(0.5)
+    assert not task.done()  # the request's block has no 3 confirmations yet
+    await client.mine(3)
+    items = await asyncio.wait_for(task, 5)
+    assert requested(items) == [1]
+
+
+async def test_reorg_is_detected_and_rescanned(anvil: Anvil, anvil_keys: list[str]) -> None:
+    client, model = await setup(anvil, anvil_keys)
+    start = int(await client.w3.eth.block_number)
+    for i in range(4):
+        await client.request_inference(model, bytes([i + 1]) * 32, 10**12)
+    cursor = MemoryCursor()
+    f = follower(client, cursor, start_block=start)
+    await collect(f, lambda it: len(requested(it)) == 4)
+    head = int(await client.w3.eth.block_number)
+    # Replace the last 3 blocks by empty ones (their requests vanish), then add new requests.
+    await client.w3.provider.make_request("anvil_reorg", [3, []])  # type: ignore[arg-type]
+    for i in range(2):
+        await client.request_inference(model, bytes([0x20 + i]) * 32, 10**12)
+    f2 = follower(client, cursor, start_block=start)
+    items = await collect(f2, lambda it: 3 in requested(it))
+    reorgs = [i for i in items if isinstance(i, Reorg)]
+    assert len(reorgs) == 1 and reorgs[0].fork_block == head - 2
+    assert requested(items) == [2, 3]  # ids 2..4 were reorged out; the new requests reuse 2 and 3
