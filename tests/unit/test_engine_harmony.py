@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,13 @@ def test_render_conversation_with_tools_and_history(harmony: HarmonyFormat) -> N
     assert "# Instructions\n\nBe brief." in text
     assert "type get_weather" in text
     assert "to=functions.get_weather" in text and '{"city": "Paris"}' in text
-    assert "<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>sunny<|end|>" in text
+    # openai-harmony 0.0.8 and oss-harmony 0.0.11 (what vLLM pins) place the recipient differently.
+    assert re.search(
+        r"<\|start\|>functions\.get_weather( to=assistant)?<\|channel\|>commentary( to=assistant)?"
+        r"<\|message\|>sunny<\|end\|>",
+        text,
+    )
+    assert text.count("to=assistant") >= 1
     assert text.endswith("<|start|>assistant")
     assert harmony.render(doc) == ids
     assert len(harmony.stop_token_ids()) == 2

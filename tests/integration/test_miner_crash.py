@@ -1,0 +1,160 @@
+"""Crash safety: `inferd miner run` as a separate process, SIGKILLed three times at random moments.
+
+Proves: after three SIGKILLs during a 30-request run (and restarts), every request is finalized,
+this miner has exactly one ResultSubmitted per request on chain, none of its transactions was
+wasted on a double submission, and no journal entry is left unfinished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from node.chain.events import ResultSubmitted, decode_logs
+from node.chain.hub import HubClient, RequestStatus
+from node.content.cid import digest_of
+from node.content.documents import ChatInputDocument, ChatParams, UserMessage, to_canonical_bytes
+from node.content.local import LocalStore
+from node.devnet.processes import REPO_ROOT, Anvil, Mosquitto
+from node.miner.testing import deploy_dev_hub
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.timeout(900)]
+MODEL = "SmolLM2-135M-Instruct"
+FAKE = os.environ.get("INFERD_TEST_FAKE_ENGINE") == "1"
+
+
+def doc(i: int) -> bytes:
+    return to_canonical_bytes(
+        ChatInputDocument(
+            model=MODEL,
+            messages=[UserMessage(role="user", content=f"Count to three. ({i})")],
+            params=ChatParams(max_tokens=12, temperature=0.0),
+        )
+    )
+
+
+class MinerProcess:
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "node.miner", "run"] + (["--fake-engine"] if FAKE else [])
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True
+        )
+        log.close()
+        self.starts += 1
+
+    async def wait_started(self, timeout: float = 180) -> None:  # noqa: ASYNC109
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.log_path.read_text()[-3000:]
+            if self.log_path.read_text(errors="replace").count('"miner_started"') >= self.starts:
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError("miner did not start")
+
+    def kill(self) -> None:
+        """SIGKILL the miner and its vLLM engine-core children (the whole box "loses power")."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(120)
+
+
+async def test_sigkill_three_times(
+    anvil: Anvil, mosquitto: Mosquitto, anvil_keys: list[str], data_dir: Path
+) -> None:
+    rng = random.Random(int(os.environ.get("INFERD_CRASH_SEED", "0")) or None)
+    miner_key = anvil_keys[5]
+    hub = await deploy_dev_hub(
+        anvil.rpc_url, anvil_keys[0], [miner_key], model_name=MODEL, timeout_blocks=2000
+    )
+    requester = HubClient(hub.owner.w3, hub.owner.address, anvil_keys[6])
+    store = LocalStore(data_dir / "blocks")
+    env = {
+        **os.environ,
+        "INFERD_DATA_DIR": str(data_dir),
+        "INFERD_LOG_FORMAT": "json",
+        "INFERD_CHAIN__RPC_URL": anvil.rpc_url,
+        "INFERD_CHAIN__HUB_ADDRESS": hub.owner.address,
+        "INFERD_CHAIN__PRIVATE_KEY": miner_key,
+        "INFERD_CHAIN__POLL_INTERVAL_S": "0.2",
+        "INFERD_STREAM__BROKER_URL": mosquitto.url,
+        "INFERD_MINER__METRICS_PORT": "0",
+        "INFERD_MINER__BATCH_WAIT_S": "0.3",
+        "INFERD_MINER__BATCH_MAX": "4",
+        "INFERD_ENGINE__MAX_NUM_SEQS": "32",
+    }
+    env.pop("INFERD_CONFIG", None)
+    miner = MinerProcess(env, data_dir / "miner.log")
+    ids: list[int] = []
+
+    async def send(n: int) -> None:
+        for _ in range(n):
+            data = doc(len(ids))
+            await store.put(data)
+            ids.append((await requester.request_inference(hub.model, digest_of(data), 10**12)).id)
+            await asyncio.sleep(rng.uniform(0.0, 0.15))
+
+    miner.start()
+    await miner.wait_started()
+    for _ in range(3):
+        sender = asyncio.create_task(send(10))
+        await asyncio.sleep(rng.uniform(0.5, 3.0))  # somewhere in fetch / infer / upload / submit
+        miner.kill()
+        await sender
+        miner.start()
+        await miner.wait_started()
+    async with asyncio.timeout(300):
+        while True:
+            infos = [await hub.owner.get_request(i) for i in ids]
+            if all(i.status == RequestStatus.FINALIZED for i in infos):
+                break
+            assert miner.proc is not None and miner.proc.poll() is None
+            await asyncio.sleep(0.5)
+    try:
+        assert miner.terminate() == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(miner.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+    assert len(ids) == 30
+
+    w3 = hub.owner.w3
+    logs = await w3.eth.get_logs({"address": hub.owner.address, "fromBlock": 0})
+    miner_addr = hub.miners[0]
+    subs = [e for e in decode_logs(logs) if isinstance(e, ResultSubmitted) and e.miner == miner_addr]  # type: ignore[arg-type]
+    assert sorted(e.id for e in subs) == sorted(ids), "exactly one ResultSubmitted per request"
+    # No transaction of the miner reverted (a double submission would have).
+    head = int(await w3.eth.block_number)
+    reverted = 0
+    for n in range(head + 1):
+        for h in (await w3.eth.get_block(n))["transactions"]:
+            r = await w3.eth.get_transaction_receipt(h)  # type: ignore[arg-type]
+            if r["from"] == miner_addr and r["status"] != 1:
+                reverted += 1
+    assert reverted == 0
+    db = sqlite3.connect(data_dir / "journal.sqlite")
+    states = dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+    db.close()
+    assert states == {"finalized": 30}, states
+    text = (data_dir / "miner.log").read_text()
+    assert miner_key.removeprefix("0x") not in text, "the private key must never be logged"

@@ -1,0 +1,356 @@
+"""The miner on real anvil + mosquitto + local content store + the real CPU engine (SmolLM2).
+
+What each test proves:
+* e2e: 50 on-chain requests all finalize; every output document is fetchable by the CID derived from
+  the on-chain digest, hashes to it, and carries an EIP-712 signature recovering to the miner; the
+  MQTT result topic carries the same signed document.
+* bad inputs: unknown CID, tampered block, malformed JSON, oversized document each get an error
+  output document submitted on chain, and the daemon keeps serving a good request afterwards.
+* reorg: an `anvil_reorg` of depth 3 (its transactions re-mined in a different order, so the
+  miner's submissions land before the requests they answer and revert) loses no request and leaves
+  exactly one ResultSubmitted per request.
+* outages: the RPC (a TCP proxy in front of anvil) unreachable for 10 s and the broker stopped for
+  10 s during a run; every request still finalizes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from eth_account import Account
+
+from node.chain.events import ResultSubmitted, decode_logs
+from node.chain.hub import HubClient, RequestStatus
+from node.chain.signing import recover_result_signer
+from node.content.cid import cid_for_bytes, digest_of, digest_to_cid
+from node.content.documents import (
+    ChatInputDocument,
+    ChatParams,
+    CompletionInputDocument,
+    CompletionParams,
+    UserMessage,
+    parse_output_document,
+    to_canonical_bytes,
+)
+from node.content.local import LocalStore
+from node.devnet.processes import Anvil, Mosquitto, free_port
+from node.miner.daemon import DaemonConfig, MinerDaemon
+from node.miner.journal import UNFINISHED, Journal
+from node.miner.testing import DevHub, FakeEngine, deploy_dev_hub
+from node.stream.publisher import StreamPublisher
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
+MODEL = "SmolLM2-135M-Instruct"
+
+
+@pytest.fixture(scope="session")
+def miner_engine(request: pytest.FixtureRequest) -> Any:
+    """The session's real engine (the shared `engine` fixture of tests/integration/conftest.py).
+
+    `INFERD_TEST_FAKE_ENGINE=1` swaps in the deterministic fake (fast iteration on pipeline logic).
+    A sync fixture, so that asking for the async `engine` fixture lazily works.
+    """
+    if os.environ.get("INFERD_TEST_FAKE_ENGINE") == "1":
+        return FakeEngine(model_name=MODEL, delay_s=0.2)
+    return request.getfixturevalue("engine")
+
+
+def chat_doc(i: int, max_tokens: int = 8) -> bytes:
+    doc = ChatInputDocument(
+        model=MODEL,
+        messages=[UserMessage(role="user", content=f"Name a colour. ({i})")],
+        params=ChatParams(max_tokens=max_tokens, temperature=0.0),
+    )
+    return to_canonical_bytes(doc)
+
+
+def completion_doc(i: int, max_tokens: int = 8) -> bytes:
+    doc = CompletionInputDocument(
+        model=MODEL, prompt=f"Once upon a time, number {i},", params=CompletionParams(max_tokens=max_tokens)
+    )
+    return to_canonical_bytes(doc)
+
+
+class PausableProxy:
+    """A TCP proxy in front of anvil; `pause()` refuses and cuts connections (an RPC outage)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def pause(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for w in list(self._conns):
+            w.close()
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            w.close()
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            w.close()
+            return
+        self._conns.update({w, uw})
+        try:
+            await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
+        finally:
+            self._conns.discard(w)
+            self._conns.discard(uw)
+
+
+@dataclass
+class Net:
+    anvil: Anvil
+    mosquitto: Mosquitto
+    hub: DevHub
+    miner_key: str
+    requester: HubClient
+    store: LocalStore
+    data_dir: Path
+    daemon: MinerDaemon | None = None
+    task: asyncio.Task[None] | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def request(self, data: bytes, *, store: bool = True) -> int:
+        if store:
+            await self.store.put(data)
+        return (await self.requester.request_inference(self.hub.model, digest_of(data), 10**12)).id
+
+    def start(self, engine: Any, rpc_url: str | None = None, **cfg: Any) -> MinerDaemon:
+        config = DaemonConfig(chain_id=31337, poll_interval_s=0.2, batch_wait_s=0.3, sweep_interval_s=0.5,
+                              stuck_after_s=5.0, metrics_port=0, grace_s=10.0)  # fmt: skip
+        for k, v in cfg.items():
+            setattr(config, k, v)
+        account = Account.from_key(self.miner_key)
+        hub = HubClient(HubClient.web3(rpc_url or self.anvil.rpc_url, timeout=5), self.hub.owner.address,
+                        self.miner_key)  # fmt: skip
+        journal = Journal(self.data_dir / "journal.sqlite", scope=f"31337:{hub.address}:{account.address}")
+        publisher = StreamPublisher(
+            self.mosquitto.url, chain_id=31337, hub=hub.address, miner=str(account.address),
+            heartbeat=dict, heartbeat_s=1.0,
+        )  # fmt: skip
+        self.daemon = MinerDaemon(config=config, hub=hub, account=account, engine=engine, store=self.store,
+                                  journal=journal, publisher=publisher)  # fmt: skip
+        publisher.heartbeat = self.daemon.heartbeat
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(self.daemon.run(self.stop))
+        return self.daemon
+
+    async def wait_final(self, ids: list[int], timeout: float) -> None:  # noqa: ASYNC109
+        hub = self.hub.owner
+        async with asyncio.timeout(timeout):
+            while True:
+                if self.task is not None and self.task.done():
+                    self.task.result()
+                    raise AssertionError("miner stopped early")
+                infos = [await hub.get_request(i) for i in ids]
+                if all(i.status == RequestStatus.FINALIZED for i in infos):
+                    return
+                await asyncio.sleep(0.5)
+
+    async def shutdown(self) -> None:
+        self.stop.set()
+        if self.task is not None:
+            await self.task
+
+    async def submissions(self) -> list[ResultSubmitted]:
+        logs = await self.hub.owner.w3.eth.get_logs({"address": self.hub.owner.address, "fromBlock": 0})
+        return [e for e in decode_logs(logs) if isinstance(e, ResultSubmitted)]  # type: ignore[arg-type]
+
+
+@pytest.fixture()
+async def net(
+    anvil: Anvil, mosquitto: Mosquitto, anvil_keys: list[str], data_dir: Path
+) -> AsyncIterator[Net]:
+    hub = await deploy_dev_hub(
+        anvil.rpc_url, anvil_keys[0], [anvil_keys[3]], model_name=MODEL, timeout_blocks=1000
+    )
+    requester = HubClient(hub.owner.w3, hub.owner.address, anvil_keys[4])
+    n = Net(anvil, mosquitto, hub, anvil_keys[3], requester, LocalStore(data_dir / "blocks"), data_dir)
+    try:
+        yield n
+    finally:
+        if n.task is not None and not n.task.done():
+            await n.shutdown()
+
+
+async def check_outputs(net: Net, ids: list[int]) -> None:
+    hub = net.hub.owner
+    assert net.daemon is not None
+    for rid in ids:
+        info = await hub.get_request(rid)
+        assert info.status == RequestStatus.FINALIZED and info.output_digest is not None
+        data = await net.store.get(digest_to_cid(info.output_digest))
+        assert digest_of(data) == info.output_digest
+        doc = parse_output_document(data)
+        assert doc.request_id == rid
+        job = net.daemon.journal.get(rid)
+        assert job is not None and job.signature is not None and job.output_digest == info.output_digest
+        signer = recover_result_signer(
+            job.signature, chain_id=31337, hub=hub.address, request_id=rid,
+            input_digest=info.input_digest, output_digest=info.output_digest,
+        )  # fmt: skip
+        assert signer == net.daemon.address
+
+
+async def test_e2e_50_requests(net: Net, miner_engine: Any) -> None:
+    results: dict[int, dict[str, Any]] = {}
+
+    async def listen() -> None:
+        async with aiomqtt.Client(net.mosquitto.host, net.mosquitto.port) as client:
+            await client.subscribe(f"inferd/v1/31337/{net.hub.owner.address}/req/+/result", qos=1)
+            async for msg in client.messages:
+                rid = int(str(msg.topic).split("/")[-2])
+                results[rid] = json.loads(bytes(msg.payload))  # type: ignore[arg-type]
+
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    daemon = net.start(miner_engine)
+    ids = [await net.request(chat_doc(i) if i % 2 else completion_doc(i)) for i in range(50)]
+    await net.wait_final(ids, timeout=300)
+    elapsed = loop.time() - started
+    print(f"\ne2e: 50 requests finalized in {elapsed:.1f}s")
+    await check_outputs(net, ids)
+    subs = await net.submissions()
+    assert sorted(s.id for s in subs) == ids
+    await asyncio.sleep(0.5)
+    listener.cancel()
+    with contextlib.suppress(BaseException):
+        await listener
+    assert len(results) >= 45  # QoS 1 results while connected (all, barring a reconnect)
+    for rid, msg in results.items():
+        assert msg["miner"] == daemon.address
+        assert cid_for_bytes(msg["output"].encode()) == digest_to_cid(
+            (await net.hub.owner.get_request(rid)).output_digest or b""
+        )
+    await net.shutdown()
+    assert not [j for j in daemon.journal.jobs(UNFINISHED)]
+
+
+async def test_bad_inputs_get_error_documents(net: Net, miner_engine: Any) -> None:
+    net.start(miner_engine)
+    store = net.store
+    tampered = chat_doc(7)
+    await store.put(tampered)
+    path = store.path_for(cid_for_bytes(tampered))
+    path.chmod(0o644)
+    path.write_bytes(tampered.replace(b"colour", b"COLOUR"))
+    big = b'{"v":1,"type":"completion","model":"m","prompt":"' + b"x" * (1 << 20) + b'"}'
+    big_path = store.path_for(cid_for_bytes(big))
+    big_path.parent.mkdir(parents=True, exist_ok=True)
+    big_path.write_bytes(big)
+    ids = {
+        "unknown": await net.request(chat_doc(1000), store=False),
+        "tampered": await net.request(tampered, store=False),
+        "malformed": await net.request(b'{"v":1,"type":"chat",', store=True),
+        "oversized": await net.request(big, store=False),
+    }
+    await net.wait_final(list(ids.values()), timeout=120)
+    good = await net.request(chat_doc(1))
+    await net.wait_final([good], timeout=120)
+    assert net.task is not None and not net.task.done()
+    codes = {}
+    for name, rid in ids.items():
+        info = await net.hub.owner.get_request(rid)
+        doc = parse_output_document(await store.get(digest_to_cid(info.output_digest or b"")))
+        codes[name] = doc.error.code if doc.error else None
+    assert codes == {
+        "unknown": "input_not_found",
+        "tampered": "input_integrity",
+        "malformed": "invalid_request",
+        "oversized": "input_too_large",
+    }
+    info = await net.hub.owner.get_request(good)
+    assert parse_output_document(await store.get(digest_to_cid(info.output_digest or b""))).error is None
+
+
+async def _raw_txs(w3: Any, block: int) -> list[tuple[str, str]]:
+    """(sender, raw tx) of every transaction in `block`, in block order."""
+    b = await w3.eth.get_block(block, full_transactions=True)
+    out = []
+    for tx in b["transactions"]:
+        raw = await w3.provider.make_request("eth_getRawTransactionByHash", ["0x" + bytes(tx["hash"]).hex()])
+        out.append((str(tx["from"]), raw["result"]))
+    return out
+
+
+async def test_reorg_depth_3(net: Net, miner_engine: Any) -> None:
+    daemon = net.start(miner_engine, batch_wait_s=0.05)
+    w3 = net.hub.owner.w3
+    ids = [await net.request(chat_doc(i, 4)) for i in range(6)]
+    await net.wait_final(ids, timeout=120)
+    # Reorg the last 3 blocks (the latest requests and submissions) and re-mine their transactions
+    # in one block, the miner's first (each sender keeps its nonce order, as a node re-injects
+    # them): the submissions now come before the requests they answer, and revert.
+    head = int(await w3.eth.block_number)
+    txs: list[tuple[str, str]] = []
+    for n in range(head - 2, head + 1):
+        txs += await _raw_txs(w3, n)
+    assert any(sender == daemon.address for sender, _ in txs)
+    ordered = [raw for sender, raw in txs if sender == daemon.address]
+    ordered += [raw for sender, raw in txs if sender != daemon.address]
+    pairs = [[raw, 0] for raw in ordered]
+    reply = await w3.provider.make_request("anvil_reorg", [3, pairs])
+    assert "error" not in reply, reply
+    more = [await net.request(chat_doc(100 + i, 4)) for i in range(4)]
+    await net.wait_final(ids + more, timeout=180)
+    assert daemon.follower is not None and daemon.follower.stats.reorgs >= 1
+    subs = await net.submissions()
+    ours = sorted(s.id for s in subs if s.miner == daemon.address)
+    assert ours == sorted(ids + more), "one ResultSubmitted per request on the canonical chain"
+    await check_outputs(net, ids + more)
+
+
+async def test_rpc_and_broker_outages(net: Net, miner_engine: Any) -> None:
+    proxy = PausableProxy(net.anvil.port)
+    await proxy.start()
+    net.start(miner_engine, rpc_url=proxy.url)
+    ids = [await net.request(chat_doc(200 + i, 8)) for i in range(10)]
+    await asyncio.sleep(1.0)
+    await proxy.pause()  # the miner's RPC is gone for 10 s; requests keep arriving on chain
+    ids += [await net.request(chat_doc(300 + i, 8)) for i in range(5)]
+    await asyncio.sleep(10)
+    await proxy.start()
+    net.mosquitto.stop()  # then the broker for 10 s
+    ids += [await net.request(chat_doc(400 + i, 8)) for i in range(5)]
+    await asyncio.sleep(10)
+    net.mosquitto.start()
+    ids += [await net.request(chat_doc(500 + i, 8)) for i in range(5)]
+    await net.wait_final(ids, timeout=240)
+    await check_outputs(net, ids)
+    assert net.daemon is not None
+    await asyncio.sleep(2)
+    assert net.daemon.publisher is not None and net.daemon.publisher.stats.connects >= 2
+    await proxy.pause()
