@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from node.config import Settings, load_settings
+from node.cli.common import settings_from
 from node.content.cid import cid_for_bytes, cid_to_digest
 from node.content.errors import MAX_DOCUMENT_BYTES, ContentError, DocumentTooLarge
 from node.content.factory import open_store
@@ -22,19 +22,8 @@ from node.content.store import ContentStore
 app = typer.Typer(help="Store and fetch documents by CID (raw IPFS blocks).", no_args_is_help=True)
 
 
-def _settings(ctx: typer.Context) -> Settings:
-    """The settings the root command parsed (its State), or the defaults when run standalone."""
-    obj = ctx.find_root().obj
-    factory = getattr(obj, "settings", None)
-    if callable(factory):
-        settings = factory()
-        if isinstance(settings, Settings):
-            return settings
-    return load_settings()
-
-
 def _store(ctx: typer.Context) -> ContentStore:
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     try:
         return open_store(settings.content, settings.content_path())
     except ValueError as exc:

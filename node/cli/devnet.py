@@ -15,7 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from node.config import DEFAULT_MODEL_NAME, ConfigFileError, load_settings
+from node.cli.common import fail, root_state, settings_from
+from node.config import DEFAULT_MODEL_NAME
 from node.devnet.layout import DEFAULT_DATA_DIR, Layout, read_json
 
 app = typer.Typer(
@@ -30,10 +31,9 @@ DataDir = Annotated[
 
 
 def _config_file(ctx: typer.Context) -> Path | None:
-    """The root `--config` file, if any (read without importing node.cli.main: no import cycle)."""
-    obj = ctx.find_root().obj
-    value = getattr(obj, "config_file", None)
-    return value if isinstance(value, Path) else None
+    """The root `--config` file, if any."""
+    state = root_state(ctx)
+    return state.config_file if state is not None else None
 
 
 def _say(text: str) -> None:
@@ -114,8 +114,7 @@ def up(
     try:
         code = up_detached(opts, _config_file(ctx), _say) if detach else run_foreground(opts, _say)
     except DevnetError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        raise fail(str(exc), 1) from exc
     raise typer.Exit(code)
 
 
@@ -172,11 +171,7 @@ def bootstrap_cmd(
     from node.devnet.chain import ETH, ChainPlan, bootstrap
     from node.devnet.processes import anvil_private_keys
 
-    try:
-        settings = load_settings(_config_file(ctx))
-    except ConfigFileError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    settings = settings_from(ctx)
     key = settings.chain.private_key
     plan = ChainPlan(
         rpc_url=rpc_url or settings.chain.rpc_url,
@@ -191,11 +186,11 @@ def bootstrap_cmd(
     state: Any = asyncio.run(bootstrap(plan))
     expected = settings.chain.hub_address
     if expected and state.hub.lower() != expected.lower():
-        console.print(
-            f"[red]error:[/red] the hub was deployed at {state.hub}, not at chain.hub_address {expected} "
-            "(anvil's account 0 had sent transactions before): set INFERD_HUB_ADDRESS to the new address"
+        raise fail(
+            f"the hub was deployed at {state.hub}, not at chain.hub_address {expected} "
+            "(anvil's account 0 had sent transactions before): set INFERD_HUB_ADDRESS to the new address",
+            1,
         )
-        raise typer.Exit(1)
     typer.echo(
         json.dumps(
             {

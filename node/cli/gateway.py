@@ -13,16 +13,14 @@ and broker settings from `--config` / `INFERD_*` env like every component, e.g.
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from node.config import Settings, load_settings
+from node.cli.common import fail, settings_from
 
 app = typer.Typer(
     help="Serve the OpenAI-compatible API over the chain; manage API keys.", no_args_is_help=True
@@ -32,25 +30,15 @@ app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
 
-def _settings(ctx: typer.Context, **overrides: Any) -> Settings:
-    root = ctx.find_root().obj
-    if root is not None and hasattr(root, "settings"):
-        settings: Settings = root.settings(**overrides)
-        return settings
-    env = os.environ.get("INFERD_CONFIG")
-    return load_settings(Path(env) if env else None, **overrides)
-
-
 def _keys(ctx: typer.Context) -> Any:
     from node.gateway.auth import KeyFileError, KeyStore, default_keys_path
 
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     store = KeyStore(settings.gateway.keys_path or default_keys_path(settings.data_dir))
     try:
         store.list()
     except KeyFileError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise fail(str(exc), 2) from exc
     return store
 
 
@@ -90,7 +78,7 @@ def _serve(
     for key, value in (("gateway", gw), ("chain", chain), ("stream", stream)):
         if value:
             overrides[key] = value
-    settings = _settings(ctx, **overrides)
+    settings = settings_from(ctx, **overrides)
     configure_logging(settings.log_level, settings.log_format)
     app_ = create_app(settings)
     uvicorn.run(
@@ -127,19 +115,7 @@ def serve(
     _serve(ctx, host, port, rpc_url, hub, broker_url, no_broker, no_auth)
 
 
-@app.command("run", hidden=True)
-def run(
-    ctx: typer.Context,
-    host: HostOpt = None,
-    port: PortOpt = None,
-    rpc_url: RpcOpt = None,
-    hub: HubOpt = None,
-    broker_url: BrokerOpt = None,
-    no_broker: NoBrokerOpt = False,
-    no_auth: NoAuthOpt = False,
-) -> None:
-    """Alias of `serve`."""
-    _serve(ctx, host, port, rpc_url, hub, broker_url, no_broker, no_auth)
+run = app.command("run", hidden=True, help="Alias of `serve`.")(serve)
 
 
 @keys_app.command("add")
@@ -194,8 +170,7 @@ def keys_revoke(
     try:
         record = _keys(ctx).revoke(key_id)
     except UnknownKey as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        raise fail(str(exc), 1) from exc
     console.print(f"revoked {record.id} {record.name!r}")
 
 

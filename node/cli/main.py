@@ -10,13 +10,14 @@ import typer
 from rich.console import Console
 
 from node import __version__
+from node.cli.common import State, root_state
 from node.cli.content import app as content_app
 from node.cli.devnet import app as devnet_app
 from node.cli.gateway import app as gateway_app
 from node.cli.miner import app as miner_app
 from node.cli.model import app as model_app
 from node.cli.verify import replay, verify
-from node.config import ConfigFileError, Settings, load_settings, masked_dump
+from node.config import masked_dump
 
 app = typer.Typer(
     name="inferd",
@@ -35,20 +36,6 @@ app.command("verify")(verify)
 app.command("replay")(replay)
 
 console = Console()
-
-
-class State:
-    """What the root callback parsed, shared with sub-commands through typer's context."""
-
-    def __init__(self, config_file: Path | None) -> None:
-        self.config_file = config_file
-
-    def settings(self, **overrides: Any) -> Settings:
-        try:
-            return load_settings(self.config_file, **overrides)
-        except ConfigFileError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
 
 
 def _version(value: bool) -> None:
@@ -73,8 +60,7 @@ def root(
 
 def state(ctx: typer.Context) -> State:
     """The root State, whichever sub-command runs."""
-    obj = ctx.find_root().obj
-    return obj if isinstance(obj, State) else State(None)
+    return root_state(ctx) or State(None)
 
 
 @config_app.command("show")
@@ -96,6 +82,9 @@ def config_show(
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+__all__ = ["State", "app", "main", "state"]
 
 
 if __name__ == "__main__":

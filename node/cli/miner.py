@@ -7,7 +7,7 @@ reaches these commands through typer's context.
 from __future__ import annotations
 
 import asyncio
-import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,24 +15,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from node.config import Settings, load_settings
+from node.cli.common import fail, settings_from
+from node.config import Settings
 
 app = typer.Typer(help="Run and manage a miner (stake, run, status, exit, withdraw).", no_args_is_help=True)
 console = Console()
-
-
-def _settings(ctx: typer.Context, **overrides: Any) -> Settings:
-    root = ctx.find_root().obj
-    if root is not None and hasattr(root, "settings"):
-        settings: Settings = root.settings(**overrides)
-        return settings
-    env = os.environ.get("INFERD_CONFIG")
-    return load_settings(Path(env) if env else None, **overrides)
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code)
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -46,11 +33,24 @@ def _hub(settings: Settings) -> Any:
     from node.miner.keys import load_account
 
     if not settings.chain.hub_address:
-        raise _fail("chain.hub_address is not set (INFERD_CHAIN__HUB_ADDRESS or [chain] hub_address)", 2)
+        raise fail("chain.hub_address is not set (INFERD_CHAIN__HUB_ADDRESS or [chain] hub_address)", 2)
     account = load_account(settings.chain)
     return HubClient.connect(
         settings.chain.rpc_url, settings.chain.hub_address, "0x" + bytes(account.key).hex()
     )
+
+
+def _on_hub(settings: Settings, action: Callable[[Any], Awaitable[None]]) -> None:
+    """Run `action(hub)` to completion; a ChainError exits 1 with its message."""
+    from node.chain.errors import ChainError
+
+    async def go() -> None:
+        await action(_hub(settings))
+
+    try:
+        asyncio.run(go())
+    except ChainError as exc:
+        raise fail(str(exc)) from exc
 
 
 def _eth(wei: int) -> str:
@@ -69,7 +69,7 @@ def run(
     overrides: dict[str, Any] = {}
     if metrics_port is not None:
         overrides["miner"] = {"metrics_port": metrics_port}
-    settings = _settings(ctx, **overrides)
+    settings = settings_from(ctx, **overrides)
     _configure_logging(settings)
     from node.miner.keys import MinerKeyError
     from node.miner.run import MinerConfigError, run_miner
@@ -77,7 +77,7 @@ def run(
     try:
         asyncio.run(run_miner(settings, fake_engine=fake_engine))
     except (MinerKeyError, MinerConfigError) as exc:
-        raise _fail(str(exc), 2) from exc
+        raise fail(str(exc), 2) from exc
 
 
 @app.command("register")
@@ -89,40 +89,29 @@ def register(
     ] = None,
 ) -> None:
     """Register this key as a miner of a model, staking ETH."""
-    settings = _settings(ctx)
-    from node.chain.errors import ChainError
+    settings = settings_from(ctx)
     from node.chain.hub import model_id
 
-    async def go() -> None:
-        hub = _hub(settings)
+    async def go(hub: Any) -> None:
         mid = model_id(model or settings.engine.model)
         info = await hub.get_model(mid)
         stake = int(stake_eth * 10**18) if stake_eth is not None else info.min_stake
         tx = await hub.register_miner(mid, stake)
         console.print(f"registered {hub.sender} for {info.name} with {_eth(stake)} (tx {tx.tx_hash})")
 
-    try:
-        asyncio.run(go())
-    except ChainError as exc:
-        raise _fail(str(exc)) from exc
+    _on_hub(settings, go)
 
 
 @app.command("exit")
 def exit_(ctx: typer.Context) -> None:
     """Leave the active set now; the stake unlocks after the cooldown (then `withdraw --stake`)."""
-    settings = _settings(ctx)
-    from node.chain.errors import ChainError
 
-    async def go() -> None:
-        hub = _hub(settings)
+    async def go(hub: Any) -> None:
         tx = await hub.request_exit()
         info = await hub.get_miner(hub.sender)
         console.print(f"exit requested (tx {tx.tx_hash}); stake unlocks at block {info.exit_unlock_block}")
 
-    try:
-        asyncio.run(go())
-    except ChainError as exc:
-        raise _fail(str(exc)) from exc
+    _on_hub(settings_from(ctx), go)
 
 
 @app.command("withdraw")
@@ -133,18 +122,12 @@ def withdraw(
     ] = False,
 ) -> None:
     """Withdraw earned fees (default) or, with --stake, the stake after the exit cooldown."""
-    settings = _settings(ctx)
-    from node.chain.errors import ChainError
 
-    async def go() -> None:
-        hub = _hub(settings)
+    async def go(hub: Any) -> None:
         tx = await (hub.withdraw_stake() if stake else hub.withdraw())
         console.print(f"withdrawn (tx {tx.tx_hash})")
 
-    try:
-        asyncio.run(go())
-    except ChainError as exc:
-        raise _fail(str(exc)) from exc
+    _on_hub(settings_from(ctx), go)
 
 
 @app.command("status")
@@ -153,7 +136,7 @@ def status(
     journal: Annotated[Path | None, typer.Option(help="Journal file (default: the configured one).")] = None,
 ) -> None:
     """Stake, jobs by state, earnings and the last block seen, as a table."""
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     from node.chain.errors import ChainError
     from node.miner.journal import JobState, Journal
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from node.cli.common import fail, settings_from
 from node.engine.harmony import HarmonyVocabError, install_o200k_vocab
 from node.engine.model_fetch import ModelFetchError, default_cache_root, fetch_default_model
 
@@ -19,12 +20,6 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Fetch and try the inference model.", no_args_is_help=True)
 console = Console(stderr=True)
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    from node.cli.main import state  # late: main mounts this app
-
-    return state(ctx).settings()
 
 
 @app.command("fetch-default")
@@ -57,8 +52,7 @@ def fetch_default(
                 vocab = install_o200k_vocab(root.parent / "tiktoken")
                 progress(f"o200k_base verified at {vocab}")
     except (ModelFetchError, HarmonyVocabError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        raise fail(str(exc), 1) from exc
     typer.echo(str(path))
 
 
@@ -90,7 +84,7 @@ def try_(
     """Run one chat request on the configured engine: a smoke test before staking."""
     from node.content.documents import ChatChoice, to_canonical_bytes
 
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": prompt}
     ]
@@ -105,8 +99,7 @@ def try_(
     try:
         out = asyncio.run(_try(settings, doc))
     except Exception as exc:  # the engine failed to start: say why, no traceback
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        raise fail(str(exc), 1) from exc
     if as_json:
         typer.echo(json.dumps(json.loads(to_canonical_bytes(out)), indent=2, ensure_ascii=False))
     elif out.error is not None:

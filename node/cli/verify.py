@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,9 +21,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from node.config import Settings, load_settings
-
-console = Console(stderr=True)
+from node.cli.common import fail, settings_from
+from node.config import Settings
 
 
 def _settings(ctx: typer.Context, rpc_url: str | None, hub: str | None) -> Settings:
@@ -34,17 +32,7 @@ def _settings(ctx: typer.Context, rpc_url: str | None, hub: str | None) -> Setti
     if hub is not None:
         chain["hub_address"] = hub
     overrides: dict[str, Any] = {"chain": chain} if chain else {}
-    root = ctx.find_root().obj
-    if root is not None and hasattr(root, "settings"):
-        settings: Settings = root.settings(**overrides)
-        return settings
-    env = os.environ.get("INFERD_CONFIG")
-    return load_settings(Path(env) if env else None, **overrides)
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code)
+    return settings_from(ctx, **overrides)
 
 
 def _hub(settings: Settings, hub_override: str | None = None) -> Any:
@@ -52,7 +40,7 @@ def _hub(settings: Settings, hub_override: str | None = None) -> Any:
 
     address = hub_override or settings.chain.hub_address
     if not address:
-        raise _fail("no hub address: pass --hub or set chain.hub_address (INFERD_CHAIN__HUB_ADDRESS)")
+        raise fail("no hub address: pass --hub or set chain.hub_address (INFERD_CHAIN__HUB_ADDRESS)", 2)
     return HubClient(HubClient.web3(settings.chain.rpc_url, settings.chain.rpc_timeout_s), address)
 
 
@@ -87,13 +75,13 @@ def _load_response(path: Path) -> dict[str, Any]:
     try:
         raw = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise _fail(f"cannot read {path}: {exc.strerror}") from exc
+        raise fail(f"cannot read {path}: {exc.strerror}", 2) from exc
     try:
         body = json.loads(raw)
     except ValueError as exc:
-        raise _fail(f"{path} is not JSON: {exc}") from exc
+        raise fail(f"{path} is not JSON: {exc}", 2) from exc
     if not isinstance(body, dict):
-        raise _fail(f"{path} is not a JSON object")
+        raise fail(f"{path} is not a JSON object", 2)
     if "response" in body and isinstance(body["response"], dict) and "onchain_data" not in body:
         body = body["response"]  # a saved GET /v1/inferences/{id} record
     return body
@@ -121,7 +109,7 @@ def verify(
     from node.gateway.verify import verify_request_id, verify_response
 
     if (response is None) == (request_id is None):
-        raise _fail("give either RESPONSE.json or --request-id N")
+        raise fail("give either RESPONSE.json or --request-id N", 2)
     settings = _settings(ctx, rpc_url, None)
     body = _load_response(response) if response is not None else None
     hub_address = hub
@@ -144,7 +132,7 @@ def verify(
     try:
         verdict = asyncio.run(_run())
     except OSError as exc:
-        raise _fail(f"cannot reach the chain at {settings.chain.rpc_url}: {exc}") from exc
+        raise fail(f"cannot reach the chain at {settings.chain.rpc_url}: {exc}", 2) from exc
     _print_verdict(verdict, as_json)
     raise typer.Exit(0 if verdict.valid else 1)
 
@@ -172,15 +160,15 @@ def replay(
     async def _run() -> dict[str, Any]:
         store = _store(settings, gateway)
         if store is None:
-            raise _fail("no content store: pass --gateway URL or configure content.*")
+            raise fail("no content store: pass --gateway URL or configure content.*", 2)
         try:
             engine = await Engine.start(settings.engine)
         except EngineError as exc:
-            raise _fail(str(exc)) from exc
+            raise fail(str(exc), 2) from exc
         try:
             result, _ = await replay_request(client, store, engine, request_id)
         except (ReplayError, ChainError, ContentError) as exc:
-            raise _fail(str(exc), 1) from exc
+            raise fail(str(exc), 1) from exc
         finally:
             engine.shutdown()
             await store.close()

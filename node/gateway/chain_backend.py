@@ -32,7 +32,6 @@ from node.chain.events import (
 )
 from node.chain.hub import HubClient, RequestStatus, model_id
 from node.chain.sender import TxError, TxSender, TxWouldRevert
-from node.chain.signing import SignatureError, recover_result_signer
 from node.chain.watcher import LogBatch, LogFollower, MemoryCursor
 from node.config import ChainSettings, Settings, StreamSettings
 from node.content.cid import digest_of, digest_to_cid
@@ -48,10 +47,11 @@ from node.gateway.errors import (
     UpstreamError,
 )
 from node.gateway.mqtt import Routed, Subscriber, request_topics
-from node.gateway.pending import PendingInference, PendingRegistry
+from node.gateway.pending import PendingInference, PendingRegistry, recover_submission_signer
 from node.gateway.records import ModelInfo, Submission, VerifiedResult
 from node.gateway.responses import build_response
 from node.log import get_logger
+from node.stream.connection import credentials
 
 log = get_logger("gateway.chain")
 
@@ -98,7 +98,7 @@ class ChainBackend:
         self.stream = stream
         self.fee_wei = fee_wei
         self.links: dict[int, ChainLink] = {}
-        self.registry = PendingRegistry(self._check_signature, self._fetch_output, grace_s=grace_s)
+        self.registry = PendingRegistry(recover_submission_signer, self._fetch_output, grace_s=grace_s)
         self.subscriber: Subscriber | None = None
         self._recent: OrderedDict[tuple[int, int], VerifiedResult] = OrderedDict()
         self._nudges: set[asyncio.Task[None]] = set()
@@ -173,13 +173,8 @@ class ChainBackend:
             topics = [
                 t for link in self.links.values() for t in request_topics(link.chain_id, link.hub_address)
             ]
-            password = self.stream.password.get_secret_value() if self.stream.password else None
             self.subscriber = Subscriber(
-                self.stream.broker_url,
-                topics,
-                self._on_mqtt,
-                username=self.stream.username,
-                password=password,
+                self.stream.broker_url, topics, self._on_mqtt, **credentials(self.stream)
             )
             self.subscriber.start()
 
@@ -262,19 +257,6 @@ class ChainBackend:
                 link.follower.wake()
 
     # ------------------------------------------------------------------ verification hooks
-
-    def _check_signature(self, sub: Submission, digest: bytes, signature: str) -> str:
-        try:
-            return recover_result_signer(
-                signature,
-                chain_id=sub.chain_id,
-                hub=sub.hub,
-                request_id=sub.request_id,
-                input_digest=sub.input_digest,
-                output_digest=digest,
-            )
-        except SignatureError as exc:
-            raise ValueError(str(exc)) from exc
 
     async def _fetch_output(self, cid: str) -> bytes:
         return await self.store.get(cid)

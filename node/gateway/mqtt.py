@@ -14,7 +14,6 @@ import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 import aiomqtt
 from eth_utils.address import to_checksum_address
@@ -22,6 +21,7 @@ from eth_utils.address import to_checksum_address
 from node.gateway.pending import ResultMessage
 from node.gateway.records import Delta
 from node.log import get_logger
+from node.stream.connection import Backoff, Broker
 from node.stream.topics import PREFIX
 
 log = get_logger("gateway.mqtt")
@@ -90,11 +90,8 @@ class Subscriber:
         password: str | None = None,
         max_backoff_s: float = 5.0,
     ) -> None:
-        url = urlparse(broker_url)
-        if url.scheme not in ("mqtt", "tcp", ""):
-            raise ValueError(f"unsupported broker URL {broker_url!r}: use mqtt://host:port")
-        self.host = url.hostname or "127.0.0.1"
-        self.port = url.port or 1883
+        self.broker = Broker.from_url(broker_url, username=username, password=password)
+        self.host, self.port = self.broker.host, self.broker.port
         self.topics = topics
         self.on_message = on_message
         self.username = username
@@ -117,20 +114,14 @@ class Subscriber:
         self.connected.clear()
 
     async def _run(self) -> None:
-        delay = 0.2
+        backoff = Backoff(self.max_backoff_s)
         while True:
             try:
-                async with aiomqtt.Client(
-                    self.host,
-                    self.port,
-                    identifier=f"inferd-gateway-{secrets.token_hex(4)}",
-                    username=self.username,
-                    password=self.password,
-                ) as client:
+                async with self.broker.client(identifier=f"inferd-gateway-{secrets.token_hex(4)}") as client:
                     for topic in self.topics:
                         await client.subscribe(topic, qos=1)
                     self.connected.set()
-                    delay = 0.2
+                    backoff.reset()
                     log.info("mqtt_subscribed", broker=f"{self.host}:{self.port}", topics=len(self.topics))
                     async for message in client.messages:
                         self.received += 1
@@ -141,8 +132,7 @@ class Subscriber:
                 if self.connected.is_set():
                     log.warning("mqtt_disconnected", error=str(exc))
                 self.connected.clear()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff_s)
+                await backoff.wait()
 
 
 __all__ = ["Routed", "Subscriber", "parse_message", "request_topics"]

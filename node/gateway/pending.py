@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from node.chain.signing import SignatureError, recover_result_signer
 from node.content.cid import digest_of, digest_to_cid
 from node.content.documents import OutputDocument, parse_output_document
 from node.content.errors import ContentError
@@ -31,6 +32,21 @@ SignatureCheck = Callable[[Submission, bytes, str], str]
 """(submission, output digest, signature) -> recovered signer address; raises ValueError if invalid."""
 FetchOutput = Callable[[str], Awaitable[bytes]]
 """CID -> verified bytes (the content store's `get`)."""
+
+
+def recover_submission_signer(sub: Submission, digest: bytes, signature: str) -> str:
+    """The `SignatureCheck` of a real result: who signed (request, input, output digest) under EIP-712."""
+    try:
+        return recover_result_signer(
+            signature,
+            chain_id=sub.chain_id,
+            hub=sub.hub,
+            request_id=sub.request_id,
+            input_digest=sub.input_digest,
+            output_digest=digest,
+        )
+    except SignatureError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -347,4 +363,11 @@ class PendingRegistry:
         )
 
 
-__all__ = ["FetchOutput", "PendingInference", "PendingRegistry", "ResultMessage", "SignatureCheck"]
+__all__ = [
+    "FetchOutput",
+    "PendingInference",
+    "PendingRegistry",
+    "ResultMessage",
+    "SignatureCheck",
+    "recover_submission_signer",
+]

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from eth_account import Account
 
-from node.chain.signing import SignatureError, recover_result_signer, sign_result
+from node.chain.signing import sign_result
 from node.content.cid import cid_for_bytes, digest_of, digest_to_cid
 from node.content.documents import (
     AssistantOutput,
@@ -33,7 +33,7 @@ from node.content.documents import (
 )
 from node.content.errors import ContentNotFound
 from node.gateway.errors import NotFound, UpstreamError
-from node.gateway.pending import PendingInference, PendingRegistry, ResultMessage
+from node.gateway.pending import PendingInference, PendingRegistry, ResultMessage, recover_submission_signer
 from node.gateway.records import Delta, ModelInfo, Submission
 
 Mode = Literal["ok", "silent", "bad_digest", "bad_signature", "error", "expire", "lying_stream"]
@@ -99,7 +99,9 @@ class FakeBackend:
         return [self.chain_id]
 
     async def start(self) -> None:
-        self.registry = PendingRegistry(self._check_signature, self._fetch, grace_s=0.05, fetch_retry_s=0.05)
+        self.registry = PendingRegistry(
+            recover_submission_signer, self._fetch, grace_s=0.05, fetch_retry_s=0.05
+        )
         for listener in self._listeners:
             self.registry.add_rejection_listener(listener)
 
@@ -108,19 +110,6 @@ class FakeBackend:
             task.cancel()
         if self.registry is not None:
             await self.registry.close()
-
-    def _check_signature(self, sub: Submission, digest: bytes, signature: str) -> str:
-        try:
-            return recover_result_signer(
-                signature,
-                chain_id=sub.chain_id,
-                hub=sub.hub,
-                request_id=sub.request_id,
-                input_digest=sub.input_digest,
-                output_digest=digest,
-            )
-        except SignatureError as exc:
-            raise ValueError(str(exc)) from exc
 
     async def _fetch(self, cid: str) -> bytes:
         data = self.blocks.get(cid)

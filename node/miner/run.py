@@ -17,6 +17,7 @@ from node.miner.daemon import DaemonConfig, MinerDaemon
 from node.miner.journal import Journal
 from node.miner.keys import load_account
 from node.miner.pipeline import EngineLike
+from node.stream.connection import credentials
 from node.stream.publisher import StreamPublisher
 
 log = get_logger("inferd.miner")
@@ -76,8 +77,7 @@ async def build_daemon(
             miner=str(account.address),
             heartbeat=lambda: {},
             heartbeat_s=settings.stream.heartbeat_s,
-            username=settings.stream.username,
-            password=settings.stream.password.get_secret_value() if settings.stream.password else None,
+            **credentials(settings.stream),
         )
     daemon = MinerDaemon(
         config=config,

@@ -16,11 +16,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 import aiomqtt
 
 from node.log import get_logger
+from node.stream.connection import Backoff, Broker
 from node.stream.topics import delta_topic, miner_topic, result_topic
 
 log = get_logger("inferd.stream")
@@ -59,11 +59,8 @@ class StreamPublisher:
         max_queue: int = 10_000,
         max_backoff_s: float = 5.0,
     ) -> None:
-        url = urlparse(broker_url)
-        if url.scheme not in ("mqtt", "tcp", ""):
-            raise ValueError(f"unsupported broker URL {broker_url!r}: use mqtt://host:port")
-        self.host = url.hostname or "127.0.0.1"
-        self.port = url.port or 1883
+        self.broker = Broker.from_url(broker_url, username=username, password=password)
+        self.host, self.port = self.broker.host, self.broker.port
         self.chain_id = chain_id
         self.hub = hub
         self.miner = miner
@@ -137,13 +134,8 @@ class StreamPublisher:
 
     async def _session(self) -> None:
         will = self._heartbeat_msg(online=False)
-        async with aiomqtt.Client(
-            self.host,
-            self.port,
-            username=self.username,
-            password=self.password,
-            will=aiomqtt.Will(will.topic, will.payload, qos=1, retain=True),
-            timeout=5,
+        async with self.broker.client(
+            will=aiomqtt.Will(will.topic, will.payload, qos=1, retain=True), timeout=5
         ) as client:
             self.stats.connected = True
             self.stats.connects += 1
@@ -168,7 +160,7 @@ class StreamPublisher:
                 self._wake.clear()
 
     async def _run(self) -> None:
-        delay = 0.2
+        backoff = Backoff(self.max_backoff_s)
         while not self._closing:
             try:
                 await self._session()
@@ -180,15 +172,15 @@ class StreamPublisher:
                 self.stats.connected = False
                 self._deltas.clear()
                 if was:
-                    delay = 0.2
+                    backoff.reset()
                     log.warning("mqtt_disconnected", error=f"{type(exc).__name__}: {exc}")
                 else:
-                    log.debug("mqtt_connect_failed", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
+                    log.debug(
+                        "mqtt_connect_failed", error=f"{type(exc).__name__}: {exc}", retry_in_s=backoff.delay
+                    )
                 if self._closing:
                     return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.sleep(delay), delay + 1)
-                delay = min(delay * 2, self.max_backoff_s)
+                await backoff.wait()
                 continue
             finally:
                 self.stats.connected = False
