@@ -10,7 +10,10 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from eth_account import Account
 
 from node.chain.hub import HubClient, model_id
 from node.content.documents import (
@@ -22,6 +25,10 @@ from node.content.documents import (
     OutputDocument,
     Usage,
 )
+from node.content.store import ContentStore
+from node.miner.daemon import DaemonConfig, MinerDaemon
+from node.miner.journal import Journal
+from node.stream.publisher import StreamPublisher
 
 
 class FakeEngine:
@@ -122,4 +129,34 @@ async def deploy_dev_hub(
     return DevHub(owner=owner, model=mid, model_name=model_name, miners=addresses)
 
 
-__all__ = ["DevHub", "FakeEngine", "deploy_dev_hub"]
+def local_daemon(
+    *,
+    hub: HubClient,
+    miner_key: str,
+    engine: Any,
+    store: ContentStore,
+    journal_path: Path,
+    broker_url: str,
+    config: DaemonConfig,
+    heartbeat_s: float = 10.0,
+) -> MinerDaemon:
+    """An in-process miner (journal, MQTT publisher with its heartbeat wired) for tests and benches."""
+    account = Account.from_key(miner_key)
+    publisher = StreamPublisher(
+        broker_url,
+        chain_id=config.chain_id,
+        hub=hub.address,
+        miner=str(account.address),
+        heartbeat=dict,
+        heartbeat_s=heartbeat_s,
+    )
+    journal = Journal(journal_path, scope=f"{config.chain_id}:{hub.address}:{account.address}")
+    daemon = MinerDaemon(
+        config=config, hub=hub, account=account, engine=engine, store=store, journal=journal,
+        publisher=publisher,
+    )  # fmt: skip
+    publisher.heartbeat = daemon.heartbeat
+    return daemon
+
+
+__all__ = ["DevHub", "FakeEngine", "deploy_dev_hub", "local_daemon"]

@@ -71,7 +71,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
     configure_logging("warning", "console")  # before the modules below bind their loggers
     import httpx
-    from eth_account import Account
 
     from node.chain.hub import HubClient
     from node.config import EngineSettings, load_settings
@@ -84,10 +83,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     from node.gateway.auth import KeyStore
     from node.gateway.schemas import parse_chat_request
     from node.gateway.server import GatewayServer
-    from node.miner.daemon import DaemonConfig, MinerDaemon
-    from node.miner.journal import Journal
-    from node.miner.testing import deploy_dev_hub
-    from node.stream.publisher import StreamPublisher
+    from node.miner.daemon import DaemonConfig
+    from node.miner.testing import deploy_dev_hub, local_daemon
 
     tmp = Path(tempfile.mkdtemp(prefix="inferd-bench-gw-"))
     anvil = anvil_process(tmp)
@@ -102,21 +99,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         keys = anvil_private_keys(4)
         hub = await deploy_dev_hub(anvil.rpc_url, keys[0], [keys[1]], model_name=MODEL, timeout_blocks=1000)
         store = LocalStore(tmp / "blocks")
-        account = Account.from_key(keys[1])
-        miner_hub = HubClient(HubClient.web3(anvil.rpc_url), hub.owner.address, keys[1])
-        publisher = StreamPublisher(
-            broker.url, chain_id=31337, hub=hub.owner.address, miner=str(account.address), heartbeat=dict
-        )
-        daemon = MinerDaemon(
-            config=DaemonConfig(chain_id=31337, poll_interval_s=0.1, batch_wait_s=0.02, sweep_interval_s=0.5),
-            hub=miner_hub,
-            account=account,
+        daemon = local_daemon(
+            hub=HubClient(HubClient.web3(anvil.rpc_url), hub.owner.address, keys[1]),
+            miner_key=keys[1],
             engine=engine,
             store=store,
-            journal=Journal(tmp / "journal.sqlite", scope=f"31337:{hub.owner.address}:{account.address}"),
-            publisher=publisher,
+            journal_path=tmp / "journal.sqlite",
+            broker_url=broker.url,
+            config=DaemonConfig(chain_id=31337, poll_interval_s=0.1, batch_wait_s=0.02, sweep_interval_s=0.5),
         )
-        publisher.heartbeat = daemon.heartbeat
         miner_task = asyncio.create_task(daemon.run(stop))
         settings = load_settings(
             data_dir=tmp,

@@ -56,10 +56,8 @@ from node.gateway.app import create_app
 from node.gateway.auth import KeyStore
 from node.gateway.replay import replay_request
 from node.gateway.server import GatewayServer
-from node.miner.daemon import DaemonConfig, MinerDaemon
-from node.miner.journal import Journal
-from node.miner.testing import deploy_dev_hub
-from node.stream.publisher import StreamPublisher
+from node.miner.daemon import DaemonConfig
+from node.miner.testing import deploy_dev_hub, local_daemon
 from node.stream.topics import result_topic
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
@@ -132,21 +130,15 @@ async def devnet(
 
     # the miner daemon (real engine), sharing the gateway's block store like a one-box devnet
     store = LocalStore(data_dir / "blocks")
-    account = Account.from_key(miner_key)
-    miner_hub = HubClient(HubClient.web3(anvil.rpc_url, timeout=10), owner.address, miner_key)
-    publisher = StreamPublisher(
-        mosquitto.url, chain_id=31337, hub=owner.address, miner=str(account.address), heartbeat=dict
-    )
-    daemon = MinerDaemon(
-        config=DaemonConfig(chain_id=31337, poll_interval_s=0.1, batch_wait_s=0.02, sweep_interval_s=0.5),
-        hub=miner_hub,
-        account=account,
+    daemon = local_daemon(
+        hub=HubClient(HubClient.web3(anvil.rpc_url, timeout=10), owner.address, miner_key),
+        miner_key=miner_key,
         engine=engine,
         store=store,
-        journal=Journal(data_dir / "journal.sqlite", scope=f"31337:{owner.address}:{account.address}"),
-        publisher=publisher,
+        journal_path=data_dir / "journal.sqlite",
+        broker_url=mosquitto.url,
+        config=DaemonConfig(chain_id=31337, poll_interval_s=0.1, batch_wait_s=0.02, sweep_interval_s=0.5),
     )
-    publisher.heartbeat = daemon.heartbeat
     stop = asyncio.Event()
     miner_task = asyncio.create_task(daemon.run(stop))
 
