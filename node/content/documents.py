@@ -49,6 +49,7 @@ from pydantic import (
     model_validator,
 )
 
+from node import gate
 from node.content.errors import MAX_DOCUMENT_BYTES, DocumentError, DocumentTooLarge
 
 DOCUMENT_VERSION = 1
@@ -491,33 +492,15 @@ class OutputDocument(_Doc):
 # --------------------------------------------------------------------------- parsing
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
 def load_json(raw: bytes) -> Any:
-    """Strict JSON: UTF-8 only, no duplicate keys, no NaN/Infinity; DocumentError otherwise."""
-    if len(raw) > MAX_DOCUMENT_BYTES:
-        raise DocumentTooLarge(len(raw))
+    """Strict, bounded JSON through the one gate (`node.gate`); DocumentError otherwise."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DocumentError("", f"document is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
-    try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
-        canonical_json(obj)  # rejects lone surrogates, which could never be re-encoded
-    except ValueError as exc:  # JSONDecodeError is a ValueError
-        raise DocumentError("", f"document is not valid JSON: {exc}") from exc
-    return obj
+        return gate.load_json(raw, gate.DOCUMENT_LIMITS)
+    except gate.UntrustedJSON as exc:
+        if exc.reason == "too_large":
+            raise DocumentTooLarge(len(raw)) from None
+        shown = f"is {exc}" if exc.reason in ("invalid_json", "not_utf8") else f"refused: {exc}"
+        raise DocumentError("", f"document {shown}") from None
 
 
 def _field_path(data: Any, loc: Sequence[int | str], names_field: bool = False) -> str:
