@@ -87,12 +87,24 @@ class MinerSettings(BaseModel):
 
 
 class GatewaySettings(BaseModel):
-    """The OpenAI-compatible HTTP API."""
+    """The OpenAI-compatible HTTP API, and what its wallet may spend.
+
+    Per-key limits (`rate_limit_per_minute`, `max_concurrent_per_key`, `daily_budget_wei_per_key`)
+    are defaults a key's own record in the keys file may override. Budgets count fee + gas actually
+    paid per UTC day; None means unlimited.
+    """
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     keys_path: Path | None = None
+    ledger_path: Path | None = None
     rate_limit_per_minute: int = Field(default=600, ge=1)
+    max_concurrent_per_key: int = Field(default=16, ge=1)
+    daily_budget_wei_per_key: int | None = Field(default=10**17, ge=0)
+    daily_budget_wei_total: int | None = Field(default=10**18, ge=0)
+    max_fee_per_gas_wei: int | None = Field(default=500 * 10**9, ge=1)
+    max_fee_bumps: int = Field(default=3, ge=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
     request_timeout_s: float = Field(default=120.0, gt=0)
     fee_wei: int | None = None
     require_auth: bool = True

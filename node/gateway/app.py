@@ -4,12 +4,18 @@
 served at `/ipfs/{cid}` so miners read inputs without a Kubo), API keys and rate limits. Tests pass
 their own `backend` to exercise the HTTP layer without a chain. Run it with `inferd gateway serve`
 or `uvicorn --factory node.gateway.app:app_from_env`.
+
+It is a public endpoint, so every inference call passes, in order and before it costs anything:
+the key check and its rate limit (401/429), the key's in-flight limit (429), a body read capped
+while streaming in (413/408) and parsed by the one JSON gate (400), validation (400), and the
+key's and the wallet's daily spend budgets (429 `insufficient_quota` / 503). Only the key that
+made a request (or an admin key) can read it back; `/healthz` tells the public nothing but states.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -17,19 +23,24 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from node.config import ChainSettings, Settings, load_settings
+from node.config import ChainSettings, GatewaySettings, Settings, load_settings
 from node.content.documents import ChatInputDocument, CompletionInputDocument
 from node.content.store import ContentStore
-from node.gateway.auth import KeyStore, default_keys_path, extract_key
+from node.gate import HTTP_BODY_LIMITS
+from node.gateway.auth import ApiKeyRecord, KeyStore, default_keys_path, extract_key
 from node.gateway.backend import InferenceBackend
+from node.gateway.budget import Budget, SpendLedger, default_ledger_path
 from node.gateway.errors import (
     REQUEST_ID_HEADER,
     AuthenticationError,
+    ConcurrencyLimited,
     GatewayError,
     InvalidRequest,
     ModelNotFound,
+    NotFound,
     RateLimited,
     ServiceUnavailable,
     handle_gateway_error,
@@ -38,7 +49,8 @@ from node.gateway.errors import (
     handle_validation_error,
 )
 from node.gateway.metrics import GatewayMetrics
-from node.gateway.ratelimit import RateLimiter
+from node.gateway.pending import PendingInference
+from node.gateway.ratelimit import ConcurrencyLimiter, RateLimiter, Slot
 from node.gateway.records import ModelInfo, VerifiedResult
 from node.gateway.responses import build_response, output_error
 from node.gateway.schemas import (
@@ -46,6 +58,7 @@ from node.gateway.schemas import (
     parse_chat_request,
     parse_completion_request,
     parse_json_body,
+    read_body,
 )
 from node.gateway.streaming import stream_events
 from node.log import bound, get_logger
@@ -53,12 +66,18 @@ from node.log import bound, get_logger
 log = get_logger("gateway")
 
 
+MAX_REQUEST_ID = 2**256 - 1
+
+
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: an API key id (never the key) and its per-minute limit."""
+    """Who is calling: an API key id (never the key) and the limits that apply to it."""
 
     key_id: str
     per_minute: int
+    max_concurrent: int
+    daily_budget_wei: int | None
+    admin: bool = False
 
 
 @dataclass
@@ -68,6 +87,8 @@ class GatewayState:
     keys: KeyStore
     limiter: RateLimiter
     metrics: GatewayMetrics
+    ledger: SpendLedger
+    concurrency: ConcurrencyLimiter
 
 
 def _state(request: Request) -> GatewayState:
@@ -75,36 +96,48 @@ def _state(request: Request) -> GatewayState:
     return st
 
 
-async def authenticate(request: Request) -> Principal:
-    """FastAPI dependency: 401 without a valid key, 429 when its bucket is empty."""
-    st = _state(request)
-    gw = st.settings.gateway
-    key = extract_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
-    if key is None:
-        if gw.require_auth:
+def _principal(gw: GatewaySettings, key_id: str, record: ApiKeyRecord | None = None) -> Principal:
+    """A caller's limits: the key record's own where it sets them, else the gateway's defaults."""
+    if record is None:
+        return Principal(
+            key_id, gw.rate_limit_per_minute, gw.max_concurrent_per_key, gw.daily_budget_wei_per_key
+        )
+    budget = record.daily_budget_wei if record.daily_budget_wei is not None else gw.daily_budget_wei_per_key
+    return Principal(
+        key_id=record.id,
+        per_minute=record.rate_limit_per_minute or gw.rate_limit_per_minute,
+        max_concurrent=record.max_concurrent or gw.max_concurrent_per_key,
+        daily_budget_wei=budget,
+        admin=record.admin,
+    )
+
+
+def _anonymous(request: Request, gw: GatewaySettings, missing: bool) -> Principal:
+    if gw.require_auth:
+        if missing:
             raise AuthenticationError(
                 "You didn't provide an API key. Send it as `Authorization: Bearer <key>` or "
                 "`X-API-Key: <key>`; create one with `inferd gateway keys add`.",
                 code="missing_api_key",
             )
-        client = request.client.host if request.client else "unknown"
-        who = Principal(key_id=f"anon:{client}", per_minute=gw.rate_limit_per_minute)
-    else:
-        record = st.keys.lookup(key)
-        if record is None:
-            if gw.require_auth:
-                raise AuthenticationError(
-                    "Incorrect API key provided (unknown or revoked). `inferd gateway keys list` "
-                    "shows the keys this gateway accepts."
-                )
-            client = request.client.host if request.client else "unknown"
-            who = Principal(key_id=f"anon:{client}", per_minute=gw.rate_limit_per_minute)
-        else:
-            who = Principal(
-                key_id=record.id, per_minute=record.rate_limit_per_minute or gw.rate_limit_per_minute
-            )
+        raise AuthenticationError(
+            "Incorrect API key provided (unknown or revoked). `inferd gateway keys list` "
+            "shows the keys this gateway accepts."
+        )
+    client = request.client.host if request.client else "unknown"
+    return _principal(gw, f"anon:{client}")
+
+
+async def authenticate(request: Request) -> Principal:
+    """FastAPI dependency: 401 without a valid key, 429 when its bucket is empty."""
+    st = _state(request)
+    gw = st.settings.gateway
+    key = extract_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
+    record = st.keys.lookup(key) if key is not None else None
+    who = _principal(gw, record.id, record) if record is not None else _anonymous(request, gw, key is None)
     wait = st.limiter.take(who.key_id, who.per_minute)
     if wait > 0:
+        st.metrics.limited.labels(reason="rate").inc()
         raise RateLimited(wait, who.per_minute)
     return who
 
@@ -151,10 +184,11 @@ def _relay_live(parsed: ParsedRequest) -> bool:
 class _Inference:
     """One OpenAI call turned into an on-chain request and answered."""
 
-    def __init__(self, st: GatewayState, kind: str, parsed: ParsedRequest) -> None:
+    def __init__(self, st: GatewayState, kind: str, parsed: ParsedRequest, who: Principal) -> None:
         self.st = st
         self.kind = kind
         self.parsed = parsed
+        self.who = who
 
     def _chain_id(self) -> int:
         backend = self.st.backend
@@ -181,7 +215,7 @@ class _Inference:
                 param="model",
                 code="no_miners",
             )
-        pending = await st.backend.submit(chain_id, doc, self.parsed.document_bytes, model)
+        pending = await self._submit(chain_id, model)
         st.metrics.pending.inc()
         headers = {REQUEST_ID_HEADER: str(pending.request_id)}
         timeout = st.settings.gateway.request_timeout_s
@@ -223,6 +257,34 @@ class _Inference:
             raise error
         return JSONResponse(build_response(self.kind, result), headers=headers)
 
+    async def _submit(self, chain_id: int, model: ModelInfo) -> PendingInference:
+        """Reserve the call's cost against both budgets, send it, and settle with what it cost."""
+        st, gw = self.st, self.st.settings.gateway
+        fee = max(gw.fee_wei or 0, model.min_fee)
+        budget = Budget(key_wei=self.who.daily_budget_wei, total_wei=gw.daily_budget_wei_total)
+        try:
+            reservation = st.ledger.reserve(self.who.key_id, fee + st.ledger.gas_hint(chain_id), budget)
+        except GatewayError as exc:
+            st.metrics.limited.labels(reason=str(exc.code)).inc()
+            raise
+        try:
+            pending = await st.backend.submit(
+                chain_id, self.parsed.document, self.parsed.document_bytes, model
+            )
+        except GatewayError as exc:
+            st.ledger.settle(reservation, exc.spent_wei)
+            raise
+        except BaseException:
+            st.ledger.settle(reservation, None)  # a transaction may be out: count it as spent
+            raise
+        sub = pending.submission
+        st.ledger.settle(reservation, sub.fee + sub.gas_cost)
+        st.metrics.spent.inc(sub.fee + sub.gas_cost)
+        if sub.gas_cost > 0:
+            st.ledger.observe_gas(chain_id, sub.gas_cost)
+        st.ledger.record_owner(chain_id, sub.request_id, self.who.key_id)
+        return pending
+
     def _finished(self, result: VerifiedResult | None, error: GatewayError | None) -> None:
         metrics = self.st.metrics
         metrics.pending.dec()
@@ -235,6 +297,52 @@ class _Inference:
         else:
             outcome = "error"
         metrics.inferences.labels(outcome=outcome).inc()
+
+
+async def _release_at_end(body: AsyncIterable[Any], slot: Slot) -> AsyncIterator[Any]:
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        slot.release()
+
+
+async def _serve_inference(request: Request, who: Principal, kind: str) -> Response:
+    """One inference call under its key's in-flight limit (held until a stream's last byte)."""
+    st = _state(request)
+    slot = st.concurrency.acquire(who.key_id, who.max_concurrent)
+    if slot is None:
+        st.metrics.limited.labels(reason="concurrency").inc()
+        raise ConcurrencyLimited(who.max_concurrent)
+    try:
+        raw = await read_body(request, HTTP_BODY_LIMITS.max_bytes, st.settings.gateway.body_timeout_s)
+        body = parse_json_body(raw)
+        parsed = parse_chat_request(body) if kind == "chat" else parse_completion_request(body)
+        response = await _Inference(st, kind, parsed, who).run()
+    except BaseException:
+        slot.release()
+        raise
+    if isinstance(response, StreamingResponse):
+        response.body_iterator = _release_at_end(response.body_iterator, slot)
+        response.background = BackgroundTask(slot.release)
+    else:
+        slot.release()
+    return response
+
+
+def _public_health(detail: dict[str, Any]) -> dict[str, Any]:
+    """Only states: no URLs, addresses, hostnames or error texts (those go to the logs)."""
+    chains: list[dict[str, Any]] = []
+    for chain in detail.get("chains") or []:
+        if isinstance(chain, dict):
+            chains.append({"chain_id": chain.get("chain_id"), "ok": bool(chain.get("ok"))})
+        else:
+            chains.append({"chain_id": chain, "ok": True})
+    mqtt = detail.get("mqtt")
+    return {
+        "chains": chains,
+        "mqtt": {"connected": bool(mqtt.get("connected"))} if isinstance(mqtt, dict) else None,
+    }
 
 
 def _endpoint_label(request: Request) -> str:
@@ -251,6 +359,7 @@ def create_app(
     keys: KeyStore | None = None,
     limiter: RateLimiter | None = None,
     chains: list[ChainSettings] | None = None,
+    ledger: SpendLedger | None = None,
 ) -> FastAPI:
     """The gateway app. Without `backend`, the chain backend is built from `settings` (and started
     in the app's lifespan) for `settings.chain`, or for each of `chains` (a body's `chain_id`
@@ -271,6 +380,8 @@ def create_app(
         keys=keys or KeyStore(settings.gateway.keys_path or default_keys_path(settings.data_dir)),
         limiter=limiter or RateLimiter(),
         metrics=metrics,
+        ledger=ledger or SpendLedger(settings.gateway.ledger_path or default_ledger_path(settings.data_dir)),
+        concurrency=ConcurrencyLimiter(),
     )
     backend.add_rejection_listener(lambda _reason: metrics.rejected.inc())
     state.keys.list()  # fail at startup, not on the first request, if the keys file is corrupt
@@ -283,6 +394,7 @@ def create_app(
             yield
         finally:
             await state.backend.close()
+            state.ledger.close()
             if own_store:
                 await content_store.close()
 
@@ -307,14 +419,12 @@ def create_app(
     app.include_router(trustless_router(content_store))
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request, _: Authenticated) -> Response:
-        parsed = parse_chat_request(parse_json_body(await request.body()))
-        return await _Inference(_state(request), "chat", parsed).run()
+    async def chat_completions(request: Request, who: Authenticated) -> Response:
+        return await _serve_inference(request, who, "chat")
 
     @app.post("/v1/completions")
-    async def completions(request: Request, _: Authenticated) -> Response:
-        parsed = parse_completion_request(parse_json_body(await request.body()))
-        return await _Inference(_state(request), "completion", parsed).run()
+    async def completions(request: Request, who: Authenticated) -> Response:
+        return await _serve_inference(request, who, "completion")
 
     def _pick_chain(chain_id: int | None) -> int:
         if chain_id is None:
@@ -345,21 +455,26 @@ def create_app(
 
     @app.get("/v1/inferences/{request_id}")
     async def get_inference(
-        _: Authenticated,
-        request_id: Annotated[int, Path(ge=0)],
+        who: Authenticated,
+        request_id: Annotated[int, Path(ge=0, le=MAX_REQUEST_ID)],
         chain_id: Annotated[int | None, Query()] = None,
     ) -> dict[str, Any]:
-        return await state.backend.get_inference(_pick_chain(chain_id), request_id)
+        cid = _pick_chain(chain_id)
+        if not who.admin and state.ledger.owner(cid, request_id) != who.key_id:
+            # the same answer as for an id that does not exist: existence is not leaked
+            raise NotFound(f"No inference request {request_id} on chain {cid}.", param="request_id")
+        return await state.backend.get_inference(cid, request_id)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         try:
             detail = await state.backend.health()
         except Exception as exc:
-            return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
+            log.warning("health_check_failed", error=f"{type(exc).__name__}: {exc}")
+            return JSONResponse({"status": "unavailable"}, status_code=503)
         ok = bool(detail.get("ok", True))
         return JSONResponse(
-            {"status": "ok" if ok else "degraded", **detail},
+            {"status": "ok" if ok else "degraded", **_public_health(detail)},
             status_code=200 if ok else 503,
         )
 

@@ -1,5 +1,8 @@
 """API keys: generated once, stored only as sha256 hashes in a JSON file, checked per request.
 
+A key's record may carry its own limits (requests per minute, requests in flight, daily spend in
+wei) over the gateway's defaults, and an `admin` flag (reads any request's record).
+
 Keys are 32 random bytes (`sk-inferd-...`), so a fast hash is as strong as scrypt here: there is
 no low-entropy password to brute-force, and lookups stay O(1). The file is rewritten atomically
 with mode 0600 and re-read when its mtime changes, so `inferd gateway keys add|revoke` takes effect
@@ -44,6 +47,10 @@ class ApiKeyRecord(BaseModel):
     revoked: bool = False
     revoked_at: int | None = None
     rate_limit_per_minute: int | None = Field(default=None, ge=1)
+    max_concurrent: int | None = Field(default=None, ge=1)
+    daily_budget_wei: int | None = Field(default=None, ge=0)
+    admin: bool = False
+    """An admin key may read every request's record (`GET /v1/inferences/{id}`), not only its own."""
 
 
 class _KeyFile(BaseModel):
@@ -99,8 +106,17 @@ class KeyStore:
 
     # ------------------------------------------------------------------ management
 
-    def add(self, name: str = "", rate_limit_per_minute: int | None = None) -> tuple[str, ApiKeyRecord]:
-        """Create a key; returns (plaintext key, record). The plaintext is not stored anywhere."""
+    def add(
+        self,
+        name: str = "",
+        rate_limit_per_minute: int | None = None,
+        *,
+        max_concurrent: int | None = None,
+        daily_budget_wei: int | None = None,
+        admin: bool = False,
+    ) -> tuple[str, ApiKeyRecord]:
+        """Create a key; returns (plaintext key, record). The plaintext is not stored anywhere.
+        Limits left None take the gateway's defaults."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         register_secret(key)
         record = ApiKeyRecord(
@@ -110,6 +126,9 @@ class KeyStore:
             prefix=key[: len(KEY_PREFIX) + 4],
             created=int(time.time()),
             rate_limit_per_minute=rate_limit_per_minute,
+            max_concurrent=max_concurrent,
+            daily_budget_wei=daily_budget_wei,
+            admin=admin,
         )
         with self._lock:
             self._load_if_changed()

@@ -33,6 +33,7 @@ class GatewayError(Exception):
         code: str | None = None,
         request_id: int | None = None,
         headers: dict[str, str] | None = None,
+        spent_wei: int | None = 0,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -41,6 +42,8 @@ class GatewayError(Exception):
             self.code = code
         self.request_id = request_id
         self.headers = dict(headers or {})
+        self.spent_wei = spent_wei
+        """What the failed call cost the gateway's wallet (gas of a reverted tx); None if unknown."""
 
     def envelope(self) -> dict[str, Any]:
         """The OpenAI error body; `request_id` is added only for requests that reached the chain."""
@@ -115,12 +118,70 @@ class RateLimited(GatewayError):
         self.retry_after_s = retry_after_s
 
 
+class PayloadTooLarge(GatewayError):
+    """413: the body is over the gateway's byte limit (refused while reading, never buffered whole)."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class BodyTimeout(GatewayError):
+    """408: the client did not finish sending its body in time (a slow sender holds no slot forever)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class ConcurrencyLimited(GatewayError):
+    """429: this key already has its maximum number of requests in flight."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "concurrency_limit_exceeded"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"This API key already has {limit} requests in flight, its concurrency limit; "
+            "wait for one to finish.",
+            headers={"Retry-After": "1"},
+        )
+
+
+class InsufficientQuota(GatewayError):
+    """429: this key's daily spend budget (fees plus gas) is used up until the next UTC day."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+    def __init__(self, budget_wei: int, retry_after_s: int) -> None:
+        super().__init__(
+            f"You exceeded this API key's daily budget of {budget_wei} wei (request fees plus gas); "
+            "it resets at 00:00 UTC.",
+            headers={"Retry-After": str(max(1, retry_after_s))},
+        )
+
+
 class ServiceUnavailable(GatewayError):
     """503: no miner serves the model, or the chain / content store cannot be reached."""
 
     status = 503
     type = "api_error"
     code = "service_unavailable"
+
+
+class GatewayBudgetExhausted(ServiceUnavailable):
+    """503: the gateway wallet's daily spend cap (all keys together, fees plus gas) is reached."""
+
+    code = "gateway_budget_exhausted"
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(
+            "This gateway has spent its daily budget for on-chain requests; it resets at 00:00 UTC.",
+            headers={"Retry-After": str(max(1, retry_after_s))},
+        )
 
 
 class UpstreamError(GatewayError):
@@ -200,10 +261,15 @@ async def handle_unexpected(_: Request, exc: Exception) -> JSONResponse:
 __all__ = [
     "REQUEST_ID_HEADER",
     "AuthenticationError",
+    "BodyTimeout",
+    "ConcurrencyLimited",
+    "GatewayBudgetExhausted",
     "GatewayError",
+    "InsufficientQuota",
     "InvalidRequest",
     "ModelNotFound",
     "NotFound",
+    "PayloadTooLarge",
     "RateLimited",
     "ServiceUnavailable",
     "TamperedOutput",

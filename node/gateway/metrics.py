@@ -6,7 +6,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 
 class GatewayMetrics:
-    """Request counts and latencies by endpoint and status, pending requests, rejected outputs."""
+    """Request counts and latencies by endpoint and status, pending requests, rejected outputs,
+    refusals by limit and the wallet's spend (never a key, a prompt or an address)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -37,6 +38,18 @@ class GatewayMetrics:
             "inferd_gateway_inferences_total",
             "On-chain inference requests by outcome (ok, error, timeout, rejected).",
             ["outcome"],
+            registry=self.registry,
+        )
+
+        self.limited = Counter(
+            "inferd_gateway_limited_total",
+            "Calls refused by a limit: rate, concurrency, insufficient_quota, gateway_budget_exhausted.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.spent = Counter(
+            "inferd_gateway_spent_wei_total",
+            "Wei the gateway wallet paid for request transactions (fees plus gas).",
             registry=self.registry,
         )
 

@@ -1,7 +1,11 @@
-"""Per-key token buckets: bursts up to the per-minute limit, refilled continuously.
+"""Per-key token buckets (requests per minute) and per-key in-flight limits.
 
 A denied call learns how long until one token is back; the gateway sends it as `Retry-After`.
 Buckets live in memory (one gateway process); idle full buckets are dropped to bound memory.
+
+A rate limit bounds how often a key may start calls, not how many it holds open: a request waits
+for its on-chain result for up to `request_timeout_s`, so a key could otherwise pile up minutes of
+open requests (and their pending-registry entries). `ConcurrencyLimiter` caps those per key.
 """
 
 from __future__ import annotations
@@ -51,4 +55,42 @@ class RateLimiter:
             self._buckets.clear()
 
 
-__all__ = ["RateLimiter"]
+class Slot:
+    """One in-flight request of a key; `release` is idempotent (streams release on any exit path)."""
+
+    def __init__(self, owner: ConcurrencyLimiter, key: str) -> None:
+        self._owner = owner
+        self._key = key
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._owner._release(self._key)
+
+
+class ConcurrencyLimiter:
+    """Counts in-flight requests per key; `acquire` returns None when the key is at its limit."""
+
+    def __init__(self) -> None:
+        self._in_flight: dict[str, int] = {}
+
+    def acquire(self, key: str, limit: int) -> Slot | None:
+        count = self._in_flight.get(key, 0)
+        if count >= limit:
+            return None
+        self._in_flight[key] = count + 1
+        return Slot(self, key)
+
+    def in_flight(self, key: str) -> int:
+        return self._in_flight.get(key, 0)
+
+    def _release(self, key: str) -> None:
+        count = self._in_flight.get(key, 0) - 1
+        if count > 0:
+            self._in_flight[key] = count
+        else:
+            self._in_flight.pop(key, None)
+
+
+__all__ = ["ConcurrencyLimiter", "RateLimiter", "Slot"]

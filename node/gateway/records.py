@@ -39,6 +39,8 @@ class Submission:
     deadline_block: int | None = None
     created: int = 0
     """Unix time of the block that carried the request (streamed chunks' `created`)."""
+    gas_cost: int = 0
+    """Wei the gateway wallet paid in gas for the request transaction (gasUsed × effective price)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class Delta:
     seq: int
     choice: int
     text: str
+    miner: str | None = None
+    """Who published it (the MQTT topic's miner level); only an assignee's deltas are relayed."""
 
 
 __all__ = ["Delta", "ModelInfo", "Submission", "VerifiedResult"]

@@ -1,5 +1,8 @@
 """Request parsing: an OpenAI request body becomes a validated input document, or a 400 naming `param`.
 
+The body's bytes go through `node.gate` (bounded depth, strings, items; strict JSON) before anything
+else looks at them, so hostile JSON is a 400, never a crash or a stall.
+
 The input document's pydantic models (shared with the miner) hold every range check; this module
 only separates the transport fields (`stream`, `stream_options`, `chain_id`) from the parameters
 that go on chain, rejects unknown arguments the way OpenAI does, and maps `DocumentError` paths
@@ -8,9 +11,10 @@ that go on chain, rejects unknown arguments the way OpenAI does, and maps `Docum
 
 from __future__ import annotations
 
-import json
+import asyncio
 from typing import Any, Literal
 
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict
 
 from node.content.documents import (
@@ -21,7 +25,8 @@ from node.content.documents import (
     validate_input_document,
 )
 from node.content.errors import DocumentError, DocumentTooLarge
-from node.gateway.errors import InvalidRequest
+from node.gate import HTTP_BODY_LIMITS, UntrustedJSON, load_json_object
+from node.gateway.errors import BodyTimeout, InvalidRequest, PayloadTooLarge
 
 Kind = Literal["chat", "completion"]
 
@@ -43,18 +48,42 @@ class ParsedRequest(BaseModel):
     chain_id: int | None = None
 
 
-def parse_json_body(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400 like OpenAI's for unparseable JSON."""
+async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The body, refused (413) as soon as it is known to exceed `max_bytes`: from `Content-Length`
+    before reading anything, else while streaming chunks in; a 408 if it takes over `timeout_s`."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or len(declared) > 18):
+        raise InvalidRequest("Content-Length must be a decimal byte count.", code="invalid_header")
+    if declared is not None and int(declared) > max_bytes:
+        raise PayloadTooLarge(
+            f"The request body is too large: {declared} bytes, over the {max_bytes}-byte limit."
+        )
+    body = bytearray()
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise PayloadTooLarge(f"The request body is too large: over the {max_bytes}-byte limit.")
+    except TimeoutError:
+        raise BodyTimeout(f"The request body did not arrive within {timeout_s:g}s.") from None
+    return bytes(body)
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object through the one gate for untrusted JSON (`node.gate`):
+    a 400 like OpenAI's for anything it refuses, a 413 when the body is over the byte limit."""
+    try:
+        return load_json_object(raw, HTTP_BODY_LIMITS)
+    except UntrustedJSON as exc:
+        if exc.reason == "too_large":
+            raise PayloadTooLarge(f"The request body is too large: {exc}.") from None
+        if exc.reason == "not_object":
+            raise InvalidRequest("The request body must be a JSON object.", code="invalid_json") from None
         raise InvalidRequest(
             f"We could not parse the JSON body of your request. The body must be a JSON object ({exc}).",
             code="invalid_json",
         ) from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    return body
 
 
 def _param_from_field(field: str) -> str | None:
@@ -178,4 +207,11 @@ def parse_completion_request(body: dict[str, Any]) -> ParsedRequest:
     return _build("completion", doc, body)
 
 
-__all__ = ["Kind", "ParsedRequest", "parse_chat_request", "parse_completion_request", "parse_json_body"]
+__all__ = [
+    "Kind",
+    "ParsedRequest",
+    "parse_chat_request",
+    "parse_completion_request",
+    "parse_json_body",
+    "read_body",
+]
