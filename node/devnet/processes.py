@@ -9,10 +9,13 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from node.stream.access import GATEWAY_PREFIX, Login, acl_text, write_password_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ANVIL_MNEMONIC = "test test test test test test test test test test test junk"
@@ -165,25 +168,58 @@ def anvil_process(
 
 @dataclass
 class Mosquitto(ManagedProcess):
-    """A real mosquitto broker on loopback."""
+    """A real mosquitto broker on loopback; `logins` is empty when it lets anyone in."""
+
+    logins: dict[str, Login] = field(default_factory=dict, repr=False)
 
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
+    @property
+    def locked_down(self) -> bool:
+        return bool(self.logins)
 
-def mosquitto_process(log_dir: Path, port: int | None = None) -> Mosquitto:
-    """A Mosquitto (not yet started) listening only on 127.0.0.1, anonymous, no persistence."""
+
+MQTT_MAX_PACKET_BYTES = 2_228_224
+"""2 MiB + 128 KiB: a result carries a whole output document (1 MiB, escaped up to ~2x) as a string."""
+
+
+def mosquitto_process(log_dir: Path, port: int | None = None, logins: Sequence[Login] = ()) -> Mosquitto:
+    """A Mosquitto (not yet started) listening only on 127.0.0.1, without persistence.
+
+    Without `logins` it is anonymous (for tests that are not about the broker). With them it is
+    locked down: no anonymous clients, a password file with those logins, and the ACL of
+    `node.stream.access` (each login publishes only under its own name; `gateway-*` logins read).
+    """
     port = port or free_port()
     conf = Path(tempfile.mkstemp(prefix="mosquitto-", suffix=".conf", dir=log_dir)[1])
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    lines = [f"listener {port} 127.0.0.1", "persistence false", f"max_packet_size {MQTT_MAX_PACKET_BYTES}"]
+    if logins:
+        lines += _lock_down(conf, logins)
+    else:
+        lines.append("allow_anonymous true")
+    conf.write_text("\n".join(lines) + "\n")
     return Mosquitto(
         name="mosquitto",
         argv=[find_tool("mosquitto"), "-c", str(conf)],
         host="127.0.0.1",
         port=port,
         log_path=log_dir / f"mosquitto-{port}.log",
+        logins={login.username: login for login in logins},
     )
+
+
+def _lock_down(conf: Path, logins: Sequence[Login]) -> list[str]:
+    """Write the password and ACL files next to `conf`; the config lines that use them."""
+    passwd, acl = conf.with_suffix(".passwd"), conf.with_suffix(".acl")
+    write_password_file(passwd, logins)
+    readers = [x.username for x in logins if x.username.startswith(GATEWAY_PREFIX)]
+    acl.write_text(acl_text(readers))
+    lines = ["allow_anonymous false", f"password_file {passwd}", f"acl_file {acl}"]
+    if os.geteuid() == 0:  # as root mosquitto would switch to its own user, who cannot read 0600 files
+        lines.append("user root")
+    return lines
 
 
 def anvil_private_keys(count: int = 10) -> list[str]:

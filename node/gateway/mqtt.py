@@ -1,84 +1,116 @@
 """The gateway's ONE MQTT subscription: deltas and results of every request on the configured hubs.
 
-Wildcard topics (`.../req/+/delta`, `.../req/+/result`) mean no per-request subscribe; messages are
-routed by request id into the pending registry. The broker is a fast path only: when it is down
-the subscriber reconnects with backoff while the chain watcher and the content store still deliver
-every result.
+Wildcard topics (`.../req/+/+/delta`, `.../req/+/+/result`) mean no per-request subscribe; messages
+are routed by request id into the pending registry, with the publishing miner taken from the topic
+(on a locked-down broker the ACL made sure the publisher owns that name), so the registry can keep
+only what the request's assignees sent. The broker is a fast path only: when it is down the
+subscriber reconnects with backoff while the chain watcher and the content store still deliver every
+result.
+
+Everything in a message is untrusted: payloads go through `node.gate` with `MQTT_LIMITS`, anything
+malformed is counted in `drops` and dropped, and nothing a peer sends can end the receive loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiomqtt
-from eth_utils.address import to_checksum_address
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
+from node.gate import MQTT_LIMITS, UntrustedJSON, load_json_object
 from node.gateway.pending import ResultMessage
 from node.gateway.records import Delta
 from node.log import get_logger
 from node.stream.connection import Backoff, Broker
-from node.stream.topics import PREFIX
+from node.stream.topics import RequestTopic, parse_request_topic, request_filters
 
 log = get_logger("gateway.mqtt")
 
+MAX_QUEUED_MESSAGES = 1000
+"""Messages received but not yet handled (each at most the broker's `max_packet_size`)."""
+
 
 def request_topics(chain_id: int, hub: str) -> list[str]:
-    base = f"{PREFIX}/{int(chain_id)}/{to_checksum_address(hub)}/req/+"
-    return [f"{base}/delta", f"{base}/result"]
+    """What the gateway subscribes to for one hub (every miner's deltas and results)."""
+    return request_filters(chain_id, hub)
 
 
 @dataclass(frozen=True)
 class Routed:
-    """A parsed message: which chain/hub/request it is for, and its payload."""
+    """A parsed message: which chain/hub/request it is for, who published it, and its payload."""
 
     chain_id: int
     hub: str
     request_id: int
+    miner: str = ""
     delta: Delta | None = None
     result: ResultMessage | None = None
 
 
-def parse_message(topic: str, payload: bytes) -> Routed | None:
-    """A delta or result message from its topic and JSON payload; None for anything malformed."""
-    parts = topic.split("/")
-    # inferd / v1 / {chain} / {hub} / req / {id} / {kind}
-    if len(parts) != 7 or "/".join(parts[:2]) != PREFIX or parts[4] != "req":
-        return None
+class Malformed(ValueError):
+    """A message dropped before routing; `reason` is the drop counter's label."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def route(topic: str, payload: bytes) -> Routed:
+    """A delta or result message from its topic and JSON payload; `Malformed` says why not."""
+    where = parse_request_topic(topic)
+    if where is None:
+        raise Malformed("bad_topic")
     try:
-        chain_id, request_id = int(parts[2]), int(parts[5])
-        hub = to_checksum_address(parts[3])
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+        body = load_json_object(payload, MQTT_LIMITS)
+    except UntrustedJSON as exc:
+        raise Malformed(f"payload_{exc.reason}") from None
+    if where.kind == "delta":
+        return _delta(where, body)
+    return _result(where, body)
+
+
+def parse_message(topic: str, payload: bytes) -> Routed | None:
+    """`route`, with None for anything malformed."""
+    try:
+        return route(topic, payload)
+    except Malformed:
         return None
-    if not isinstance(body, dict):
-        return None
-    if parts[6] == "delta":
-        seq, choice, delta = body.get("seq"), body.get("choice", 0), body.get("delta")
-        if not isinstance(seq, int) or not isinstance(choice, int):
-            return None
-        text = ""
-        if isinstance(delta, dict):
-            value = delta.get("content", delta.get("text"))
-            text = value if isinstance(value, str) else ""
-        elif isinstance(delta, str):
-            text = delta
-        return Routed(chain_id, hub, request_id, delta=Delta(seq=seq, choice=choice, text=text))
-    if parts[6] == "result":
-        output, signature, miner = body.get("output"), body.get("signature"), body.get("miner")
-        if not (isinstance(output, str) and isinstance(signature, str) and isinstance(miner, str)):
-            return None
-        message = ResultMessage(output_bytes=output.encode("utf-8"), signature=signature, miner=miner)
-        return Routed(chain_id, hub, request_id, result=message)
-    return None
+
+
+def _delta(where: RequestTopic, body: dict[str, Any]) -> Routed:
+    seq, choice, delta = body.get("seq"), body.get("choice", 0), body.get("delta")
+    if type(seq) is not int or type(choice) is not int or seq < 0 or not 0 <= choice < 1024:
+        raise Malformed("bad_delta")
+    text = ""
+    if isinstance(delta, dict):
+        value = delta.get("content", delta.get("text"))
+        text = value if isinstance(value, str) else ""
+    elif isinstance(delta, str):
+        text = delta
+    routed_delta = Delta(seq=seq, choice=choice, text=text, miner=where.miner)
+    return Routed(where.chain_id, where.hub, where.request_id, where.miner, delta=routed_delta)
+
+
+def _result(where: RequestTopic, body: dict[str, Any]) -> Routed:
+    output, signature, miner = body.get("output"), body.get("signature"), body.get("miner", where.miner)
+    if not (isinstance(output, str) and isinstance(signature, str) and isinstance(miner, str)):
+        raise Malformed("bad_result")
+    if miner.lower() != where.miner.lower():
+        raise Malformed("miner_mismatch")  # the payload claims a sender the topic (and ACL) does not
+    message = ResultMessage(output_bytes=output.encode("utf-8"), signature=signature, miner=where.miner)
+    return Routed(where.chain_id, where.hub, where.request_id, where.miner, result=message)
 
 
 class Subscriber:
-    """Keeps one MQTT session subscribed to `topics`; hands every message to `on_message`."""
+    """Keeps one MQTT session subscribed to `topics`; hands every well-formed message to `on_message`."""
 
     def __init__(
         self,
@@ -95,10 +127,11 @@ class Subscriber:
         self.topics = topics
         self.on_message = on_message
         self.username = username
-        self.password = password
         self.max_backoff_s = max_backoff_s
         self.connected = asyncio.Event()
         self.received = 0
+        self.drops: Counter[str] = Counter()
+        """Messages dropped here, by reason (`bad_topic`, `payload_too_large`, `handler_error`, ...)."""
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -113,26 +146,84 @@ class Subscriber:
             self._task = None
         self.connected.clear()
 
+    def handle(self, topic: str, payload: Any) -> None:
+        """Route one received message; never raises (a hostile message is counted and dropped)."""
+        self.received += 1
+        if not isinstance(payload, bytes | bytearray):
+            self.drops["bad_payload"] += 1
+            return
+        try:
+            routed = route(topic, bytes(payload))
+        except Malformed as exc:
+            self.drops[exc.reason] += 1
+            return
+        try:
+            self.on_message(routed)
+        except Exception as exc:  # a bug downstream must not end the subscription for everyone
+            self.drops["handler_error"] += 1
+            log.exception("mqtt_handler_error", error=f"{type(exc).__name__}", request_id=routed.request_id)
+
+    async def _session(self, backoff: Backoff) -> None:
+        client = self.broker.client(
+            identifier=f"inferd-gateway-{secrets.token_hex(4)}",
+            max_queued_incoming_messages=MAX_QUEUED_MESSAGES,
+        )
+        async with client:
+            for topic in self.topics:
+                await client.subscribe(topic, qos=1)
+            self.connected.set()
+            backoff.reset()
+            log.info("mqtt_subscribed", broker=f"{self.host}:{self.port}", topics=len(self.topics))
+            async for message in client.messages:
+                self.handle(str(message.topic), message.payload)
+
     async def _run(self) -> None:
         backoff = Backoff(self.max_backoff_s)
         while True:
             try:
-                async with self.broker.client(identifier=f"inferd-gateway-{secrets.token_hex(4)}") as client:
-                    for topic in self.topics:
-                        await client.subscribe(topic, qos=1)
-                    self.connected.set()
-                    backoff.reset()
-                    log.info("mqtt_subscribed", broker=f"{self.host}:{self.port}", topics=len(self.topics))
-                    async for message in client.messages:
-                        self.received += 1
-                        routed = parse_message(str(message.topic), bytes(message.payload or b""))  # type: ignore[arg-type]
-                        if routed is not None:
-                            self.on_message(routed)
+                await self._session(backoff)
             except aiomqtt.MqttError as exc:
                 if self.connected.is_set():
                     log.warning("mqtt_disconnected", error=str(exc))
-                self.connected.clear()
-                await backoff.wait()
+                else:
+                    log.debug("mqtt_connect_failed", error=str(exc), retry_in_s=backoff.delay)
+            except Exception as exc:  # never let one bad session end the gateway's only subscription
+                log.exception("mqtt_session_error", error=type(exc).__name__)
+            self.connected.clear()
+            await backoff.wait()
 
 
-__all__ = ["Routed", "Subscriber", "parse_message", "request_topics"]
+class DropsCollector(Collector):
+    """`inferd_gateway_mqtt_dropped_total{reason}`: MQTT messages and buffered bytes dropped.
+
+    Register it on the gateway's metrics registry with the counters to export (the subscriber's
+    `drops` and the pending registry's `drops`); it reads them at scrape time.
+    """
+
+    def __init__(self, sources: Iterable[Callable[[], Counter[str]]]) -> None:
+        self.sources = list(sources)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "inferd_gateway_mqtt_dropped",
+            "MQTT messages dropped: malformed, oversized, from a non-assignee, or over a buffer bound.",
+            labels=["reason"],
+        )
+        total: Counter[str] = Counter()
+        for source in self.sources:
+            total.update(source())
+        for reason, count in sorted(total.items()):
+            family.add_metric([reason], count)
+        yield family
+
+
+__all__ = [
+    "MAX_QUEUED_MESSAGES",
+    "DropsCollector",
+    "Malformed",
+    "Routed",
+    "Subscriber",
+    "parse_message",
+    "request_topics",
+    "route",
+]

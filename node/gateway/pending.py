@@ -6,13 +6,20 @@ miner can finalize in the block after the request); those are buffered, bounded,
 `register`. A request resolves only with a `VerifiedResult`: bytes whose sha256 equals the digest
 the chain finalized, whose signature (when one came over MQTT) recovers to an assignee, and whose
 document names this request. Anything else is counted as rejected and never answered.
+
+MQTT is open to every miner on the network (and to whoever else reaches the broker), so what it
+delivers is bounded and filtered before anyone sees it: a delta or result is kept only when its
+publisher (the topic's miner level, checked by the broker's ACL) is one of the request's assignees;
+one assignee's deltas are relayed (the first to send one), so redundant miners do not interleave;
+each miner has at most one result candidate; and every buffer is bounded in bytes, per request and
+for the whole gateway (`BufferLimits`). What does not fit or does not qualify is dropped and counted
+in `drops` by reason; it never raises into the MQTT loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -28,6 +35,8 @@ from node.log import get_logger
 log = get_logger("gateway.pending")
 
 Key = tuple[int, int]
+ITEM_OVERHEAD = 64
+"""Bytes charged per buffered message on top of its text, so a flood of empty deltas costs too."""
 SignatureCheck = Callable[[Submission, bytes, str], str]
 """(submission, output digest, signature) -> recovered signer address; raises ValueError if invalid."""
 FetchOutput = Callable[[str], Awaitable[bytes]]
@@ -50,20 +59,53 @@ def recover_submission_signer(sub: Submission, digest: bytes, signature: str) ->
 
 
 @dataclass(frozen=True)
+class BufferLimits:
+    """Byte bounds on what MQTT peers can make the gateway hold."""
+
+    per_request_bytes: int = 8 << 20
+    """Deltas not yet streamed plus result candidates, for one request (registered or not)."""
+    total_bytes: int = 256 << 20
+    """Everything buffered for registered requests, together."""
+    early_total_bytes: int = 64 << 20
+    """Everything buffered for request ids not registered (yet): the oldest are evicted first."""
+    max_early_requests: int = 4096
+
+
+@dataclass(frozen=True)
 class ResultMessage:
-    """A miner's MQTT result: the output document's bytes, its signature, and who claims to sign."""
+    """A miner's MQTT result: the output document's bytes, its signature, and who published it."""
 
     output_bytes: bytes
     signature: str
     miner: str
 
 
+def _delta_cost(delta: Delta) -> int:
+    return ITEM_OVERHEAD + len(delta.text.encode("utf-8", "surrogatepass"))
+
+
+def _result_cost(message: ResultMessage) -> int:
+    return ITEM_OVERHEAD + len(message.output_bytes) + len(message.signature)
+
+
+def _sender(miner: str | None) -> str:
+    return (miner or "").lower()
+
+
 @dataclass
-class _Early:
-    """Events for a request id nobody has registered yet."""
+class _EarlyStream:
+    """MQTT messages for a request id nobody has registered yet (senders checked on `register`)."""
 
     deltas: list[Delta] = field(default_factory=list)
     results: list[ResultMessage] = field(default_factory=list)
+    bytes: int = 0
+
+
+@dataclass
+class _Early:
+    """Chain events for a request id nobody has registered yet (kept apart from MQTT's, which any
+    peer can flood: evicting those must never lose a finalization)."""
+
     submitted: list[tuple[str, str, bytes]] = field(default_factory=list)
     finalized: tuple[bytes, str | None] | None = None
     failure: GatewayError | None = None
@@ -74,7 +116,11 @@ class PendingInference:
 
     def __init__(self, submission: Submission, registry: PendingRegistry) -> None:
         self.submission = submission
-        self.deltas: asyncio.Queue[Delta] = asyncio.Queue(maxsize=10_000)
+        self.deltas: asyncio.Queue[Delta] = asyncio.Queue()
+        """Accepted deltas (bounded in bytes by the registry); read them with `next_delta`."""
+        self.streamer: str | None = None
+        """The assignee whose deltas are relayed (the first one that sent a delta), lowercase."""
+        self.buffered_bytes = 0
         self.final_digest: bytes | None = None
         self.final_tx: str | None = None
         self.submits: dict[str, tuple[str, bytes]] = {}
@@ -94,6 +140,15 @@ class PendingInference:
 
     def done(self) -> bool:
         return self._future.done()
+
+    def is_assignee(self, miner: str | None) -> bool:
+        return _sender(miner) in {a.lower() for a in self.submission.assignees}
+
+    async def next_delta(self) -> Delta:
+        """The next accepted delta, in arrival order (its bytes leave the buffer bounds)."""
+        delta = await self.deltas.get()
+        self._registry._uncharge(self, _delta_cost(delta))
+        return delta
 
     @property
     def result_future(self) -> asyncio.Future[VerifiedResult]:
@@ -148,7 +203,7 @@ class PendingRegistry:
         *,
         grace_s: float = 0.5,
         fetch_retry_s: float = 0.5,
-        max_early: int = 4096,
+        limits: BufferLimits | None = None,
     ) -> None:
         self._check_signature = check_signature
         self._fetch_output = fetch_output
@@ -156,7 +211,13 @@ class PendingRegistry:
         self._fetch_retry_s = fetch_retry_s
         self._pending: dict[Key, PendingInference] = {}
         self._early: OrderedDict[Key, _Early] = OrderedDict()
-        self._max_early = max_early
+        self._early_stream: OrderedDict[Key, _EarlyStream] = OrderedDict()
+        self.limits = limits or BufferLimits()
+        self.buffered_bytes = 0
+        """Bytes buffered for registered requests (deltas not yet streamed, result candidates)."""
+        self.early_bytes = 0
+        self.drops: Counter[str] = Counter()
+        """MQTT messages dropped, by reason (`not_assignee`, `per_request_bytes`, `early_evicted`, ...)."""
         self._rejection_listeners: list[Callable[[str], None]] = []
 
     def add_rejection_listener(self, listener: Callable[[str], None]) -> None:
@@ -173,13 +234,17 @@ class PendingRegistry:
         """Start tracking a request; replays anything that arrived for it before."""
         pending = PendingInference(submission, self)
         self._pending[pending.key] = pending
+        stream = self._early_stream.pop(pending.key, None)
+        if stream is not None:
+            self.early_bytes -= stream.bytes
+            for delta in stream.deltas:
+                self._accept_delta(pending, delta)
+            for message in stream.results:
+                self._accept_result(pending, message)
         early = self._early.pop(pending.key, None)
         if early is not None:
-            for delta in early.deltas:
-                self._put_delta(pending, delta)
             for miner, tx, digest in early.submitted:
                 pending.submits[miner.lower()] = (tx, digest)
-            pending.candidates.extend(early.results)
             if early.finalized is not None:
                 pending.final_digest, pending.final_tx = early.finalized
             if early.failure is not None:
@@ -191,6 +256,10 @@ class PendingRegistry:
         if self._pending.get(pending.key) is pending:
             del self._pending[pending.key]
         pending._cancel_fetch()
+        self._uncharge(pending, pending.buffered_bytes)
+        pending.candidates.clear()
+        while not pending.deltas.empty():
+            pending.deltas.get_nowait()
 
     async def close(self) -> None:
         for pending in list(self._pending.values()):
@@ -203,29 +272,56 @@ class PendingRegistry:
         early = self._early.get(key)
         if early is None:
             early = self._early[key] = _Early()
-            while len(self._early) > self._max_early:
+            while len(self._early) > self.limits.max_early_requests:
                 self._early.popitem(last=False)
         return early
 
+    def _evict_oldest_early(self) -> None:
+        _, old = self._early_stream.popitem(last=False)
+        self.early_bytes -= old.bytes
+        self.drops["early_evicted"] += len(old.deltas) + len(old.results)
+
+    def _buffer_early(self, key: Key, cost: int) -> _EarlyStream | None:
+        """The early MQTT buffer of `key` with `cost` bytes charged to it, or None (dropped, counted)."""
+        limits = self.limits
+        early = self._early_stream.get(key)
+        if early is None:
+            early = self._early_stream[key] = _EarlyStream()
+        self._early_stream.move_to_end(key)
+        if early.bytes + cost > min(limits.per_request_bytes, limits.early_total_bytes):
+            self.drops["per_request_bytes"] += 1
+            return None
+        while len(self._early_stream) > limits.max_early_requests:
+            self._evict_oldest_early()
+        while self.early_bytes + cost > limits.early_total_bytes and next(iter(self._early_stream)) != key:
+            self._evict_oldest_early()
+        if self.early_bytes + cost > limits.early_total_bytes:
+            self.drops["early_total_bytes"] += 1
+            return None
+        early.bytes += cost
+        self.early_bytes += cost
+        return early
+
     def on_delta(self, chain_id: int, request_id: int, delta: Delta) -> None:
+        """A delta from MQTT; kept only if its publisher is (or may turn out to be) an assignee."""
         pending = self._pending.get((chain_id, request_id))
-        if pending is None:
-            early = self._early_for((chain_id, request_id))
-            if len(early.deltas) < 4096:
-                early.deltas.append(delta)
+        if pending is not None:
+            self._accept_delta(pending, delta)
             return
-        self._put_delta(pending, delta)
+        early = self._buffer_early((chain_id, request_id), _delta_cost(delta))
+        if early is not None:
+            early.deltas.append(delta)
 
     def on_result_message(self, chain_id: int, request_id: int, message: ResultMessage) -> None:
+        """A result from MQTT; kept (one per miner) only if its publisher is an assignee."""
         pending = self._pending.get((chain_id, request_id))
-        if pending is None:
-            early = self._early_for((chain_id, request_id))
-            if len(early.results) < 16:
-                early.results.append(message)
+        if pending is not None:
+            self._accept_result(pending, message)
+            self._advance(pending)
             return
-        if len(pending.candidates) < 16:
-            pending.candidates.append(message)
-        self._advance(pending)
+        early = self._buffer_early((chain_id, request_id), _result_cost(message))
+        if early is not None:
+            early.results.append(message)
 
     def on_submitted(self, chain_id: int, request_id: int, miner: str, tx_hash: str, digest: bytes) -> None:
         pending = self._pending.get((chain_id, request_id))
@@ -261,10 +357,48 @@ class PendingRegistry:
 
     # --------------------------------------------------------------- verification
 
-    @staticmethod
-    def _put_delta(pending: PendingInference, delta: Delta) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
-            pending.deltas.put_nowait(delta)
+    def _charge(self, pending: PendingInference, cost: int) -> bool:
+        """Reserve `cost` bytes for `pending`; False (and counted) when a bound would be crossed."""
+        if pending.buffered_bytes + cost > self.limits.per_request_bytes:
+            self.drops["per_request_bytes"] += 1
+            return False
+        if self.buffered_bytes + cost > self.limits.total_bytes:
+            self.drops["total_bytes"] += 1
+            return False
+        pending.buffered_bytes += cost
+        self.buffered_bytes += cost
+        return True
+
+    def _uncharge(self, pending: PendingInference, cost: int) -> None:
+        cost = min(cost, pending.buffered_bytes)
+        pending.buffered_bytes -= cost
+        self.buffered_bytes -= cost
+
+    def _accept_delta(self, pending: PendingInference, delta: Delta) -> None:
+        sender = _sender(delta.miner)
+        if not pending.is_assignee(sender):
+            self.drops["not_assignee"] += 1
+            return
+        if pending.streamer is None:
+            pending.streamer = sender
+        elif pending.streamer != sender:
+            self.drops["other_assignee"] += 1  # redundant miners would interleave their seqs
+            return
+        if pending.done() or not self._charge(pending, _delta_cost(delta)):
+            return
+        pending.deltas.put_nowait(delta)
+
+    def _accept_result(self, pending: PendingInference, message: ResultMessage) -> None:
+        sender = _sender(message.miner)
+        if not pending.is_assignee(sender):
+            self.drops["not_assignee"] += 1
+            return
+        for old in [m for m in pending.candidates if _sender(m.miner) == sender]:
+            pending.candidates.remove(old)  # a miner's latest result replaces its earlier one
+            self._uncharge(pending, _result_cost(old))
+        if pending.done() or not self._charge(pending, _result_cost(message)):
+            return
+        pending.candidates.append(message)
 
     def _reject(self, pending: PendingInference, reason: str) -> None:
         pending.rejections.append(reason)
@@ -279,6 +413,7 @@ class PendingRegistry:
         final = pending.final_digest
         while pending.candidates:
             message = pending.candidates.pop(0)
+            self._uncharge(pending, _result_cost(message))
             digest = digest_of(message.output_bytes)
             if digest != final:
                 self._reject(
@@ -364,6 +499,7 @@ class PendingRegistry:
 
 
 __all__ = [
+    "BufferLimits",
     "FetchOutput",
     "PendingInference",
     "PendingRegistry",

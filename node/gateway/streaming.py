@@ -120,7 +120,7 @@ async def stream_events(
             if remaining <= 0:
                 break
             if getter is None:
-                getter = asyncio.ensure_future(pending.deltas.get())
+                getter = asyncio.ensure_future(pending.next_delta())
             waitables: set[asyncio.Future[Any]] = {getter, future}
             done, _ = await asyncio.wait(
                 waitables, timeout=min(keepalive_s, remaining), return_when=asyncio.FIRST_COMPLETED

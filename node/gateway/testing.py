@@ -218,7 +218,9 @@ class FakeBackend:
                 for i, word in enumerate((text or "").split(" ")):
                     piece = word if i == 0 else " " + word
                     registry.on_delta(
-                        sub.chain_id, sub.request_id, Delta(seq=seq, choice=choice.index, text=piece)
+                        sub.chain_id,
+                        sub.request_id,
+                        Delta(seq=seq, choice=choice.index, text=piece, miner=self.miner.address),
                     )
                     seq += 1
                     await asyncio.sleep(0)
@@ -241,7 +243,8 @@ class FakeBackend:
         registry.on_result_message(
             sub.chain_id,
             sub.request_id,
-            ResultMessage(output_bytes=sent, signature=signature, miner=signer.address),
+            # Published under the assignee's topic (the broker's ACL allows nothing else), signed by `signer`.
+            ResultMessage(output_bytes=sent, signature=signature, miner=self.miner.address),
         )
         submit_tx = "0x" + hashlib.sha256(f"submit{sub.request_id}".encode()).hexdigest()
         registry.on_submitted(sub.chain_id, sub.request_id, self.miner.address, submit_tx, digest)

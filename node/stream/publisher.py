@@ -5,6 +5,8 @@ the oldest deltas when full) and returns. The background task connects with aiom
 with backoff when the broker goes away, and re-publishes the retained heartbeat after every
 (re)connect. Deltas (QoS 0) queued while disconnected are discarded: they are only useful live;
 results (QoS 1) are kept (bounded) and sent after reconnecting. A last will marks the miner offline.
+Every topic carries the miner's own address (see `node.stream.topics`): on a locked-down broker the
+miner logs in with that address as its username and may publish nowhere else.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
+from eth_utils.address import to_checksum_address
 
 from node.log import get_logger
 from node.stream.connection import Backoff, Broker
@@ -63,13 +66,16 @@ class StreamPublisher:
         self.host, self.port = self.broker.host, self.broker.port
         self.chain_id = chain_id
         self.hub = hub
-        self.miner = miner
+        self.miner = to_checksum_address(miner)  # a topic level: the broker's ACL matches it exactly
         self.heartbeat = heartbeat
         self.heartbeat_s = heartbeat_s
         self.username = username
         self.password = password
         self.max_backoff_s = max_backoff_s
         self.stats = PublisherStats()
+        if username is not None and username != self.miner:
+            # The broker's ACL lets a login publish only under topics named after it.
+            log.warning("mqtt_username_not_miner_address", username=username, miner=self.miner)
         self._results: deque[_Message] = deque(maxlen=max_queue)
         self._deltas: deque[_Message] = deque(maxlen=max_queue)
         self._wake = asyncio.Event()
@@ -90,16 +96,14 @@ class StreamPublisher:
             self.stats.dropped += 1
             return
         payload = json.dumps({"seq": seq, "choice": choice, "delta": delta}, separators=(",", ":"))
-        self._put(
-            self._deltas, _Message(delta_topic(self.chain_id, self.hub, request_id), payload.encode(), 0)
-        )
+        topic = delta_topic(self.chain_id, self.hub, request_id, self.miner)
+        self._put(self._deltas, _Message(topic, payload.encode(), 0))
 
     def publish_result(self, request_id: int, output: str, signature: str) -> None:
         """The final output document (as a string) and its signature (QoS 1)."""
         payload = json.dumps({"output": output, "signature": signature, "miner": self.miner})
-        self._put(
-            self._results, _Message(result_topic(self.chain_id, self.hub, request_id), payload.encode(), 1)
-        )
+        topic = result_topic(self.chain_id, self.hub, request_id, self.miner)
+        self._put(self._results, _Message(topic, payload.encode(), 1))
 
     # ------------------------------------------------------------------ background task
 

@@ -125,7 +125,7 @@ async def test_events_before_register_are_replayed() -> None:
     reg, _ = registry()
     sub = submission()
     data = output(sub)
-    reg.on_delta(31337, 7, Delta(seq=0, choice=0, text="hel"))
+    reg.on_delta(31337, 7, Delta(seq=0, choice=0, text="hel", miner=MINER.address))
     reg.on_result_message(31337, 7, ResultMessage(data, sign(sub, data), MINER.address))
     reg.on_submitted(31337, 7, MINER.address, "0xsubmit", digest_of(data))
     reg.on_finalized(31337, 7, digest_of(data), "0xfinal")
@@ -155,14 +155,16 @@ async def test_wrong_digest_and_foreign_signature_rejected_then_fetch_by_cid() -
     good = output(sub)
     bad = output(sub, "HACKED")
     stranger = Account.create()
+    reg.on_finalized(31337, 7, digest_of(good), "0xf")
     reg.on_result_message(31337, 7, ResultMessage(bad, sign(sub, bad), MINER.address))
     reg.on_result_message(31337, 7, ResultMessage(good, sign(sub, good, stranger.key), stranger.address))
+    reg.on_result_message(31337, 7, ResultMessage(good, sign(sub, good, stranger.key), MINER.address))
     reg.on_result_message(31337, 7, ResultMessage(good, "0x1234", MINER.address))
-    reg.on_finalized(31337, 7, digest_of(good), "0xf")
     with pytest.raises(UpstreamTimeout) as exc:
         await pending.wait(0.1)  # nothing valid yet, and the store does not have it
     assert exc.value.request_id == 7 and exc.value.status == 504
-    assert len(rejected) == 3
+    assert len(rejected) == 3  # the stranger's own message never got that far: not an assignee
+    assert reg.drops["not_assignee"] == 1
     blocks.data[cid_for_bytes(good)] = good
     result = await pending.wait(1)
     assert result.output_bytes == good and result.signature is None
@@ -200,18 +202,19 @@ async def test_reassignment_accepts_new_assignee_and_failure_propagates() -> Non
 
 def test_mqtt_messages_parse_and_garbage_is_ignored() -> None:
     assert request_topics(31337, HUB.lower()) == [
-        f"inferd/v1/31337/{HUB}/req/+/delta",
-        f"inferd/v1/31337/{HUB}/req/+/result",
+        f"inferd/v1/31337/{HUB}/req/+/+/delta",
+        f"inferd/v1/31337/{HUB}/req/+/+/result",
     ]
-    d = parse_message(delta_topic(31337, HUB, 5), b'{"seq":3,"choice":1,"delta":{"content":"hi"}}')
-    assert d is not None and d.request_id == 5 and d.delta == Delta(seq=3, choice=1, text="hi")
-    c = parse_message(delta_topic(31337, HUB, 5), b'{"seq":0,"choice":0,"delta":{"text":"x"}}')
+    m = MINER.address
+    d = parse_message(delta_topic(31337, HUB, 5, m), b'{"seq":3,"choice":1,"delta":{"content":"hi"}}')
+    assert d is not None and d.request_id == 5 and d.delta == Delta(seq=3, choice=1, text="hi", miner=m)
+    c = parse_message(delta_topic(31337, HUB, 5, m), b'{"seq":0,"choice":0,"delta":{"text":"x"}}')
     assert c is not None and c.delta is not None and c.delta.text == "x"
     r = parse_message(
-        result_topic(31337, HUB, 5), json.dumps({"output": "{}", "signature": "0x", "miner": "0xm"}).encode()
+        result_topic(31337, HUB, 5, m), json.dumps({"output": "{}", "signature": "0x", "miner": m}).encode()
     )
-    assert r is not None and r.result == ResultMessage(b"{}", "0x", "0xm")
-    assert parse_message(result_topic(31337, HUB, 5), b"not json") is None
+    assert r is not None and r.result == ResultMessage(b"{}", "0x", m) and r.miner == m
+    assert parse_message(result_topic(31337, HUB, 5, m), b"not json") is None
     assert parse_message(f"inferd/v1/31337/{HUB}/miner/0xabc", b"{}") is None
     assert parse_message("other/topic", b"{}") is None
 
