@@ -78,7 +78,7 @@ def _scan(raw: bytes, limits: JsonLimits) -> None:
     skeleton = b"".join(parts[0::2]).translate(None, _NOT_STRUCTURE)
     if skeleton.count(b",") + 1 > limits.max_items:
         raise UntrustedJSON("too_many_items", f"more than {limits.max_items} JSON elements")
-    depth = max(accumulate(map(_DEPTH_STEP.__getitem__, skeleton)), default=0)
+    depth = max(accumulate(map(_DEPTH_STEP.__getitem__, skeleton.replace(b",", b""))), default=0)
     if depth > limits.max_depth:
         raise UntrustedJSON("too_deep", f"JSON nesting deeper than {limits.max_depth} levels")
 
