@@ -22,6 +22,29 @@ enforces them and raises `DocumentError(field, message)` naming the field as a d
 the miner writes it into an output document's `error` (`OutputError.from_exception`), so every
 assigned request still gets a result.
 
+**Protocol caps** (`MAX_*` below) bound the work one request can ask for, so a requester cannot
+stall a miner or make honest miners run out of time (and be slashed for silence) with a document
+that is valid JSON. They are part of the input format: a document over a cap is invalid
+(`DocumentError` naming the field: a 400 at the gateway, an `invalid_request` error output document
+at the miner), the same on every node whatever its hardware. The values:
+
+* `MAX_N` = 8 choices, `MAX_BEST_OF` = 8 candidates, `MAX_PROMPTS` = 16 completion prompts, and at
+  most `MAX_SEQUENCES` = 32 sequences in all (prompts × max(n, best_of)): what one vLLM batch of a
+  small box holds at once (the devnet runs `max_num_seqs` 32-64).
+* `MAX_TOKENS` = 32768 per sequence (reasoning models such as gpt-oss need well over 8k), and at
+  most `MAX_TOTAL_TOKENS` = 65536 generated tokens per request (sequences × max_tokens). That is the
+  worst case a model's `timeoutBlocks` must cover: about a minute for a GPU box running 32 sequences
+  of an 8B-class model; on a 2-core CPU devnet the context window (`max_model_len` 2048) bounds each
+  sequence well below the cap anyway. A document without `max_tokens` gets the context left, capped
+  at `MAX_TOKENS` and at `MAX_TOTAL_TOKENS` / sequences (`default_max_tokens`).
+* `MAX_MESSAGES` = 1024 messages, `MAX_CONTENT_PARTS` = 64 text parts per message, `MAX_TOOLS` = 128
+  tools (OpenAI's limit), `MAX_STOP` = 4 stop sequences (OpenAI's) of at most `MAX_STOP_CHARS` = 1024
+  characters, `MAX_LOGIT_BIAS` = 300 entries, `MAX_PROMPT_TOKEN_IDS` = 131072 token ids over all
+  token-id prompts: rendering, tokenizing and per-step sampling costs stay linear and small.
+
+Everything else is bounded by the 1 MiB document limit and `node.gate`'s JSON limits (depth,
+string length, element count), checked before the JSON is parsed.
+
 Output documents must be deterministic too: `created` is **not** wall-clock time but the timestamp
 of the block that carried the request, passed in by the miner, so every honest miner writes the
 same bytes. Non-finite floats are rejected, so the engine must clamp `-inf` logprobs (vLLM's
@@ -53,6 +76,23 @@ from node import gate
 from node.content.errors import MAX_DOCUMENT_BYTES, DocumentError, DocumentTooLarge
 
 DOCUMENT_VERSION = 1
+
+# --------------------------------------------------------------------------- protocol caps
+# See the module docstring for why these values; changing one changes which documents are valid.
+
+MAX_N = 8
+MAX_BEST_OF = 8
+MAX_PROMPTS = 16
+MAX_SEQUENCES = 32
+MAX_TOKENS = 32768
+MAX_TOTAL_TOKENS = 65536
+MAX_MESSAGES = 1024
+MAX_CONTENT_PARTS = 64
+MAX_TOOLS = 128
+MAX_STOP = 4
+MAX_STOP_CHARS = 1024
+MAX_LOGIT_BIAS = 300
+MAX_PROMPT_TOKEN_IDS = 131072
 
 # --------------------------------------------------------------------------- canonical JSON
 
@@ -139,7 +179,7 @@ class _TextPart(_Doc):
 
 
 TextPart = Annotated[_TextPart, BeforeValidator(_text_part_shape)]
-Content = str | Annotated[list[TextPart], Field(min_length=1)]
+Content = str | Annotated[list[TextPart], Field(min_length=1, max_length=MAX_CONTENT_PARTS)]
 
 
 # --------------------------------------------------------------------------- chat messages
@@ -229,21 +269,22 @@ def _tool_choice_shape(value: Any) -> Any:
 ToolChoice = Annotated[
     Literal["none", "auto", "required"] | NamedToolChoice, BeforeValidator(_tool_choice_shape)
 ]
-Stop = str | Annotated[list[str], Field(min_length=1, max_length=4)]
+StopText = Annotated[str, StringConstraints(max_length=MAX_STOP_CHARS)]
+Stop = StopText | Annotated[list[StopText], Field(min_length=1, max_length=MAX_STOP)]
 
 
 class _Params(_Doc):
     """Sampling parameters both endpoints share; None everywhere means "not given"."""
 
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     seed: Annotated[int, Field(ge=-(1 << 63), lt=1 << 64)] | None = None
     stop: Stop | None = None
-    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    logit_bias: dict[TokenIdKey, Bias] | None = None
+    logit_bias: Annotated[dict[TokenIdKey, Bias], Field(max_length=MAX_LOGIT_BIAS)] | None = None
     user: str | None = None
 
 
@@ -252,7 +293,7 @@ class ChatParams(_Params):
 
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: ToolChoice | None = None
 
     @model_validator(mode="after")
@@ -274,7 +315,7 @@ class CompletionParams(_Params):
     """Legacy Completions parameters: `logprobs` an int 0..5, `best_of` >= n, `echo`, `suffix`."""
 
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
-    best_of: Annotated[int, Field(ge=1, le=20)] | None = None
+    best_of: Annotated[int, Field(ge=1, le=MAX_BEST_OF)] | None = None
     echo: bool | None = None
     suffix: str | None = None
 
@@ -294,8 +335,13 @@ class ChatInputDocument(_Doc):
     v: Literal[1] = 1
     type: Literal["chat"] = "chat"
     model: NonEmptyStr
-    messages: Annotated[list[Message], Field(min_length=1)]
+    messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
     params: ChatParams = Field(default_factory=ChatParams)
+
+    @model_validator(mode="after")
+    def _bounded_work(self) -> ChatInputDocument:
+        _check_work(1, self.params.n or 1, self.params.max_tokens, "params.n")
+        return self
 
 
 def _prompt_shape(value: Any) -> Any:
@@ -336,8 +382,71 @@ class CompletionInputDocument(_Doc):
     prompt: Prompt
     params: CompletionParams = Field(default_factory=CompletionParams)
 
+    @model_validator(mode="after")
+    def _bounded_work(self) -> CompletionInputDocument:
+        prompts = prompt_count(self.prompt)
+        if prompts > MAX_PROMPTS:
+            raise _FieldError("prompt", f"at most {MAX_PROMPTS} prompts per request, got {prompts}")
+        ids = _token_id_count(self.prompt)
+        if ids > MAX_PROMPT_TOKEN_IDS:
+            raise _FieldError(
+                "prompt", f"at most {MAX_PROMPT_TOKEN_IDS} token ids over all prompts, got {ids}"
+            )
+        params = self.params
+        n = params.n or 1
+        if params.best_of is not None and params.best_of > n:
+            _check_work(prompts, params.best_of, params.max_tokens, "params.best_of")
+        else:
+            _check_work(prompts, n, params.max_tokens, "params.n" if prompts == 1 else "prompt")
+        return self
+
 
 InputDocument: TypeAlias = ChatInputDocument | CompletionInputDocument
+
+
+def prompt_count(prompt: str | list[str] | list[int] | list[list[int]]) -> int:
+    """How many prompts a completion's `prompt` holds (a list of token ids is one prompt)."""
+    if isinstance(prompt, str) or not prompt or isinstance(prompt[0], int):
+        return 1
+    return len(prompt)
+
+
+def _token_id_count(prompt: str | list[str] | list[int] | list[list[int]]) -> int:
+    if isinstance(prompt, str) or not prompt or isinstance(prompt[0], str):
+        return 0
+    if isinstance(prompt[0], int):
+        return len(prompt)
+    return sum(len(p) for p in prompt if isinstance(p, list))
+
+
+def sequence_count(doc: InputDocument) -> int:
+    """Sequences the engine generates for a document: prompts × max(n, best_of)."""
+    n = doc.params.n or 1
+    if isinstance(doc, CompletionInputDocument):
+        return prompt_count(doc.prompt) * max(n, doc.params.best_of or 0)
+    return n
+
+
+def default_max_tokens(doc: InputDocument) -> int:
+    """The per-sequence token budget of a document that gives no `max_tokens` (before the context)."""
+    return min(MAX_TOKENS, MAX_TOTAL_TOKENS // sequence_count(doc))
+
+
+def _check_work(prompts: int, samples: int, max_tokens: int | None, field: str) -> None:
+    """The sequence and generated-token caps; `field` is blamed for too many sequences."""
+    sequences = prompts * samples
+    if sequences > MAX_SEQUENCES:
+        raise _FieldError(
+            field,
+            f"{prompts} prompt(s) x {samples} sequences each is {sequences} sequences, "
+            f"over the limit of {MAX_SEQUENCES} per request",
+        )
+    if max_tokens is not None and sequences * max_tokens > MAX_TOTAL_TOKENS:
+        raise _FieldError(
+            "params.max_tokens",
+            f"{sequences} sequence(s) x max_tokens {max_tokens} is {sequences * max_tokens} tokens, "
+            f"over the limit of {MAX_TOTAL_TOKENS} generated tokens per request",
+        )
 
 
 # --------------------------------------------------------------------------- output documents
@@ -412,15 +521,34 @@ class OutputError(_Doc):
 
     @classmethod
     def from_exception(cls, exc: Exception, code: str | None = None) -> OutputError:
-        """An error for a bad input: DocumentError -> `invalid_request` naming the field."""
+        """An error for a bad input, whose text depends only on the input (see `_FIXED_MESSAGES`).
+
+        `DocumentError` -> `invalid_request` with its message (which names the field and is derived
+        from the document alone); anything else gets a fixed message for its code, never `str(exc)`:
+        a library's text carries paths, URLs, sizes read from a truncated stream or version-specific
+        wording, and two honest miners must write the same bytes.
+        """
         if code is None:
-            code = {
-                "DocumentError": "invalid_request",
-                "DocumentTooLarge": "input_too_large",
-                "ContentNotFound": "input_not_found",
-                "IntegrityError": "input_integrity",
-            }.get(type(exc).__name__, "internal_error")
-        return cls(code=code, message=str(exc))
+            code = _ERROR_CODES.get(type(exc).__name__, "input_unprocessable")
+        if code == "invalid_request" and isinstance(exc, DocumentError):
+            return cls(code=code, message=str(exc))
+        return cls(code=code, message=_FIXED_MESSAGES.get(code, _FIXED_MESSAGES["input_unprocessable"]))
+
+
+_ERROR_CODES = {
+    "DocumentError": "invalid_request",
+    "DocumentTooLarge": "input_too_large",
+    "ContentNotFound": "input_not_found",
+    "IntegrityError": "input_integrity",
+}
+_FIXED_MESSAGES = {
+    "invalid_request": "the input document is invalid",
+    "input_too_large": f"the input document is over the {MAX_DOCUMENT_BYTES}-byte limit of one IPFS block",
+    "input_not_found": "the input document could not be fetched by its CID",
+    "input_integrity": "the input document's bytes do not match its CID",
+    "output_too_large": f"the output document would be over the {MAX_DOCUMENT_BYTES}-byte limit",
+    "input_unprocessable": "the engine could not process this input",
+}
 
 
 def _choice_kind(value: Any) -> str:
@@ -582,6 +710,19 @@ def parse_output_document(raw: bytes) -> OutputDocument:
 
 __all__ = [
     "DOCUMENT_VERSION",
+    "MAX_BEST_OF",
+    "MAX_CONTENT_PARTS",
+    "MAX_LOGIT_BIAS",
+    "MAX_MESSAGES",
+    "MAX_N",
+    "MAX_PROMPTS",
+    "MAX_PROMPT_TOKEN_IDS",
+    "MAX_SEQUENCES",
+    "MAX_STOP",
+    "MAX_STOP_CHARS",
+    "MAX_TOKENS",
+    "MAX_TOOLS",
+    "MAX_TOTAL_TOKENS",
     "AssistantMessage",
     "AssistantOutput",
     "ChatChoice",
@@ -616,9 +757,12 @@ __all__ = [
     "Usage",
     "UserMessage",
     "canonical_json",
+    "default_max_tokens",
     "load_json",
     "parse_input_document",
     "parse_output_document",
+    "prompt_count",
+    "sequence_count",
     "to_canonical_bytes",
     "validate_input_document",
 ]

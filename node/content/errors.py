@@ -90,6 +90,21 @@ class BackendUnavailable(ContentError):
         super().__init__(f"content backend {backend} unavailable: {detail}")
 
 
+class InputUnavailable(ContentError):
+    """An input that could not be fetched *yet*: not found, a backend down, or bytes that do not match.
+
+    Never an answer: none of these is a property of the input (its CID fixes its bytes), and a
+    requester who makes an input reachable for some assignees only would otherwise turn honest
+    miners against each other. The miner keeps the job and tries again after `retry_after_s`.
+    """
+
+    def __init__(self, cid: str, reason: str, retry_after_s: float) -> None:
+        self.cid = cid
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+        super().__init__(f"input {cid} is not available yet ({reason}); retrying in {retry_after_s:.0f} s")
+
+
 class DocumentError(ContentError):
     """A document that is not valid JSON or does not fit the schema; `field` names the culprit.
 

@@ -4,6 +4,9 @@ The model's own Jinja chat template renders the conversation, in a sandbox confi
 transformers' (same filters and globals) except that `strftime_now` returns a fixed date: a prompt
 must never depend on when it was rendered, or two miners would answer differently.
 
+Rendering errors are `ChatRenderError` with a message that depends only on the input and the model
+(the template's own `raise_exception` words, or a fixed text), so honest miners refuse alike.
+
 Tools: a template that takes a `tools` argument (Qwen, Hermes, Llama 3.1 ...) gets them as is; for
 one that does not (SmolLM2), the hermes-style tool block is added to the system message, and
 earlier tool calls / tool results are rendered as `<tool_call>` / `<tool_response>` text. Output
@@ -95,7 +98,7 @@ def _arguments_value(arguments: str) -> Any:
     """Tool-call arguments as JSON data when they parse (templates expect a mapping)."""
     try:
         return json.loads(arguments)
-    except ValueError:
+    except (ValueError, RecursionError):  # a requester's text: any nesting, any numbers
         return arguments
 
 
@@ -154,8 +157,12 @@ def template_messages(doc: ChatInputDocument, *, native_tools: bool) -> list[dic
     return out
 
 
+class TemplateRefusal(jinja2.exceptions.TemplateError):
+    """The template's own `raise_exception(...)`: its words are the model's, the same everywhere."""
+
+
 def _raise_exception(message: str) -> None:
-    raise jinja2.exceptions.TemplateError(message)
+    raise TemplateRefusal(message)
 
 
 def _tojson(
@@ -191,18 +198,20 @@ def render_chat(
 ) -> str:
     """The prompt text for a chat input: the model's template, tools included, no clock."""
     native = template_supports_tools(template)
-    messages = template_messages(doc, native_tools=native)
-    kwargs: dict[str, Any] = dict(special_tokens or {})
-    if native and tools_active(doc):
-        kwargs["tools"] = [tool_json(t) for t in doc.params.tools or []]
     try:
+        messages = template_messages(doc, native_tools=native)
+        kwargs: dict[str, Any] = dict(special_tokens or {})
+        if native and tools_active(doc):
+            kwargs["tools"] = [tool_json(t) for t in doc.params.tools or []]
         return _compile(template).render(
             messages=messages, add_generation_prompt=True, date_string=DATE_STRING, **kwargs
         )
-    except jinja2.exceptions.TemplateError as exc:
-        raise ChatRenderError(f"the model's chat template rejected the messages: {exc}") from exc
-    except (TypeError, ValueError) as exc:
-        raise ChatRenderError(f"the model's chat template failed: {exc}") from exc
+    except TemplateRefusal as exc:
+        raise ChatRenderError(f"the model's chat template rejected the messages: {exc.message}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # jinja's or Python's wording varies by version: say only that it failed
+        raise ChatRenderError("the model's chat template failed on these messages") from exc
 
 
 # --------------------------------------------------------------------------- tool calls out
@@ -227,7 +236,7 @@ def _call_from_json(raw: str, names: set[str] | None) -> tuple[str, str] | None:
     """`{"name", "arguments"}` JSON as (name, canonical-ish arguments), or None if not a call."""
     try:
         obj = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # the model can be led to write any nesting
         return None
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return None
@@ -238,7 +247,7 @@ def _call_from_json(raw: str, names: set[str] | None) -> tuple[str, str] | None:
     if isinstance(args, str):
         try:
             args = json.loads(args)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
     if not isinstance(args, dict):
         return None

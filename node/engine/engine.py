@@ -11,8 +11,11 @@ are not batch-invariant), GPUs get `VLLM_BATCH_INVARIANT=1`, and `system_fingerp
 inferd and vLLM versions, the weights' hash, the device, the dtype and the batch-invariance mode.
 
 Bad inputs (invalid document, out-of-range or unhonourable parameters, a prompt longer than the
-context) produce an output document with `error` set; only engine failures raise `EngineError`,
-because an "internal error" answer would be a wrong answer the miner gets slashed for.
+context, anything the tokenizer, the chat template or vLLM refuses for this request) produce an
+output document with `error` set; only a dead or shut-down engine raises `EngineError`, because an
+"internal error" answer would be a wrong answer the miner gets slashed for. An error's text depends
+only on the input and the model: vLLM's own messages (local `max_model_len`, version wording) are
+mapped to fixed codes and messages (`refusal`), never copied.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from node.content.documents import (
     TokenLogprob,
     TopLogprob,
     Usage,
+    default_max_tokens,
     load_json,
     to_canonical_bytes,
     validate_input_document,
@@ -72,6 +76,27 @@ StreamItem = dict[str, Any] | OutputDocument
 
 class EngineError(Exception):
     """The engine itself failed (not started, dead, crashed): no answer should be published."""
+
+
+UNPROCESSABLE = "the engine could not process this input"
+_CONTEXT_HINTS = ("maximum model length", "max_model_len", "context length", "maximum context", "too long")
+_SCHEMA_HINTS = ("json", "schema", "grammar", "structured output", "xgrammar", "guided")
+
+
+def refusal(exc: BaseException) -> ParamError:
+    """vLLM's refusal of one request as a fixed code and message (never its text, see module doc)."""
+    text = str(exc).lower()
+    if any(hint in text for hint in _CONTEXT_HINTS):
+        return ParamError(
+            "context_length_exceeded", "the prompt and max_tokens do not fit this model's context window"
+        )
+    if any(hint in text for hint in _SCHEMA_HINTS):
+        return ParamError(
+            "invalid_request",
+            "the function's parameters schema cannot be enforced as structured output",
+            "tools",
+        )
+    return ParamError("input_unprocessable", UNPROCESSABLE)
 
 
 # --------------------------------------------------------------------------- start-up helpers
@@ -343,6 +368,13 @@ class Engine:
         except (DocumentError, ParamError, chat.ChatRenderError, ContentError) as exc:
             yield self._error_doc(meta, exc, _object_of(input_doc))
             return
+        except MemoryError:
+            raise
+        except Exception:  # the tokenizer or a renderer choking on this input: refused the same everywhere
+            yield self._error_doc(
+                meta, ParamError("input_unprocessable", UNPROCESSABLE), _object_of(input_doc)
+            )
+            return
         try:
             async with contextlib.aclosing(self._run(job, meta)) as items:
                 async for item in items:
@@ -400,6 +432,7 @@ class Engine:
             max_model_len=self.max_model_len,
             vocab_size=self.vocab_size,
             default_seed=default_seed,
+            default_max_tokens=default_max_tokens(doc),
             json_schema=schema,
             stop_token_ids=stop_ids,
             skip_special_tokens=mode != "harmony",
@@ -459,6 +492,7 @@ class Engine:
                 max_model_len=self.max_model_len,
                 vocab_size=self.vocab_size,
                 default_seed=default_seed,
+                default_max_tokens=default_max_tokens(doc),
             )
         except ParamError as exc:
             if exc.param == "messages":
@@ -495,7 +529,7 @@ class Engine:
         try:
             sampling = self._sampling_params(job.spec)
         except (ValueError, VLLMClientError) as exc:
-            raise ParamError("invalid_request", str(exc)) from exc
+            raise refusal(exc) from exc
         queue: asyncio.Queue[tuple[int, Any] | tuple[int, BaseException] | tuple[int, None]] = asyncio.Queue()
         tag = job.digest[:6].hex()
 
@@ -526,14 +560,7 @@ class Engine:
                     pending -= 1
                     continue
                 if isinstance(item, BaseException):
-                    if isinstance(item, EngineDeadError):
-                        raise EngineError("the vLLM engine died") from item
-                    if isinstance(item, ValueError | VLLMClientError):
-                        raise ParamError("invalid_request", str(item)) from item
-                    cause = item.__cause__
-                    if isinstance(cause, ValueError | VLLMClientError):
-                        raise ParamError("invalid_request", str(cause)) from item
-                    raise EngineError(f"generation failed: {item!r}") from item
+                    raise self._failure(item, EngineDeadError) from item
                 for comp in item.outputs:
                     finals[index][comp.index] = comp
                 if item.prompt_logprobs is not None:
@@ -565,9 +592,7 @@ class Engine:
             doc = OutputDocument.for_error(
                 model=self.model_name,
                 system_fingerprint=self.system_fingerprint,
-                error=OutputError(
-                    code="output_too_large", message=f"the output document is too large: {exc}"
-                ),
+                error=OutputError.from_exception(exc, "output_too_large"),
                 object=job.object,
                 **meta,
             )
@@ -586,6 +611,16 @@ class Engine:
                 else:
                     yield {"choice": c.index, "delta": {"text": c.text}}
         yield doc
+
+    def _failure(self, exc: BaseException, dead: type[BaseException]) -> Exception:
+        """EngineError when the engine itself is gone; otherwise vLLM refused this one request."""
+        llm = self._llm
+        if isinstance(exc, (dead, MemoryError)) or llm is None or bool(getattr(llm, "errored", False)):
+            return EngineError(f"the vLLM engine failed: {type(exc).__name__}")
+        if not isinstance(exc, Exception):
+            return EngineError(f"generation interrupted: {type(exc).__name__}")
+        cause = exc.__cause__
+        return refusal(cause if isinstance(cause, ValueError) else exc)
 
     # ----------------------------------------------------------------------- building documents
 

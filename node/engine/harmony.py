@@ -134,7 +134,7 @@ def use_o200k_vocab(vocab_dir: Path | None = None) -> Path:
 def _args_text(arguments: str) -> str:
     try:
         return json.dumps(json.loads(arguments), ensure_ascii=False)
-    except ValueError:
+    except (ValueError, RecursionError):  # arguments written by a requester or the model: any text
         return arguments
 
 

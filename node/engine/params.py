@@ -5,6 +5,9 @@ rendered prompt: the context left for `max_tokens`, token ids in `logit_bias` ag
 `suffix` against a fill-in-the-middle vocabulary. A failed check is a `ParamError` that the engine
 writes into the output document (`error.code` / `error.message`), never an exception to the miner.
 
+Messages depend only on the input and the model (its tokenizer, its vocabulary), never on local
+settings such as `max_model_len`, so two honest miners refusing the same input write the same bytes.
+
 The result is plain data (`SamplingSpec`), so the mapping is unit-tested without vLLM;
 `SamplingSpec.kwargs()` is what `vllm.SamplingParams(**...)` receives.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.content.documents import ChatParams, CompletionParams
+from node.content.documents import MAX_TOKENS, ChatParams, CompletionParams
 
 SEED_MODULUS = (1 << 63) - 1024  # vLLM gives child i of n the seed `seed + i`: stay inside int64
 DEFAULT_TEMPERATURE = 1.0
@@ -93,8 +96,8 @@ def _context_left(prompt_tokens: int, max_model_len: int) -> int:
     if left < 1:
         raise ParamError(
             "context_length_exceeded",
-            f"the prompt is {prompt_tokens} tokens; this model's context is {max_model_len} tokens, "
-            "which leaves no room for a completion",
+            f"the prompt is {prompt_tokens} tokens, which leaves no room for a completion "
+            "in this model's context window",
             "messages",
         )
     return left
@@ -129,9 +132,11 @@ def _common(
     max_model_len: int,
     vocab_size: int,
     default_seed: int,
+    default_max_tokens: int,
 ) -> dict[str, Any]:
     left = _context_left(prompt_tokens, max_model_len)
-    max_tokens = left if params.max_tokens is None else min(params.max_tokens, left)
+    wanted = default_max_tokens if params.max_tokens is None else params.max_tokens
+    max_tokens = min(wanted, left)
     seed = default_seed if params.seed is None else normalize_seed(params.seed)
     return {
         "n": params.n or 1,
@@ -153,17 +158,23 @@ def chat_sampling(
     max_model_len: int,
     vocab_size: int,
     default_seed: int,
+    default_max_tokens: int = MAX_TOKENS,
     json_schema: dict[str, Any] | None = None,
     stop_token_ids: list[int] | None = None,
     skip_special_tokens: bool = True,
 ) -> SamplingSpec:
-    """Chat parameters as a `SamplingSpec`; ParamError when the model or prompt cannot honour them."""
+    """Chat parameters as a `SamplingSpec`; ParamError when the model or prompt cannot honour them.
+
+    Without `max_tokens` a sequence gets the context left, at most `default_max_tokens`
+    (`node.content.documents.default_max_tokens` of the document: the protocol caps).
+    """
     common = _common(
         params,
         prompt_tokens=prompt_tokens,
         max_model_len=max_model_len,
         vocab_size=vocab_size,
         default_seed=default_seed,
+        default_max_tokens=default_max_tokens,
     )
     logprobs = None
     if params.logprobs:
@@ -184,6 +195,7 @@ def completion_sampling(
     max_model_len: int,
     vocab_size: int,
     default_seed: int,
+    default_max_tokens: int = MAX_TOKENS,
 ) -> SamplingSpec:
     """Legacy completion parameters as a `SamplingSpec` (suffix is checked by the engine)."""
     common = _common(
@@ -192,6 +204,7 @@ def completion_sampling(
         max_model_len=max_model_len,
         vocab_size=vocab_size,
         default_seed=default_seed,
+        default_max_tokens=default_max_tokens,
     )
     n = common["n"]
     best_of = params.best_of if params.best_of is not None and params.best_of > n else None

@@ -1,9 +1,19 @@
 """One job's work: fetch the input by CID → run the engine → output document → sign → upload.
 
-Every assigned request gets a result: an input that cannot be fetched or read (unknown CID,
-tampered bytes, malformed JSON, oversized, invalid schema) becomes an output document with `error`
-set, which is uploaded, signed and submitted like any other. Only a content backend that is down
-is retried (the input may well exist), until the job's time runs out.
+Every assigned request whose input can be fetched gets a result, and a refusal is an answer like any
+other: an input that is not a valid document (malformed or hostile JSON, over a protocol cap,
+invalid schema, over 1 MiB) or that the engine refuses (too long for the context, a template or
+tokenizer that chokes on it) becomes an output document with `error` set, uploaded, signed and
+submitted. Its text depends only on the input, so honest miners refusing it agree byte for byte.
+Nothing from the input crashes the job or loops it: only `EngineError` (the engine is dead or shut
+down) is raised, and the job is retried.
+
+An input that cannot be fetched is *not* answered: not found, a backend down, bytes that do not
+match the CID. None of these is a property of the input, and a requester who makes an input
+reachable for some assignees only (or only later) would otherwise get honest miners to disagree and
+be slashed. `produce` raises `InputUnavailable` instead, holding the job's concurrency slot only for
+a short first try (`first_fetch_s`), then for one store read per attempt with a per-input backoff
+(`retry_after_s`): the daemon keeps the job `new` and retries it until its deadline passes.
 
 The step is deterministic for a given (request id, input, request block timestamp), so redoing it
 after a crash writes the very same bytes under the very same CID.
@@ -13,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -26,8 +37,10 @@ from node.content.documents import (
     parse_input_document,
     to_canonical_bytes,
 )
-from node.content.errors import BackendUnavailable, ContentError, ContentNotFound
+from node.content.errors import BackendUnavailable, ContentError, DocumentTooLarge, InputUnavailable
 from node.content.store import ContentStore
+from node.engine.engine import UNPROCESSABLE, EngineError
+from node.engine.params import ParamError
 from node.log import get_logger
 
 log = get_logger("inferd.miner.pipeline")
@@ -83,6 +96,9 @@ class JobInput(Protocol):
 class Pipeline:
     """Turns one assignment into an uploaded, signed output document."""
 
+    MAX_TRACKED_INPUTS = 4096
+    """Unavailable inputs whose backoff is remembered (oldest forgotten first): bounded memory."""
+
     def __init__(
         self,
         *,
@@ -91,67 +107,95 @@ class Pipeline:
         private_key: str,
         chain_id: int,
         hub: str,
-        fetch_not_found_retries: int = 2,
+        first_fetch_s: float = 2.0,
         fetch_retry_s: float = 0.5,
+        max_backoff_s: float = 30.0,
     ) -> None:
         self.engine = engine
         self.store = store
         self._key = private_key
         self.chain_id = chain_id
         self.hub = hub
-        self.fetch_not_found_retries = fetch_not_found_retries
+        self.first_fetch_s = first_fetch_s
         self.fetch_retry_s = fetch_retry_s
+        self.max_backoff_s = max_backoff_s
+        self._unavailable: OrderedDict[str, tuple[float, float]] = OrderedDict()  # cid -> (next try, backoff)
 
     def _error_doc(
         self, job: JobInput, input_cid: str, exc: Exception, code: str | None = None
     ) -> OutputDocument:
+        if isinstance(exc, ParamError) and code is None:
+            error = OutputError(code=exc.code, message=exc.message)
+        else:
+            error = OutputError.from_exception(exc, code)
         return OutputDocument.for_error(
             request_id=job.request_id,
             input_cid=input_cid,
             model=self.engine.model_name,
             system_fingerprint=self.engine.system_fingerprint,
             created=job.created,
-            error=OutputError.from_exception(exc, code),
+            error=error,
         )
 
-    async def fetch(self, job: JobInput, input_cid: str, give_up_at: float) -> InputDocument | Exception:
-        """The verified, parsed input document, or the error that makes it unusable."""
-        not_found = 0
+    def _not_yet(self, input_cid: str, reason: str) -> InputUnavailable:
+        """Record one more failed fetch of `input_cid`; the error tells when to try again."""
+        _, backoff = self._unavailable.pop(input_cid, (0.0, self.fetch_retry_s))
+        backoff = min(backoff * 2, self.max_backoff_s)
+        self._unavailable[input_cid] = (time.monotonic() + backoff, backoff)
+        while len(self._unavailable) > self.MAX_TRACKED_INPUTS:
+            self._unavailable.popitem(last=False)
+        return InputUnavailable(input_cid, reason, backoff)
+
+    async def fetch(self, job: JobInput, input_cid: str, give_up_at: float) -> InputDocument | ContentError:
+        """The parsed input, or the input's own error (invalid, too large) to answer with.
+
+        Raises `InputUnavailable` while the input cannot be fetched: retried here until `give_up_at`
+        on a first try, once per call (and not before its backoff) after that.
+        """
+        known = self._unavailable.get(input_cid)
+        if known is not None and time.monotonic() < known[0]:
+            raise InputUnavailable(input_cid, "backing off", known[0] - time.monotonic())
         delay = self.fetch_retry_s
         while True:
             try:
                 raw = await self.store.get(input_cid)
-                return parse_input_document(raw)
-            except ContentNotFound as exc:
-                not_found += 1
-                if not_found > self.fetch_not_found_retries:
-                    return exc
-            except BackendUnavailable as exc:
-                if time.monotonic() > give_up_at:
-                    return exc
-                log.warning(
-                    "content_unavailable", request_id=job.request_id, error=str(exc), retry_in_s=delay
-                )
-            except ContentError as exc:  # integrity, too large, malformed, invalid schema
+            except DocumentTooLarge as exc:  # no block of that CID fits the protocol: its own answer
+                self._unavailable.pop(input_cid, None)
                 return exc
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            except ContentError as exc:  # not found, a backend down, bytes that do not match the CID
+                if known is not None or time.monotonic() + delay > give_up_at:
+                    raise self._not_yet(input_cid, type(exc).__name__) from None
+                if isinstance(exc, BackendUnavailable):
+                    log.warning("content_unavailable", request_id=job.request_id, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._unavailable.pop(input_cid, None)
+            try:
+                return parse_input_document(raw)
+            except ContentError as exc:  # malformed, hostile, over a cap, invalid schema
+                return exc
 
     async def produce(
         self, job: JobInput, *, give_up_at: float | None = None, deltas: DeltaSink | None = None
     ) -> Produced:
-        """Fetch, infer, encode, upload and sign one job's output document."""
+        """Fetch, infer, encode, upload and sign one job's output document.
+
+        Raises `InputUnavailable` (input not fetched yet) or `EngineError` (engine gone): retry later.
+        """
         input_cid = digest_to_cid(job.input_digest)
         t0 = time.monotonic()
-        fetched = await self.fetch(job, input_cid, give_up_at if give_up_at is not None else t0 + 60)
+        fetched = await self.fetch(
+            job, input_cid, give_up_at if give_up_at is not None else t0 + self.first_fetch_s
+        )
         t1 = time.monotonic()
-        if isinstance(fetched, Exception):
-            log.info("input_unusable", request_id=job.request_id, input_cid=input_cid, error=str(fetched))
+        if isinstance(fetched, ContentError):
+            log.info(
+                "input_refused", request_id=job.request_id, input_cid=input_cid, error=str(fetched)[:300]
+            )
             out = self._error_doc(job, input_cid, fetched)
         else:
-            # An engine failure raises: an "internal error" document would be a wrong answer that
-            # gets the miner slashed, so the job stays `new` and is retried.
-            out = await self._generate(fetched, job, input_cid, deltas)
+            out = await self._answer(fetched, job, input_cid, deltas)
         t2 = time.monotonic()
         try:
             data = to_canonical_bytes(out)
@@ -184,6 +228,24 @@ class Pipeline:
             upload_s=t3 - t2,
         )
 
+    async def _answer(
+        self, doc: InputDocument, job: JobInput, input_cid: str, deltas: DeltaSink | None
+    ) -> OutputDocument:
+        """The engine's output document; whatever else it raises for this input is a fixed refusal.
+
+        `EngineError` propagates: an "internal error" document would be a wrong answer that gets the
+        miner slashed, so the job stays `new` and is retried.
+        """
+        try:
+            return await self._generate(doc, job, input_cid, deltas)
+        except (EngineError, MemoryError):
+            raise
+        except ParamError as exc:
+            return self._error_doc(job, input_cid, exc)
+        except Exception as exc:
+            log.warning("input_unprocessable", request_id=job.request_id, error=type(exc).__name__)
+            return self._error_doc(job, input_cid, ParamError("input_unprocessable", UNPROCESSABLE))
+
     async def _generate(
         self, doc: InputDocument, job: JobInput, input_cid: str, deltas: DeltaSink | None
     ) -> OutputDocument:
@@ -206,7 +268,7 @@ class Pipeline:
                 deltas(seq, choice, delta)
                 seq += 1
         if final is None:
-            raise RuntimeError("engine stream ended without an output document")
+            raise EngineError("engine stream ended without an output document")
         return final
 
     async def _upload(self, data: bytes, job: JobInput) -> str:
