@@ -180,6 +180,11 @@ class Mosquitto(ManagedProcess):
     def locked_down(self) -> bool:
         return bool(self.logins)
 
+    def stream_login(self, username: str) -> dict[str, str]:
+        """The `[stream]` settings (`username`, `password`) of one of this broker's logins."""
+        login = self.logins[username]
+        return {"username": login.username, "password": login.password}
+
 
 MQTT_MAX_PACKET_BYTES = 2_228_224
 """2 MiB + 128 KiB: a result carries a whole output document (1 MiB, escaped up to ~2x) as a string."""

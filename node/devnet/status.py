@@ -33,7 +33,8 @@ class PartStatus:
 
 
 def mqtt_ping(host: str, port: int, timeout_s: float = 2.0) -> bool:
-    """True if an MQTT 3.1.1 CONNECT gets an accepting CONNACK (a real broker, not just a port)."""
+    """True if an MQTT 3.1.1 CONNECT gets a CONNACK (a real broker, not just a port): accepted, or
+    refused for want of credentials (4, 5) by a locked-down broker, which is just as alive."""
     client_id = b"inferd-status"
     variable = b"\x00\x04MQTT\x04\x02\x00\x0a"  # protocol name, level 4, clean session, keepalive 10
     payload = len(client_id).to_bytes(2, "big") + client_id
@@ -46,7 +47,7 @@ def mqtt_ping(host: str, port: int, timeout_s: float = 2.0) -> bool:
             sock.sendall(b"\xe0\x00")  # DISCONNECT
     except OSError:
         return False
-    return len(reply) == 4 and reply[0] == 0x20 and reply[3] == 0
+    return len(reply) == 4 and reply[0] == 0x20 and reply[3] in (0, 4, 5)
 
 
 def _http(url: str) -> tuple[bool, str]:

@@ -228,9 +228,9 @@ async def test_e2e_50_requests(net: Net, miner_engine: Any) -> None:
 
     async def listen() -> None:
         async with aiomqtt.Client(net.mosquitto.host, net.mosquitto.port) as client:
-            await client.subscribe(f"inferd/v1/31337/{net.hub.owner.address}/req/+/result", qos=1)
+            await client.subscribe(f"inferd/v1/31337/{net.hub.owner.address}/req/+/+/result", qos=1)
             async for msg in client.messages:
-                rid = int(str(msg.topic).split("/")[-2])
+                rid = int(str(msg.topic).split("/")[-3])
                 results[rid] = json.loads(bytes(msg.payload))  # type: ignore[arg-type]
 
     listener = asyncio.create_task(listen())

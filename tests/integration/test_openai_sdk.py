@@ -416,7 +416,7 @@ async def _manual_output(net: Devnet, rid: int, content: str) -> tuple[bytes, An
 async def _publish_result(net: Devnet, rid: int, output: bytes, signature: str, miner: str) -> None:
     async with aiomqtt.Client(net.mosquitto.host, net.mosquitto.port) as mqtt:
         payload = json.dumps({"output": output.decode(), "signature": signature, "miner": miner})
-        await mqtt.publish(result_topic(31337, net.hub, rid), payload.encode(), qos=1)
+        await mqtt.publish(result_topic(31337, net.hub, rid, miner), payload.encode(), qos=1)
 
 
 async def test_tampered_mqtt_result_is_rejected_honest_one_answered(devnet: Devnet) -> None:
@@ -454,7 +454,8 @@ async def test_bad_signature_and_no_document_is_never_answered_504(devnet: Devne
             stranger.key, chain_id=31337, hub=devnet.hub, request_id=rid,
             input_digest=info.input_digest, output_digest=digest_of(honest),
         )  # fmt: skip
-        await _publish_result(devnet, rid, honest, sig, stranger.address)
+        # On the assignee's own topic (the only one a broker ACL lets it use), a stranger's signature.
+        await _publish_result(devnet, rid, honest, sig, str(devnet.manual.sender))
         await devnet.manual.submit_result(rid, digest_of(honest))  # on chain, but never uploaded
         with pytest.raises(openai.APIStatusError) as info_exc:
             await asyncio.wait_for(call, 30)
