@@ -105,6 +105,7 @@ class GatewaySettings(BaseModel):
     max_fee_per_gas_wei: int | None = Field(default=500 * 10**9, ge=1)
     max_fee_bumps: int = Field(default=3, ge=0)
     body_timeout_s: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=2048, ge=1)
     request_timeout_s: float = Field(default=120.0, gt=0)
     fee_wei: int | None = None
     require_auth: bool = True

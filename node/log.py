@@ -1,5 +1,9 @@
 """Structured logging: JSON lines off a TTY, a pretty console on one, secrets always redacted.
 
+Exception renderings never show local variables: structlog's console renderer (rich tracebacks)
+shows them by default, and a frame of a node can hold a private key, an API key or a prompt. Console
+output is redacted after rendering too, so a secret inside an exception's message is masked.
+
 Bind request/job ids with `structlog.contextvars.bind_contextvars(job_id=...)` or `bound(...)`;
 every line logged inside carries them.
 """
@@ -85,6 +89,22 @@ def _redact_rendered(_: WrappedLogger, __: str, event_dict: EventDict) -> EventD
     return event_dict
 
 
+def _exception_formatter() -> Any:
+    """Tracebacks for the console, never with local variables."""
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return structlog.dev.plain_traceback
+    return structlog.dev.RichTracebackFormatter(show_locals=False)
+
+
+def _redacting(renderer: Any) -> Any:
+    def render(logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+        return redact_text(str(renderer(logger, name, event_dict)))
+
+    return render
+
+
 def configure_logging(
     level: str = "info",
     fmt: Literal["auto", "json", "console"] = "auto",
@@ -101,7 +121,7 @@ def configure_logging(
     ]
     renderer: Any
     if use_console:
-        renderer = structlog.dev.ConsoleRenderer()
+        renderer = _redacting(structlog.dev.ConsoleRenderer(exception_formatter=_exception_formatter()))
     else:
         shared += [structlog.processors.format_exc_info, _redact_rendered]
         renderer = structlog.processors.JSONRenderer()

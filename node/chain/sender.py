@@ -11,6 +11,10 @@ Generic on purpose: the miner sends `submitResults` with it and the gateway `req
 * Stuck transactions: when no receipt shows up within `stuck_after_s`, the same nonce is re-signed
   with tip and max fee bumped by at least 12.5% (the geth/anvil replacement rule) and broadcast;
   every hash ever sent for that nonce is watched, whichever is mined wins.
+* Spending caps (optional, off by default): `max_fee_per_gas` bounds what any transaction may pay
+  per gas (a base fee above it raises `TxFeeCapExceeded` before anything is signed; a replacement
+  that would go above it is not sent), and `max_replacements` bounds the fee bumps per nonce. A
+  gateway paying for strangers' requests sets both, so a gas spike cannot drain its wallet.
 * `on_signed(tx_hash)` runs before every broadcast so that a caller can make the hash durable
   first (the miner's journal), and find the transaction again after a crash.
 * RPC outages: broadcasts and receipt polls are retried with exponential backoff.
@@ -62,6 +66,10 @@ class TxNonceGap(TxError):
     """A lower nonce of this key was lost (reorg, dropped tx): this transaction can never be mined."""
 
 
+class TxFeeCapExceeded(TxError):
+    """The network's base fee is above `max_fee_per_gas`: nothing was signed or sent."""
+
+
 class TxTimeout(TxError):
     """No receipt within `receipt_timeout_s`, even after fee bumps; the nonce may still be pending."""
 
@@ -94,6 +102,7 @@ class _Pending:
     tx: dict[str, Any]
     hashes: list[str] = field(default_factory=list)
     sent_at: float = 0.0
+    replacements: int = 0
 
 
 class TxSender:
@@ -111,6 +120,8 @@ class TxSender:
         poll_s: float = 0.2,
         fee_bump: float = 1.15,
         max_backoff_s: float = 5.0,
+        max_fee_per_gas: int | None = None,
+        max_replacements: int | None = None,
     ) -> None:
         if fee_bump < MIN_BUMP:
             raise ValueError(f"fee_bump must be >= {MIN_BUMP} or nodes reject replacements")
@@ -123,6 +134,8 @@ class TxSender:
         self.poll_s = poll_s
         self.fee_bump = fee_bump
         self.max_backoff_s = max_backoff_s
+        self.max_fee_per_gas = max_fee_per_gas
+        self.max_replacements = max_replacements
         self.stats = SenderStats()
         self._lock = asyncio.Lock()
         self._next_nonce: int | None = None
@@ -156,14 +169,20 @@ class TxSender:
                 delay = min(delay * 2, self.max_backoff_s)
 
     async def fees(self) -> tuple[int, int]:
-        """(maxFeePerGas, maxPriorityFeePerGas) for a transaction sent now."""
+        """(maxFeePerGas, maxPriorityFeePerGas) for a transaction sent now, within `max_fee_per_gas`."""
         block = await self._retry("get_block", lambda: self.w3.eth.get_block("latest"), 60)
         base = int(block.get("baseFeePerGas") or 0)
         try:
             tip = int(await self._retry("max_priority_fee", lambda: self.w3.eth.max_priority_fee, 60))
         except Web3RPCError:
             tip = 1_000_000_000
-        return 2 * base + tip, tip
+        cap = self.max_fee_per_gas
+        if cap is None:
+            return 2 * base + tip, tip
+        if base >= cap:
+            raise TxFeeCapExceeded(f"base fee {base} wei/gas is at or above the cap of {cap} wei/gas")
+        max_fee = min(2 * base + tip, cap)
+        return max_fee, min(tip, max_fee - base)
 
     async def estimate(self, tx: dict[str, Any]) -> int:
         """Gas for `tx` with the margin applied; TxWouldRevert when the call reverts."""
@@ -298,7 +317,8 @@ class TxSender:
                 )
             if now - pending.sent_at > self.stuck_after_s:
                 await self._check_gap(pending)
-                await self._replace(pending, on_signed)
+                if self.max_replacements is None or pending.replacements < self.max_replacements:
+                    await self._replace(pending, on_signed)
             await asyncio.sleep(delay)
 
     async def _check_gap(self, pending: _Pending) -> None:
@@ -332,6 +352,12 @@ class TxSender:
         old_max = int(pending.tx["maxFeePerGas"])
         tip = max(market_tip, int(old_tip * self.fee_bump) + 1)
         max_fee = max(market_max, int(old_max * self.fee_bump) + 1, tip)
+        if self.max_fee_per_gas is not None and max_fee > self.max_fee_per_gas:
+            pending.sent_at = time.monotonic()
+            pending.replacements += 1  # counts as a try: the cap will not move for this nonce
+            log.info("replacement_capped", nonce=pending.nonce, max_fee=max_fee, cap=self.max_fee_per_gas)
+            return
+        pending.replacements += 1
         pending.tx = {**pending.tx, "maxPriorityFeePerGas": tip, "maxFeePerGas": max_fee}
         try:
             tx_hash = await self._broadcast(pending, on_signed)
@@ -353,6 +379,7 @@ __all__ = [
     "MIN_BUMP",
     "SenderStats",
     "TxError",
+    "TxFeeCapExceeded",
     "TxNonceGap",
     "TxReverted",
     "TxSender",

@@ -22,10 +22,17 @@ from rich.table import Table
 
 from node.cli.common import fail, settings_from
 
+# Tracebacks never show local variables: a frame of the gateway can hold a key, a prompt or a wallet.
 app = typer.Typer(
-    help="Serve the OpenAI-compatible API over the chain; manage API keys.", no_args_is_help=True
+    help="Serve the OpenAI-compatible API over the chain; manage API keys.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
 )
-keys_app = typer.Typer(help="Create, list and revoke the gateway's API keys.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Create, list and revoke the gateway's API keys.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
@@ -88,6 +95,8 @@ def _serve(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        limit_concurrency=settings.gateway.max_connections,
+        timeout_keep_alive=5,
     )
 
 
@@ -125,10 +134,20 @@ def keys_add(
     rate_limit: Annotated[
         int | None, typer.Option(min=1, help="Requests per minute for this key (default: gateway setting).")
     ] = None,
+    max_concurrent: Annotated[
+        int | None, typer.Option(min=1, help="Requests in flight at once (default: gateway setting).")
+    ] = None,
+    daily_budget_wei: Annotated[
+        int | None,
+        typer.Option(min=0, help="Wei of fees plus gas per UTC day (default: gateway setting)."),
+    ] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="May read every request's record.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print id and key as JSON.")] = False,
 ) -> None:
     """Create an API key and print it ONCE (only its hash is stored)."""
-    key, record = _keys(ctx).add(name, rate_limit)
+    key, record = _keys(ctx).add(
+        name, rate_limit, max_concurrent=max_concurrent, daily_budget_wei=daily_budget_wei, admin=admin
+    )
     if as_json:
         typer.echo(json.dumps({"id": record.id, "name": record.name, "key": key}))
         return
@@ -146,7 +165,7 @@ def keys_list(
     if as_json:
         typer.echo(json.dumps([r.model_dump(mode="json", exclude={"hash"}) for r in records], indent=2))
         return
-    table = Table("id", "name", "prefix", "created", "rate/min", "status")
+    table = Table("id", "name", "prefix", "created", "rate/min", "in flight", "wei/day", "admin", "status")
     for r in records:
         created = datetime.fromtimestamp(r.created, UTC).strftime("%Y-%m-%d %H:%M")
         table.add_row(
@@ -155,6 +174,9 @@ def keys_list(
             r.prefix + "…",
             created,
             str(r.rate_limit_per_minute or "default"),
+            str(r.max_concurrent or "default"),
+            str(r.daily_budget_wei if r.daily_budget_wei is not None else "default"),
+            "yes" if r.admin else "",
             "revoked" if r.revoked else "active",
         )
     Console().print(table)

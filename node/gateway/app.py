@@ -339,10 +339,14 @@ def _public_health(detail: dict[str, Any]) -> dict[str, Any]:
         else:
             chains.append({"chain_id": chain, "ok": True})
     mqtt = detail.get("mqtt")
-    return {
+    loops = detail.get("loops")
+    public: dict[str, Any] = {
         "chains": chains,
         "mqtt": {"connected": bool(mqtt.get("connected"))} if isinstance(mqtt, dict) else None,
     }
+    if isinstance(loops, dict):
+        public["loops"] = {str(name): str(v.get("state")) for name, v in loops.items() if isinstance(v, dict)}
+    return public
 
 
 def _endpoint_label(request: Request) -> str:
