@@ -31,7 +31,15 @@ from node.chain.events import (
     event_topic,
 )
 from node.chain.hub import HubClient, RequestStatus, model_id
-from node.chain.sender import TxError, TxSender, TxWouldRevert
+from node.chain.sender import (
+    TxError,
+    TxFeeCapExceeded,
+    TxNonceGap,
+    TxReverted,
+    TxSender,
+    TxTimeout,
+    TxWouldRevert,
+)
 from node.chain.watcher import LogBatch, LogFollower, MemoryCursor
 from node.config import ChainSettings, Settings, StreamSettings
 from node.content.cid import digest_of, digest_to_cid
@@ -56,6 +64,14 @@ from node.stream.connection import credentials
 log = get_logger("gateway.chain")
 
 MODEL_CACHE_S = 2.0
+
+
+def _gas_cost(receipt: Any) -> int:
+    """Wei a mined transaction paid for gas (gasUsed × effectiveGasPrice)."""
+    try:
+        return int(receipt.get("gasUsed", 0)) * int(receipt.get("effectiveGasPrice", 0))
+    except (AttributeError, TypeError, ValueError):
+        return 0
 
 
 class GatewayConfigError(Exception):
@@ -90,6 +106,8 @@ class ChainBackend:
         stream: StreamSettings | None = None,
         fee_wei: int | None = None,
         grace_s: float = 0.5,
+        max_fee_per_gas: int | None = None,
+        max_fee_bumps: int | None = None,
     ) -> None:
         if not chains:
             raise GatewayConfigError("the gateway needs at least one chain")
@@ -97,6 +115,8 @@ class ChainBackend:
         self.store = store
         self.stream = stream
         self.fee_wei = fee_wei
+        self.max_fee_per_gas = max_fee_per_gas
+        self.max_fee_bumps = max_fee_bumps
         self.links: dict[int, ChainLink] = {}
         self.registry = PendingRegistry(recover_submission_signer, self._fetch_output, grace_s=grace_s)
         self.subscriber: Subscriber | None = None
@@ -113,6 +133,8 @@ class ChainBackend:
             store,
             stream=settings.stream if settings.stream.enabled else None,
             fee_wei=settings.gateway.fee_wei,
+            max_fee_per_gas=settings.gateway.max_fee_per_gas_wei,
+            max_fee_bumps=settings.gateway.max_fee_bumps,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -146,7 +168,15 @@ class ChainBackend:
                 raise GatewayConfigError(f"{cs.rpc_url} serves chain {chain_id}, settings say {cs.chain_id}")
             account = load_account(cs)
             hub = HubClient(w3, cs.hub_address)
-            sender = TxSender(w3, account, chain_id=chain_id, gas_margin=cs.gas_margin, poll_s=0.05)
+            sender = TxSender(
+                w3,
+                account,
+                chain_id=chain_id,
+                gas_margin=cs.gas_margin,
+                poll_s=0.05,
+                max_fee_per_gas=self.max_fee_per_gas,
+                max_replacements=self.max_fee_bumps,
+            )
             link = ChainLink(settings=cs, chain_id=chain_id, hub=hub, sender=sender)
             head = int(await w3.eth.block_number)
             link.follower = LogFollower(
@@ -324,12 +354,7 @@ class ChainBackend:
         data = link.hub.contract.encode_abi(
             "requestInference", args=[bytes.fromhex(model.model_id.removeprefix("0x")), digest]
         )
-        try:
-            receipt = await link.sender.send(link.hub_address, data, value=fee)
-        except TxWouldRevert as exc:
-            raise self._revert_error(exc, model) from exc
-        except (TxError, OSError) as exc:
-            raise ServiceUnavailable(f"requestInference failed on chain {chain_id}: {exc}") from exc
+        receipt = await self._send_request(link, data, fee, model)
         events = decode_logs(receipt["logs"])
         requested = next((e for e in events if isinstance(e, InferenceRequested)), None)
         if requested is None:
@@ -352,12 +377,36 @@ class ChainBackend:
             fee=fee,
             deadline_block=requested.deadline,
             created=created,
+            gas_cost=_gas_cost(receipt),
         )
         pending = self.registry.register(sub)
         pending.result_future.add_done_callback(lambda f: self._remember(f, sub))
         if link.follower is not None:
             link.follower.wake()
         return pending
+
+    async def _send_request(self, link: ChainLink, data: bytes | str, fee: int, model: ModelInfo) -> Any:
+        """Send `requestInference`; errors say what the wallet paid (`spent_wei`, None: unknown)."""
+        try:
+            return await link.sender.send(link.hub_address, data, value=fee)
+        except TxWouldRevert as exc:
+            raise self._revert_error(exc, model) from exc
+        except TxFeeCapExceeded as exc:
+            raise ServiceUnavailable(
+                f"Gas on chain {link.chain_id} is above this gateway's price cap right now; try again later.",
+                code="gas_price_too_high",
+                headers={"Retry-After": "30"},
+            ) from exc
+        except TxReverted as exc:
+            raise ServiceUnavailable(
+                f"requestInference reverted on chain {link.chain_id}: {exc}", spent_wei=_gas_cost(exc.receipt)
+            ) from exc
+        except (TxTimeout, TxNonceGap, OSError) as exc:  # the transaction may still be mined
+            raise ServiceUnavailable(
+                f"requestInference failed on chain {link.chain_id}: {exc}", spent_wei=None
+            ) from exc
+        except TxError as exc:  # the node refused it: nothing was paid
+            raise ServiceUnavailable(f"requestInference failed on chain {link.chain_id}: {exc}") from exc
 
     def _remember(self, fut: asyncio.Future[VerifiedResult], sub: Submission) -> None:
         if fut.cancelled() or fut.exception() is not None:
