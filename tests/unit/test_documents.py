@@ -12,6 +12,12 @@ from hypothesis import strategies as st
 
 from node.content.cid import cid_for_bytes
 from node.content.documents import (
+    MAX_BEST_OF,
+    MAX_N,
+    MAX_PROMPTS,
+    MAX_SEQUENCES,
+    MAX_TOKENS,
+    MAX_TOTAL_TOKENS,
     AssistantOutput,
     ChatChoice,
     ChatInputDocument,
@@ -23,8 +29,11 @@ from node.content.documents import (
     ToolCall,
     Usage,
     canonical_json,
+    default_max_tokens,
     parse_input_document,
     parse_output_document,
+    prompt_count,
+    sequence_count,
     to_canonical_bytes,
     validate_input_document,
 )
@@ -394,3 +403,116 @@ def test_bad_output_documents_name_the_field(mutate: Any, field: str) -> None:
 def test_non_finite_logprobs_cannot_be_encoded() -> None:
     with pytest.raises(ValueError):
         CompletionLogprobs(tokens=["a"], token_logprobs=[float("-inf")], top_logprobs=[None], text_offset=[0])
+
+
+# --------------------------------------------------------------------------- protocol caps
+
+
+def _tool(i: int) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": f"f{i}"}}
+
+
+@pytest.mark.parametrize(
+    ("base", "changes", "field"),
+    [
+        (CHAT, {"params__n": 9}, "params.n"),
+        (CHAT, {"params__max_tokens": 32769}, "params.max_tokens"),
+        (CHAT, {"params__n": 4, "params__max_tokens": 32768}, "params.max_tokens"),
+        (CHAT, {"messages": [{"role": "user", "content": "x"}] * 1025}, "messages"),
+        (CHAT, {"messages__0__content": [{"type": "text", "text": "x"}] * 65}, "messages[0].content"),
+        (CHAT, {"params__stop": "x" * 1025}, "params.stop"),
+        (CHAT, {"params__stop": ["x" * 1025]}, "params.stop[0]"),
+        (CHAT, {"params__logit_bias": {str(i): 1 for i in range(301)}}, "params.logit_bias"),
+        (
+            CHAT,
+            {"params__tools": [_tool(i) for i in range(129)], "params__tool_choice": None},
+            "params.tools",
+        ),
+        (COMPLETION, {"params__best_of": 9}, "params.best_of"),
+        (COMPLETION, {"prompt": ["p"] * 17}, "prompt"),
+        (COMPLETION, {"prompt": ["p"] * 5, "params__n": 8, "params__best_of": None}, "prompt"),
+        (COMPLETION, {"prompt": ["p"] * 5, "params__n": 1, "params__best_of": 8}, "params.best_of"),
+        (
+            COMPLETION,
+            {"prompt": ["p"] * 16, "params__max_tokens": 4097, "params__best_of": 2},
+            "params.max_tokens",
+        ),
+        (COMPLETION, {"prompt": [[1] * 70000, [2] * 70000]}, "prompt"),
+    ],
+)
+def test_caps_name_the_field(base: dict[str, Any], changes: dict[str, Any], field: str) -> None:
+    assert field_of(with_(base, **changes)) == field
+
+
+def test_documents_at_the_caps_are_valid() -> None:
+    chat = parse_input_document(raw(with_(CHAT, params__n=8, params__max_tokens=8192)))
+    assert isinstance(chat, ChatInputDocument)
+    assert sequence_count(chat) == 8
+    many = with_(COMPLETION, prompt=["p"] * 16, params__n=2, params__best_of=None, params__max_tokens=2048)
+    completion = parse_input_document(raw(many))
+    assert isinstance(completion, CompletionInputDocument)
+    assert sequence_count(completion) == 32 and prompt_count(completion.prompt) == 16
+    ids = parse_input_document(raw(with_(COMPLETION, prompt=[[1] * 65536, [2] * 65536], params__n=1)))
+    assert isinstance(ids, CompletionInputDocument)
+
+
+def test_default_max_tokens_shares_the_total_token_cap() -> None:
+    chat = parse_input_document(raw(with_(CHAT, params__n=1)))
+    assert default_max_tokens(chat) == MAX_TOKENS
+    many = with_(COMPLETION, prompt=["p"] * 16, params__n=2, params__best_of=None, params__max_tokens=None)
+    completion = parse_input_document(raw(many))
+    assert default_max_tokens(completion) == MAX_TOTAL_TOKENS // 32
+
+
+def test_caps_values() -> None:
+    """The caps are part of the format: changing one changes which documents are valid."""
+    assert (MAX_N, MAX_BEST_OF, MAX_PROMPTS, MAX_SEQUENCES) == (8, 8, 16, 32)
+    assert (MAX_TOKENS, MAX_TOTAL_TOKENS) == (32768, 65536)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[" * 200_000,
+        b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+        b'{"v":1,"type":"chat","model":"m","messages":[],"params":{"seed":' + b"9" * 5000 + b"}}",
+        b'{"v":1e999}',
+        b'{"v":1,"type":"chat","model":"\\udfff","messages":[{"role":"user","content":"x"}]}',
+        b'{"v":1,"v":1}',
+        b'{"v":NaN}',
+        b'{"v":1,"type":"chat","model":"\xc3\x28"}',
+        b'{"v":1,"type":"completion","model":"m","prompt":"' + b"x" * (MAX_DOCUMENT_BYTES - 100) + b'"}',
+    ],
+    ids=[
+        "deep-list",
+        "deep-object",
+        "huge-int",
+        "huge-float",
+        "surrogate",
+        "dup-key",
+        "nan",
+        "utf8",
+        "giant",
+    ],
+)
+def test_hostile_bytes_are_document_errors_not_crashes(data: bytes) -> None:
+    try:
+        doc = parse_input_document(data)
+    except DocumentError as exc:
+        assert len(str(exc)) < 500
+    else:  # the giant string is a valid document, bounded by the 1 MiB limit
+        assert isinstance(doc, CompletionInputDocument)
+
+
+def test_error_texts_do_not_depend_on_the_node() -> None:
+    from node.content.errors import ContentNotFound, IntegrityError
+
+    a = OutputError.from_exception(ContentNotFound("bafkx", "local store /home/alice/.inferd/blocks"))
+    b = OutputError.from_exception(ContentNotFound("bafkx", "gateways http://10.0.0.7:8000"))
+    assert a == b and "/home" not in a.message
+    assert OutputError.from_exception(IntegrityError("bafkx", "bafky", "somewhere")).code == "input_integrity"
+    assert OutputError.from_exception(DocumentTooLarge(2_000_000)) == OutputError.from_exception(
+        DocumentTooLarge(MAX_DOCUMENT_BYTES + 1)
+    )
+    weird = OutputError.from_exception(RuntimeError("/usr/lib/python3.11/site-packages/vllm: boom"))
+    assert weird.code == "input_unprocessable" and "vllm" not in weird.message

@@ -63,9 +63,36 @@ def test_max_tokens_is_bounded_by_the_context_left() -> None:
 
 def test_a_prompt_filling_the_context_is_an_error() -> None:
     with pytest.raises(ParamError) as err:
-        chat_sampling(ChatParams(), prompt_tokens=2048, **CTX)
+        chat_sampling(ChatParams(), prompt_tokens=2100, **CTX)
     assert err.value.code == "context_length_exceeded"
-    assert "2048" in err.value.message
+    assert "2100" in err.value.message
+    assert "2048" not in err.value.message  # the local max_model_len never reaches a document
+
+
+def test_without_max_tokens_the_default_is_capped() -> None:
+    big = {**CTX, "max_model_len": 200_000}
+    assert chat_sampling(ChatParams(), prompt_tokens=10, **big).max_tokens == 32768
+    spec = completion_sampling(CompletionParams(), prompt_tokens=10, default_max_tokens=2048, **big)
+    assert spec.max_tokens == 2048
+    assert (
+        chat_sampling(ChatParams(max_tokens=7), prompt_tokens=10, default_max_tokens=2, **big).max_tokens == 7
+    )
+
+
+def test_vllm_refusals_become_fixed_errors() -> None:
+    from node.engine.engine import refusal
+
+    long = refusal(
+        ValueError("The decoder prompt (length 5000) is longer than the maximum model length of 2048.")
+    )
+    assert (long.code, long.message) == (
+        "context_length_exceeded",
+        "the prompt and max_tokens do not fit this model's context window",
+    )
+    schema = refusal(ValueError("Error in xgrammar: invalid JSON schema at /usr/lib/x"))
+    assert schema.code == "invalid_request" and schema.param == "tools" and "/usr" not in schema.message
+    other = refusal(RuntimeError("vllm 0.32.0 internal detail 12345"))
+    assert other.code == "input_unprocessable" and "12345" not in other.message
 
 
 def test_logit_bias_outside_the_vocab_is_an_error() -> None:

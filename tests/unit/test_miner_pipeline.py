@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eth_account import Account
@@ -21,10 +22,13 @@ from node.content.documents import (
     parse_output_document,
     to_canonical_bytes,
 )
+from node.content.errors import InputUnavailable
 from node.content.local import LocalStore
 from node.devnet.processes import Anvil
+from node.engine.params import ParamError
 from node.miner.daemon import DaemonConfig, MinerDaemon
 from node.miner.journal import JobState, Journal
+from node.miner.pipeline import Pipeline
 from node.miner.testing import DevHub, FakeEngine, deploy_dev_hub
 
 pytestmark = pytest.mark.timeout(180)
@@ -121,19 +125,13 @@ async def test_every_request_finalized_batched_and_verifiable(env: Env) -> None:
 async def test_bad_inputs_get_error_documents(env: Env) -> None:
     daemon = env.daemon()
     good = chat_doc(1)
-    tampered_cid_data = chat_doc(2)
     ids = {
-        "unknown": await env.request(chat_doc(99), store=False),
         "malformed": await env.request(b'{"v":1, "type": "chat", "model": ', store=True),
         "schema": await env.request(b'{"v":1,"type":"chat","model":"m","messages":[]}', store=True),
+        "deep": await env.request(b"[" * 200_000, store=True),
+        "over_cap": await env.request(chat_doc(3).replace(b'"max_tokens":8', b'"max_tokens":8,"n":9')),
         "good": await env.request(good),
     }
-    # Tampered: the block on disk no longer hashes to its CID.
-    await env.store.put(tampered_cid_data)
-    path = env.store.path_for(cid_for_bytes(tampered_cid_data))
-    path.chmod(0o644)
-    path.write_bytes(tampered_cid_data.replace(b"question", b"QUESTION"))
-    ids["tampered"] = await env.request(tampered_cid_data, store=False)
     big = b'{"v":1,"type":"completion","model":"m","prompt":"' + b"x" * (1 << 20) + b'"}'
     env.store.path_for(cid_for_bytes(big)).parent.mkdir(parents=True, exist_ok=True)
     env.store.path_for(cid_for_bytes(big)).write_bytes(big)
@@ -150,12 +148,57 @@ async def test_bad_inputs_get_error_documents(env: Env) -> None:
         assert info.output_digest is not None
         doc = parse_output_document(await env.store.get(digest_to_cid(info.output_digest)))
         codes[name] = doc.error.code if doc.error else None
-    assert codes["good"] is None
-    assert codes["unknown"] == "input_not_found"
-    assert codes["malformed"] == "invalid_request"
-    assert codes["schema"] == "invalid_request"
-    assert codes["tampered"] == "input_integrity"
-    assert codes["oversized"] == "input_too_large"
+    assert codes == {
+        "malformed": "invalid_request",
+        "schema": "invalid_request",
+        "deep": "invalid_request",
+        "over_cap": "invalid_request",
+        "good": None,
+        "oversized": "input_too_large",
+    }
+
+
+async def test_unfetchable_inputs_are_retried_never_answered(env: Env) -> None:
+    """Not found / tampered bytes are no answer: the job waits until the real input can be read."""
+    daemon = env.daemon()
+    missing = chat_doc(99)
+    tampered = chat_doc(2)
+    await env.store.put(tampered)
+    path = env.store.path_for(cid_for_bytes(tampered))
+    path.chmod(0o644)
+    path.write_bytes(tampered.replace(b"question", b"QUESTION"))
+    ids = [await env.request(missing, store=False), await env.request(tampered, store=False)]
+    other = await env.request(chat_doc(3))
+
+    async def other_final() -> bool:
+        return (j := daemon.journal.get(other)) is not None and j.state == JobState.FINALIZED
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    try:
+        async with asyncio.timeout(60):
+            while not await other_final():  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(3)  # a few retries of the unfetchable two
+        for rid in ids:
+            job = daemon.journal.get(rid)
+            assert job is not None and job.state == JobState.NEW
+            assert (await env.hub.owner.get_request(rid)).status == RequestStatus.OPEN
+        await env.store.put(missing)  # the input shows up (and the corrupt copy is repaired)
+        await env.store.put(tampered)
+        async with asyncio.timeout(90):
+            while not all(
+                (j := daemon.journal.get(i)) is not None and j.state == JobState.FINALIZED for i in ids
+            ):
+                assert not task.done()
+                await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await task
+    for rid in ids:
+        info = await env.hub.owner.get_request(rid)
+        assert info.output_digest is not None
+        assert parse_output_document(await env.store.get(digest_to_cid(info.output_digest))).error is None
 
 
 async def test_exactly_one_submission_per_request(env: Env) -> None:
@@ -171,3 +214,91 @@ async def test_exactly_one_submission_per_request(env: Env) -> None:
 
     subs = [e for e in decode_logs(logs) if isinstance(e, ResultSubmitted)]  # type: ignore[arg-type]
     assert sorted(e.id for e in subs) == ids
+
+
+# --------------------------------------------------------------------------- the pipeline alone
+
+
+@dataclass
+class _Job:
+    request_id: int
+    input_digest: bytes
+    created: int = 1_700_000_000
+
+
+class _CountingStore(LocalStore):
+    reads = 0
+
+    async def get(self, cid: str) -> bytes:
+        self.reads += 1
+        return await super().get(cid)
+
+
+class _HostileEngine(FakeEngine):
+    """An engine that raises what a hostile input can make a tokenizer or vLLM raise."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__()
+        self.exc = exc
+
+    async def generate(self, input_doc: Any, **kwargs: Any) -> Any:
+        raise self.exc
+
+    async def stream(self, input_doc: Any, **kwargs: Any) -> Any:
+        raise self.exc
+        yield  # pragma: no cover
+
+
+def _pipeline(store: LocalStore, engine: Any) -> Pipeline:
+    key = "0x" + "11" * 32
+    return Pipeline(engine=engine, store=store, private_key=key, chain_id=31337, hub="0x" + "22" * 20)
+
+
+@pytest.mark.parametrize("exc", [RecursionError("deep"), ValueError("/opt/x: 12345"), ParamError("x", "y")])
+async def test_whatever_the_engine_raises_for_an_input_is_one_fixed_refusal(
+    tmp_path: Path, exc: Exception
+) -> None:
+    data = chat_doc(5)
+    outputs = []
+    for name in ("alice", "bob"):  # two miners, different disks: the same bytes
+        store = LocalStore(tmp_path / name)
+        await store.put(data)
+        produced = await _pipeline(store, _HostileEngine(exc)).produce(_Job(7, digest_of(data)))
+        outputs.append(produced.output)
+    assert outputs[0] == outputs[1]
+    doc = parse_output_document(outputs[0])
+    assert doc.error is not None and "/opt" not in doc.error.message
+    assert doc.error.code == ("x" if isinstance(exc, ParamError) else "input_unprocessable")
+
+
+async def test_a_dead_engine_is_retried_not_answered(tmp_path: Path) -> None:
+    from node.engine.engine import EngineError
+
+    data = chat_doc(6)
+    store = LocalStore(tmp_path / "s")
+    await store.put(data)
+    with pytest.raises(EngineError):
+        await _pipeline(store, _HostileEngine(EngineError("dead"))).produce(_Job(8, digest_of(data)))
+
+
+async def test_an_unfetchable_input_backs_off_without_holding_the_job(tmp_path: Path) -> None:
+    store = _CountingStore(tmp_path / "s")
+    pipeline = _pipeline(store, FakeEngine())
+    pipeline.first_fetch_s = 0.3
+    pipeline.fetch_retry_s = 0.1
+    job = _Job(9, digest_of(chat_doc(9)))
+    with pytest.raises(InputUnavailable) as first:
+        await pipeline.produce(job)
+    assert store.reads >= 2 and first.value.retry_after_s > 0
+    reads = store.reads
+    with pytest.raises(InputUnavailable):  # within the backoff: no read at all
+        await pipeline.produce(job)
+    assert store.reads == reads
+    await asyncio.sleep(first.value.retry_after_s)
+    with pytest.raises(InputUnavailable) as again:  # after it: one read, a longer backoff
+        await pipeline.produce(job)
+    assert store.reads == reads + 1 and again.value.retry_after_s > first.value.retry_after_s
+    await store.put(chat_doc(9))
+    await asyncio.sleep(again.value.retry_after_s)
+    produced = await pipeline.produce(job)
+    assert produced.error_code is None
