@@ -8,8 +8,9 @@ app runs on its own (tests, `python -m node.cli.devnet`).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import typer
 from rich.console import Console
@@ -23,6 +24,19 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print `error: message` to stderr; return the `typer.Exit(code)` for the caller to raise."""
     err_console.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
+
+
+def machine_stdout() -> TextIO:
+    """Reserve stdout for one machine-readable document (`--json`); everything else goes to stderr.
+
+    vLLM logs to `sys.stdout` and its engine-core subprocess inherits file descriptor 1, so swapping
+    `sys.stdout` is not enough: fd 1 itself is pointed at stderr for the rest of the process (child
+    processes and atexit-time logging included), and the returned stream writes to the real stdout.
+    """
+    sys.stdout.flush()
+    real = os.dup(1)
+    os.dup2(2, 1)
+    return os.fdopen(real, "w", encoding="utf-8")
 
 
 class State:
@@ -57,4 +71,4 @@ def settings_from(ctx: typer.Context, **overrides: Any) -> Settings:
     return state.settings(**overrides)
 
 
-__all__ = ["State", "err_console", "fail", "root_state", "settings_from"]
+__all__ = ["State", "err_console", "fail", "machine_stdout", "root_state", "settings_from"]

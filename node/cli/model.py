@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from node.cli.common import fail, settings_from
+from node.cli.common import fail, machine_stdout, settings_from
 from node.engine.harmony import HarmonyVocabError, install_o200k_vocab
 from node.engine.model_fetch import ModelFetchError, default_cache_root, fetch_default_model
 
@@ -96,12 +96,14 @@ def try_(
         "messages": messages,
         "params": {k: v for k, v in params.items() if v is not None},
     }
+    stdout = machine_stdout() if as_json else None
     try:
         out = asyncio.run(_try(settings, doc))
     except Exception as exc:  # the engine failed to start: say why, no traceback
         raise fail(str(exc), 1) from exc
-    if as_json:
-        typer.echo(json.dumps(json.loads(to_canonical_bytes(out)), indent=2, ensure_ascii=False))
+    if stdout is not None:
+        stdout.write(json.dumps(json.loads(to_canonical_bytes(out)), indent=2, ensure_ascii=False) + "\n")
+        stdout.flush()
     elif out.error is not None:
         console.print(f"[red]error ({out.error.code}):[/red] {out.error.message}")
     else:
