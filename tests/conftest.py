@@ -43,6 +43,24 @@ def mosquitto(process_logs: Path) -> Iterator[Mosquitto]:
         broker.stop()
 
 
+@pytest.fixture(scope="session")
+def locked_mosquitto(process_logs: Path, anvil_keys: list[str]) -> Iterator[Mosquitto]:
+    """A real mosquitto locked down as shipped: no anonymous clients, the inferd ACL, and logins for
+    the miners of anvil keys 1 and 2 (username = address) and gateways `test` and `observer`."""
+    from eth_account import Account
+
+    from node.stream.access import gateway_login, miner_login
+
+    logins = [miner_login(Account.from_key(k).address) for k in anvil_keys[1:3]]
+    logins += [gateway_login("test"), gateway_login("observer")]
+    broker = mosquitto_process(process_logs, logins=logins)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
 @pytest.fixture()
 def data_dir(tmp_path: Path) -> Path:
     """An empty data dir for one test."""
