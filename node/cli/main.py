@@ -14,6 +14,7 @@ from node.cli.common import State, root_state
 from node.cli.content import app as content_app
 from node.cli.devnet import app as devnet_app
 from node.cli.gateway import app as gateway_app
+from node.cli.hub import app as hub_app
 from node.cli.miner import app as miner_app
 from node.cli.model import app as model_app
 from node.cli.verify import replay, verify
@@ -32,6 +33,7 @@ app.add_typer(gateway_app, name="gateway")
 app.add_typer(devnet_app, name="devnet")
 app.add_typer(model_app, name="model")
 app.add_typer(content_app, name="content", help="Put, get and hash documents by CID.")
+app.add_typer(hub_app, name="hub")
 app.command("verify")(verify)
 app.command("replay")(replay)
 
