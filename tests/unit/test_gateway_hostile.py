@@ -219,6 +219,24 @@ async def test_5mib_chunked_body_without_length_is_413_while_streaming(gateway: 
     assert gateway.alive()
 
 
+async def test_endless_chunked_body_is_refused_midstream(gateway: Gateway) -> None:
+    """A body that never ends gets its 413 while it is still streaming in: the cap applies while
+    reading, not after buffering (which would wait forever here)."""
+    import json
+
+    piece = b"x" * 65_536
+    block = b"%x\r\n%s\r\n" % (len(piece), piece)
+
+    def forever() -> Iterator[bytes]:
+        while True:
+            yield block
+
+    head = _head(gateway, "Transfer-Encoding: chunked\r\n")
+    status, body = await _raw(gateway.port, head, forever())
+    assert_envelope(status, json.loads(body), 413)
+    assert gateway.alive()
+
+
 async def test_huge_content_length_is_413_before_reading(gateway: Gateway) -> None:
     import json
 
