@@ -48,6 +48,7 @@ from node.devnet.processes import (
     mosquitto_process,
 )
 from node.devnet.service import Service, child_env, env_names, inferd_command
+from node.stream.access import GATEWAY_PREFIX, gateway_login, miner_login
 
 MAX_MINERS = 16
 PHASE_STARTING, PHASE_READY, PHASE_STOPPING, PHASE_FAILED = "starting", "ready", "stopping", "failed"
@@ -328,9 +329,10 @@ class Devnet:
             f"{'automine' if opts.block_time is None else f'block time {opts.block_time}s'})"
         )
 
-        # 2. mosquitto.
+        # 2. mosquitto, locked down: one login per miner (its address) and for the gateway.
+        logins = [miner_login(Account.from_key(k).address) for k in miner_keys] + [gateway_login("devnet")]
         self.broker = mosquitto_process(
-            layout.logs, port=pick_port(opts.broker_port, old_ports.get("broker"), self._taken)
+            layout.logs, port=pick_port(opts.broker_port, old_ports.get("broker"), self._taken), logins=logins
         )
         self.broker.log_path = layout.log_path("mosquitto")
         self._start_managed(self.broker)
@@ -371,6 +373,7 @@ class Devnet:
             "gateway": {"host": "127.0.0.1", "port": gateway_port, "keys_path": str(keys_path)},
         }
         gw_settings["chain"] = {**common["chain"], "private_key": gateway_key}
+        gw_settings["stream"] = {**common["stream"], **self.broker.stream_login(GATEWAY_PREFIX + "devnet")}
         self.services.append(
             self._service(
                 "gateway", layout.gateway_dir, gw_settings, ["gateway", "serve"], f"{gateway_url}/healthz"
@@ -389,6 +392,8 @@ class Devnet:
                 "miner": {"metrics_host": "127.0.0.1", "metrics_port": port},
             }
             settings["chain"] = {**common["chain"], "private_key": key}
+            login = self.broker.stream_login(Account.from_key(key).address)
+            settings["stream"] = {**common["stream"], **login}
             name = f"miner-{i}"
             self.services.append(
                 self._service(

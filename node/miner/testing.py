@@ -91,8 +91,8 @@ class FakeEngine:
         self, input_doc: InputDocument, *, request_id: int, input_cid: str, created: int
     ) -> AsyncIterator[Any]:
         """Deltas `{"choice", "delta"}` then the final OutputDocument (the engine's streaming shape)."""
-        for word in self._words(input_doc):
-            yield {"choice": 0, "delta": {"content": word + " "}}
+        for i, word in enumerate(self._words(input_doc)):  # pieces that join to exactly the final text
+            yield {"choice": 0, "delta": {"content": word if i == 0 else " " + word}}
         yield await self.generate(input_doc, request_id=request_id, input_cid=input_cid, created=created)
 
 
