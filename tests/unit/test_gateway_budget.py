@@ -300,3 +300,42 @@ async def test_sender_fee_cap_clamps_and_refuses(anvil: Anvil, anvil_keys: list[
     assert max_fee == base + 1 and 0 < tip <= 1
     with pytest.raises(TxFeeCapExceeded):
         await TxSender(w3, account, chain_id=31337, max_fee_per_gas=max(1, base)).fees()
+
+
+async def test_sender_fee_bumps_are_capped(process_logs: Path, anvil_keys: list[str]) -> None:
+    """On a chain that mines nothing, a stuck transaction is re-sent with bumped fees at most
+    `max_replacements` times, and never above `max_fee_per_gas`; it is still found once mined."""
+    from eth_account import Account
+
+    from node.devnet.processes import anvil_process
+
+    node = anvil_process(process_logs)
+    node.start()
+    try:
+        w3 = HubClient.web3(node.rpc_url, 10)
+        await w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+        account = Account.from_key(anvil_keys[3])
+        bumps = TxSender(w3, account, chain_id=31337, stuck_after_s=0.1, poll_s=0.02, max_replacements=2)
+        task = asyncio.create_task(bumps.send(account.address, b"", value=1, gas=21_000))
+        await asyncio.sleep(1.5)
+        assert bumps.stats.replaced == 2 and not task.done()
+        await w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        receipt = await asyncio.wait_for(task, 10)
+        assert int(receipt["status"]) == 1
+
+        max_fee, _ = await bumps.fees()
+        capped = TxSender(
+            w3,
+            account,
+            chain_id=31337,
+            stuck_after_s=0.1,
+            poll_s=0.02,
+            max_fee_per_gas=max_fee + max_fee // 20,
+        )
+        task = asyncio.create_task(capped.send(account.address, b"", value=1, gas=21_000))
+        await asyncio.sleep(1.0)
+        assert capped.stats.replaced == 0 and capped.stats.sent == 1  # a 12.5% bump would pass the cap
+        await w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        assert int((await asyncio.wait_for(task, 10))["status"]) == 1
+    finally:
+        node.stop()

@@ -258,6 +258,34 @@ async def test_stalled_body_is_408(gateway: Gateway) -> None:
     assert gateway.alive()
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/inferences/" + "9" * 50_000,
+        "/v1/inferences/1?chain_id=" + "9" * 50_000,
+        "/v1/models?chain_id=-" + "1" * 5000,
+        "/v1/inferences/%F0%28%8C%28",
+    ],
+)
+async def test_hostile_urls_are_4xx(gateway: Gateway, path: str) -> None:
+    async with httpx.AsyncClient(base_url=gateway.url, headers={"X-API-Key": gateway.key}) as http:
+        reply = await http.get(path)
+    assert 400 <= reply.status_code < 500 and gateway.alive()
+    if reply.headers.get("content-type", "").startswith("application/json"):
+        assert_envelope(reply.status_code, reply.json(), reply.status_code)
+
+
+async def test_huge_header_is_refused_and_gateway_survives(gateway: Gateway) -> None:
+    head = _head(gateway, "X-Junk: " + "j" * (8 * MIB) + "\r\nContent-Length: 2\r\n")
+    try:
+        status, _ = await _raw(gateway.port, head, iter([b"{}"]))
+    except (asyncio.IncompleteReadError, ConnectionError, ValueError, IndexError):
+        status = 400  # the server dropped the connection: refused, fine
+    assert 400 <= status < 500
+    assert gateway.alive()
+    await _wait_healthy(gateway, 10)
+
+
 async def test_unauthenticated_big_body_is_401_without_reading_it(gateway: Gateway) -> None:
     async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
         reply = await http.post("/v1/chat/completions", content=b"[" * 200_000)
