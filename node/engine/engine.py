@@ -29,6 +29,7 @@ import json
 import math
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -61,7 +62,14 @@ from node.content.documents import (
 from node.content.errors import ContentError, DocumentError, DocumentTooLarge
 from node.engine import chat
 from node.engine.model_fetch import DEFAULT_MODEL_NAME, default_model_dir, read_manifest, sha256_file
-from node.engine.params import ParamError, SamplingSpec, chat_sampling, completion_sampling, seed_from_digest
+from node.engine.params import (
+    CONTEXT_EXCEEDED,
+    ParamError,
+    SamplingSpec,
+    chat_sampling,
+    completion_sampling,
+    seed_from_digest,
+)
 
 MIN_LOGPROB = -9999.0  # documents reject -inf; vLLM's OpenAI server clamps the same way
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -87,9 +95,7 @@ def refusal(exc: BaseException) -> ParamError:
     """vLLM's refusal of one request as a fixed code and message (never its text, see module doc)."""
     text = str(exc).lower()
     if any(hint in text for hint in _CONTEXT_HINTS):
-        return ParamError(
-            "context_length_exceeded", "the prompt and max_tokens do not fit this model's context window"
-        )
+        return ParamError("context_length_exceeded", CONTEXT_EXCEEDED)
     if any(hint in text for hint in _SCHEMA_HINTS):
         return ParamError(
             "invalid_request",
@@ -262,6 +268,9 @@ class Engine:
         vocab = self._tokenizer.get_vocab()
         self._fim = next((s for s in FIM_SPELLINGS if all(t in vocab for t in s)), None)
         self._ids = itertools.count()
+        # Rendering and tokenizing a 1 MiB input takes seconds: done off the event loop (the Rust
+        # tokenizer releases the GIL), one input at a time, so the miner's loops never stall.
+        self._prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inferd-prep")
 
     # ----------------------------------------------------------------------- lifecycle
 
@@ -310,6 +319,7 @@ class Engine:
     def shutdown(self) -> None:
         """Stop vLLM's engine-core process (idempotent)."""
         llm, self._llm = self._llm, None
+        self._prep.shutdown(wait=False, cancel_futures=True)
         if llm is not None:
             llm.shutdown()
             llm.shutdown = lambda *args, **kwargs: None  # its __del__ would shut down again at exit
@@ -364,12 +374,17 @@ class Engine:
         try:
             doc = self._validate(input_doc)
             digest = self._digest(input_cid, doc)
-            job = self._prepare(doc, digest)
+            job = await asyncio.get_running_loop().run_in_executor(self._prep, self._prepare, doc, digest)
         except (DocumentError, ParamError, chat.ChatRenderError, ContentError) as exc:
             yield self._error_doc(meta, exc, _object_of(input_doc))
             return
-        except MemoryError:
-            raise
+        except (MemoryError, RuntimeError) as exc:
+            if isinstance(exc, MemoryError) or "borrow" in str(exc):  # the node's trouble: retry later
+                raise EngineError(f"could not prepare the input: {type(exc).__name__}") from exc
+            yield self._error_doc(
+                meta, ParamError("input_unprocessable", UNPROCESSABLE), _object_of(input_doc)
+            )
+            return
         except Exception:  # the tokenizer or a renderer choking on this input: refused the same everywhere
             yield self._error_doc(
                 meta, ParamError("input_unprocessable", UNPROCESSABLE), _object_of(input_doc)

@@ -19,6 +19,8 @@ from typing import Any
 
 from node.content.documents import MAX_TOKENS, ChatParams, CompletionParams
 
+CONTEXT_EXCEEDED = "the prompt leaves no room for a completion in this model's context window"
+"""One text for every way a prompt can be too long (no counts: they would depend on local settings)."""
 SEED_MODULUS = (1 << 63) - 1024  # vLLM gives child i of n the seed `seed + i`: stay inside int64
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 1.0
@@ -96,8 +98,7 @@ def _context_left(prompt_tokens: int, max_model_len: int) -> int:
     if left < 1:
         raise ParamError(
             "context_length_exceeded",
-            f"the prompt is {prompt_tokens} tokens, which leaves no room for a completion "
-            "in this model's context window",
+            CONTEXT_EXCEEDED,
             "messages",
         )
     return left
@@ -213,6 +214,7 @@ def completion_sampling(
 
 
 __all__ = [
+    "CONTEXT_EXCEEDED",
     "ParamError",
     "SamplingSpec",
     "chat_sampling",
