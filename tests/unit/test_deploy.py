@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped]
@@ -164,28 +165,75 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
 # -------------------------------------------------------------------------------------------------
 
 
-def test_mosquitto_conf_starts_a_broker(tmp_path: Path) -> None:
+def _deploy_broker(tmp_path: Path, logins: list[Any]) -> tuple[list[str], int, int]:
+    """deploy/mosquitto.conf and mosquitto.acl with a password file for `logins`, on loopback
+    ports; (argv, main port, healthcheck port)."""
     from node.devnet.processes import ToolNotFound, find_tool
-    from node.devnet.status import mqtt_ping
+    from node.stream.access import write_password_file
 
     try:
         mosquitto = find_tool("mosquitto")
     except ToolNotFound:
         pytest.skip("mosquitto is not installed")
-    port = free_port()
+    port, health = free_port(), free_port()
+    write_password_file(tmp_path / "passwd", logins)
+    (tmp_path / "acl").write_text((DEPLOY / "mosquitto.acl").read_text())
     text = (DEPLOY / "mosquitto.conf").read_text()
-    text = text.replace("listener 1883 0.0.0.0", f"listener {port} 127.0.0.1")
-    text = text.replace("persistence_location /mosquitto/data/", f"persistence_location {tmp_path}/")
-    assert f"listener {port} 127.0.0.1" in text
+    for old, new in (
+        ("listener 1883 0.0.0.0", f"listener {port} 127.0.0.1"),
+        ("listener 1880 127.0.0.1", f"listener {health} 127.0.0.1"),
+        ("persistence_location /mosquitto/data/", f"persistence_location {tmp_path}/"),
+        ("/mosquitto/config/", f"{tmp_path}/"),
+    ):
+        assert old in text
+        text = text.replace(old, new)
+    if os.geteuid() == 0:
+        text += "user root\n"  # else mosquitto drops to its own user, who cannot read our 0600 files
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(text)
-    proc = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return [mosquitto, "-c", str(conf)], port, health
+
+
+def test_shipped_acl_is_what_the_code_generates() -> None:
+    from node.stream.access import acl_text
+
+    shipped = [x for x in (DEPLOY / "mosquitto.acl").read_text().splitlines() if not x.startswith("#")]
+    generated = [x for x in acl_text(["gateway-main"]).splitlines() if not x.startswith("#")]
+    assert shipped == generated
+
+
+def test_mosquitto_conf_starts_a_locked_down_broker(tmp_path: Path) -> None:
+    import asyncio
+
+    import aiomqtt
+
+    from node.devnet.status import mqtt_ping
+    from node.stream.access import gateway_login, miner_login
+
+    miner = miner_login("0x70997970C51812dc3A010C7d01b50e0d17dc79C8")
+    argv, port, health = _deploy_broker(tmp_path, [miner, gateway_login("main")])
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    async def connect(port: int, username: str | None = None, password: str | None = None) -> bool:
+        try:
+            async with aiomqtt.Client("127.0.0.1", port, username=username, password=password, timeout=5):
+                return True
+        except aiomqtt.MqttError:
+            return False
+
     try:
         deadline = time.monotonic() + 10
         while not mqtt_ping("127.0.0.1", port):
             assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else "exited"
             assert time.monotonic() < deadline, "mosquitto did not come up with deploy/mosquitto.conf"
             time.sleep(0.1)
+        assert not asyncio.run(connect(port)), "anonymous clients must be refused"
+        assert not asyncio.run(connect(port, miner.username, "wrong"))
+        assert asyncio.run(connect(port, miner.username, miner.password))
+        assert asyncio.run(connect(health)), "the healthcheck listener lets the container connect"
+        healthcheck = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(health), "-t", "inferd/health", "-n"]
+        if shutil.which("mosquitto_pub"):
+            assert subprocess.run(healthcheck, capture_output=True, timeout=10).returncode == 0
     finally:
         proc.terminate()
         proc.wait(10)
