@@ -300,6 +300,7 @@ async def test_sender_fee_cap_clamps_and_refuses(anvil: Anvil, anvil_keys: list[
     assert max_fee == base + 1 and 0 < tip <= 1
     with pytest.raises(TxFeeCapExceeded):
         await TxSender(w3, account, chain_id=31337, max_fee_per_gas=max(1, base)).fees()
+    await w3.provider.disconnect()
 
 
 async def test_sender_fee_bumps_are_capped(process_logs: Path, anvil_keys: list[str]) -> None:
@@ -337,5 +338,6 @@ async def test_sender_fee_bumps_are_capped(process_logs: Path, anvil_keys: list[
         assert capped.stats.replaced == 0 and capped.stats.sent == 1  # a 12.5% bump would pass the cap
         await w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
         assert int((await asyncio.wait_for(task, 10))["status"]) == 1
+        await w3.provider.disconnect()
     finally:
         node.stop()
