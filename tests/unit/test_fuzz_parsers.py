@@ -111,7 +111,7 @@ COMPLETION_BODY: dict[str, Any] = {
     "stream": False,
 }
 
-HOSTILE_VALUES = st.sampled_from(
+HOSTILE_VALUES: st.SearchStrategy[Any] = st.sampled_from(
     [None, True, 0, -1, 2**63, -(2**64), 2**256, 1e308, -0.0, 0.5, float("nan"), float("inf"), float("-inf"),
      "", "\x00", "\ud800", "\udc00x", "x" * 5000, "[" * 100, "1e999", [], {}, [[[[[[]]]]]], {"": {"": {}}},
      [None], ["\ud800"], {"\ud800": 1}, {"type": "function"}]
