@@ -52,12 +52,13 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes
     """The body, refused (413) as soon as it is known to exceed `max_bytes`: from `Content-Length`
     before reading anything, else while streaming chunks in; a 408 if it takes over `timeout_s`."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or len(declared) > 18):
-        raise InvalidRequest("Content-Length must be a decimal byte count.", code="invalid_header")
-    if declared is not None and int(declared) > max_bytes:
-        raise PayloadTooLarge(
-            f"The request body is too large: {declared} bytes, over the {max_bytes}-byte limit."
-        )
+    if declared is not None:
+        if not (declared.isascii() and declared.isdigit()):
+            raise InvalidRequest("Content-Length must be a decimal byte count.", code="invalid_header")
+        if len(declared) > 18 or int(declared) > max_bytes:
+            raise PayloadTooLarge(
+                f"The request body is too large: Content-Length is over the {max_bytes}-byte limit."
+            )
     body = bytearray()
     try:
         async with asyncio.timeout(timeout_s):
