@@ -63,6 +63,10 @@ class EngineSettings(BaseModel):
     tensor_parallel_size: int = Field(default=1, ge=1)
     batch_invariant: bool = True
     seed: int = 0
+    tool_parser: str = Field(default="auto", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """vLLM's tool-call parser for this model (`hermes`, `llama3_json`, `mistral`, `qwen3_coder`,
+    `pythonic` ...); `auto` picks one from the chat template, hermes by default. gpt-oss always
+    uses harmony. Every miner serving a model must use the same value: it shapes the output."""
 
 
 class StreamSettings(BaseModel):
