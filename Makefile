@@ -61,7 +61,7 @@ contracts-check: npm
 
 bench: setup
 	$(PY) tests/bench/gas.py
-	@for b in engine miner gateway; do \
+	@for b in parser engine miner gateway; do \
 		if [ -f tests/bench/$$b.py ]; then $(PY) tests/bench/$$b.py || exit 1; fi; done
 
 devnet: setup
