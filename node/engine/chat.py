@@ -1,4 +1,4 @@
-"""Chat prompts from input documents, and hermes-style tool calls parsed back out of the output.
+"""Chat prompts from input documents, and the shapes tool calls are parsed into.
 
 The model's own Jinja chat template renders the conversation, in a sandbox configured like
 transformers' (same filters and globals) except that `strftime_now` returns a fixed date: a prompt
@@ -10,7 +10,9 @@ Rendering errors are `ChatRenderError` with a message that depends only on the i
 Tools: a template that takes a `tools` argument (Qwen, Hermes, Llama 3.1 ...) gets them as is; for
 one that does not (SmolLM2), the hermes-style tool block is added to the system message, and
 earlier tool calls / tool results are rendered as `<tool_call>` / `<tool_response>` text. Output
-tool calls are `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks.
+tool calls are parsed by vLLM's parser for the model's family (`node.engine.tool_parsers`), except
+the JSON object that structured outputs force for `required` / a named tool_choice, parsed here.
+Tool-call ids are hashes of the input, the choice and the call's index (`tool_call_id`).
 """
 
 from __future__ import annotations
@@ -45,8 +47,6 @@ from node.content.documents import (
 
 FIXED_DATE = datetime(2025, 1, 1)  # what `strftime_now` and `date_string` see: never the clock
 DATE_STRING = FIXED_DATE.strftime("%d %b %Y")
-
-TOOL_CALL_RE = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 HERMES_TOOLS_HEADER = (
     "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -254,20 +254,6 @@ def _call_from_json(raw: str, names: set[str] | None) -> tuple[str, str] | None:
     return name, json.dumps(args, ensure_ascii=False)
 
 
-def parse_hermes(text: str, tool_names: set[str] | None = None) -> ParsedOutput:
-    """Split `<tool_call>` blocks out of generated text; text without valid calls is left alone."""
-    if "<tool_call>" not in text:
-        return ParsedOutput(content=text)
-    calls: list[tuple[str, str]] = []
-    for m in TOOL_CALL_RE.finditer(text):
-        call = _call_from_json(m.group(1), tool_names)
-        if call is None:
-            return ParsedOutput(content=text)  # malformed: keep the raw text, claim no call
-        calls.append(call)
-    rest = TOOL_CALL_RE.sub("", text).strip()
-    return ParsedOutput(content=rest or None, tool_calls=calls)
-
-
 def parse_forced_call(text: str, tool_names: set[str]) -> ParsedOutput:
     """The JSON object structured outputs forced for `required` / a named tool_choice."""
     call = _call_from_json(text.strip(), tool_names)
@@ -315,10 +301,10 @@ __all__ = [
     "hermes_tools_block",
     "make_tool_calls",
     "parse_forced_call",
-    "parse_hermes",
     "render_chat",
     "template_messages",
     "template_supports_tools",
     "tool_call_id",
+    "tool_json",
     "tools_active",
 ]

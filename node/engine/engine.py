@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import hashlib
 import itertools
@@ -52,6 +53,7 @@ from node.content.documents import (
     OutputError,
     OutputObject,
     TokenLogprob,
+    Tool,
     TopLogprob,
     Usage,
     default_max_tokens,
@@ -60,7 +62,7 @@ from node.content.documents import (
     validate_input_document,
 )
 from node.content.errors import ContentError, DocumentError, DocumentTooLarge
-from node.engine import chat
+from node.engine import chat, tool_parsers
 from node.engine.model_fetch import DEFAULT_MODEL_NAME, default_model_dir, read_manifest, sha256_file
 from node.engine.params import (
     CONTEXT_EXCEEDED,
@@ -78,7 +80,7 @@ FIM_SPELLINGS = (
     ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
 )
 
-ParseMode = Literal["plain", "hermes", "forced", "harmony"]
+ParseMode = Literal["plain", "tools", "forced", "harmony"]
 StreamItem = dict[str, Any] | OutputDocument
 
 
@@ -250,6 +252,7 @@ class Engine:
         model_path: str,
         system_fingerprint: str,
         harmony: Any = None,
+        tool_parser: str = tool_parsers.AUTO,
     ) -> None:
         self._llm = llm
         self.model_name = model_name
@@ -260,6 +263,11 @@ class Engine:
         self.max_model_len: int = int(llm.model_config.max_model_len)
         self.vocab_size: int = int(llm.model_config.get_vocab_size())
         self._template: str | None = getattr(self._tokenizer, "chat_template", None)
+        self._tool_parser = (
+            None
+            if harmony is not None
+            else tool_parsers.ToolCallParser.load(tool_parser, self._template, self._tokenizer)
+        )
         self._special = {
             name: str(tok)
             for name in ("bos_token", "eos_token", "pad_token", "unk_token")
@@ -312,9 +320,18 @@ class Engine:
             dtype=dtype,
             batch_invariant=batch_invariant,
         )
-        return cls(
-            llm, model_name=settings.model, model_path=model_path, system_fingerprint=fp, harmony=harmony
-        )
+        try:
+            return cls(
+                llm,
+                model_name=settings.model,
+                model_path=model_path,
+                system_fingerprint=fp,
+                harmony=harmony,
+                tool_parser=settings.tool_parser,
+            )
+        except tool_parsers.ToolParserError as exc:
+            llm.shutdown()
+            raise EngineError(str(exc)) from exc
 
     def shutdown(self) -> None:
         """Stop vLLM's engine-core process (idempotent)."""
@@ -367,8 +384,11 @@ class Engine:
         """Yield `{"choice": i, "delta": {...}}` while generating, then the output document.
 
         Chat deltas are `{"role"?, "content"}` (OpenAI chunk style); completion deltas `{"text"}`.
-        When tools are parsed (or harmony), text is not streamed token by token: each choice gets one
-        delta with its final content / tool_calls, so deltas always add up to the document.
+        With tools (tool_choice auto), deltas carry `content` and OpenAI `tool_calls` entries as the
+        model's tool parser finds them, and a last delta completes them into the document (see
+        `tool_parsers.ToolCallStream`; on malformed output the document alone is the answer). With
+        harmony, a forced tool call or best_of, each choice gets one delta with its final content /
+        tool_calls, so deltas add up to the document.
         """
         meta = {"request_id": request_id, "input_cid": input_cid, "created": created}
         try:
@@ -440,7 +460,7 @@ class Engine:
                     mode = "forced"
                     schema = chat.forced_call_schema(tools, params.tool_choice)
                 else:
-                    mode = "hermes"
+                    mode = "tools"
         spec = chat_sampling(
             params,
             prompt_tokens=len(ids),
@@ -450,7 +470,7 @@ class Engine:
             default_max_tokens=default_max_tokens(doc),
             json_schema=schema,
             stop_token_ids=stop_ids,
-            skip_special_tokens=mode != "harmony",
+            skip_special_tokens=mode != "harmony" and (mode != "tools" or self._tool_skip_special()),
         )
         return _Job(
             doc=doc,
@@ -566,6 +586,8 @@ class Engine:
         prompt_lps: dict[int, Any] = {}
         sent: dict[int, str] = {}
         stream_text = job.mode == "plain" and job.spec.best_of is None
+        stream_tools = job.mode == "tools" and job.spec.best_of is None
+        live: dict[int, tool_parsers.ToolCallStream] = {}
         n = job.spec.n
         try:
             pending = len(tasks)
@@ -596,6 +618,13 @@ class Engine:
                             sent[choice] = text
                             key = "content" if job.is_chat else "text"
                             yield {"choice": choice, "delta": {key: text[len(prev) :]}}
+                elif stream_tools:
+                    for comp in item.outputs:
+                        choice = index * n + comp.index
+                        if choice not in live:
+                            live[choice] = self._tool_stream(job, choice)
+                        if (tool_delta := live[choice].feed(comp.text, comp.token_ids)) is not None:
+                            yield {"choice": choice, "delta": tool_delta}
         finally:
             for task in tasks:
                 task.cancel()
@@ -613,7 +642,10 @@ class Engine:
             )
         if not stream_text:
             for c in doc.choices:
-                if isinstance(c, ChatChoice):
+                if isinstance(c, ChatChoice) and c.index in live:
+                    if (end := _finish_stream(live[c.index], c)) is not None:
+                        yield {"choice": c.index, "delta": end}
+                elif isinstance(c, ChatChoice):
                     delta: dict[str, Any] = {"role": "assistant", "content": c.message.content}
                     if c.message.tool_calls:
                         delta["tool_calls"] = [
@@ -626,6 +658,16 @@ class Engine:
                 else:
                     yield {"choice": c.index, "delta": {"text": c.text}}
         yield doc
+
+    def _tool_skip_special(self) -> bool:
+        return self._tool_parser is None or self._tool_parser.skip_special_tokens
+
+    def _tool_stream(self, job: _Job, choice: int) -> tool_parsers.ToolCallStream:
+        """Live tool-call deltas for one choice (ids as the document will have them)."""
+        if self._tool_parser is None:
+            raise EngineError("tool-call streaming without a tool parser")
+        call_id = functools.partial(chat.tool_call_id, job.digest, choice)
+        return self._tool_parser.stream(_tools_of(job), call_id)
 
     def _failure(self, exc: BaseException, dead: type[BaseException]) -> Exception:
         """EngineError when the engine itself is gone; otherwise vLLM refused this one request."""
@@ -692,8 +734,8 @@ class Engine:
         text: str = comp.text
         if job.mode == "harmony":
             parsed = self._harmony.parse(list(comp.token_ids), job.tool_names)
-        elif job.mode == "hermes":
-            parsed = chat.parse_hermes(text, job.tool_names)
+        elif job.mode == "tools" and self._tool_parser is not None:
+            parsed = self._tool_parser.parse(text, _tools_of(job))
         elif job.mode == "forced":
             parsed = chat.parse_forced_call(text, job.tool_names)
         else:
@@ -792,6 +834,16 @@ class Engine:
             key=lambda x: x[1].rank,
         )
         tops.append({self._token_text(tid, e): _clamp(e.logprob) for tid, e in ranked[:k]})
+
+
+def _tools_of(job: _Job) -> list[Tool]:
+    return list(job.doc.params.tools or []) if isinstance(job.doc, ChatInputDocument) else []
+
+
+def _finish_stream(stream: tool_parsers.ToolCallStream, choice: ChatChoice) -> dict[str, Any] | None:
+    """The delta that completes a choice's live tool-call deltas into its document message."""
+    calls = [(tc.function.name, tc.function.arguments) for tc in choice.message.tool_calls or []]
+    return stream.finish(choice.message.content, calls)
 
 
 def _finish(reason: str | None) -> FinishReason:

@@ -1,4 +1,4 @@
-"""Chat rendering, hermes tool calls and engine helpers, without the engine."""
+"""Chat rendering, forced tool calls, tool-call ids and engine helpers, without the engine."""
 
 from __future__ import annotations
 
@@ -116,28 +116,21 @@ def test_the_prompt_never_sees_the_clock() -> None:
     assert text == "2025-01-01|01 Jan 2025|x"
 
 
-def test_parse_hermes_tool_calls() -> None:
-    text = 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
-    parsed = chat.parse_hermes(text, {"get_weather"})
-    assert parsed.content == "Let me check."
-    assert parsed.tool_calls == [("get_weather", '{"city": "Paris"}')]
-    two = chat.parse_hermes(
-        '<tool_call>{"name": "a", "arguments": "{\\"x\\": 1}"}</tool_call>'
-        '<tool_call>{"name": "b", "arguments": {}}',
-        None,
-    )
-    assert two.content is None and [n for n, _ in two.tool_calls] == ["a", "b"]
-    assert json.loads(two.tool_calls[0][1]) == {"x": 1}
-
-
-def test_malformed_or_unknown_tool_calls_stay_text() -> None:
+def test_malformed_or_unknown_forced_calls_stay_text() -> None:
+    # Free-form tool calls are parsed by vLLM's parsers (tests/unit/test_tool_parsers.py); the forced
+    # JSON object is ours, and anything but a call to an offered tool is the text itself.
     for text in (
-        "<tool_call>{not json}</tool_call>",
-        '<tool_call>{"name": "other", "arguments": {}}</tool_call>',
+        "{not json}",
+        '{"name": "other", "arguments": {}}',
+        '{"name": "get_weather", "arguments": [1]}',
+        "[" * 100_000,
     ):
-        parsed = chat.parse_hermes(text, {"get_weather"})
+        parsed = chat.parse_forced_call(text, {"get_weather"})
         assert parsed.content == text and parsed.tool_calls == []
-    assert chat.parse_hermes("plain", None).content == "plain"
+    wrapped = chat.parse_forced_call(
+        '{"name": "get_weather", "arguments": "{\\"city\\": \\"Oslo\\"}"}', {"get_weather"}
+    )
+    assert wrapped.tool_calls == [("get_weather", '{"city": "Oslo"}')]
 
 
 def test_forced_call_schema_and_parse() -> None:
