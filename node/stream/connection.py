@@ -8,7 +8,7 @@ broker is away.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import urlparse
 
@@ -28,7 +28,7 @@ class Broker:
     host: str
     port: int
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log line
 
     @classmethod
     def from_url(cls, broker_url: str, *, username: str | None = None, password: str | None = None) -> Broker:

@@ -17,6 +17,7 @@ from node.gateway.mqtt import DropsCollector, Subscriber, request_topics
 from node.gateway.pending import ITEM_OVERHEAD, BufferLimits, PendingRegistry, ResultMessage
 from node.gateway.records import Delta, Submission
 from node.stream.access import Login, acl_text, gateway_login, hash_password, miner_login, write_password_file
+from node.stream.connection import Broker
 from node.stream.topics import delta_topic, miner_topic, parse_request_topic, result_topic
 
 HUB = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
@@ -160,6 +161,8 @@ def test_acl_lets_each_login_write_only_its_own_topics() -> None:
 def test_logins_hide_passwords_and_refuse_unsafe_names() -> None:
     login = miner_login(A.lower())
     assert login.username == A and login.password not in repr(login)
+    broker = Broker.from_url("mqtt://127.0.0.1:1883", username=login.username, password=login.password)
+    assert login.password not in repr(broker)
     assert gateway_login("main").username == "gateway-main"
     for name in ("a:b", "a+b", "a/b", "a#", ""):
         with pytest.raises(ValueError):
