@@ -312,16 +312,20 @@ class PendingRegistry:
         if early is not None:
             early.deltas.append(delta)
 
-    def on_result_message(self, chain_id: int, request_id: int, message: ResultMessage) -> None:
-        """A result from MQTT; kept (one per miner) only if its publisher is an assignee."""
+    def on_result_message(self, chain_id: int, request_id: int, message: ResultMessage) -> bool:
+        """A result from MQTT; kept (one per miner) only if its publisher is an assignee.
+
+        True when it was kept for a registered request (worth looking for its transaction now).
+        """
         pending = self._pending.get((chain_id, request_id))
         if pending is not None:
-            self._accept_result(pending, message)
+            kept = self._accept_result(pending, message)
             self._advance(pending)
-            return
+            return kept
         early = self._buffer_early((chain_id, request_id), _result_cost(message))
         if early is not None:
             early.results.append(message)
+        return False
 
     def on_submitted(self, chain_id: int, request_id: int, miner: str, tx_hash: str, digest: bytes) -> None:
         pending = self._pending.get((chain_id, request_id))
@@ -388,17 +392,18 @@ class PendingRegistry:
             return
         pending.deltas.put_nowait(delta)
 
-    def _accept_result(self, pending: PendingInference, message: ResultMessage) -> None:
+    def _accept_result(self, pending: PendingInference, message: ResultMessage) -> bool:
         sender = _sender(message.miner)
         if not pending.is_assignee(sender):
             self.drops["not_assignee"] += 1
-            return
+            return False
         for old in [m for m in pending.candidates if _sender(m.miner) == sender]:
             pending.candidates.remove(old)  # a miner's latest result replaces its earlier one
             self._uncharge(pending, _result_cost(old))
         if pending.done() or not self._charge(pending, _result_cost(message)):
-            return
+            return False
         pending.candidates.append(message)
+        return True
 
     def _reject(self, pending: PendingInference, reason: str) -> None:
         pending.rejections.append(reason)
