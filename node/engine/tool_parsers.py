@@ -16,12 +16,17 @@ defensive layer that makes them fit the protocol:
   tokens arrive, and at the end completes them from the final (non-streamed) parse, which is what
   the output document holds. Live deltas are a preview: when they cannot be completed into the
   document (malformed output the streaming parser took for a call), nothing more is sent and the
-  document stands. Everything kept is bounded by the output, which `max_tokens` bounds.
+  document stands. Everything kept is bounded by the output, which `max_tokens` bounds, and the
+  streaming parser (which may rescan all the text on every call) is fed in growing steps, so a long
+  output costs O(n log n) parsing, not O(n^2) on the miner's event loop.
+- vLLM's parsers log a traceback for every malformed call; model output is untrusted input here,
+  not an error, so their loggers are raised to CRITICAL.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +41,9 @@ TEMPLATE_MARKERS = (  # (marker in the chat template, vLLM parser): first match 
     ("<parameter=", "qwen3_coder"),
     ("<|python_tag|>", "llama3_json"),
 )
+
+FEED_FRACTION = 64  # feed the streaming parser once the text grew by 1/64 (at least a character)
+QUIET_LOGGERS = ("vllm.tool_parsers", "vllm.parser")
 
 CallId = Callable[[int], str]
 
@@ -102,6 +110,8 @@ class ToolCallParser:
     @classmethod
     def _load(cls, name: str, tokenizer: Any) -> ToolCallParser:
         parser_class = _parser_class(name)
+        for logger in QUIET_LOGGERS:
+            logging.getLogger(logger).setLevel(logging.CRITICAL)
         probe = _request([Tool.model_validate({"type": "function", "function": {"name": "probe"}})])
         try:
             parser = parser_class(tokenizer, probe.tools)
@@ -204,8 +214,10 @@ class ToolCallStream:
 
     def feed(self, text: str, token_ids: Sequence[int]) -> dict[str, Any] | None:
         """The delta for what the parser found new in `text`, or None."""
-        if self.stopped or self.parser is None or len(text) == len(self._text):
+        if self.stopped or self.parser is None:
             return None
+        if len(text) - len(self._text) < max(1, len(self._text) // FEED_FRACTION):
+            return None  # not grown enough yet: what is left is sent by `finish` at the latest
         prev_text, prev_ids = self._text, self._ids
         if not text.startswith(prev_text):
             self.stopped = True

@@ -232,3 +232,22 @@ def test_streaming_plain_text_and_malformed_calls(smol_tokenizer: Any) -> None:
     text = 'Sure.\n<tool_call>\n{"name": "rm_rf", "arguments": {}}\n</tool_call>'
     deltas, _ = stream_deltas(parser, smol_tokenizer, text)
     assert reassemble(deltas) == (text, [], [])
+
+
+def test_a_long_call_is_fed_in_growing_steps_and_still_adds_up(smol_tokenizer: Any) -> None:
+    parser = ToolCallParser.load(AUTO, None, smol_tokenizer)
+    city = "Paris " * 3000
+    text = f'<tool_call>\n{{"name": "get_weather", "arguments": {{"city": "{city}"}}}}\n</tool_call>'
+    deltas, live = stream_deltas(parser, smol_tokenizer, text)
+    tokens = len(smol_tokenizer.encode(text, add_special_tokens=False))
+    assert live < tokens // 5  # the rescanning parser ran a few hundred times, not once per token
+    final = parser.parse(text, TOOLS)
+    assert reassemble(deltas)[1] == final.tool_calls == [("get_weather", json.dumps({"city": city}))]
+
+
+def test_parser_failures_are_not_logged_as_errors(smol_tokenizer: Any) -> None:
+    import logging
+
+    parser = ToolCallParser.load("hermes", None, smol_tokenizer)
+    assert logging.getLogger("vllm.tool_parsers.hermes_tool_parser").getEffectiveLevel() == logging.CRITICAL
+    assert parser.parse("<tool_call>{oops</tool_call>", TOOLS).tool_calls == []
