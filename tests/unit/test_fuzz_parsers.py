@@ -29,11 +29,12 @@ from node.content.documents import (
     to_canonical_bytes,
 )
 from node.content.errors import DocumentError, DocumentTooLarge
+from node.gate import HTTP_BODY_LIMITS
 from node.gateway.errors import InvalidRequest, PayloadTooLarge
 from node.gateway.mqtt import Routed, parse_message
 from node.gateway.schemas import ParsedRequest, parse_chat_request, parse_completion_request, parse_json_body
 from node.stream import topics
-from tests.unit.fuzzing import fuzz, json_values, mutated
+from tests.unit.fuzzing import fuzz, json_values, mutated, separators
 
 HUB = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 MINER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
@@ -228,13 +229,37 @@ def test_output_document_with_bytes_mutated(raw: bytes) -> None:
 
 
 def check_body(raw: bytes) -> None:
+    """A typed refusal, or a document that every miner accepts as it is (what the client pays for)."""
     try:
         body = parse_json_body(raw)
         parse = parse_chat_request if "messages" in body else parse_completion_request
         parsed = parse(body)
     except (InvalidRequest, PayloadTooLarge):
         return
-    assert parse_input_document(parsed.document_bytes) == parsed.document
+    try:
+        assert parse_input_document(parsed.document_bytes) == parsed.document
+    except (DocumentError, DocumentTooLarge) as exc:
+        raise AssertionError(f"the gateway accepted a request whose document miners refuse: {exc}") from None
+
+
+def nested_object(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+def with_tool_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """A chat body whose one tool takes `parameters` (free-form JSON, one level deeper in a document)."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": parameters}}
+    return {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [tool]}
+
+
+def at_the_item_limit() -> dict[str, Any]:
+    """A chat body with exactly as many elements as a request body may have (its document has more)."""
+    base = with_tool_parameters({"enum": [0]})
+    n = HTTP_BODY_LIMITS.max_items - separators(base)  # elements = separators + 1
+    return with_tool_parameters({"enum": [0] * n})
 
 
 @fuzz(100)
@@ -247,6 +272,8 @@ def test_request_body_any_bytes(raw: bytes) -> None:
 @given(st.sampled_from([CHAT_BODY, COMPLETION_BODY]).flatmap(with_one_field_replaced), st.booleans())
 @example({**COMPLETION_BODY, "stream": True, "best_of": "3"}, True)  # compared with n before validation
 @example({**COMPLETION_BODY, "stream": True, "best_of": 2, "n": [1]}, True)
+@example(with_tool_parameters(nested_object(HTTP_BODY_LIMITS.max_depth - 4)), True)  # body at the depth limit
+@example(at_the_item_limit(), True)
 def test_request_body_with_any_field_replaced(body: dict[str, Any], ascii_: bool) -> None:
     check_body(encode(body, ascii_))
 
