@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,19 @@ from node.gateway.auth import KeyStore
 from node.gateway.budget import TOTAL, Budget, SpendLedger
 from node.gateway.errors import GatewayBudgetExhausted, InsufficientQuota
 from node.gateway.server import GatewayServer
+from node.log import configure_logging
 from node.miner.testing import deploy_dev_hub
 from tests.unit.test_gateway_http import CHAT, MODEL, Gateway, assert_envelope
 
 pytestmark = pytest.mark.timeout(180)
 
 FEE = 10**12  # the fake backend's model min fee
+
+
+@pytest.fixture(autouse=True)
+def _log_to_real_stderr() -> None:
+    """Log where no earlier test's captured (and since closed) stream can be."""
+    configure_logging("info", "json", stream=sys.__stderr__)
 
 
 def auth(key: str) -> dict[str, str]:
@@ -263,6 +271,7 @@ async def test_chain_spend_counts_fee_plus_gas_paid(
                 assert leak not in text, (leak, health)
     finally:
         await server.stop()
+        await owner.w3.provider.disconnect()
 
 
 async def test_gas_price_cap_refuses_before_signing(
@@ -284,6 +293,7 @@ async def test_gas_price_cap_refuses_before_signing(
         assert st.ledger.spent(record.id) == 0 and st.ledger.spent(TOTAL) == 0
     finally:
         await server.stop()
+        await owner.w3.provider.disconnect()
 
 
 async def test_sender_fee_cap_clamps_and_refuses(anvil: Anvil, anvil_keys: list[str]) -> None:

@@ -85,6 +85,7 @@ async def gateway(
 ) -> AsyncIterator[Gateway]:
     data_dir = tmp_path_factory.mktemp("hostile-gateway")
     hub = await deploy_dev_hub(anvil.rpc_url, anvil_keys[0], [anvil_keys[4]], model_name=MODEL)
+    await hub.owner.w3.provider.disconnect()
     key, _ = KeyStore(data_dir / "gateway" / "api_keys.json").add("hostile-tests")
     port = free_port()
     env = {

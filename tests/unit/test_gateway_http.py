@@ -9,6 +9,7 @@ an in-process ASGI transport.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -149,9 +150,14 @@ async def test_api_key_never_logged(gw: Gateway, capsys: pytest.CaptureFixture[s
     from node.log import configure_logging
 
     configure_logging("debug", "json")
-    await gw.http.post("/v1/chat/completions", json=CHAT)
-    await gw.http.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer sk-inferd-bad"})
-    captured = capsys.readouterr()
+    try:
+        await gw.http.post("/v1/chat/completions", json=CHAT)
+        await gw.http.post(
+            "/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer sk-inferd-bad"}
+        )
+        captured = capsys.readouterr()
+    finally:  # capsys closes its stream after the test: later tests must not log into it
+        configure_logging("info", "json", stream=sys.__stderr__)
     assert gw.key not in captured.out + captured.err
 
 
