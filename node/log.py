@@ -2,7 +2,8 @@
 
 Exception renderings never show local variables: structlog's console renderer (rich tracebacks)
 shows them by default, and a frame of a node can hold a private key, an API key or a prompt. Console
-output is redacted after rendering too, so a secret inside an exception's message is masked.
+output is redacted after rendering too, so a secret inside an exception's message is masked. A log
+sink that fails (closed stream, broken pipe) drops the line; it never raises into the caller.
 
 Bind request/job ids with `structlog.contextvars.bind_contextvars(job_id=...)` or `bound(...)`;
 every line logged inside carries them.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any, Literal, TextIO
@@ -89,6 +91,34 @@ def _redact_rendered(_: WrappedLogger, __: str, event_dict: EventDict) -> EventD
     return event_dict
 
 
+class _SafeLogger:
+    """structlog's PrintLogger, except that a sink that fails (closed, broken pipe, full disk) loses
+    the line instead of raising into the caller: a log call must never take a request down."""
+
+    def __init__(self, file: TextIO, lock: threading.Lock) -> None:
+        self._file = file
+        self._lock = lock
+
+    def msg(self, message: str) -> None:
+        try:
+            with self._lock:
+                self._file.write(message + "\n")
+                self._file.flush()
+        except (OSError, ValueError):
+            pass
+
+    debug = info = warning = warn = error = critical = exception = fatal = failure = err = log = msg
+
+
+class _SafeLoggerFactory:
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+        self._lock = threading.Lock()
+
+    def __call__(self, *args: Any) -> _SafeLogger:
+        return _SafeLogger(self._file, self._lock)
+
+
 def _exception_formatter() -> Any:
     """Tracebacks for the console, never with local variables."""
     try:
@@ -129,7 +159,7 @@ def configure_logging(
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=_SafeLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(out)

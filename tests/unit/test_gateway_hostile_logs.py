@@ -1,4 +1,5 @@
-"""Console logs never print a traceback's local variables: a frame can hold a key or a prompt.
+"""Console logs never print a traceback's local variables: a frame can hold a key or a prompt;
+and a log sink that fails never raises into the code that logs.
 
 structlog's ConsoleRenderer (rich tracebacks) shows locals by default; `node.log` turns that off.
 The control renders the same exception with structlog's defaults and finds the secret, so the
@@ -52,3 +53,12 @@ def test_control_default_console_renderer_shows_locals() -> None:
     renderer = structlog.dev.ConsoleRenderer(colors=False)
     text = str(renderer(None, "error", {"event": "x", "exc_info": exc_info}))
     assert "hunter2" in text
+
+
+def test_a_failing_log_sink_never_raises_into_the_caller() -> None:
+    sink = io.StringIO()
+    configure_logging("debug", "json", stream=sink)
+    sink.close()  # e.g. the pipe to a log collector broke
+    get_logger("t").info("still_serving", n=1)
+    get_logger("t").debug("still_serving")
+    logging.getLogger("uvicorn.error").error("stdlib path")  # stdlib reports its own errors, no raise
