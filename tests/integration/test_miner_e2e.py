@@ -7,9 +7,10 @@ What each test proves:
 * bad inputs: malformed JSON and an oversized document each get an error output document submitted
   on chain, and the daemon keeps serving a good request afterwards; an unknown CID and a tampered
   block get no answer until the real bytes can be read (then a normal one).
-* reorg: an `anvil_reorg` of depth 3 (its transactions re-mined in a different order, so the
-  miner's submissions land before the requests they answer and revert) loses no request and leaves
-  exactly one ResultSubmitted per request.
+* reorg: an `anvil_reorg` back to the block of the latest requests, whose transactions are re-mined
+  in one block with the miner's first, so its submissions land before the requests they answer and
+  revert: each reverted submission (by tx hash) is resubmitted by a later transaction carrying the
+  same result, no request is lost, and there is exactly one ResultSubmitted per request.
 * outages: the RPC (a TCP proxy in front of anvil) unreachable for 10 s and the broker stopped for
   10 s during a run; every request still finalizes.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,23 +47,12 @@ from node.content.local import LocalStore
 from node.devnet.processes import Anvil, Mosquitto, free_port
 from node.miner.daemon import DaemonConfig, MinerDaemon
 from node.miner.journal import UNFINISHED, Journal
-from node.miner.testing import DevHub, FakeEngine, deploy_dev_hub
+from node.miner.testing import DevHub, deploy_dev_hub
 from node.stream.publisher import StreamPublisher
+from tests.integration.chain_audit import receipt_or_none, sent_by
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
 MODEL = "SmolLM2-135M-Instruct"
-
-
-@pytest.fixture(scope="session")
-def miner_engine(request: pytest.FixtureRequest) -> Any:
-    """The session's real engine (the shared `engine` fixture of tests/integration/conftest.py).
-
-    `INFERD_TEST_FAKE_ENGINE=1` swaps in the deterministic fake (fast iteration on pipeline logic).
-    A sync fixture, so that asking for the async `engine` fixture lazily works.
-    """
-    if os.environ.get("INFERD_TEST_FAKE_ENGINE") == "1":
-        return FakeEngine(model_name=MODEL, delay_s=0.2)
-    return request.getfixturevalue("engine")
 
 
 def chat_doc(i: int, max_tokens: int = 8) -> bytes:
@@ -308,30 +298,55 @@ async def _raw_txs(w3: Any, block: int) -> list[tuple[str, str]]:
     return out
 
 
-async def test_reorg_depth_3(net: Net, miner_engine: Any) -> None:
+async def test_reorg_reverts_submissions_then_the_miner_resubmits(net: Net, miner_engine: Any) -> None:
+    """The miner's submissions are reverted by a reorg, and it submits the same results again.
+
+    Checked on the chain itself, not only through events: each of those transactions (by hash) was
+    in a block and succeeded before the reorg, is reverted (or in no block) after it, and a later
+    transaction from the miner (a higher nonce) carried the same request id and the same digest.
+    """
     daemon = net.start(miner_engine, batch_wait_s=0.05)
     w3 = net.hub.owner.w3
-    ids = [await net.request(chat_doc(i, 4)) for i in range(6)]
+    hub = net.hub.owner.contract
+    ids = [await net.request(chat_doc(i, 4)) for i in range(3)]
     await net.wait_final(ids, timeout=120)
-    # Reorg the last 3 blocks (the latest requests and submissions) and re-mine their transactions
-    # in one block, the miner's first (each sender keeps its nonce order, as a node re-injects
-    # them): the submissions now come before the requests they answer, and revert.
+    fork_block = int(await w3.eth.block_number) + 1  # the next requests and their answers start here
+    ids += [await net.request(chat_doc(i, 4)) for i in range(3, 6)]
+    await net.wait_final(ids, timeout=120)
+    # Reorg back to `fork_block` and re-mine its transactions in one block, the miner's first (each
+    # sender keeps its nonce order, as a node re-injects them): the submissions now come before the
+    # requests they answer, and revert.
     head = int(await w3.eth.block_number)
+    before = [tx for tx in await sent_by(w3, hub, daemon.address, fork_block, head) if tx.results]
+    assert sorted(rid for tx in before for rid, _ in tx.results) == ids[3:], before
+    assert all(tx.ok for tx in before), "before the reorg, the miner's submissions succeeded"
     txs: list[tuple[str, str]] = []
-    for n in range(head - 2, head + 1):
+    for n in range(fork_block, head + 1):
         txs += await _raw_txs(w3, n)
-    assert any(sender == daemon.address for sender, _ in txs)
     ordered = [raw for sender, raw in txs if sender == daemon.address]
     ordered += [raw for sender, raw in txs if sender != daemon.address]
     pairs = [[raw, 0] for raw in ordered]
-    reply = await w3.provider.make_request("anvil_reorg", [3, pairs])
+    reply = await w3.provider.make_request("anvil_reorg", [head - fork_block + 1, pairs])
     assert "error" not in reply, reply
+    for tx in before:  # read at once: the miner may already be resubmitting
+        receipt = await receipt_or_none(w3, tx.hash)
+        assert receipt is None or receipt["status"] == 0, f"{tx.hash} still succeeds after the reorg"
     more = [await net.request(chat_doc(100 + i, 4)) for i in range(4)]
     await net.wait_final(ids + more, timeout=180)
     assert daemon.follower is not None and daemon.follower.stats.reorgs >= 1
     subs = await net.submissions()
     ours = sorted(s.id for s in subs if s.miner == daemon.address)
     assert ours == sorted(ids + more), "one ResultSubmitted per request on the canonical chain"
+    after = await sent_by(w3, hub, daemon.address)
+    reverted = {h: await receipt_or_none(w3, h) for h in {tx.hash for tx in before}}
+    for tx in before:
+        for result in tx.results:
+            assert any(later.ok and later.nonce > tx.nonce and result in later.results for later in after), (
+                f"request {result[0]}: reverted by the reorg in {tx.hash} "
+                f"({'in no block' if reverted[tx.hash] is None else 'status 0'}) and never resubmitted"
+            )
+    ok_per_request = Counter(rid for tx in after if tx.ok for rid, _ in tx.results)
+    assert all(ok_per_request[rid] == 1 for rid in ids + more), ok_per_request
     await check_outputs(net, ids + more)
 
 
