@@ -24,6 +24,7 @@ from node.content.documents import (
     to_canonical_bytes,
     validate_input_document,
 )
+from node.content.documents import load_json as load_document_json
 from node.content.errors import DocumentError, DocumentTooLarge
 from node.gate import HTTP_BODY_LIMITS, UntrustedJSON, load_json_object
 from node.gateway.errors import BodyTimeout, InvalidRequest, PayloadTooLarge
@@ -131,6 +132,10 @@ def _transport(body: dict[str, Any]) -> tuple[bool, bool, int | None]:
     return stream, include_usage, chain_id
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_unknown(body: dict[str, Any], allowed: frozenset[str]) -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
@@ -151,6 +156,10 @@ def _build(kind: Kind, doc: dict[str, Any], body: dict[str, Any]) -> ParsedReque
     except DocumentError as exc:
         param = _param_from_field(exc.field)
         raise InvalidRequest(str(exc) if param else exc.message, param=param) from None
+    try:  # the document nests one level deeper than the body: hold it to the limits miners apply
+        load_document_json(data)
+    except DocumentError as exc:
+        raise InvalidRequest(f"The request is too complex for an input document: {exc.message}") from None
     return ParsedRequest(
         kind=kind,
         document=document,
@@ -196,7 +205,8 @@ def parse_completion_request(body: dict[str, Any]) -> ParsedRequest:
             "you must provide a prompt parameter", param="prompt", code="missing_required_parameter"
         )
     params = {k: v for k, v in body.items() if k in params_fields and v is not None}
-    if body.get("stream") and params.get("best_of", 1) > params.get("n", 1):
+    best_of, n = params.get("best_of", 1), params.get("n", 1)
+    if body.get("stream") is True and _is_int(best_of) and _is_int(n) and best_of > n:
         raise InvalidRequest("best_of: cannot be larger than n when streaming", param="best_of")
     doc = {
         "v": 1,
