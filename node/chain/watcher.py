@@ -12,7 +12,8 @@ remembered hash is compared with the chain, and on a mismatch the follower walks
 block that still matches, rewinds the cursor there and yields `Reorg(fork_block)` before re-scanning.
 
 Generic: give it an address, topics and a `decode(log) -> event | None`; the miner and the gateway
-each bring their own filter.
+each bring their own filter. A log that `decode` cannot read is logged, counted and skipped: raising
+would turn it into an "RPC error" retried forever, and one bad log would stall the follower.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class FollowerStats:
     batches: int = 0
     reorgs: int = 0
     rpc_errors: int = 0
+    decode_errors: int = 0
 
 
 class LogFollower(Generic[T]):
@@ -233,9 +235,20 @@ class LogFollower(Generic[T]):
             if hashes.setdefault(n, h) != h:
                 return None  # logs from two forks in one answer: retry
         timestamps = await self._timestamps(logs)
-        events = [ev for ev in (self.decode(entry) for entry in logs) if ev is not None]
+        events = [ev for ev in map(self._decode, logs) if ev is not None]
         self._pending_save = (to, hashes)
         return LogBatch(from_block=frm, to_block=to, head=head, events=events, timestamps=timestamps)
+
+    def _decode(self, entry: Any) -> T | None:
+        try:
+            return self.decode(entry)
+        except Exception as exc:
+            self.stats.decode_errors += 1
+            log.warning(
+                "log_undecodable", block=entry.get("blockNumber"), tx_hash=_hex(entry.get("transactionHash")),
+                error=f"{type(exc).__name__}: {exc}"[:300], note="skipped",
+            )  # fmt: skip
+            return None
 
     async def follow(self) -> AsyncIterator[LogBatch[T] | Reorg]:
         """The event stream; the cursor advances when the consumer asks for the next item."""

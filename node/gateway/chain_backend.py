@@ -6,12 +6,17 @@ Per configured chain there is one `ChainLink`: a read-only `HubClient` for views
 one `LogFollower` over `ResultSubmitted` / `InferenceFinalized` / `InferenceExpired` that feeds the
 shared `PendingRegistry`. MQTT result messages wake the follower, so a result signed and published
 by a miner is matched against the chain as soon as its transaction is mined.
+
+The watchers and the MQTT subscription run under a `node.supervise.Supervisor`: an event whose
+handling raises is logged and skipped, a loop that dies is restarted with backoff, and `health()`
+(the gateway's `/healthz`) reports each loop and is not ok while one is down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -60,6 +65,7 @@ from node.gateway.records import ModelInfo, Submission, VerifiedResult
 from node.gateway.responses import build_response
 from node.log import get_logger
 from node.stream.connection import credentials
+from node.supervise import Supervisor, wait_task
 
 log = get_logger("gateway.chain")
 
@@ -122,6 +128,7 @@ class ChainBackend:
         self.subscriber: Subscriber | None = None
         self._recent: OrderedDict[tuple[int, int], VerifiedResult] = OrderedDict()
         self._nudges: set[asyncio.Task[None]] = set()
+        self.loops = Supervisor("gateway")
 
     @classmethod
     def from_settings(
@@ -196,7 +203,7 @@ class ChainBackend:
                 range_blocks=cs.log_range_blocks,
                 poll_interval_s=cs.poll_interval_s,
             )
-            link.task = asyncio.get_running_loop().create_task(self._follow(link), name=f"watch-{chain_id}")
+            link.task = self.loops.spawn(f"watcher-{chain_id}", functools.partial(self._follow, link))
             self.links[chain_id] = link
             log.info("gateway_chain_ready", chain_id=chain_id, hub=link.hub_address, wallet=sender.address)
         if self.stream is not None:
@@ -206,7 +213,7 @@ class ChainBackend:
             self.subscriber = Subscriber(
                 self.stream.broker_url, topics, self._on_mqtt, **credentials(self.stream)
             )
-            self.subscriber.start()
+            self.loops.spawn("mqtt", self._subscribe)
 
     async def wait_ready(self, timeout_s: float = 10.0) -> bool:
         """True once the MQTT subscription is live (or there is no broker configured)."""
@@ -219,6 +226,7 @@ class ChainBackend:
         return True
 
     async def close(self) -> None:
+        self.loops.stop_restarts()
         await self.registry.close()
         for task in list(self._nudges):
             task.cancel()
@@ -231,6 +239,7 @@ class ChainBackend:
                 link.task.cancel()
                 with contextlib.suppress(BaseException):
                     await link.task
+        await self.loops.close()
 
     # ------------------------------------------------------------------ events in
 
@@ -240,7 +249,20 @@ class ChainBackend:
             if not isinstance(item, LogBatch):
                 continue  # a reorg: the follower re-scans; answered results were final on chain
             for ev in item.events:
-                self._on_event(link.chain_id, ev)
+                with self.loops.guard(
+                    f"watcher-{link.chain_id}", request_id=getattr(ev, "id", None), kind=type(ev).__name__
+                ):
+                    self._on_event(link.chain_id, ev)
+
+    async def _subscribe(self) -> None:
+        """The MQTT subscriber's own task, watched: if it dies the supervisor starts it afresh."""
+        sub = self.subscriber
+        assert sub is not None
+        if sub._task is None or sub._task.done():
+            sub._task = None
+            sub.start()
+        assert sub._task is not None
+        await wait_task(sub._task)
 
     def _on_event(self, chain_id: int, ev: Any) -> None:
         reg = self.registry
@@ -499,7 +521,11 @@ class ChainBackend:
         mqtt = None
         if self.subscriber is not None:
             mqtt = {"connected": self.subscriber.connected.is_set(), "received": self.subscriber.received}
-        return {"ok": ok, "chains": chains, "mqtt": mqtt, "pending": len(self.registry)}
+        ok = ok and self.loops.healthy()
+        return {
+            "ok": ok, "chains": chains, "mqtt": mqtt, "pending": len(self.registry),
+            "loops": self.loops.snapshot(),
+        }  # fmt: skip
 
 
 __all__ = ["ChainBackend", "ChainLink", "GatewayConfigError"]

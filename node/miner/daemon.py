@@ -5,6 +5,11 @@ stream publisher, metrics). Crash safety comes from the journal: on start every 
 resumed from its last durable state, and the submitter checks the chain before sending anything.
 Graceful shutdown (SIGTERM): stop taking jobs, give in-flight work `grace_s` to finish, leave the
 rest journaled for the next start.
+
+Nothing dies of one task: every long-lived loop (watcher, sweeper, submitter, MQTT publisher) runs
+under a `node.supervise.Supervisor`. An event whose handling raises is logged, counted and skipped;
+a loop that crashes is restarted with backoff while the others go on, and `/healthz` says which
+loop is not up. Only a stop signal ends the daemon.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from node.miner.metrics import MinerMetrics, OpsServer
 from node.miner.pipeline import EngineLike, Pipeline
 from node.miner.submitter import Submitter
 from node.stream.publisher import StreamPublisher
+from node.supervise import Supervisor, wait_task
 
 log = get_logger("inferd.miner")
 
@@ -93,6 +99,8 @@ class MinerDaemon:
         self.journal = journal
         self.publisher = publisher
         self.metrics = metrics or MinerMetrics()
+        self.loops = Supervisor("miner")
+        self.metrics.track_loops(self.loops)
         self.sender = TxSender(
             hub.w3, account, chain_id=config.chain_id, gas_margin=config.gas_margin,
             stuck_after_s=config.stuck_after_s,
@@ -140,14 +148,17 @@ class MinerDaemon:
     def health(self) -> dict[str, Any]:
         stats = self.follower.stats if self.follower else None
         chain_ok = time.time() - self._last_chain_ok < max(30.0, 10 * self.config.poll_interval_s)
+        loops_ok = self.loops.healthy()
         return {
-            "ok": self.ready.is_set() and self._accepting and chain_ok,
+            "ok": self.ready.is_set() and self._accepting and chain_ok and loops_ok,
             "accepting": self._accepting,
+            "loops_ok": loops_ok,
             "chain_ok": chain_ok,
             "head": stats.head if stats else None,
             "cursor": stats.cursor if stats else None,
             "in_flight": len(self._producing),
             "mqtt": self.publisher.stats.connected if self.publisher else None,
+            "loops": self.loops.snapshot(),
         }
 
     def _refresh_gauges(self) -> None:
@@ -307,14 +318,20 @@ class MinerDaemon:
         async for item in self.follower.follow():
             self._last_chain_ok = time.time()
             if isinstance(item, Reorg):
-                await self._on_reorg(item)
+                with self.loops.guard("watcher", fork_block=item.fork_block):
+                    await self._on_reorg(item)
                 continue
             self._head = max(self._head, item.head)
             self._handle_batch(item)
 
     def _handle_batch(self, batch: LogBatch[MinerEvent]) -> None:
+        """Each event on its own: one that raises is logged, counted and skipped (the cursor moves on)."""
         for ev in batch.events:
-            self._on_event(ev, batch.timestamps)
+            with self.loops.guard(
+                "watcher", request_id=getattr(ev, "id", None), kind=type(ev).__name__,
+                block=ev.log.block_number,
+            ):  # fmt: skip
+                self._on_event(ev, batch.timestamps)
         self.metrics.last_block.set(batch.to_block)
 
     # ------------------------------------------------------------------ housekeeping
@@ -329,15 +346,31 @@ class MinerDaemon:
             except Exception:
                 self.metrics.rpc_errors.labels("sweeper").inc()
             for job in self.journal.jobs([JobState.NEW]):
-                if job.request_id not in self._producing and self._head + 1 > job.deadline:
-                    log.warning(
-                        "job_dropped", request_id=job.request_id, reason=f"deadline {job.deadline} passed"
-                    )
-                    self.journal.mark(job.request_id, JobState.DROPPED, "deadline passed")
-                    self.metrics.jobs_done.labels("dropped").inc()
-                elif job.request_id not in self._producing:
-                    self.schedule(job.request_id)
+                with self.loops.guard("sweeper", request_id=job.request_id):
+                    self._sweep_job(job)
             self._refresh_gauges()
+
+    def _sweep_job(self, job: Job) -> None:
+        if job.request_id in self._producing:
+            return
+        if self._head + 1 > job.deadline:
+            log.warning("job_dropped", request_id=job.request_id, reason=f"deadline {job.deadline} passed")
+            self.journal.mark(job.request_id, JobState.DROPPED, "deadline passed")
+            self.metrics.jobs_done.labels("dropped").inc()
+        else:
+            self.schedule(job.request_id)
+
+    async def _publish(self) -> None:
+        """The MQTT publisher's own task, watched: if it dies it is started afresh (by the supervisor)."""
+        publisher = self.publisher
+        assert publisher is not None
+        task = publisher._task
+        if task is None or task.done():
+            publisher._task = None
+            publisher.start()
+            task = publisher._task
+        assert task is not None
+        await wait_task(task)
 
     async def _resume(self) -> None:
         """Pick up every unfinished job from its last durable state."""
@@ -345,16 +378,20 @@ class MinerDaemon:
         counts: dict[str, int] = {}
         for job in jobs:
             counts[job.state.value] = counts.get(job.state.value, 0) + 1
-            if job.state == JobState.NEW:
-                self.schedule(job.request_id)
-            elif job.state == JobState.SUBMITTING:
-                await self._resolve_submitting(job)
-            elif job.state == JobState.UPLOADED:
-                self.submitter.enqueue(job.request_id)
-            elif job.state == JobState.SUBMITTED:
-                await self._check_submitted(job)
+            with self.loops.guard("resume", request_id=job.request_id, state=job.state.value):
+                await self._resume_job(job)
         if jobs:
             log.info("resumed_jobs", **counts)
+
+    async def _resume_job(self, job: Job) -> None:
+        if job.state == JobState.NEW:
+            self.schedule(job.request_id)
+        elif job.state == JobState.SUBMITTING:
+            await self._resolve_submitting(job)
+        elif job.state == JobState.UPLOADED:
+            self.submitter.enqueue(job.request_id)
+        elif job.state == JobState.SUBMITTED:
+            await self._check_submitted(job)
 
     async def _resolve_submitting(self, job: Job) -> None:
         """A crash after recording a tx hash: did any of those transactions land?"""
@@ -418,24 +455,18 @@ class MinerDaemon:
             )
             await self.ops.start()
         if self.publisher is not None:
-            self.publisher.start()
-        background = [
-            asyncio.create_task(self.submitter.run(), name="submitter"),
-            asyncio.create_task(self._sweep(), name="sweeper"),
-        ]
+            self.loops.spawn("publisher", self._publish)
+        self.loops.spawn("submitter", self.submitter.run)
+        self.loops.spawn("sweeper", self._sweep)
         await self._resume()
-        background.append(asyncio.create_task(self._watch(), name="watcher"))
+        self.loops.spawn("watcher", self._watch)
         self.ready.set()
         log.info(
             "miner_started", miner=self.address, hub=self.hub.address, chain_id=self.config.chain_id,
             model=self.engine.model_name, from_block=self.journal.load_cursor() or start, head=head,
         )  # fmt: skip
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([stopper, *background], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task is not stopper and task.exception() is not None:
-                log.error("background_task_died", task=task.get_name(), error=repr(task.exception()))
-        await self.shutdown(background)
+        await stop.wait()  # a crashed loop is restarted by `self.loops`; only a signal ends the daemon
+        await self.shutdown()
 
     async def _wait_for_chain(self, stop: asyncio.Event) -> int | None:
         """The head block, retrying with backoff while the RPC is unreachable (None: stopped)."""
@@ -451,10 +482,11 @@ class MinerDaemon:
                 delay = min(delay * 2, 10.0)
         return None
 
-    async def shutdown(self, background: list[asyncio.Task[Any]]) -> None:
+    async def shutdown(self) -> None:
         """Stop taking jobs, let in-flight work finish for `grace_s`, leave the rest journaled."""
         log.info("miner_stopping", in_flight=len(self._producing), grace_s=self.config.grace_s)
         self._accepting = False
+        self.loops.stop_restarts()
         if self.follower is not None:
             self.follower.stop()
         deadline = time.monotonic() + self.config.grace_s
@@ -464,11 +496,13 @@ class MinerDaemon:
         while self.submitter.pending and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded flush
             await asyncio.sleep(0.1)
         await self.submitter.drain(max(0.0, deadline - time.monotonic()))
-        for task in [*self._producing.values(), *background]:
+        producing = list(self._producing.values())
+        for task in producing:
             task.cancel()
-        for task in [*self._producing.values(), *background]:
+        for task in producing:
             with contextlib.suppress(BaseException):
                 await task
+        await self.loops.close()
         if self.publisher is not None:
             await self.publisher.close()
         if self.ops is not None:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from node.log import get_logger
+from node.supervise import LoopCollector, Supervisor
 
 log = get_logger("inferd.miner.metrics")
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
@@ -61,12 +62,20 @@ class MinerMetrics:
         )
         self.reorgs = Counter("inferd_miner_reorgs_total", "Chain reorganisations seen", registry=r)
 
+    def track_loops(self, loops: Supervisor) -> None:
+        """Export the daemon's loops, by loop (watcher, sweeper, submitter, publisher):
+        `inferd_miner_loop_restarts_total`, `inferd_miner_loop_event_errors_total`, `inferd_miner_loop_up`."""
+        self.registry.register(LoopCollector(loops, "inferd_miner"))
+
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))
 
 
 class OpsServer:
-    """Serves `GET /metrics` and `GET /healthz` (200 when `health()` says ok, else 503)."""
+    """Serves `GET /metrics` and `GET /healthz` (200 when `health()` says ok, else 503).
+
+    `health()` includes the state of every supervised loop (`loops`), so a node whose watcher or
+    submitter is down (restarting) answers 503 although its process is alive."""
 
     def __init__(
         self, metrics: MinerMetrics, health: Callable[[], dict[str, Any]], host: str, port: int
