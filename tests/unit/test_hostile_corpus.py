@@ -12,6 +12,7 @@ Each pair must end in its parser's typed refusal (`UntrustedJSON` with the expec
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from functools import cache
 import pytest
 
 from node.devnet.processes import REPO_ROOT
-from tests.unit.hostile_corpus import MQTT_SAMPLES, SAMPLES, Sample
+from tests.unit.hostile_corpus import LONG_INTS, MQTT_SAMPLES, SAMPLES, Sample
 
 PARSERS = ("gate", "input", "output", "http", "mqtt_delta", "mqtt_result")
 PAIRS = [f"{p}:{name}" for name in SAMPLES for p in PARSERS] + [
@@ -35,11 +36,12 @@ def _child_limits() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core files from the control's SIGSEGV
 
 
-def run_child(pairs: list[str]) -> subprocess.CompletedProcess[bytes]:
+def run_child(pairs: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
     """One child running `pairs` in order (see the runner in hostile_corpus)."""
     return subprocess.run(
         [sys.executable, "-m", "tests.unit.hostile_corpus", *pairs],
         cwd=REPO_ROOT,
+        env=env,
         capture_output=True,
         preexec_fn=_child_limits,
         timeout=600,  # a hang guard only: a stalled parser fails the test instead of blocking CI
@@ -115,3 +117,22 @@ def test_control_plain_json_loads_segfaults_under_the_same_conditions(name: str)
     """The harness can fail: without the gate, the same child dies of SIGSEGV on these samples."""
     proc = run_child([f"plain_json:{name}"])
     assert proc.returncode == -signal.SIGSEGV, (proc.returncode, proc.stdout[-300:], proc.stderr[-300:])
+
+
+@pytest.mark.parametrize("name", sorted(LONG_INTS))
+def test_verdict_on_long_ints_does_not_depend_on_the_interpreter_int_limit(name: str) -> None:
+    """Honest miners must refuse or accept the same bytes with the same message, or their output
+    documents differ and one is slashed: the int-digit limit is per-process configuration
+    (PYTHONINTMAXSTRDIGITS, -X int_max_str_digits, sys.set_int_max_str_digits), not part of the input."""
+    seen: dict[str, list[str]] = {}
+    for setting in ("", "0", "640", "100000"):
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONINTMAXSTRDIGITS"}
+        if setting:
+            env["PYTHONINTMAXSTRDIGITS"] = setting
+        proc = run_child([f"{parser}:{name}" for parser in ("gate", "input")], env)
+        assert proc.returncode == 0, proc.stderr[-400:]
+        lines = [line for line in proc.stdout.decode().splitlines() if not line.endswith("\tstart")]
+        seen.setdefault("\n".join(lines), []).append(setting or "unset")
+    assert len(seen) == 1, "verdicts differ by PYTHONINTMAXSTRDIGITS:\n" + "\n".join(
+        f"{settings}: {out}" for out, settings in seen.items()
+    )
