@@ -91,3 +91,25 @@ async def test_reorg_is_detected_and_rescanned(anvil: Anvil, anvil_keys: list[st
     reorgs = [i for i in items if isinstance(i, Reorg)]
     assert len(reorgs) == 1 and reorgs[0].fork_block == head - 2
     assert requested(items) == [2, 3]  # ids 2..4 were reorged out; the new requests reuse 2 and 3
+
+
+async def test_an_undecodable_log_is_skipped_not_retried_forever(anvil: Anvil, anvil_keys: list[str]) -> None:
+    """A log `decode` chokes on is counted and skipped; before, it was an "RPC error" retried forever."""
+    client, model = await setup(anvil, anvil_keys)
+    start = int(await client.w3.eth.block_number)
+    for i in range(3):
+        await client.request_inference(model, bytes([i + 1]) * 32, 10**12)
+
+    def decode(entry: Any) -> Any:
+        event = decode_log(entry)
+        if isinstance(event, InferenceRequested) and event.id == 2:
+            raise ValueError("a log this decoder cannot read")
+        return event
+
+    f = LogFollower(
+        client.w3, address=client.address, decode=decode, cursor=MemoryCursor(), start_block=start,
+        poll_interval_s=0.05,
+    )  # fmt: skip
+    items = await collect(f, lambda it: 3 in requested(it))
+    assert requested(items) == [1, 3]
+    assert f.stats.decode_errors == 1 and f.stats.rpc_errors == 0
