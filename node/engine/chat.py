@@ -45,6 +45,11 @@ from node.content.documents import (
     UserMessage,
 )
 
+MAX_NESTING = 128
+"""Deepest bracket nesting handed to a JSON / Python parser from untrusted text (see `nesting_depths`)."""
+_NOT_BRACKET = re.compile(r"[^\[\]{}()]+")
+_BRACKET_STEP = {"[": 1, "{": 1, "(": 1, "]": -1, "}": -1, ")": -1}
+
 FIXED_DATE = datetime(2025, 1, 1)  # what `strftime_now` and `date_string` see: never the clock
 DATE_STRING = FIXED_DATE.strftime("%d %b %Y")
 
@@ -94,8 +99,31 @@ def hermes_tools_block(tools: Sequence[Tool]) -> str:
     return HERMES_TOOLS_HEADER + "\n" + "\n".join(lines) + "\n" + HERMES_TOOLS_FOOTER
 
 
+def nesting_depths(text: str, depth: int = 0) -> tuple[int, int]:
+    """(deepest, final) bracket depth over `text`, counted from `depth`, clamped at 0 (linear).
+
+    Clamping makes the deepest value bound the nesting of a parse starting anywhere in the text.
+    `json` and `ast` recurse in C once per level, and the miner's process has a raised recursion
+    limit (torch and py_ecc raise it on import), so deep untrusted text would overflow the C stack
+    (SIGSEGV) instead of raising RecursionError: text deeper than `MAX_NESTING` is never parsed.
+    Streaming passes each new piece with the previous final depth.
+    """
+    deepest = depth
+    for bracket in _NOT_BRACKET.sub("", text):
+        depth = max(0, depth + _BRACKET_STEP[bracket])
+        deepest = max(deepest, depth)
+    return deepest, depth
+
+
+def too_deep(text: str) -> bool:
+    """Whether `text` nests brackets deeper than `MAX_NESTING` (then it is not parsed)."""
+    return nesting_depths(text)[0] > MAX_NESTING
+
+
 def _arguments_value(arguments: str) -> Any:
     """Tool-call arguments as JSON data when they parse (templates expect a mapping)."""
+    if too_deep(arguments):
+        return arguments
     try:
         return json.loads(arguments)
     except (ValueError, RecursionError):  # a requester's text: any nesting, any numbers
@@ -234,6 +262,8 @@ class ParsedOutput:
 
 def _call_from_json(raw: str, names: set[str] | None) -> tuple[str, str] | None:
     """`{"name", "arguments"}` JSON as (name, canonical-ish arguments), or None if not a call."""
+    if too_deep(raw):
+        return None
     try:
         obj = json.loads(raw)
     except (ValueError, RecursionError):  # the model can be led to write any nesting
@@ -294,16 +324,19 @@ def make_tool_calls(parsed: ParsedOutput, input_digest: bytes, choice: int) -> l
 __all__ = [
     "DATE_STRING",
     "FIXED_DATE",
+    "MAX_NESTING",
     "ChatRenderError",
     "ParsedOutput",
     "content_text",
     "forced_call_schema",
     "hermes_tools_block",
     "make_tool_calls",
+    "nesting_depths",
     "parse_forced_call",
     "render_chat",
     "template_messages",
     "template_supports_tools",
+    "too_deep",
     "tool_call_id",
     "tool_json",
     "tools_active",

@@ -11,7 +11,9 @@ defensive layer that makes them fit the protocol:
   (`chat.tool_call_id`), so every honest miner writes the same bytes.
 - Parsing never fails on hostile output: a parser exception, a call to a tool the request did not
   offer, or arguments that are not a JSON object make the whole text plain content, the same way on
-  every miner (all-or-nothing, as vLLM's hermes parser does).
+  every miner (all-or-nothing, as vLLM's hermes parser does). Text nesting brackets deeper than
+  `chat.MAX_NESTING` is never handed to a parser (json/ast would overflow the C stack, see
+  `chat.nesting_depths`): it is plain content too, and stops the streamed preview.
 - Streaming (`ToolCallStream`) turns vLLM's streaming deltas into OpenAI `tool_calls` delta dicts as
   tokens arrive, and at the end completes them from the final (non-streamed) parse, which is what
   the output document holds. Live deltas are a preview: when they cannot be completed into the
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node.content.documents import Tool
-from node.engine.chat import ParsedOutput, tool_json
+from node.engine.chat import MAX_NESTING, ParsedOutput, nesting_depths, too_deep, tool_json
 
 AUTO = "auto"
 DEFAULT_PARSER = "hermes"
@@ -128,6 +130,8 @@ class ToolCallParser:
 
     def parse(self, text: str, tools: Sequence[Tool]) -> ParsedOutput:
         """The finished text as content and (name, arguments JSON) calls; plain content if not valid."""
+        if too_deep(text):
+            return ParsedOutput(content=text)
         try:
             parser, request = self._instance(tools)
             info = parser.extract_tool_calls(text, request)
@@ -211,6 +215,7 @@ class ToolCallStream:
     started: bool = False
     _text: str = ""
     _ids: int = 0
+    _depth: int = 0
 
     def feed(self, text: str, token_ids: Sequence[int]) -> dict[str, Any] | None:
         """The delta for what the parser found new in `text`, or None."""
@@ -220,6 +225,10 @@ class ToolCallStream:
             return None  # not grown enough yet: what is left is sent by `finish` at the latest
         prev_text, prev_ids = self._text, self._ids
         if not text.startswith(prev_text):
+            self.stopped = True
+            return None
+        deepest, self._depth = nesting_depths(text[len(prev_text) :], self._depth)
+        if deepest > MAX_NESTING:
             self.stopped = True
             return None
         self._text, self._ids = text, len(token_ids)

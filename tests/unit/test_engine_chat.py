@@ -197,3 +197,16 @@ def test_bench_prompts_are_fixed() -> None:
     assert prompts == bench_prompts()
     digest = hashlib.sha256("\n".join(prompts).encode()).hexdigest()
     assert digest == hashlib.sha256("\n".join(bench_prompts()).encode()).hexdigest()
+
+
+def test_nesting_depths_bound_any_parse_and_deep_text_is_never_parsed() -> None:
+    assert chat.nesting_depths("") == (0, 0)
+    assert chat.nesting_depths('{"a": [1, {"b": (2)}]}') == (4, 0)
+    assert chat.nesting_depths("]]]][[") == (2, 2)  # a parse may start after the stray closers
+    assert chat.nesting_depths("}", 5) == (5, 4)
+    deep = "[" * 100_000
+    assert chat.too_deep(deep) and not chat.too_deep("[" * chat.MAX_NESTING)
+    # json.loads on these would overflow the C stack where the recursion limit is raised (torch and
+    # py_ecc raise it): the guard answers first, with the text itself.
+    assert chat.parse_forced_call(deep, {"get_weather"}).content == deep
+    assert chat._arguments_value(deep) == deep

@@ -251,3 +251,22 @@ def test_parser_failures_are_not_logged_as_errors(smol_tokenizer: Any) -> None:
     parser = ToolCallParser.load("hermes", None, smol_tokenizer)
     assert logging.getLogger("vllm.tool_parsers.hermes_tool_parser").getEffectiveLevel() == logging.CRITICAL
     assert parser.parse("<tool_call>{oops</tool_call>", TOOLS).tool_calls == []
+
+
+@pytest.mark.parametrize("name", ["hermes", "llama3_json", "pythonic", "qwen3_coder"])
+def test_deep_nesting_never_reaches_a_parser_even_with_a_raised_recursion_limit(
+    name: str, tokenizer: Any
+) -> None:
+    import sys
+
+    parser = load(name, tokenizer)
+    deep = '<tool_call>{"name": "get_weather", "arguments": ' + "[" * 200_000
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10**6)  # as torch / py_ecc leave it in the miner: json.loads would SIGSEGV
+    try:
+        assert parser.parse(deep, TOOLS) == chat.ParsedOutput(content=deep)
+        stream = parser.stream(TOOLS, partial(chat.tool_call_id, DIGEST, 0))
+        stream.feed(deep[:40], [])
+        assert stream.feed(deep, []) is None and stream.stopped  # the preview stops before parsing
+    finally:
+        sys.setrecursionlimit(limit)
