@@ -1,6 +1,7 @@
 """Run the gateway app under uvicorn inside an existing event loop (tests, the devnet, benchmarks).
 
-`inferd gateway serve` uses `uvicorn.run` directly; this is for callers that already own a loop:
+`inferd gateway serve` uses `uvicorn.run` directly; this is for callers that already own a loop.
+Both cap open connections at `gateway.max_connections`:
 
     server = GatewayServer(create_app(settings), port=0)
     await server.start()          # lifespan ran: chain backend started, MQTT subscribing
@@ -29,8 +30,19 @@ class GatewayServer:
         self.app = app
         self.host = host
         self.port = port
+        state = getattr(app.state, "gateway", None)
+        limit = state.settings.gateway.max_connections if state is not None else None
         self._server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                limit_concurrency=limit,
+                timeout_keep_alive=5,
+            )
         )
         self._task: asyncio.Task[None] | None = None
 
