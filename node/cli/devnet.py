@@ -143,11 +143,13 @@ def status(
         typer.echo(json.dumps({"healthy": healthy, "parts": [r.as_dict() for r in rows]}, indent=2))
     else:
         table = Table(title=f"inferd devnet: {data_dir.resolve()}")
-        for column in ("part", "endpoint", "pid", "health", "detail"):
+        for column in ("part", "endpoint", "pid", "health", "restarts", "detail"):
             table.add_column(column)
         for r in rows:
-            health = "[green]ok[/green]" if r.healthy else "[red]down[/red]"
-            table.add_row(r.part, r.endpoint, str(r.pid or "-"), health, r.detail)
+            trouble = r.state if r.state in ("restarting", "gave-up") else "down"
+            health = "[green]ok[/green]" if r.healthy else f"[red]{trouble}[/red]"
+            restarts = str(r.restarts) + (f" (last: {r.last_exit})" if r.last_exit else "")
+            table.add_row(r.part, r.endpoint, str(r.pid or "-"), health, restarts, r.detail)
         console.print(table)
         if info is None:
             console.print(f"no devnet.json in {data_dir}: start one with `inferd devnet up`")

@@ -236,3 +236,67 @@ def anvil_private_keys(count: int = 10) -> list[str]:
         "0x" + bytes(Account.from_mnemonic(ANVIL_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}").key).hex()
         for i in range(count)
     ]
+
+
+def describe_exit(code: int | None) -> str:
+    """`code 1`, `signal SIGKILL` (Popen gives -N for a death by signal N), or `running`."""
+    if code is None:
+        return "running"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When the devnet restarts a part that died: after `backoff_s`, doubling per recent crash up to
+    `max_backoff_s`; a part that crashed more than `max_restarts` times within `window_s` is given up."""
+
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    window_s: float = 60.0
+    max_restarts: int = 5
+
+
+RUNNING, RESTARTING, GAVE_UP = "running", "restarting", "gave-up"
+
+
+@dataclass
+class RestartTracker:
+    """The restart history of one part; pure bookkeeping (the caller passes the clock)."""
+
+    name: str
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    restarts: int = 0
+    last_exit: int | None = None
+    state: str = RUNNING
+    restart_at: float | None = None
+    crashes: list[float] = field(default_factory=list)
+
+    def crashed(self, code: int | None, now: float) -> float | None:
+        """Record a death; the delay before the restart, or None when the part is given up."""
+        self.last_exit = code
+        self.crashes = [t for t in self.crashes if now - t < self.policy.window_s] + [now]
+        if len(self.crashes) > self.policy.max_restarts:
+            self.state, self.restart_at = GAVE_UP, None
+            return None
+        delay = min(self.policy.backoff_s * 2.0 ** (len(self.crashes) - 1), self.policy.max_backoff_s)
+        self.state, self.restart_at = RESTARTING, now + delay
+        return delay
+
+    def due(self, now: float) -> bool:
+        return self.state == RESTARTING and self.restart_at is not None and now >= self.restart_at
+
+    def restarted(self) -> None:
+        self.restarts += 1
+        self.state, self.restart_at = RUNNING, None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "state": self.state,
+            "restarts": self.restarts,
+            "last_exit": None if self.last_exit is None else describe_exit(self.last_exit),
+        }

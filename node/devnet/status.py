@@ -1,7 +1,8 @@
 """`inferd devnet status`: each part's health, checked live rather than trusted from files.
 
 The chain is asked for its block and the hub's active miners, the broker gets a real MQTT
-CONNECT, the miners and the gateway their `/healthz`; pids come from run.json.
+CONNECT, the miners and the gateway their `/healthz`; pids, and what the supervisor did to keep
+each part up (restarts, the last exit, `running` / `restarting` / `gave-up`), come from run.json.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class PartStatus:
     pid: int | None
     healthy: bool
     detail: str
+    state: str | None = None  # the supervisor's view: running, restarting, gave-up (None: not tracked)
+    restarts: int = 0
+    last_exit: str | None = None  # e.g. "signal SIGKILL", "code 1"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +77,20 @@ def _pid(parts: dict[str, Any], name: str) -> int | None:
     part = parts.get(name)
     pid = part.get("pid") if isinstance(part, dict) else None
     return pid if isinstance(pid, int) else None
+
+
+def _with_restarts(row: PartStatus, parts: dict[str, Any]) -> PartStatus:
+    """Add the supervisor's restart record of `row.part` (from run.json) to the row."""
+    part = parts.get(row.part)
+    if not isinstance(part, dict):
+        return row
+    state, restarts, last_exit = part.get("state"), part.get("restarts"), part.get("last_exit")
+    row.state = state if isinstance(state, str) else None
+    row.restarts = restarts if isinstance(restarts, int) else 0
+    row.last_exit = last_exit if isinstance(last_exit, str) else None
+    if row.state is not None and row.state != "running":
+        row.healthy = False
+    return row
 
 
 def collect(layout: Layout) -> tuple[list[PartStatus], dict[str, Any] | None]:
@@ -138,4 +156,4 @@ def collect(layout: Layout) -> tuple[list[PartStatus], dict[str, Any] | None]:
     gateway = str(info["gateway_url"])
     ok, detail = _http(f"{gateway}/healthz")
     rows.append(PartStatus("gateway", gateway, _pid(parts, "gateway"), ok, detail))
-    return rows, info
+    return [_with_restarts(row, parts) for row in rows], info

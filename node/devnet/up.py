@@ -7,6 +7,14 @@ processes, and waits until each answers its health check. It then writes devnet.
 ready-to-paste examples, and waits: Ctrl-C (or SIGTERM from `inferd devnet down`) stops the
 parts in reverse order, each one's whole process group, so nothing is left behind.
 
+While it waits it keeps the parts up: a miner, the gateway or mosquitto that dies is restarted
+(what its process group left is swept first) after a backoff that doubles per recent crash, capped;
+a part that crashes more than 5 times in 60 s is given up, said so, and the rest keeps running.
+Restarts, the last exit and each part's state go to run.json, which `inferd devnet status` shows.
+anvil is not restarted: its state is dumped only every few seconds, so a restarted anvil would hand
+miners and gateway a chain that went back in time (their cursors, nonces and journals ahead of it).
+anvil dying stops the devnet with a message; `inferd devnet up` then resumes from the saved state.
+
 `--detach` re-runs the same command as a background supervisor (its output in logs/devnet.log)
 and returns once it reports ready.
 """
@@ -39,11 +47,17 @@ from node.devnet.control import down, lock_pid
 from node.devnet.groups import stop_group
 from node.devnet.layout import Layout, read_json, write_json, write_private
 from node.devnet.processes import (
+    GAVE_UP,
+    RESTARTING,
     Anvil,
     ManagedProcess,
     Mosquitto,
+    RestartPolicy,
+    RestartTracker,
+    StartupTimeout,
     anvil_private_keys,
     anvil_process,
+    describe_exit,
     free_port,
     mosquitto_process,
 )
@@ -56,6 +70,10 @@ PHASE_STARTING, PHASE_READY, PHASE_STOPPING, PHASE_FAILED = "starting", "ready",
 
 class DevnetError(RuntimeError):
     """The devnet could not start (a part failed, a port is taken, one is already running)."""
+
+
+class FakeEngineChainError(DevnetError):
+    """`--fake-engine` with a `--chain-id` other than anvil's 31337 (the miners would refuse it too)."""
 
 
 class Interrupted(Exception):
@@ -90,6 +108,14 @@ class UpOptions:
             raise DevnetError(f"--miners must be between 1 and {MAX_MINERS}")
         if not 1 <= self.effective_redundancy <= min(self.miners, 7):
             raise DevnetError("--redundancy must be between 1 and min(--miners, 7)")
+        if self.fake_engine:
+            from node.miner.run import DEVNET_CHAIN_ID
+
+            if self.chain_id != DEVNET_CHAIN_ID:
+                raise FakeEngineChainError(
+                    f"--fake-engine runs only on the devnet's chain id {DEVNET_CHAIN_ID}, "
+                    f"not --chain-id {self.chain_id}: its outputs are made up"
+                )
 
 
 # -------------------------------------------------------------------------------------------------
@@ -225,6 +251,8 @@ class Devnet:
         self._phase = PHASE_STARTING
         self._t0 = time.monotonic()
         self._taken: set[int] = set()
+        self.restart_policy = RestartPolicy()
+        self.restarts: dict[str, RestartTracker] = {}
 
     # ---------------------------------------------------------------- signals and run.json
 
@@ -238,13 +266,16 @@ class Devnet:
 
     def _write_run(self, phase: str) -> None:
         self._phase = phase
-        parts: dict[str, dict[str, int]] = {}
+        parts: dict[str, dict[str, Any]] = {}
         for proc in (self.anvil, self.broker):
             if proc is not None and proc.proc is not None:
                 parts[proc.name] = {"pid": proc.proc.pid, "pgid": proc.proc.pid}
         for svc in self.services:
             if svc.pid is not None:
                 parts[svc.name] = {"pid": svc.pid, "pgid": svc.pid}
+        for name, tracker in self.restarts.items():
+            if name in parts:
+                parts[name].update(tracker.as_dict())
         write_json(
             self.layout.run_json,
             {
@@ -548,22 +579,89 @@ class Devnet:
                 self._stop.wait(0.5)
 
     def _watch(self) -> int:
-        """Block until a signal (exit 0) or until a part dies on its own (exit 1)."""
-        while not self._stop.wait(1.0):
-            for proc in (self.anvil, self.broker):
-                if proc is not None and not proc.running:
-                    self.say(f"{proc.name} stopped unexpectedly; see {proc.log_path}")
-                    return 1
+        """Keep the parts up until a signal (exit 0) or until anvil dies (exit 1)."""
+        while not self._stop.wait(0.5):
+            if self.anvil is not None and not self.anvil.running:
+                code = self.anvil.proc.returncode if self.anvil.proc is not None else None
+                self.say(
+                    f"anvil exited ({describe_exit(code)}); see {self.anvil.log_path}. The devnet stops: "
+                    "a restarted anvil would resume from state saved up to 5 s earlier, behind the miners "
+                    f"and the gateway. `inferd devnet up --data-dir {self.layout.root}` resumes it."
+                )
+                return 1
+            changed = self._check_broker()
             for svc in self.services:
-                code = svc.exited()
-                if code is not None:
-                    self.say(
-                        f"{svc.name} exited with code {code}; last lines of {svc.log_path}:\n"
-                        + svc.log_tail()
-                    )
-                    return 1
+                changed = self._check_service(svc) or changed
+            if changed:
+                self._write_run(self._phase)
         self.say("stopping the devnet")
         return 0
+
+    def _tracker(self, name: str) -> RestartTracker:
+        if name not in self.restarts:
+            self.restarts[name] = RestartTracker(name, self.restart_policy)
+        return self.restarts[name]
+
+    def _crashed(self, name: str, code: int | None, log_path: Path, tail: str) -> None:
+        tracker = self._tracker(name)
+        delay = tracker.crashed(code, time.monotonic())
+        what = f"{name} exited ({describe_exit(code)})"
+        if delay is None:
+            policy = self.restart_policy
+            self.say(
+                f"{what}; giving up on it: more than {policy.max_restarts} restarts in "
+                f"{policy.window_s:.0f} s. The rest of the devnet keeps running; see {log_path}"
+            )
+        else:
+            self.say(f"{what}; restarting it in {delay:.0f} s (restart {tracker.restarts + 1})")
+        if tail:
+            self.say(f"last lines of {log_path}:\n{tail}")
+
+    def _check_service(self, svc: Service) -> bool:
+        """Notice a dead miner or gateway, restart it when its backoff is over; True if anything changed."""
+        tracker = self._tracker(svc.name)
+        if tracker.state == GAVE_UP:
+            return False
+        if tracker.state != RESTARTING:
+            code = svc.exited()
+            if code is None:
+                return False
+            self._crashed(svc.name, code, svc.log_path, svc.log_tail())
+            return True
+        if not tracker.due(time.monotonic()):
+            return False
+        svc.stop(5.0)  # sweep what the dead process left in its group (vLLM workers)
+        svc.launch()
+        tracker.restarted()
+        self.say(f"restarted  {svc.name} (pid {svc.pid}, restart {tracker.restarts})")
+        return True
+
+    def _check_broker(self) -> bool:
+        """mosquitto keeps nothing (no persistence): restart it like a service; clients reconnect."""
+        broker = self.broker
+        if broker is None:
+            return False
+        tracker = self._tracker(broker.name)
+        if tracker.state == GAVE_UP:
+            return False
+        if tracker.state != RESTARTING:
+            if broker.running:
+                return False
+            code = broker.proc.returncode if broker.proc is not None else None
+            self._crashed(broker.name, code, broker.log_path, "")
+            return True
+        if not tracker.due(time.monotonic()):
+            return False
+        try:
+            broker.start(timeout_s=30.0)
+        except StartupTimeout as exc:
+            self.say(f"mosquitto did not come back: {exc}")
+            tracker.restarted()
+            self._crashed(broker.name, broker.proc.returncode if broker.proc else None, broker.log_path, "")
+            return True
+        tracker.restarted()
+        self.say(f"restarted  {broker.name} (pid {broker.proc.pid if broker.proc else '?'})")
+        return True
 
     def _stop_all(self) -> None:
         with contextlib.suppress(Exception):
@@ -688,6 +786,7 @@ def run_foreground(opts: UpOptions, say: Callable[[str], None] = print) -> int:
 __all__ = [
     "Devnet",
     "DevnetError",
+    "FakeEngineChainError",
     "UpOptions",
     "banner",
     "down",

@@ -1,4 +1,9 @@
-"""Build a `MinerDaemon` from `Settings` and run it until SIGTERM/SIGINT (what `inferd miner run` does)."""
+"""Build a `MinerDaemon` from `Settings` and run it until SIGTERM/SIGINT (what `inferd miner run` does).
+
+`--fake-engine` answers with made-up text that is still signed and submitted: on a real chain that
+is a staked miner publishing garbage (and being slashed for it). It runs only on the devnet's chain
+id (anvil's 31337); anywhere else `FakeEngineRefused` stops the miner before it loads anything.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +28,29 @@ from node.stream.publisher import StreamPublisher
 log = get_logger("inferd.miner")
 
 
+DEVNET_CHAIN_ID = 31337
+"""anvil's default chain id, the one `inferd devnet up` runs: the only chain a fake engine serves."""
+
+
 class MinerConfigError(RuntimeError):
     """Settings that cannot start a miner (no hub address, wrong chain id, ...)."""
+
+
+class FakeEngineRefused(MinerConfigError):
+    """`--fake-engine` on a chain other than the devnet's."""
+
+    def __init__(self, chain_id: int, where: str) -> None:
+        super().__init__(
+            f"--fake-engine refuses chain id {chain_id} ({where}): the fake engine's outputs are made up, "
+            f"so it only serves the devnet's chain {DEVNET_CHAIN_ID}"
+        )
+        self.chain_id = chain_id
+
+
+def check_fake_engine_chain(chain_id: int, where: str) -> None:
+    """Raise `FakeEngineRefused` unless `chain_id` is the devnet's."""
+    if chain_id != DEVNET_CHAIN_ID:
+        raise FakeEngineRefused(chain_id, where)
 
 
 async def open_engine(settings: Settings, fake: bool = False) -> tuple[EngineLike, Any]:
@@ -40,7 +66,7 @@ async def open_engine(settings: Settings, fake: bool = False) -> tuple[EngineLik
 
 
 async def build_daemon(
-    settings: Settings, engine: EngineLike, account: LocalAccount | None = None
+    settings: Settings, engine: EngineLike, account: LocalAccount | None = None, *, fake_engine: bool = False
 ) -> MinerDaemon:
     chain = settings.chain
     if not chain.hub_address:
@@ -53,6 +79,8 @@ async def build_daemon(
         raise MinerConfigError(
             f"chain.chain_id is {chain.chain_id} but {chain.rpc_url} serves chain {chain_id}"
         )
+    if fake_engine:
+        check_fake_engine_chain(chain_id, f"served by {chain.rpc_url}")
     miner = settings.miner
     config = DaemonConfig(
         chain_id=chain_id,
@@ -96,6 +124,8 @@ async def build_daemon(
 async def run_miner(settings: Settings, *, fake_engine: bool = False) -> None:
     """Run the miner until SIGTERM or SIGINT; in-flight work is finished or left journaled."""
     account = load_account(settings.chain)  # fail fast on a bad key, before loading the model
+    if fake_engine and settings.chain.chain_id is not None:
+        check_fake_engine_chain(settings.chain.chain_id, "chain.chain_id in the settings")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -103,7 +133,7 @@ async def run_miner(settings: Settings, *, fake_engine: bool = False) -> None:
             loop.add_signal_handler(sig, stop.set)
     engine, close = await open_engine(settings, fake=fake_engine)
     try:
-        daemon = await build_daemon(settings, engine, account)
+        daemon = await build_daemon(settings, engine, account, fake_engine=fake_engine)
         await daemon.run(stop)
         daemon.journal.close()
     finally:
@@ -113,4 +143,12 @@ async def run_miner(settings: Settings, *, fake_engine: bool = False) -> None:
                 await result
 
 
-__all__ = ["MinerConfigError", "build_daemon", "open_engine", "run_miner"]
+__all__ = [
+    "DEVNET_CHAIN_ID",
+    "FakeEngineRefused",
+    "MinerConfigError",
+    "build_daemon",
+    "check_fake_engine_chain",
+    "open_engine",
+    "run_miner",
+]
