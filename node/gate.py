@@ -55,6 +55,11 @@ class JsonLimits:
             raise ValueError("every JSON limit must be at least 1")
 
 
+MAX_NUMBER_DIGITS = 640
+"""Longer digit runs are refused here, whatever `PYTHONINTMAXSTRDIGITS` says (640 is its minimum),
+so the verdict on a huge integer never depends on a node's environment."""
+_LONG_NUMBER = re.compile(rb"[0-9]{%d}" % (MAX_NUMBER_DIGITS + 1))
+
 # Bytes that are neither a bracket nor a comma, deleted by `bytes.translate` to leave the skeleton.
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b"[]{},")
 # +1 for an opening bracket, -1 for a closing one: the running sum over the skeleton is the depth.
@@ -75,7 +80,12 @@ def _scan(raw: bytes, limits: JsonLimits) -> None:
     longest = max(map(len, parts[1::2]), default=0)
     if longest > limits.max_string_bytes:
         raise UntrustedJSON("string_too_long", f"a string is longer than {limits.max_string_bytes} bytes")
-    skeleton = b"".join(parts[0::2]).translate(None, _NOT_STRUCTURE)
+    outside = b"".join(parts[0::2])
+    if _LONG_NUMBER.search(outside) is not None:
+        raise UntrustedJSON(
+            "invalid_json", f"not valid JSON: a number has more than {MAX_NUMBER_DIGITS} digits"
+        )
+    skeleton = outside.translate(None, _NOT_STRUCTURE)
     if skeleton.count(b",") + 1 > limits.max_items:
         raise UntrustedJSON("too_many_items", f"more than {limits.max_items} JSON elements")
     depth = max(accumulate(map(_DEPTH_STEP.__getitem__, skeleton.replace(b",", b""))), default=0)
@@ -161,6 +171,7 @@ MQTT_LIMITS = JsonLimits(
 __all__ = [
     "DOCUMENT_LIMITS",
     "HTTP_BODY_LIMITS",
+    "MAX_NUMBER_DIGITS",
     "MQTT_LIMITS",
     "JsonLimits",
     "UntrustedJSON",
