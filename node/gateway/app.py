@@ -62,6 +62,7 @@ from node.gateway.schemas import (
 )
 from node.gateway.streaming import stream_events
 from node.log import bound, get_logger
+from node.supervise import LoopCollector, Supervisor
 
 log = get_logger("gateway")
 
@@ -388,6 +389,9 @@ def create_app(
         concurrency=ConcurrencyLimiter(),
     )
     backend.add_rejection_listener(lambda _reason: metrics.rejected.inc())
+    loops = getattr(backend, "loops", None)  # the chain backend's supervised watchers and MQTT loop
+    if isinstance(loops, Supervisor):
+        metrics.registry.register(LoopCollector(loops, "inferd_gateway"))
     state.keys.list()  # fail at startup, not on the first request, if the keys file is corrupt
     content_store = store
 
