@@ -33,7 +33,7 @@ from node.content.documents import (
     ToolMessage,
     UserMessage,
 )
-from node.engine.chat import ParsedOutput, content_text, tools_active
+from node.engine.chat import ParsedOutput, content_text, too_deep, tools_active
 from node.engine.model_fetch import default_cache_root
 
 O200K_FILE = "o200k_base.tiktoken"
@@ -132,6 +132,8 @@ def use_o200k_vocab(vocab_dir: Path | None = None) -> Path:
 
 
 def _args_text(arguments: str) -> str:
+    if too_deep(arguments):  # never handed to json: the miner's raised recursion limit means SIGSEGV
+        return arguments
     try:
         return json.dumps(json.loads(arguments), ensure_ascii=False)
     except (ValueError, RecursionError):  # arguments written by a requester or the model: any text

@@ -129,3 +129,12 @@ def test_parse_tool_call(harmony: HarmonyFormat) -> None:
 def test_parse_a_cut_off_completion(harmony: HarmonyFormat) -> None:
     toks = encode(harmony, "<|channel|>final<|message|>The answer is forty")
     assert harmony.parse(toks).content == "The answer is forty"
+
+
+def test_deeply_nested_arguments_are_kept_as_text_never_parsed() -> None:
+    """A requester's (or the model's) 300 KB of `[` must not reach json.loads (SIGSEGV there)."""
+    from node.engine.harmony import _args_text
+
+    deep = "[" * 300_000
+    assert _args_text(deep) == deep
+    assert _args_text('{"a": [1]}') == '{"a": [1]}'
