@@ -28,6 +28,7 @@ from node.chain.events import InferenceExpired, InferenceFinalized, InferenceReq
 from node.chain.hub import HubClient, RequestStatus
 from node.chain.sender import TxSender
 from node.chain.watcher import LogBatch, LogFollower, Reorg
+from node.content.errors import InputUnavailable
 from node.content.store import ContentStore
 from node.log import bound, get_logger
 from node.miner.hubview import HubView, MinerEvent
@@ -36,7 +37,7 @@ from node.miner.metrics import MinerMetrics, OpsServer
 from node.miner.pipeline import EngineLike, Pipeline
 from node.miner.submitter import Submitter
 from node.stream.publisher import StreamPublisher
-from node.supervise import Supervisor, wait_task
+from node.supervise import Supervisor, describe, wait_task
 
 log = get_logger("inferd.miner")
 
@@ -125,6 +126,7 @@ class MinerDaemon:
         self.ops: OpsServer | None = None
         self._sem = asyncio.Semaphore(config.max_concurrency)
         self._producing: dict[int, asyncio.Task[None]] = {}
+        self._job_crashes: dict[int, int] = {}
         self._accepting = True
         self._head = 0
         self._started_at = time.time()
@@ -181,19 +183,33 @@ class MinerDaemon:
             try:
                 async with self._sem:
                     await self._produce_once(request_id)
+                self._job_crashes.pop(request_id, None)
             except asyncio.CancelledError:
                 log.info("job_interrupted", note="stays journaled, resumes on next start")
                 raise
-            except Exception:
-                log.exception("job_crashed", note="retrying in 2 s")
-                await asyncio.sleep(2)
-                if self._accepting:
-                    asyncio.get_running_loop().call_soon(self._reschedule, request_id)
+            except InputUnavailable as exc:  # not a crash: the input is not fetchable yet
+                log.info("input_unavailable", reason=exc.reason, retry_in_s=round(exc.retry_after_s, 1))
+                await self._retry_later(request_id, exc.retry_after_s)
+            except Exception as exc:
+                # One job's crash stays that job's: retried with backoff (so a job that always
+                # crashes does not hog the engine) until it succeeds or its deadline drops it.
+                crashes = self._job_crashes[request_id] = self._job_crashes.get(request_id, 0) + 1
+                delay = min(2.0 * 2 ** (crashes - 1), 60.0)
+                self.metrics.job_crashes.inc()
+                log.exception("job_crashed", error=describe(exc), crashes=crashes, retry_in_s=delay)
+                await self._retry_later(request_id, delay)
+
+    async def _retry_later(self, request_id: int, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self._accepting:
+            asyncio.get_running_loop().call_soon(self._reschedule, request_id)
 
     def _reschedule(self, request_id: int) -> None:
         job = self.journal.get(request_id)
         if job is not None and job.state == JobState.NEW:
             self.schedule(request_id)
+        else:
+            self._job_crashes.pop(request_id, None)
 
     async def _produce_once(self, request_id: int) -> None:
         while True:

@@ -61,6 +61,9 @@ class MinerMetrics:
             "inferd_miner_last_block", "Last block fully scanned by the watcher", registry=r
         )
         self.reorgs = Counter("inferd_miner_reorgs_total", "Chain reorganisations seen", registry=r)
+        self.job_crashes = Counter(
+            "inferd_miner_job_crashes_total", "Job attempts that raised (retried with backoff)", registry=r
+        )
 
     def track_loops(self, loops: Supervisor) -> None:
         """Export the daemon's loops, by loop (watcher, sweeper, submitter, publisher):

@@ -25,6 +25,7 @@ from node.content.cid import digest_of
 from node.content.documents import ChatInputDocument, ChatParams, UserMessage, to_canonical_bytes
 from node.content.local import LocalStore
 from node.devnet.processes import Anvil, Mosquitto, free_port
+from node.engine.engine import EngineError
 from node.miner.daemon import DaemonConfig, MinerDaemon
 from node.miner.journal import JobState, Journal
 from node.miner.testing import DevHub, FakeEngine, deploy_dev_hub, local_daemon
@@ -182,3 +183,39 @@ async def test_a_dead_publisher_task_is_started_again(
     await running(daemon, restarted_and_connected)
     assert publisher.stats.connects >= 2
     assert daemon.loops.loops["publisher"].last_error == "LoopEnded"
+
+
+class CrashOnceEngine(FakeEngine):
+    """Raises on the first attempt at each request: a bug that one retry gets past."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crashed: set[int] = set()
+
+    async def stream(self, input_doc: Any, *, request_id: int, input_cid: str, created: int) -> Any:
+        if request_id not in self.crashed:
+            self.crashed.add(request_id)
+            raise EngineError("engine hiccup on this job")
+        async for item in super().stream(
+            input_doc, request_id=request_id, input_cid=input_cid, created=created
+        ):
+            yield item
+
+    async def generate(self, input_doc: Any, *, request_id: int, input_cid: str, created: int) -> Any:
+        if request_id not in self.crashed:
+            self.crashed.add(request_id)
+            raise EngineError("engine hiccup on this job")
+        return await super().generate(input_doc, request_id=request_id, input_cid=input_cid, created=created)
+
+
+async def test_a_crashing_job_is_retried_alone_and_other_jobs_go_on(env: Env) -> None:
+    daemon = env.daemon()
+    daemon.engine = daemon.pipeline.engine = CrashOnceEngine()
+    ids = [await env.request(20 + i) for i in range(2)]
+
+    async def all_final() -> bool:
+        return all(finalized(daemon, rid) for rid in ids)
+
+    await running(daemon, all_final)
+    assert daemon.metrics.job_crashes._value.get() == 2
+    assert all(s.restarts == 0 and s.event_errors == 0 for s in daemon.loops.loops.values())
