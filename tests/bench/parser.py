@@ -7,8 +7,9 @@ through `node.gate` (byte-level shape scan, then `json.loads` with strict hooks)
 the JSON layer alone and on the whole `parse_input_document` (JSON + pydantic validation), runs
 interleaved before/after so that drift on a shared machine hits both alike.
 
-Inputs: a chat document with many messages of ordinary text (ASCII and non-ASCII), and a completion
-document whose prompt is a long list of token ids (the number-heavy worst case for the JSON layer).
+Inputs: a chat document with many messages of ordinary text (ASCII and non-ASCII), a completion
+document whose prompt is a long list of token ids (number-heavy), and a hostile but valid chat
+document whose tool schema lists 640-digit numbers (the longest the gate accepts).
 Prints median / min / max per case and the after/before ratio of medians; the LAST line is one JSON
 object `{"<input>_<layer>_ratio": ..., "<input>_<layer>_min_ratio": ...}` (< 1: after is faster;
 the ratio of minima is the steadier one on a busy machine).
@@ -116,6 +117,17 @@ def token_prompt_document(target: int) -> bytes:
     return _fill(build, target)
 
 
+def long_numbers_document(target: int) -> bytes:
+    """Hostile but valid: a tool schema listing numbers of 640 digits (the most the gate takes)."""
+
+    def build(n: int) -> dict[str, Any]:
+        tool = {"type": "function", "function": {"name": "f", "parameters": {"enum": [10**639] * n}}}
+        return {"v": 1, "type": "chat", "model": "SmolLM2-135M-Instruct",
+                "messages": [{"role": "user", "content": "hi"}], "params": {"tools": [tool]}}  # fmt: skip
+
+    return _fill(build, target)
+
+
 # --------------------------------------------------------------------------- timing
 
 
@@ -159,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs = {
         "chat": chat_document(MAX_DOCUMENT_BYTES),
         "token_prompt": token_prompt_document(MAX_DOCUMENT_BYTES),
+        "long_numbers": long_numbers_document(MAX_DOCUMENT_BYTES),
     }
     summary: dict[str, Any] = {"runs": args.runs}
     print(
