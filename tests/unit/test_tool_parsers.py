@@ -270,3 +270,111 @@ def test_deep_nesting_never_reaches_a_parser_even_with_a_raised_recursion_limit(
         assert stream.feed(deep, []) is None and stream.stopped  # the preview stops before parsing
     finally:
         sys.setrecursionlimit(limit)
+
+
+# --------------------------------------------------------------------------- through Engine.stream
+
+
+class ScriptedLLM:
+    """An AsyncLLM stand-in that 'generates' a fixed text one token per step (cumulative outputs)."""
+
+    def __init__(self, tokenizer: Any, text: str) -> None:
+        from types import SimpleNamespace
+
+        self.tokenizer = tokenizer
+        self.ids = tokenizer.encode(text, add_special_tokens=False)
+        self.model_config = SimpleNamespace(max_model_len=2048, get_vocab_size=lambda: len(tokenizer))
+        self.errored = False
+        self.sampling: Any = None
+
+    def get_tokenizer(self) -> Any:
+        return self.tokenizer
+
+    def shutdown(self) -> None:
+        pass
+
+    async def generate(self, prompt: Any, sampling: Any, request_id: str) -> Any:
+        from types import SimpleNamespace
+
+        self.sampling = sampling
+        for k in range(1, len(self.ids) + 1):
+            done = k == len(self.ids)
+            out = SimpleNamespace(
+                index=0,
+                text=self.tokenizer.decode(self.ids[:k], skip_special_tokens=sampling.skip_special_tokens),
+                token_ids=self.ids[:k],
+                finish_reason="stop" if done else None,
+                logprobs=None,
+                cumulative_logprob=None,
+            )
+            yield SimpleNamespace(outputs=[out], prompt_logprobs=None)
+
+
+async def run_stream(llm: ScriptedLLM, **params: Any) -> tuple[list[dict[str, Any]], Any]:
+    from node.content.cid import cid_for_bytes
+    from node.content.documents import OutputDocument, canonical_json
+    from node.engine.engine import Engine
+
+    engine = Engine(llm, model_name="m", model_path=str(MODEL_DIR), system_fingerprint="fp")
+    doc = {
+        "v": 1,
+        "type": "chat",
+        "model": "m",
+        "messages": [{"role": "user", "content": "Weather in Paris for 3 days?"}],
+        "params": {"tools": [t.model_dump(mode="json") for t in TOOLS], **params},
+    }
+    cid = cid_for_bytes(canonical_json(doc))
+    deltas: list[dict[str, Any]] = []
+    final = None
+    try:
+        async for item in engine.stream(doc, request_id=1, input_cid=cid, created=1):
+            if isinstance(item, OutputDocument):
+                final = item
+            else:
+                assert item["choice"] == 0
+                deltas.append(item["delta"])
+    finally:
+        engine.shutdown()
+    assert final is not None and final.error is None, final
+    return deltas, final
+
+
+async def test_engine_streams_tool_call_deltas_that_add_up_to_the_document(smol_tokenizer: Any) -> None:
+    llm = ScriptedLLM(smol_tokenizer, RECORDED["hermes"][0])
+    deltas, final = await run_stream(llm, max_tokens=200)
+    assert llm.sampling.skip_special_tokens is False  # what vLLM's hermes parser asks for
+    (choice,) = final.choices
+    assert choice.finish_reason == "tool_calls"
+    message = choice.message
+    assert message.content == "Let me check the weather.\n"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls] == [
+        ("get_weather", WEATHER),
+        ("get_time", {}),
+    ]
+    content, calls, ids = reassemble(deltas)
+    assert content == message.content
+    assert calls == [(c.function.name, c.function.arguments) for c in message.tool_calls]
+    assert ids == [c.id for c in message.tool_calls]
+    assert len(deltas) > 10 and deltas[0]["role"] == "assistant"
+    # The same input twice: the same document bytes (ids are hashes, not vLLM's random ones).
+    _, again = await run_stream(ScriptedLLM(smol_tokenizer, RECORDED["hermes"][0]), max_tokens=200)
+    assert again == final
+
+
+async def test_engine_tool_mode_plain_answer_streams_as_content(smol_tokenizer: Any) -> None:
+    text = "It is sunny in Paris."
+    deltas, final = await run_stream(ScriptedLLM(smol_tokenizer, text), max_tokens=50)
+    assert reassemble(deltas) == (text, [], [])
+    assert final.choices[0].message.content == text and final.choices[0].finish_reason == "stop"
+
+
+def test_the_setting_is_a_plain_parser_name() -> None:
+    from pydantic import ValidationError
+
+    from node.config import EngineSettings
+
+    assert EngineSettings().tool_parser == AUTO
+    assert EngineSettings(tool_parser="qwen3_coder").tool_parser == "qwen3_coder"
+    for bad in ("", "a b", "../x", "x" * 65):
+        with pytest.raises(ValidationError):
+            EngineSettings(tool_parser=bad)
