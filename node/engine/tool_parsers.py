@@ -21,6 +21,11 @@ defensive layer that makes them fit the protocol:
   document stands. Everything kept is bounded by the output, which `max_tokens` bounds, and the
   streaming parser (which may rescan all the text on every call) is fed in growing steps, so a long
   output costs O(n log n) parsing, not O(n^2) on the miner's event loop.
+- No outcome may depend on the clock: a few vLLM parsers stop a regex after
+  `VLLM_TOOL_PARSE_REGEX_TIMEOUT_SECONDS` (1 s) and then answer "no tool call", so a slow miner would
+  answer differently from a fast one. That timeout is lifted here, and the pythonic family, whose
+  gate regex backtracks super-linearly (about 0.5 s at 2 KiB, 2 s at 4 KiB on a small CPU), only
+  parses outputs up to `PYTHONIC_MAX_CHARS`; longer ones are plain content, on every miner.
 - vLLM's parsers log a traceback for every malformed call; model output is untrusted input here,
   not an error, so their loggers are raised to CRITICAL.
 """
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +52,14 @@ TEMPLATE_MARKERS = (  # (marker in the chat template, vLLM parser): first match 
 
 FEED_FRACTION = 64  # feed the streaming parser once the text grew by 1/64 (at least a character)
 QUIET_LOGGERS = ("vllm.tool_parsers", "vllm.parser")
+REGEX_TIMEOUT_ENV = "VLLM_TOOL_PARSE_REGEX_TIMEOUT_SECONDS"
+NO_TIMEOUT_S = 10**6  # never reached: the work is bounded by size instead (see module doc)
+PYTHONIC_MAX_CHARS = 2048
+SIZE_CAPS = {
+    "pythonic": PYTHONIC_MAX_CHARS,
+    "llama4_pythonic": PYTHONIC_MAX_CHARS,
+    "olmo3": PYTHONIC_MAX_CHARS,
+}
 
 CallId = Callable[[int], str]
 
@@ -80,6 +94,16 @@ def _parser_class(name: str) -> Any:
         ) from None
 
 
+def _lift_regex_timeouts() -> None:
+    """Make vLLM's parsers finish their regexes: an outcome must not depend on the miner's speed."""
+    os.environ[REGEX_TIMEOUT_ENV] = str(NO_TIMEOUT_S)
+    import vllm.envs as envs
+
+    cached = getattr(getattr(envs, "__getattr__", None), "cache_clear", None)
+    if cached is not None:  # vLLM memoises its env reads once started in this process
+        cached()
+
+
 def _request(tools: Sequence[Tool]) -> Any:
     """The minimal ChatCompletionRequest vLLM parsers read: tools and tool_choice=auto."""
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
@@ -97,6 +121,7 @@ class ToolCallParser:
     tokenizer: Any
     parser_class: Any
     skip_special_tokens: bool
+    max_chars: int | None = None
 
     @classmethod
     def load(cls, setting: str, template: str | None, tokenizer: Any) -> ToolCallParser:
@@ -114,6 +139,7 @@ class ToolCallParser:
         parser_class = _parser_class(name)
         for logger in QUIET_LOGGERS:
             logging.getLogger(logger).setLevel(logging.CRITICAL)
+        _lift_regex_timeouts()
         probe = _request([Tool.model_validate({"type": "function", "function": {"name": "probe"}})])
         try:
             parser = parser_class(tokenizer, probe.tools)
@@ -122,7 +148,13 @@ class ToolCallParser:
             raise ToolParserError(f"tool parser {name!r} does not fit this model: {exc}") from exc
         # Parsers whose markers are special tokens need them kept in the decoded text.
         skip = bool(getattr(adjusted, "skip_special_tokens", True))
-        return cls(name=name, tokenizer=tokenizer, parser_class=parser_class, skip_special_tokens=skip)
+        return cls(
+            name=name,
+            tokenizer=tokenizer,
+            parser_class=parser_class,
+            skip_special_tokens=skip,
+            max_chars=SIZE_CAPS.get(name),
+        )
 
     def _instance(self, tools: Sequence[Tool]) -> tuple[Any, Any]:
         request = _request(tools)
@@ -130,7 +162,7 @@ class ToolCallParser:
 
     def parse(self, text: str, tools: Sequence[Tool]) -> ParsedOutput:
         """The finished text as content and (name, arguments JSON) calls; plain content if not valid."""
-        if too_deep(text):
+        if too_deep(text) or (self.max_chars is not None and len(text) > self.max_chars):
             return ParsedOutput(content=text)
         try:
             parser, request = self._instance(tools)
@@ -155,7 +187,7 @@ class ToolCallParser:
             raise
         except Exception:
             return ToolCallStream(None, None, names, call_id)
-        return ToolCallStream(parser, request, names, call_id)
+        return ToolCallStream(parser, request, names, call_id, self.max_chars)
 
 
 def _object_arguments(arguments: Any) -> str | None:
@@ -209,6 +241,7 @@ class ToolCallStream:
     request: Any
     names: set[str]
     call_id: CallId
+    max_chars: int | None = None  # the parse's size cap: longer text is content, so stop previewing
     content: str = ""
     calls: list[_Sent] = field(default_factory=list)
     stopped: bool = False
@@ -220,6 +253,9 @@ class ToolCallStream:
     def feed(self, text: str, token_ids: Sequence[int]) -> dict[str, Any] | None:
         """The delta for what the parser found new in `text`, or None."""
         if self.stopped or self.parser is None:
+            return None
+        if self.max_chars is not None and len(text) > self.max_chars:
+            self.stopped = True
             return None
         if len(text) - len(self._text) < max(1, len(self._text) // FEED_FRACTION):
             return None  # not grown enough yet: what is left is sent by `finish` at the latest

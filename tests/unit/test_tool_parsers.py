@@ -378,3 +378,20 @@ def test_the_setting_is_a_plain_parser_name() -> None:
     for bad in ("", "a b", "../x", "x" * 65):
         with pytest.raises(ValidationError):
             EngineSettings(tool_parser=bad)
+
+
+def test_no_outcome_depends_on_the_clock(tokenizer: Any) -> None:
+    import vllm.envs as envs
+
+    parser = load("pythonic", tokenizer)
+    assert envs.VLLM_TOOL_PARSE_REGEX_TIMEOUT_SECONDS >= 10**6  # vLLM's 1 s regex timeout is lifted
+    # The pythonic gate regex backtracks super-linearly: past the size cap the text is content.
+    call = '[get_weather(city="Paris", days=3)]'
+    assert calls_of(parser.parse(call, TOOLS)) == [("get_weather", WEATHER)]
+    long_call = '[get_weather(city="' + "P" * 2100 + '", days=3)]'
+    assert parser.parse(long_call, TOOLS) == chat.ParsedOutput(content=long_call)
+    hostile = "[f(a=1" + " \n" * 1100 + "x"  # seconds of backtracking at 4 KiB: past the cap, never run
+    assert parser.parse(hostile, TOOLS) == chat.ParsedOutput(content=hostile)
+    stream = parser.stream(TOOLS, partial(chat.tool_call_id, DIGEST, 0))
+    assert stream.feed(long_call, []) is None and stream.stopped
+    assert stream.finish(long_call, []) == {"role": "assistant", "content": long_call}
