@@ -49,6 +49,7 @@ from node.gateway.errors import (
     handle_validation_error,
 )
 from node.gateway.metrics import GatewayMetrics
+from node.gateway.mqtt import DropsCollector
 from node.gateway.pending import PendingInference
 from node.gateway.ratelimit import ConcurrencyLimiter, RateLimiter, Slot
 from node.gateway.records import ModelInfo, VerifiedResult
@@ -392,6 +393,9 @@ def create_app(
     loops = getattr(backend, "loops", None)  # the chain backend's supervised watchers and MQTT loop
     if isinstance(loops, Supervisor):
         metrics.registry.register(LoopCollector(loops, "inferd_gateway"))
+    drops = getattr(backend, "mqtt_drops", None)  # only the chain backend relays MQTT
+    if callable(drops):
+        metrics.registry.register(DropsCollector([drops]))
     state.keys.list()  # fail at startup, not on the first request, if the keys file is corrupt
     content_store = store
 

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -285,6 +285,13 @@ class ChainBackend:
                     ),
                 )
 
+    def mqtt_drops(self) -> Counter[str]:
+        """MQTT messages and buffered bytes dropped, by reason (subscriber and pending registry)."""
+        total: Counter[str] = Counter(self.registry.drops)
+        if self.subscriber is not None:
+            total.update(self.subscriber.drops)
+        return total
+
     def _on_mqtt(self, msg: Routed) -> None:
         link = self.links.get(msg.chain_id)
         if link is None or link.hub_address != msg.hub:
@@ -292,8 +299,8 @@ class ChainBackend:
         if msg.delta is not None:
             self.registry.on_delta(msg.chain_id, msg.request_id, msg.delta)
         elif msg.result is not None:
-            self.registry.on_result_message(msg.chain_id, msg.request_id, msg.result)
-            if self.registry.get(msg.chain_id, msg.request_id) is not None:
+            kept = self.registry.on_result_message(msg.chain_id, msg.request_id, msg.result)
+            if kept and self.registry.get(msg.chain_id, msg.request_id) is not None:
                 task = asyncio.get_running_loop().create_task(self._nudge(link, msg.request_id))
                 self._nudges.add(task)
                 task.add_done_callback(self._nudges.discard)
