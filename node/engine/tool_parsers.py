@@ -18,7 +18,11 @@ defensive layer that makes them fit the protocol:
   tokens arrive, and at the end completes them from the final (non-streamed) parse, which is what
   the output document holds. Live deltas are a preview: when they cannot be completed into the
   document (malformed output the streaming parser took for a call), nothing more is sent and the
-  document stands. Everything kept is bounded by the output, which `max_tokens` bounds, and the
+  document stands. Content is previewed live only for parsers whose document content provably
+  starts with it (`LIVE_CONTENT_PARSERS`: hermes keeps the raw text before the first `<tool_call>`,
+  or all of it when there is no valid call); others strip or reorder it, so their content waits for
+  the last delta, and a relay that checks the live text against the document never sees a mismatch.
+  Everything kept is bounded by the output, which `max_tokens` bounds, and the
   streaming parser (which may rescan all the text on every call) is fed in growing steps, so a long
   output costs O(n log n) parsing, not O(n^2) on the miner's event loop.
 - No outcome may depend on the clock: a few vLLM parsers stop a regex after
@@ -50,6 +54,7 @@ TEMPLATE_MARKERS = (  # (marker in the chat template, vLLM parser): first match 
     ("<|python_tag|>", "llama3_json"),
 )
 
+LIVE_CONTENT_PARSERS = frozenset({"hermes", "qwen3_json"})
 FEED_FRACTION = 64  # feed the streaming parser once the text grew by 1/64 (at least a character)
 QUIET_LOGGERS = ("vllm.tool_parsers", "vllm.parser")
 REGEX_TIMEOUT_ENV = "VLLM_TOOL_PARSE_REGEX_TIMEOUT_SECONDS"
@@ -187,7 +192,8 @@ class ToolCallParser:
             raise
         except Exception:
             return ToolCallStream(None, None, names, call_id)
-        return ToolCallStream(parser, request, names, call_id, self.max_chars)
+        live_content = self.name in LIVE_CONTENT_PARSERS
+        return ToolCallStream(parser, request, names, call_id, self.max_chars, live_content)
 
 
 def _object_arguments(arguments: Any) -> str | None:
@@ -242,6 +248,7 @@ class ToolCallStream:
     names: set[str]
     call_id: CallId
     max_chars: int | None = None  # the parse's size cap: longer text is content, so stop previewing
+    live_content: bool = False  # content deltas while generating (else all of it comes with `finish`)
     content: str = ""
     calls: list[_Sent] = field(default_factory=list)
     stopped: bool = False
@@ -285,7 +292,7 @@ class ToolCallStream:
             return None
         delta: dict[str, Any] = {}
         content = getattr(message, "content", None)
-        if isinstance(content, str) and content:
+        if self.live_content and isinstance(content, str) and content:
             self.content += content
             delta["content"] = content
         entries = [e for call in getattr(message, "tool_calls", None) or [] if (e := self._entry(call))]
@@ -304,11 +311,19 @@ class ToolCallStream:
         if name is None and not arguments:
             return None  # an id/type-only entry: ours are sent with the name
         if index == len(self.calls) and isinstance(name, str) and name in self.names:
+            end = _json_end(arguments)
+            arguments = arguments if end is None else arguments[:end]
             self.calls.append(_Sent(name=name, arguments=arguments))
             return _head(index, self.call_id(index), name, arguments)
         if isinstance(index, int) and 0 <= index < len(self.calls) and name is None:
+            sent = self.calls[index].arguments
+            if _json_end(sent) is not None:
+                return None  # text after a finished object (a parser quirk): never part of the call
+            end = _json_end(sent + arguments)
+            if end is not None:
+                arguments = (sent + arguments)[len(sent) : end]
             self.calls[index].arguments += arguments
-            return {"index": index, "function": {"arguments": arguments}}
+            return {"index": index, "function": {"arguments": arguments}} if arguments else None
         self.stopped = True  # a call we could not complete into the document: stop previewing
         return None
 
@@ -341,6 +356,17 @@ class ToolCallStream:
         if not self.started:
             delta.setdefault("content", content)
         return self._first(delta) if delta else None
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _json_end(text: str) -> int | None:
+    """Where the JSON value that `text` starts with ends, if it is whole yet (depth bounded by feed)."""
+    try:
+        return int(_DECODER.raw_decode(text, len(text) - len(text.lstrip()))[1])
+    except (ValueError, RecursionError):
+        return None
 
 
 def _head(index: int, call_id: str, name: str, arguments: str) -> dict[str, Any]:

@@ -395,3 +395,25 @@ def test_no_outcome_depends_on_the_clock(tokenizer: Any) -> None:
     stream = parser.stream(TOOLS, partial(chat.tool_call_id, DIGEST, 0))
     assert stream.feed(long_call, []) is None and stream.stopped
     assert stream.finish(long_call, []) == {"role": "assistant", "content": long_call}
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED))
+@pytest.mark.parametrize(
+    ("before", "after"), [("Sure, checking.\n\n", ""), (" Sure ", "\nDone."), ("", "\n\nOk.  ")]
+)
+def test_live_content_is_always_a_prefix_of_the_document_content(
+    name: str, before: str, after: str, tokenizer: Any
+) -> None:
+    # A relay compares what it streamed live with the signed document: live content must never
+    # disagree, whatever each parser does with text around the calls (strip it, drop it, keep it).
+    parser = load(name, tokenizer)
+    text = before + RECORDED[name][0] + after
+    deltas, live = stream_deltas(parser, tokenizer, text)
+    final = parser.parse(text, TOOLS)
+    streamed = "".join(d.get("content") or "" for d in deltas[:live])
+    assert (final.content or "").startswith(streamed)
+    if name == "hermes":
+        assert streamed == final.content  # hermes content really is live
+    if name == "pythonic" and after:
+        return  # pythonic: calls previewed, then text after the list makes it all content (by design)
+    assert reassemble(deltas)[:2] == (final.content, final.tool_calls)  # also Mistral's text after calls
