@@ -69,6 +69,7 @@ from node.engine.params import (
     ParamError,
     SamplingSpec,
     chat_sampling,
+    check_forced_schema,
     completion_sampling,
     seed_from_digest,
 )
@@ -177,7 +178,12 @@ def engine_args(
     steps, or partly served from another request's cache, is computed in different shapes, so
     its output would depend on what else the miner was running. (On the CPU, chunked prefill of a
     seeded request also crashes vLLM 0.32: "CPU Generator does not use offset".)
+
+    Structured outputs (forced tool calls) use xgrammar only: with vLLM's `auto` a schema xgrammar
+    refuses falls back to llguidance, where `{"minItems": 1000000000}` took 17 GiB in the miner's
+    own process (OOM-killed). A schema xgrammar cannot compile is refused (`refusal`).
     """
+    from vllm.config import StructuredOutputsConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     strict = batch_invariant or on_cpu
@@ -195,6 +201,7 @@ def engine_args(
         enable_prefix_caching=not strict,
         max_num_batched_tokens=max(settings.max_model_len, 2048) if strict else None,
         disable_log_stats=True,
+        structured_outputs_config=StructuredOutputsConfig(backend="xgrammar"),
     )
 
 
@@ -459,6 +466,7 @@ class Engine:
                 if params.tool_choice == "required" or isinstance(params.tool_choice, NamedToolChoice):
                     mode = "forced"
                     schema = chat.forced_call_schema(tools, params.tool_choice)
+                    check_forced_schema(schema)
                 else:
                     mode = "tools"
         spec = chat_sampling(

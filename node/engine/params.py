@@ -93,6 +93,39 @@ class SamplingSpec:
         }
 
 
+SCHEMA_BOUND_KEYWORDS = (
+    "minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties", "minContains",
+    "maxContains",
+)  # fmt: skip
+MAX_SCHEMA_BOUND = 4096
+"""Largest count or length a forced tool call's schema may ask for: the grammar compiler spends
+time per unit (100000 characters of `maxLength` is seconds), and an unbounded one is refused."""
+
+
+def check_forced_schema(schema: Any) -> None:
+    """ParamError when a forced call's JSON schema asks the grammar compiler for unbounded work.
+
+    The schema is a requester's `tools[].function.parameters` (depth already bounded by the gate);
+    only structured outputs compile it, so this check applies to forced tool calls alone.
+    """
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                bad = key in SCHEMA_BOUND_KEYWORDS and isinstance(value, int | float)
+                if bad and not -1 < value <= MAX_SCHEMA_BOUND:
+                    raise ParamError(
+                        "invalid_request",
+                        f"a function's parameters schema has {key} {value}, over the limit of "
+                        f"{MAX_SCHEMA_BOUND} for a forced tool call",
+                        "tools",
+                    )
+                stack.append(value)
+
+
 def _context_left(prompt_tokens: int, max_model_len: int) -> int:
     left = max_model_len - prompt_tokens
     if left < 1:
@@ -215,9 +248,11 @@ def completion_sampling(
 
 __all__ = [
     "CONTEXT_EXCEEDED",
+    "MAX_SCHEMA_BOUND",
     "ParamError",
     "SamplingSpec",
     "chat_sampling",
+    "check_forced_schema",
     "completion_sampling",
     "normalize_seed",
     "seed_from_digest",

@@ -116,3 +116,20 @@ def test_completion_best_of_echo_and_logprobs() -> None:
     assert same.best_of is None
     ranked = completion_sampling(CompletionParams.model_validate({"best_of": 3}), prompt_tokens=3, **CTX)
     assert ranked.kwargs()["logprobs"] == 0  # ranking needs each candidate's logprob
+
+
+def test_forced_call_schemas_with_unbounded_counts_are_refused() -> None:
+    from node.engine.params import check_forced_schema
+
+    ok = {
+        "type": "object",
+        "properties": {"a": {"type": "array", "items": {"type": "string", "maxLength": 64}}},
+    }
+    check_forced_schema(ok)
+    for key in ("minItems", "maxLength", "maxProperties"):
+        deep = {"anyOf": [{"type": "object", "properties": {"a": {key: 10**9}}}]}
+        with pytest.raises(ParamError) as err:
+            check_forced_schema(deep)
+        assert err.value.code == "invalid_request" and err.value.param == "tools" and key in err.value.message
+    with pytest.raises(ParamError):
+        check_forced_schema({"minItems": -5})
