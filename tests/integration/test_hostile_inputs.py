@@ -4,7 +4,8 @@ A requester can put any bytes on chain (`inferd hub request`'s code path: stored
 digest requested). Each hostile sample below is one request; all go out at once, while the miner
 (a separate process, SmolLM2 on the CPU) is still loading, so it also catches up on them. Proves:
 
-* every request is finalized, with an error output document whose code is the expected one and
+* every request is finalized, with an error output document whose code is the expected one (a
+  forced tool call whose schema asks for a billion items once OOM-killed the miner) and
   whose text carries nothing of the node (paths, ports, the local `max_model_len`, vLLM's wording);
 * a good request sent after them all is answered normally;
 * the miner process is the same one throughout (same pid, still running), no job or loop crashed
@@ -72,6 +73,13 @@ def text_doc(body: bytes) -> bytes:
     )
 
 
+def forced(prop: dict[str, Any]) -> dict[str, Any]:
+    """A chat that forces a call to a tool whose parameters schema has `prop` (structured outputs)."""
+    parameters = {"type": "object", "properties": {"a": prop}, "required": ["a"]}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": parameters}}]
+    return chat(tools=tools, tool_choice="required")
+
+
 TOOL_CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "[" * 300_000}}
 
 # (name, input bytes, expected error code, what the message must start with)
@@ -114,6 +122,18 @@ SAMPLES: list[tuple[str, bytes, str, str]] = [
     ),
     ("token-ids-over-cap", enc(completion([[1] * 70_000, [2] * 70_000])), "invalid_request", "prompt: "),
     ("token-id-outside-vocab", enc(completion([10**9])), "invalid_request", "prompt: "),
+    (
+        "forced-schema-unbounded",
+        enc(forced({"type": "array", "minItems": 10**9})),
+        "invalid_request",
+        "tools: ",
+    ),
+    (
+        "forced-schema-unsupported",
+        enc(forced({"type": "array", "uniqueItems": True})),
+        "invalid_request",
+        "tools: ",
+    ),
 ]
 
 
