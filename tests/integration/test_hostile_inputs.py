@@ -7,7 +7,8 @@ digest requested). Each hostile sample below is one request; all go out at once,
 * every request is finalized, with an error output document whose code is the expected one (a
   forced tool call whose schema asks for a billion items once OOM-killed the miner) and
   whose text carries nothing of the node (paths, ports, the local `max_model_len`, vLLM's wording);
-* a good request sent after them all is answered normally;
+* a good request sent after them all is answered normally; a request for an input nobody stored
+  is retried (logged, no crash) and never answered with an error;
 * the miner process is the same one throughout (same pid, still running), no job or loop crashed
   (its log), it exits cleanly on SIGTERM, and its stake is untouched while it earned every fee.
 """
@@ -219,6 +220,8 @@ async def test_hostile_inputs_get_error_documents_and_never_hurt_the_miner(
             sent = await send_request(requester, store, raw, cid, MODEL, FEE)
             assert (await hub.owner.get_request(sent.request_id)).input_digest.hex() == sent.input_digest[2:]
             ids[name] = sent.request_id
+        missing = cid_for_bytes(b"an input nobody ever stored")  # unavailable: retried, never answered
+        unavailable = await send_request(requester, store, None, missing, MODEL, FEE)
         sent_at = time.monotonic()
         outcomes = await miner.watch(
             asyncio.gather(
@@ -240,12 +243,13 @@ async def test_hostile_inputs_get_error_documents_and_never_hurt_the_miner(
         check_outcomes(dict(zip(ids, outcomes, strict=True)), good_outcome, data_dir)
         for rid in [*ids.values(), good.request_id]:  # finalized: submitted before the deadline
             assert (await hub.owner.get_request(rid)).status == RequestStatus.FINALIZED
+        assert (await hub.owner.get_request(unavailable.request_id)).status == RequestStatus.OPEN
         info = await hub.owner.get_miner(miner_address)
         assert info.stake == stake_before and info.active
         assert info.credits == FEE * (len(SAMPLES) + 1)  # paid for every refusal, too
         log = miner.log()
         assert not [event for event in CRASH_EVENTS if event in log], log[-4000:]
-        assert log.count('"miner_started"') == 1
+        assert log.count('"miner_started"') == 1 and '"input_unavailable"' in log
         assert miner.stop() == 0
     finally:
         miner.kill()
