@@ -174,11 +174,11 @@ def _choice_count(parsed: ParsedRequest) -> int:
 
 
 def _relay_live(parsed: ParsedRequest) -> bool:
-    """Live deltas only when the final text is exactly their concatenation (see streaming.py)."""
+    """Live deltas only when the final text is exactly their concatenation (see streaming.py; with
+    tools the engine previews only content its document starts with, and tool calls are buffered)."""
     doc = parsed.document
     if isinstance(doc, ChatInputDocument):
-        p = doc.params
-        return not p.tools and not p.logprobs
+        return not doc.params.logprobs
     cp = doc.params
     return cp.logprobs is None and not cp.echo and (cp.best_of or 1) <= (cp.n or 1)
 

@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from node.gate import MQTT_LIMITS, UntrustedJSON, load_json_object
 from node.gateway.pending import ResultMessage
-from node.gateway.records import Delta
+from node.gateway.records import Delta, ToolCallFragment
 from node.log import get_logger
 from node.stream.connection import Backoff, Broker
 from node.stream.topics import RequestTopic, parse_request_topic, request_filters
@@ -85,18 +85,53 @@ def parse_message(topic: str, payload: bytes) -> Routed | None:
         return None
 
 
+MAX_TOOL_CALLS = 128
+"""Tool-call indexes a delta may name (0 ≤ index < this), and entries one delta may carry."""
+MAX_TOOL_ID_CHARS = 64
+MAX_TOOL_NAME_CHARS = 256
+
+
 def _delta(where: RequestTopic, body: dict[str, Any]) -> Routed:
     seq, choice, delta = body.get("seq"), body.get("choice", 0), body.get("delta")
     if type(seq) is not int or type(choice) is not int or seq < 0 or not 0 <= choice < 1024:
         raise Malformed("bad_delta")
     text = ""
+    fragments: tuple[ToolCallFragment, ...] = ()
     if isinstance(delta, dict):
         value = delta.get("content", delta.get("text"))
         text = value if isinstance(value, str) else ""
+        calls = delta.get("tool_calls")
+        if calls is not None:
+            fragments = _tool_call_fragments(calls)
     elif isinstance(delta, str):
         text = delta
-    routed_delta = Delta(seq=seq, choice=choice, text=text, miner=where.miner)
+    routed_delta = Delta(seq=seq, choice=choice, text=text, miner=where.miner, tool_calls=fragments)
     return Routed(where.chain_id, where.hub, where.request_id, where.miner, delta=routed_delta)
+
+
+def _tool_call_fragments(calls: Any) -> tuple[ToolCallFragment, ...]:
+    """A delta's `tool_calls` entries, checked for shape and bounds (sizes are already bounded by
+    `MQTT_LIMITS`); anything else drops the whole delta (`bad_tool_calls`)."""
+    if not isinstance(calls, list) or len(calls) > MAX_TOOL_CALLS:
+        raise Malformed("bad_tool_calls")
+    return tuple(_fragment(entry) for entry in calls)
+
+
+def _fragment(entry: Any) -> ToolCallFragment:
+    if not isinstance(entry, dict) or not isinstance(function := entry.get("function", {}), dict):
+        raise Malformed("bad_tool_calls")
+    index, call_id, name = entry.get("index"), entry.get("id"), function.get("name")
+    arguments = function.get("arguments", "")
+    if type(index) is not int or not 0 <= index < MAX_TOOL_CALLS or not isinstance(arguments, str):
+        raise Malformed("bad_tool_calls")
+    if entry.get("type", "function") != "function" or (call_id is None) != (name is None):
+        raise Malformed("bad_tool_calls")  # a call starts with both its id and name, or neither
+    if name is not None and not (
+        isinstance(call_id, str) and isinstance(name, str)
+        and 0 < len(call_id) <= MAX_TOOL_ID_CHARS and 0 < len(name) <= MAX_TOOL_NAME_CHARS
+    ):  # fmt: skip
+        raise Malformed("bad_tool_calls")
+    return ToolCallFragment(index=index, id=call_id, name=name, arguments=arguments)
 
 
 def _result(where: RequestTopic, body: dict[str, Any]) -> Routed:
@@ -219,6 +254,7 @@ class DropsCollector(Collector):
 
 __all__ = [
     "MAX_QUEUED_MESSAGES",
+    "MAX_TOOL_CALLS",
     "DropsCollector",
     "Malformed",
     "Routed",

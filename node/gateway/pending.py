@@ -81,7 +81,7 @@ class ResultMessage:
 
 
 def _delta_cost(delta: Delta) -> int:
-    return ITEM_OVERHEAD + len(delta.text.encode("utf-8", "surrogatepass"))
+    return ITEM_OVERHEAD + delta.nbytes
 
 
 def _result_cost(message: ResultMessage) -> int:

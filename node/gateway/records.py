@@ -59,14 +59,49 @@ class VerifiedResult:
 
 
 @dataclass(frozen=True)
+class ToolCallFragment:
+    """One `tool_calls` entry of a streamed delta, OpenAI style: a call's first fragment has `id` and
+    `name` (arguments usually empty), later ones only an `arguments` piece to append."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+    @property
+    def nbytes(self) -> int:
+        parts = (self.id or "", self.name or "", self.arguments)
+        return sum(len(p.encode("utf-8", "surrogatepass")) for p in parts)
+
+    def entry(self) -> dict[str, Any]:
+        """The fragment as a chunk's `delta.tool_calls` entry."""
+        if self.name is None:
+            return {"index": self.index, "function": {"arguments": self.arguments}}
+        return {
+            "index": self.index,
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass(frozen=True)
 class Delta:
-    """One streamed token delta from a miner (unverified until the final result arrives)."""
+    """One streamed delta from a miner (unverified until the final result arrives): a text piece
+    and/or tool-call fragments."""
 
     seq: int
     choice: int
     text: str
     miner: str | None = None
     """Who published it (the MQTT topic's miner level); only an assignee's deltas are relayed."""
+    tool_calls: tuple[ToolCallFragment, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        """What buffering it costs: its text and its fragments' strings, in UTF-8 bytes."""
+        text = len(self.text.encode("utf-8", "surrogatepass"))
+        return text + sum(f.nbytes for f in self.tool_calls)
 
 
-__all__ = ["Delta", "ModelInfo", "Submission", "VerifiedResult"]
+__all__ = ["Delta", "ModelInfo", "Submission", "ToolCallFragment", "VerifiedResult"]

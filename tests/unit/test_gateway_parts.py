@@ -1,12 +1,14 @@
 """Gateway parts without HTTP: the pending registry's ordering and verification rules, MQTT message
-parsing, response -> output document reconstruction (what `inferd verify` hashes), the token
-bucket, and the `inferd gateway keys` CLI."""
+parsing (tool-call fragments included), streamed tool calls (buffered until verified, then sent so
+that a client's reassembly is exactly the document's calls), response -> output document
+reconstruction (what `inferd verify` hashes), the token bucket, and the `inferd gateway keys` CLI."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eth_account import Account
@@ -19,8 +21,10 @@ from node.content.documents import (
     AssistantOutput,
     ChatChoice,
     ChatLogprobs,
+    FunctionCall,
     OutputDocument,
     TokenLogprob,
+    ToolCall,
     TopLogprob,
     Usage,
     to_canonical_bytes,
@@ -30,8 +34,9 @@ from node.gateway.errors import TamperedOutput, UpstreamError, UpstreamTimeout
 from node.gateway.mqtt import parse_message, request_topics
 from node.gateway.pending import PendingRegistry, ResultMessage
 from node.gateway.ratelimit import RateLimiter
-from node.gateway.records import Delta, Submission, VerifiedResult
+from node.gateway.records import Delta, Submission, ToolCallFragment, VerifiedResult
 from node.gateway.responses import build_response
+from node.gateway.streaming import MAX_BUFFERED_CALL_BYTES, reassemble, stream_events
 from node.gateway.verify import ResponseFormatError, output_document_from_response
 from node.stream.topics import delta_topic, result_topic
 
@@ -217,6 +222,161 @@ def test_mqtt_messages_parse_and_garbage_is_ignored() -> None:
     assert parse_message(result_topic(31337, HUB, 5, m), b"not json") is None
     assert parse_message(f"inferd/v1/31337/{HUB}/miner/0xabc", b"{}") is None
     assert parse_message("other/topic", b"{}") is None
+
+
+def test_mqtt_tool_call_fragments_parse_and_bad_shapes_drop_the_delta() -> None:
+    topic = delta_topic(31337, HUB, 5, MINER.address)
+
+    def parsed(calls: object) -> Delta | None:
+        payload = {"seq": 0, "choice": 0, "delta": {"content": "x", "tool_calls": calls}}
+        routed = parse_message(topic, json.dumps(payload).encode())
+        return None if routed is None else routed.delta
+
+    head = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}
+    d = parsed([head, {"index": 0, "function": {"arguments": '{"a":'}}])
+    assert d is not None and d.tool_calls == (
+        ToolCallFragment(0, "call_1", "f", ""),
+        ToolCallFragment(0, arguments='{"a":'),
+    )
+    assert d.nbytes == len("x") + len("call_1") + len("f") + len('{"a":')
+    for bad in (
+        {**head, "index": 128},
+        {**head, "index": -1},
+        {**head, "index": "0"},
+        {**head, "id": None},  # a name without its id
+        {"index": 0, "id": "call_1", "function": {"arguments": ""}},  # an id without a name
+        {**head, "type": "code"},
+        {**head, "function": {"name": "f", "arguments": {"a": 1}}},
+        {**head, "id": "c" * 65},
+        {**head, "function": {"name": "", "arguments": ""}},
+        "call",
+    ):
+        assert parsed([bad]) is None, bad
+    assert parsed(head) is None and parsed([head] * 129) is None
+
+
+def test_reassemble_follows_openai_order() -> None:
+    head, more = ToolCallFragment(0, "c0", "f", "{"), ToolCallFragment(0, arguments="}")
+    assert reassemble([(head,), (more, ToolCallFragment(1, "c1", "g", "{}"))]) == [
+        ("c0", "f", "{}"),
+        ("c1", "g", "{}"),
+    ]
+    assert reassemble([(more,)]) is None  # arguments for a call never opened
+    assert reassemble([(ToolCallFragment(1, "c1", "g", ""),)]) is None  # an index skipped
+    assert reassemble([(head, ToolCallFragment(0, "c0", "f", ""))]) is None  # a call opened twice
+
+
+# ------------------------------------------------------------------ streamed tool calls
+
+CALLS = [("call_" + "a" * 24, "get_weather", '{"city": "Paris"}'), ("call_" + "b" * 24, "get_time", "{}")]
+
+
+def tool_output(sub: Submission, content: str | None = "Let me check.") -> bytes:
+    calls = [ToolCall(id=i, function=FunctionCall(name=n, arguments=a)) for i, n, a in CALLS]
+    doc = OutputDocument(
+        request_id=sub.request_id, input_cid=sub.input_cid, model=sub.model, system_fingerprint="fp",
+        object="chat.completion", created=1_700_000_000,
+        choices=[ChatChoice(index=0, message=AssistantOutput(content=content, tool_calls=calls),
+                            finish_reason="tool_calls")],
+        usage=Usage(prompt_tokens=1, completion_tokens=9, total_tokens=10),
+    )  # fmt: skip
+    return to_canonical_bytes(doc)
+
+
+async def stream_with(deltas: list[Delta], data: bytes) -> list[dict[str, object]]:
+    """The parsed SSE chunks of a stream fed `deltas`, then the verified `data`."""
+    reg, _ = registry()
+    sub = submission()
+    pending = reg.register(sub)
+    for delta in deltas:
+        reg.on_delta(31337, 7, delta)
+    reg.on_result_message(31337, 7, ResultMessage(data, sign(sub, data), MINER.address))
+    events = stream_events("chat", pending, model="m", n=1, include_usage=False, relay_live=True, timeout_s=5)
+    chunks: list[dict[str, object]] = []
+    async for event in events:
+        if not chunks and not event.startswith(b"data: {"):
+            continue
+        if event.startswith(b"data: {"):
+            chunks.append(json.loads(event[len(b"data: ") :]))
+        if len(chunks) == 1 + sum(1 for d in deltas if d.text):  # live text is out: the chain finalizes
+            reg.on_finalized(31337, 7, digest_of(data), "0xf")
+    reg.on_finalized(31337, 7, digest_of(data), "0xf")
+    assert reg.buffered_bytes == 0
+    return chunks
+
+
+def client_view(chunks: list[dict[str, object]]) -> tuple[str, list[tuple[str, str, str]], list[int]]:
+    """What an OpenAI client builds from the chunks: the content, the calls (concatenating arguments
+    per index, as the SDK's stream accumulator does), and which chunks carried tool calls."""
+    from openai.types.chat import ChatCompletionChunk
+
+    content, calls, carriers = "", dict[int, list[str]](), list[int]()
+    for n, raw in enumerate(chunks):
+        chunk = ChatCompletionChunk.model_validate(raw, strict=True)
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            for tc in choice.delta.tool_calls or []:
+                carriers.append(n)
+                call = calls.setdefault(tc.index, ["", "", ""])
+                call[0] += tc.id or ""
+                call[1] += tc.function.name or "" if tc.function else ""
+                call[2] += tc.function.arguments or "" if tc.function else ""
+    return content, [(i, n, a) for i, n, a in (calls[k] for k in sorted(calls))], carriers
+
+
+def live(seq: int, text: str = "", *fragments: ToolCallFragment) -> Delta:
+    return Delta(seq=seq, choice=0, text=text, miner=MINER.address, tool_calls=fragments)
+
+
+MATCHING = [
+    live(0, "Let me "),
+    live(1, "check."),
+    live(2, "", ToolCallFragment(0, CALLS[0][0], "get_weather", "")),
+    live(3, "", ToolCallFragment(0, arguments='{"city": ')),
+    live(
+        4, "", ToolCallFragment(0, arguments='"Paris"}'), ToolCallFragment(1, CALLS[1][0], "get_time", "{}")
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("deltas", "chunks_with_calls"),
+    [
+        (MATCHING, 3),  # the miner's own fragments, replayed once verified
+        ([*MATCHING[:3], live(3, "", ToolCallFragment(0, arguments='{"city": "Rome"}'))], 4),  # diverged
+        (MATCHING[:2], 4),  # no fragments streamed: the document's calls, each head then arguments
+        ([], 4),
+    ],
+    ids=["matching", "diverged", "content-only", "nothing-live"],
+)
+async def test_streamed_tool_calls_add_up_to_the_document(
+    deltas: list[Delta], chunks_with_calls: int
+) -> None:
+    chunks = await stream_with(deltas, tool_output(submission()))
+    content, calls, carriers = client_view(chunks)
+    assert content == "Let me check." and calls == CALLS
+    assert len(set(carriers)) == chunks_with_calls
+    final: Any = chunks[-1]
+    assert (
+        final["choices"][0]["finish_reason"] == "tool_calls"
+        and "tool_calls" not in final["choices"][0]["delta"]
+    )
+    assert max(carriers) < len(chunks) - 1 and "onchain_data" in final
+    if deltas:
+        assert content_chunks(chunks)[0] == "Let me "  # text before the calls is still relayed live
+
+
+def content_chunks(chunks: list[dict[str, Any]]) -> list[str]:
+    return [c["choices"][0]["delta"]["content"] for c in chunks if c["choices"][0]["delta"].get("content")]
+
+
+async def test_tool_call_buffer_is_bounded() -> None:
+    big = "x" * (MAX_BUFFERED_CALL_BYTES // 2)
+    deltas = [live(0, "", ToolCallFragment(0, CALLS[0][0], "get_weather", ""))]
+    deltas += [live(i, "", ToolCallFragment(0, arguments=big)) for i in (1, 2, 3)]
+    chunks = await stream_with(deltas, tool_output(submission(), content=None))
+    assert b"xxxx" not in json.dumps(chunks).encode()
+    assert client_view(chunks)[1] == CALLS
 
 
 # ------------------------------------------------------------------ verify's reconstruction
