@@ -124,6 +124,12 @@ SAMPLES: list[tuple[str, bytes, str, str]] = [
     ("token-ids-over-cap", enc(completion([[1] * 70_000, [2] * 70_000])), "invalid_request", "prompt: "),
     ("token-id-outside-vocab", enc(completion([10**9])), "invalid_request", "prompt: "),
     (
+        "echo-logprobs-over-cap",
+        enc(completion(["hello world " * 600] * 8, echo=True, logprobs=5)),
+        "invalid_request",
+        "echo: ",
+    ),
+    (
         "forced-schema-unbounded",
         enc(forced({"type": "array", "minItems": 10**9})),
         "invalid_request",

@@ -133,3 +133,12 @@ def test_forced_call_schemas_with_unbounded_counts_are_refused() -> None:
         assert err.value.code == "invalid_request" and err.value.param == "tools" and key in err.value.message
     with pytest.raises(ParamError):
         check_forced_schema({"minItems": -5})
+
+
+def test_echo_with_logprobs_is_bounded_in_prompt_tokens() -> None:
+    from node.engine.params import MAX_ECHO_LOGPROB_TOKENS, check_echo_logprobs
+
+    check_echo_logprobs([MAX_ECHO_LOGPROB_TOKENS // 2] * 2)
+    with pytest.raises(ParamError) as err:
+        check_echo_logprobs([2000] * 3)
+    assert err.value.param == "echo" and "6000" in err.value.message
