@@ -16,6 +16,15 @@ producer must write the same document as the same bytes. The rules, defined once
   with `to_canonical_bytes`; a hand-written document with a different key order or `null`s
   therefore gets the canonical CID only after that round trip.
 
+**Versions.** `"v": 1` is every document written before version 2, unchanged (same bytes, same
+CID). Version 2 adds three chat parameters (`V2_PARAMS`): `response_format` (`json_object`, or
+`json_schema` with `name`, `schema`, `strict`, `description`; OpenAI's default `text` is never
+written), `parallel_tool_calls` (only `false` is written: `true` is the default) and
+`reasoning_effort` (`low` / `medium` / `high`). The version rule keeps one request one document: a
+chat document uses a v2 parameter if and only if it is `"v": 2` (a v1 document carrying one, or a
+v2 document carrying none, is a `DocumentError` naming the field); completion documents stay v1.
+Readers accept both versions; writers pick the version with `required_version`.
+
 Validation (`parse_input_document`, `validate_input_document`) follows OpenAI's ranges where OpenAI
 enforces them and raises `DocumentError(field, message)` naming the field as a dotted path
 (`params.temperature`, `messages[2].content`): the gateway answers it as a 400 with `param=field`,
@@ -41,6 +50,11 @@ at the miner), the same on every node whatever its hardware. The values:
   tools (OpenAI's limit), `MAX_STOP` = 4 stop sequences (OpenAI's) of at most `MAX_STOP_CHARS` = 1024
   characters, `MAX_LOGIT_BIAS` = 300 entries, `MAX_PROMPT_TOKEN_IDS` = 131072 token ids over all
   token-id prompts: rendering, tokenizing and per-step sampling costs stay linear and small.
+* A `response_format` JSON schema (v2) is compiled into a grammar by every miner: at most
+  `MAX_SCHEMA_BYTES` = 64 KiB of canonical JSON, `MAX_SCHEMA_PROPERTIES` = 5000 `properties`
+  entries and `MAX_SCHEMA_ENUM_VALUES` = 1000 `enum` values in all (OpenAI's structured-output
+  limits); its depth is bounded by the gate. The engine adds bounds on counts and lengths
+  (`node.engine.params.check_forced_schema`), refused as error documents.
 
 Everything else is bounded by the 1 MiB document limit and `node.gate`'s JSON limits (depth,
 string length, element count), checked before the JSON is parsed.
@@ -76,6 +90,12 @@ from node import gate
 from node.content.errors import MAX_DOCUMENT_BYTES, DocumentError, DocumentTooLarge
 
 DOCUMENT_VERSION = 1
+"""The version of a document that uses no version-2 field (every document written before v2)."""
+DOCUMENT_VERSION_2 = 2
+"""The version of a chat document that uses any of `V2_PARAMS`."""
+SUPPORTED_VERSIONS = (DOCUMENT_VERSION, DOCUMENT_VERSION_2)
+V2_PARAMS = ("response_format", "parallel_tool_calls", "reasoning_effort")
+"""Chat parameters added by version 2: a document uses one of them if and only if it is `"v": 2`."""
 
 # --------------------------------------------------------------------------- protocol caps
 # See the module docstring for why these values; changing one changes which documents are valid.
@@ -93,6 +113,9 @@ MAX_STOP = 4
 MAX_STOP_CHARS = 1024
 MAX_LOGIT_BIAS = 300
 MAX_PROMPT_TOKEN_IDS = 131072
+MAX_SCHEMA_BYTES = 65536
+MAX_SCHEMA_PROPERTIES = 5000
+MAX_SCHEMA_ENUM_VALUES = 1000
 
 # --------------------------------------------------------------------------- canonical JSON
 
@@ -269,6 +292,70 @@ def _tool_choice_shape(value: Any) -> Any:
 ToolChoice = Annotated[
     Literal["none", "auto", "required"] | NamedToolChoice, BeforeValidator(_tool_choice_shape)
 ]
+
+
+def check_schema_size(schema: JsonValue) -> str | None:
+    """Why a JSON schema is over the schema caps (bytes, `properties` entries, `enum` values), or None.
+
+    Iterative (no recursion on requester data); the gate has already bounded its depth.
+    """
+    size = len(canonical_json(schema))
+    if size > MAX_SCHEMA_BYTES:
+        return f"the schema is {size} bytes as canonical JSON, over the limit of {MAX_SCHEMA_BYTES}"
+    properties = enums = 0
+    stack: list[JsonValue] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if key == "properties" and isinstance(value, dict):
+                    properties += len(value)
+                elif key == "enum" and isinstance(value, list):
+                    enums += len(value)
+                stack.append(value)
+    if properties > MAX_SCHEMA_PROPERTIES:
+        return f"the schema has {properties} properties in all, over the limit of {MAX_SCHEMA_PROPERTIES}"
+    if enums > MAX_SCHEMA_ENUM_VALUES:
+        return f"the schema has {enums} enum values in all, over the limit of {MAX_SCHEMA_ENUM_VALUES}"
+    return None
+
+
+class JsonSchemaSpec(_Doc):
+    """`response_format.json_schema`: OpenAI's named schema; `strict` is kept as data (always enforced)."""
+
+    name: ToolName
+    description: str | None = None
+    schema_: Annotated[dict[str, JsonValue] | None, Field(alias="schema")] = None
+    strict: bool | None = None
+
+    # `schema` would shadow BaseModel.schema: the field is `schema_`, read and written as `schema`
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, serialize_by_alias=True)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> JsonSchemaSpec:
+        if self.schema_ is not None and (why := check_schema_size(self.schema_)) is not None:
+            raise _FieldError("schema", why)
+        return self
+
+
+class JsonObjectFormat(_Doc):
+    """JSON mode: the output is one JSON object (enforced by a grammar)."""
+
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(_Doc):
+    """Structured outputs: the output is JSON valid against `json_schema.schema` (enforced by a grammar)."""
+
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
+"""`text`, OpenAI's default, is never written: the gateway drops it, so it has the CID of no format."""
+ReasoningEffort = Literal["low", "medium", "high"]
 StopText = Annotated[str, StringConstraints(max_length=MAX_STOP_CHARS)]
 Stop = StopText | Annotated[list[StopText], Field(min_length=1, max_length=MAX_STOP)]
 
@@ -295,11 +382,27 @@ class ChatParams(_Params):
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: ToolChoice | None = None
+    # version 2 (see V2_PARAMS)
+    response_format: ResponseFormat | None = None
+    parallel_tool_calls: Literal[False] | None = None
+    reasoning_effort: ReasoningEffort | None = None
+
+    def v2_fields(self) -> list[str]:
+        """The version-2 parameters this document sets (empty: it is a version-1 document)."""
+        return [name for name in V2_PARAMS if getattr(self, name) is not None]
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ChatParams:
         if self.top_logprobs is not None and self.logprobs is not True:
             raise _FieldError("top_logprobs", "requires logprobs to be true")
+        if self.parallel_tool_calls is not None and not self.tools:
+            raise _FieldError("parallel_tool_calls", "is only allowed when tools are given")
+        if self.response_format is not None and self.tools and self.tool_choice in (None, "auto"):
+            raise _FieldError(
+                "response_format",
+                "cannot be enforced while the model may either call a tool or answer (tool_choice auto); "
+                "set tool_choice to 'none', 'required' or a named function",
+            )
         if self.tool_choice is not None and self.tool_choice != "none" and not self.tools:
             raise _FieldError("tool_choice", "is only allowed when tools are given")
         if isinstance(self.tool_choice, NamedToolChoice):
@@ -332,7 +435,7 @@ class CompletionParams(_Params):
 class ChatInputDocument(_Doc):
     """A Chat Completions request: `messages` rendered through the model's chat template."""
 
-    v: Literal[1] = 1
+    v: Literal[1, 2] = 1
     type: Literal["chat"] = "chat"
     model: NonEmptyStr
     messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
@@ -341,7 +444,22 @@ class ChatInputDocument(_Doc):
     @model_validator(mode="after")
     def _bounded_work(self) -> ChatInputDocument:
         _check_work(1, self.params.n or 1, self.params.max_tokens, "params.n")
+        _check_version(self.v, self.params.v2_fields())
         return self
+
+
+def required_version(params: dict[str, Any]) -> int:
+    """The `v` a chat document with these (request-shaped) params must carry: the version rule."""
+    v2 = any(params.get(name) is not None for name in V2_PARAMS)
+    return DOCUMENT_VERSION_2 if v2 else DOCUMENT_VERSION
+
+
+def _check_version(v: int, v2_fields: list[str]) -> None:
+    """One request, one document: v2 fields need `v: 2`, and `v: 2` needs a v2 field."""
+    if v == DOCUMENT_VERSION and v2_fields:
+        raise _FieldError(f"params.{v2_fields[0]}", 'is a version-2 field: the document must be "v": 2')
+    if v == DOCUMENT_VERSION_2 and not v2_fields:
+        raise _FieldError("v", f"must be 1 for a document that uses none of {', '.join(V2_PARAMS)}")
 
 
 def _prompt_shape(value: Any) -> Any:
@@ -676,9 +794,11 @@ def validate_input_document(obj: Any) -> InputDocument:
     if not isinstance(obj, dict):
         raise DocumentError("", "an input document must be a JSON object")
     v = obj.get("v")
-    if v != DOCUMENT_VERSION or isinstance(v, bool):
-        raise DocumentError("v", f"must be {DOCUMENT_VERSION}, got {v!r}")
+    if v not in SUPPORTED_VERSIONS or isinstance(v, bool):
+        raise DocumentError("v", f"must be one of {', '.join(map(str, SUPPORTED_VERSIONS))}, got {v!r}")
     kind = obj.get("type")
+    if kind == "completion" and v != DOCUMENT_VERSION:
+        raise DocumentError("v", f"must be {DOCUMENT_VERSION} for a completion document, got {v!r}")
     model: type[ChatInputDocument] | type[CompletionInputDocument]
     if kind == "chat":
         model = ChatInputDocument
@@ -710,6 +830,7 @@ def parse_output_document(raw: bytes) -> OutputDocument:
 
 __all__ = [
     "DOCUMENT_VERSION",
+    "DOCUMENT_VERSION_2",
     "MAX_BEST_OF",
     "MAX_CONTENT_PARTS",
     "MAX_LOGIT_BIAS",
@@ -717,12 +838,17 @@ __all__ = [
     "MAX_N",
     "MAX_PROMPTS",
     "MAX_PROMPT_TOKEN_IDS",
+    "MAX_SCHEMA_BYTES",
+    "MAX_SCHEMA_ENUM_VALUES",
+    "MAX_SCHEMA_PROPERTIES",
     "MAX_SEQUENCES",
     "MAX_STOP",
     "MAX_STOP_CHARS",
     "MAX_TOKENS",
     "MAX_TOOLS",
     "MAX_TOTAL_TOKENS",
+    "SUPPORTED_VERSIONS",
+    "V2_PARAMS",
     "AssistantMessage",
     "AssistantOutput",
     "ChatChoice",
@@ -740,12 +866,17 @@ __all__ = [
     "FunctionCall",
     "FunctionDefinition",
     "InputDocument",
+    "JsonObjectFormat",
+    "JsonSchemaFormat",
+    "JsonSchemaSpec",
     "Message",
     "NamedFunction",
     "NamedToolChoice",
     "OutputDocument",
     "OutputError",
     "OutputObject",
+    "ReasoningEffort",
+    "ResponseFormat",
     "SystemMessage",
     "TextPart",
     "TokenLogprob",
@@ -757,11 +888,13 @@ __all__ = [
     "Usage",
     "UserMessage",
     "canonical_json",
+    "check_schema_size",
     "default_max_tokens",
     "load_json",
     "parse_input_document",
     "parse_output_document",
     "prompt_count",
+    "required_version",
     "sequence_count",
     "to_canonical_bytes",
     "validate_input_document",

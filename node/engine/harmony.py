@@ -10,7 +10,8 @@ tiktoken publishes for that file, and stores it in the cache. `use_o200k_vocab` 
 Rendering: system/developer messages become the developer instructions, tools the developer's
 function tools, earlier tool calls `commentary` messages to `functions.NAME`, tool results messages
 from `functions.NAME`. Parsing: `analysis` is reasoning, `final` the content, a message to
-`functions.NAME` a tool call. The system message carries no date (determinism).
+`functions.NAME` a tool call. The system message carries no date (determinism) and the document's
+`reasoning_effort` (low / medium / high; harmony's own default when absent).
 """
 
 from __future__ import annotations
@@ -165,7 +166,12 @@ class HarmonyFormat:
             ToolDescription,
         )
 
-        out: list[Any] = [Message.from_role_and_content(Role.SYSTEM, SystemContent.new())]
+        system = SystemContent.new()
+        if doc.params.reasoning_effort is not None:
+            from openai_harmony import ReasoningEffort
+
+            system = system.with_reasoning_effort(ReasoningEffort(doc.params.reasoning_effort.capitalize()))
+        out: list[Any] = [Message.from_role_and_content(Role.SYSTEM, system)]
         instructions = [
             content_text(m.content) for m in doc.messages if isinstance(m, SystemMessage | DeveloperMessage)
         ]

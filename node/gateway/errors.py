@@ -72,6 +72,24 @@ class InvalidRequest(GatewayError):
     code = "invalid_value"
 
 
+class UnsupportedParameter(InvalidRequest):
+    """400: a parameter OpenAI accepts that this network cannot honour (never silently ignored)."""
+
+    code = "unsupported_parameter"
+
+    def __init__(self, param: str, why: str) -> None:
+        super().__init__(f"Unsupported parameter: '{param}' is not supported here: {why}", param=param)
+
+
+class UnsupportedValue(InvalidRequest):
+    """400: a value OpenAI accepts for a parameter that this network cannot honour."""
+
+    code = "unsupported_value"
+
+    def __init__(self, param: str, value: object, why: str) -> None:
+        super().__init__(f"Unsupported value: '{param}' does not support {value!r} here: {why}", param=param)
+
+
 class AuthenticationError(GatewayError):
     """401: no API key, or an unknown or revoked one."""
 
@@ -273,6 +291,8 @@ __all__ = [
     "RateLimited",
     "ServiceUnavailable",
     "TamperedOutput",
+    "UnsupportedParameter",
+    "UnsupportedValue",
     "UpstreamError",
     "UpstreamTimeout",
     "error_response",

@@ -7,6 +7,22 @@ The input document's pydantic models (shared with the miner) hold every range ch
 only separates the transport fields (`stream`, `stream_options`, `chain_id`) from the parameters
 that go on chain, rejects unknown arguments the way OpenAI does, and maps `DocumentError` paths
 (`params.temperature`) back to the request's own names (`temperature`).
+
+**Normalisation** (the documents stay strict; the leniency lives here). Applications pass
+OpenAI's own response objects back: `messages.append(reply.choices[0].message)` (the SDK sends
+the fields it received: `refusal: null`, our `reasoning_content`), `message.model_dump()` (every
+field: `annotations`, `audio`, `function_call`, `tool_calls` as null), or a plain dict. Each is
+reduced to the same message before the document is built, so the document and its CID do not
+depend on how the client echoed the turn: nulls, empty lists and response-only fields
+(`annotations`, `reasoning_content`, `reasoning`, the SDK's `parsed` / `parsed_arguments`) are
+dropped, `content: ""` beside tool calls is no content, a refusal without content is the content.
+Defaults are dropped the same way (`response_format` `text`, `parallel_tool_calls` true, and
+`parallel_tool_calls` without tools), so they never change the CID or the document version.
+A message field that would change the answer and cannot be honoured (`audio`, `function_call`)
+and request parameters OpenAI accepts that this network cannot honour answer OpenAI's
+`unsupported_parameter` / `unsupported_value` naming the parameter; hints with no effect on the
+output (`prompt_cache_key`, `safety_identifier`, `store: false`, `service_tier: auto`) are accepted
+and not put on chain. Anything else unknown stays a 400 `unknown_parameter`, as at OpenAI.
 """
 
 from __future__ import annotations
@@ -18,22 +34,49 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict
 
 from node.content.documents import (
+    V2_PARAMS,
     ChatParams,
     CompletionParams,
     InputDocument,
+    required_version,
     to_canonical_bytes,
     validate_input_document,
 )
 from node.content.documents import load_json as load_document_json
 from node.content.errors import DocumentError, DocumentTooLarge
 from node.gate import HTTP_BODY_LIMITS, UntrustedJSON, load_json_object
-from node.gateway.errors import BodyTimeout, InvalidRequest, PayloadTooLarge
+from node.gateway.errors import (
+    BodyTimeout,
+    InvalidRequest,
+    PayloadTooLarge,
+    UnsupportedParameter,
+    UnsupportedValue,
+)
 
 Kind = Literal["chat", "completion"]
 
 _TRANSPORT = frozenset({"model", "stream", "stream_options", "chain_id"})
 _CHAT_ONLY = frozenset({"messages", "max_completion_tokens"})
 _COMPLETION_ONLY = frozenset({"prompt"})
+
+_UNSUPPORTED_CHAT_PARAMS = {
+    "audio": "models here answer in text only",
+    "functions": "the deprecated functions API is not served; pass tools",
+    "function_call": "the deprecated functions API is not served; pass tool_choice",
+    "prediction": "predicted outputs are not available",
+    "web_search_options": "web search is not available",
+    "metadata": "completions are not stored for later retrieval (store)",
+    "verbosity": "no served model takes a verbosity setting",
+}
+"""Chat parameters OpenAI accepts that change the answer or need a service the network lacks."""
+_ACCEPTED_CHAT = frozenset({"store", "service_tier", "modalities"})
+"""Accepted with the values that need nothing the network lacks (`_check_hints`), not on chain."""
+_HINT_PARAMS = frozenset({"prompt_cache_key", "prompt_cache_retention", "safety_identifier"})
+"""Caching and abuse-monitoring hints: no effect on the output, accepted as strings, not on chain."""
+_SERVICE_TIERS_OK = ("auto", "default")
+_EFFORTS_UNSUPPORTED = ("none", "minimal", "xhigh")
+_RESPONSE_ONLY_FIELDS = ("annotations", "reasoning_content", "reasoning", "parsed")
+"""Fields of OpenAI's (or this gateway's) response message that carry no input: dropped."""
 
 
 class ParsedRequest(BaseModel):
@@ -146,6 +189,134 @@ def _check_unknown(body: dict[str, Any], allowed: frozenset[str]) -> None:
         )
 
 
+# --------------------------------------------------------------------------- normalisation
+
+
+def _drop_nulls(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def _normalize_tool_call(call: Any) -> Any:
+    if not isinstance(call, dict):
+        return call
+    call = _drop_nulls(call)
+    function = call.get("function")
+    if isinstance(function, dict):
+        call["function"] = {k: v for k, v in _drop_nulls(function).items() if k != "parsed_arguments"}
+    return call
+
+
+def _normalize_assistant(msg: dict[str, Any], where: str) -> dict[str, Any]:
+    for name in _RESPONSE_ONLY_FIELDS:
+        msg.pop(name, None)
+    if "audio" in msg:
+        raise UnsupportedParameter(f"{where}.audio", "audio messages cannot be replayed; send text content")
+    if "function_call" in msg:
+        raise UnsupportedParameter(
+            f"{where}.function_call", "the deprecated function_call form is not served; send tool_calls"
+        )
+    calls = msg.get("tool_calls")
+    if isinstance(calls, list):
+        if calls:
+            msg["tool_calls"] = [_normalize_tool_call(c) for c in calls]
+        else:
+            del msg["tool_calls"]
+    if msg.get("content") == "" and msg.get("tool_calls"):
+        del msg["content"]
+    refusal = msg.pop("refusal", None)
+    if isinstance(refusal, str) and refusal:
+        if msg.get("content") not in (None, ""):
+            raise UnsupportedValue(
+                f"{where}.refusal", refusal, "a message carries either a refusal or content, not both"
+            )
+        msg["content"] = refusal
+    elif refusal not in (None, ""):
+        raise InvalidRequest(f"{where}.refusal: must be a string or null", param=f"{where}.refusal")
+    return msg
+
+
+def normalize_message(message: Any, index: int) -> Any:
+    """One request message as the document wants it (see the module docstring); non-dicts pass."""
+    if not isinstance(message, dict):
+        return message
+    where = f"messages[{index}]"
+    if message.get("role") == "function":
+        raise UnsupportedValue(
+            f"{where}.role", "function", "the deprecated function role is not served; use role tool"
+        )
+    msg = _drop_nulls(message)
+    if msg.get("role") == "assistant":
+        msg = _normalize_assistant(msg, where)
+    return msg
+
+
+def normalize_messages(messages: Any) -> Any:
+    """Every message normalised; anything but a list is left for the document to refuse."""
+    if not isinstance(messages, list):
+        return messages
+    return [normalize_message(m, i) for i, m in enumerate(messages)]
+
+
+def _check_hints(body: dict[str, Any]) -> None:
+    """Parameters accepted without effect on the answer (not put on chain), or refused by value."""
+    for name in _HINT_PARAMS:
+        value = body.get(name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(f"{name}: must be a string", param=name)
+    store = body.get("store")
+    if store is not None and not isinstance(store, bool):
+        raise InvalidRequest("store: must be a boolean", param="store")
+    if store:
+        raise UnsupportedValue("store", True, "completions are not stored for later retrieval")
+    tier = body.get("service_tier")
+    if tier is not None and tier not in _SERVICE_TIERS_OK:
+        raise UnsupportedValue("service_tier", tier, "the network has one tier; send 'auto' or 'default'")
+    modalities = body.get("modalities")
+    if modalities is not None and modalities != ["text"]:
+        raise UnsupportedValue("modalities", modalities, "models here answer in text only; send ['text']")
+
+
+def _check_unsupported(body: dict[str, Any]) -> None:
+    for name, why in _UNSUPPORTED_CHAT_PARAMS.items():
+        if body.get(name) is not None:
+            raise UnsupportedParameter(name, why)
+    _check_hints(body)
+
+
+def _response_format(value: Any) -> Any:
+    """`text` (OpenAI's default) is no format; anything else is left for the document to check."""
+    if isinstance(value, dict) and value.get("type") == "text" and set(value) == {"type"}:
+        return None
+    return value
+
+
+def _v2_params(body: dict[str, Any], params: dict[str, Any]) -> None:
+    """Version-2 parameters into `params`, defaults dropped (see the module docstring)."""
+    fmt = _response_format(body.get("response_format"))
+    if fmt is not None:
+        params["response_format"] = fmt
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise InvalidRequest("parallel_tool_calls: must be a boolean", param="parallel_tool_calls")
+    if parallel is False and body.get("tools"):
+        params["parallel_tool_calls"] = False
+    effort = body.get("reasoning_effort")
+    if effort in _EFFORTS_UNSUPPORTED:
+        raise UnsupportedValue("reasoning_effort", effort, "served reasoning models take low, medium or high")
+    if effort is not None:
+        params["reasoning_effort"] = effort
+
+
+def _max_tokens(body: dict[str, Any], params: dict[str, Any]) -> None:
+    """`max_completion_tokens` wins over the deprecated `max_tokens` when both are given (OpenAI)."""
+    mct = body.get("max_completion_tokens")
+    if mct is not None:
+        params["max_tokens"] = mct
+
+
+# --------------------------------------------------------------------------- documents
+
+
 def _build(kind: Kind, doc: dict[str, Any], body: dict[str, Any]) -> ParsedRequest:
     stream, include_usage, chain_id = _transport(body)
     try:
@@ -172,27 +343,30 @@ def _build(kind: Kind, doc: dict[str, Any], body: dict[str, Any]) -> ParsedReque
 
 def parse_chat_request(body: dict[str, Any]) -> ParsedRequest:
     """`POST /v1/chat/completions` body -> chat input document (400 with `param` on any problem)."""
-    params_fields = frozenset(ChatParams.model_fields)
-    _check_unknown(body, _TRANSPORT | _CHAT_ONLY | params_fields)
+    params_fields = frozenset(ChatParams.model_fields) - frozenset(V2_PARAMS)
+    allowed = _TRANSPORT | _CHAT_ONLY | params_fields | frozenset(V2_PARAMS)
+    _check_unknown(body, allowed | frozenset(_UNSUPPORTED_CHAT_PARAMS) | _HINT_PARAMS | _ACCEPTED_CHAT)
+    _check_unsupported(body)
     if "messages" not in body:
         raise InvalidRequest(
             "you must provide a messages parameter", param="messages", code="missing_required_parameter"
         )
     params = {k: v for k, v in body.items() if k in params_fields and v is not None}
-    mct = body.get("max_completion_tokens")
-    if mct is not None:
-        if "max_tokens" in params and params["max_tokens"] != mct:
-            raise InvalidRequest(
-                "max_tokens and max_completion_tokens disagree; send one of them",
-                param="max_completion_tokens",
-            )
-        params["max_tokens"] = mct
-    doc = {"v": 1, "type": "chat", "model": body.get("model"), "messages": body["messages"], "params": params}
+    _max_tokens(body, params)
+    _v2_params(body, params)
+    doc = {
+        "v": required_version(params),
+        "type": "chat",
+        "model": body.get("model"),
+        "messages": normalize_messages(body["messages"]),
+        "params": params,
+    }
     try:
         return _build("chat", doc, body)
     except InvalidRequest as exc:
-        if exc.param == "max_tokens" and mct is not None and "max_tokens" not in body:
+        if exc.param == "max_tokens" and body.get("max_completion_tokens") is not None:
             exc.param = "max_completion_tokens"
+            exc.message = exc.message.replace("max_tokens", "max_completion_tokens", 1)
         raise
 
 
@@ -221,6 +395,8 @@ def parse_completion_request(body: dict[str, Any]) -> ParsedRequest:
 __all__ = [
     "Kind",
     "ParsedRequest",
+    "normalize_message",
+    "normalize_messages",
     "parse_chat_request",
     "parse_completion_request",
     "parse_json_body",
