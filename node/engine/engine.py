@@ -43,11 +43,13 @@ from node.content.documents import (
     ChatChoice,
     ChatInputDocument,
     ChatLogprobs,
+    ChatParams,
     CompletionChoice,
     CompletionInputDocument,
     CompletionLogprobs,
     FinishReason,
     InputDocument,
+    JsonSchemaFormat,
     NamedToolChoice,
     OutputDocument,
     OutputError,
@@ -71,6 +73,7 @@ from node.engine.params import (
     chat_sampling,
     check_echo_logprobs,
     check_forced_schema,
+    check_schema_bounds,
     completion_sampling,
     seed_from_digest,
 )
@@ -95,17 +98,17 @@ _CONTEXT_HINTS = ("maximum model length", "max_model_len", "context length", "ma
 _SCHEMA_HINTS = ("json", "schema", "grammar", "structured output", "xgrammar", "guided")
 
 
-def refusal(exc: BaseException) -> ParamError:
-    """vLLM's refusal of one request as a fixed code and message (never its text, see module doc)."""
+def refusal(exc: BaseException, schema_param: str = "tools") -> ParamError:
+    """vLLM's refusal of one request as a fixed code and message (never its text, see module doc).
+
+    `schema_param` is where the job's grammar came from: `tools` (a forced call) or `response_format`.
+    """
     text = str(exc).lower()
     if any(hint in text for hint in _CONTEXT_HINTS):
         return ParamError("context_length_exceeded", CONTEXT_EXCEEDED)
     if any(hint in text for hint in _SCHEMA_HINTS):
-        return ParamError(
-            "invalid_request",
-            "the function's parameters schema cannot be enforced as structured output",
-            "tools",
-        )
+        what = "the function's parameters schema" if schema_param == "tools" else "the response_format schema"
+        return ParamError("invalid_request", f"{what} cannot be enforced as structured output", schema_param)
     return ParamError("input_unprocessable", UNPROCESSABLE)
 
 
@@ -182,7 +185,9 @@ def engine_args(
 
     Structured outputs (forced tool calls) use xgrammar only: with vLLM's `auto` a schema xgrammar
     refuses falls back to llguidance, where `{"minItems": 1000000000}` took 17 GiB in the miner's
-    own process (OOM-killed). A schema xgrammar cannot compile is refused (`refusal`).
+    own process (OOM-killed). A schema xgrammar cannot compile is refused (`refusal`). JSON is
+    generated compact (`disable_any_whitespace`): a small model under a grammar that allows any
+    whitespace can spend its whole budget on newlines, and compact output is one spelling.
     """
     from vllm.config import StructuredOutputsConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
@@ -202,7 +207,7 @@ def engine_args(
         enable_prefix_caching=not strict,
         max_num_batched_tokens=max(settings.max_model_len, 2048) if strict else None,
         disable_log_stats=True,
-        structured_outputs_config=StructuredOutputsConfig(backend="xgrammar"),
+        structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
     )
 
 
@@ -228,6 +233,8 @@ class _Job:
     tool_names: set[str] = field(default_factory=set)
     echo: bool = False
     want_logprobs: bool = False
+    schema_param: str = "tools"  # the parameter a refused grammar came from
+    single_call: bool = False  # parallel_tool_calls false: at most one tool call per choice
 
     @property
     def is_chat(self) -> bool:
@@ -452,11 +459,23 @@ class Engine:
         stop_ids: list[int] = []
         mode: ParseMode = "plain"
         schema = None
+        json_object = False
+        schema_param = "tools"
         if self._harmony is not None:
+            if params.response_format is not None:
+                raise ParamError(
+                    "unsupported_parameter",
+                    "this model's harmony format cannot be held to a response format yet",
+                    "response_format",
+                )
             ids = self._harmony.render(doc)
             stop_ids = self._harmony.stop_token_ids()
             mode = "harmony"
         else:
+            if params.reasoning_effort is not None:
+                raise ParamError(
+                    "unsupported_parameter", "this model is not a reasoning model", "reasoning_effort"
+                )
             if self._template is None:
                 raise ParamError(
                     "unsupported_model", "this model has no chat template; use completions", "messages"
@@ -470,6 +489,9 @@ class Engine:
                     check_forced_schema(schema)
                 else:
                     mode = "tools"
+            else:
+                schema, json_object = _response_format_grammar(params)
+                schema_param = "response_format"
         spec = chat_sampling(
             params,
             prompt_tokens=len(ids),
@@ -478,6 +500,7 @@ class Engine:
             default_seed=default_seed,
             default_max_tokens=default_max_tokens(doc),
             json_schema=schema,
+            json_object=json_object,
             stop_token_ids=stop_ids,
             skip_special_tokens=mode != "harmony" and (mode != "tools" or self._tool_skip_special()),
         )
@@ -490,6 +513,8 @@ class Engine:
             mode=mode,
             tool_names={t.function.name for t in tools},
             want_logprobs=bool(params.logprobs),
+            schema_param=schema_param,
+            single_call=params.parallel_tool_calls is False,
         )
 
     def _prepare_completion(self, doc: CompletionInputDocument, digest: bytes, default_seed: int) -> _Job:
@@ -563,6 +588,8 @@ class Engine:
         kwargs = spec.kwargs()
         if spec.json_schema is not None:
             kwargs["structured_outputs"] = StructuredOutputsParams(json=spec.json_schema)
+        elif spec.json_object:
+            kwargs["structured_outputs"] = StructuredOutputsParams(json_object=True)
         return SamplingParams(**kwargs)
 
     async def _run(self, job: _Job, meta: dict[str, Any]) -> AsyncGenerator[StreamItem, None]:
@@ -575,7 +602,7 @@ class Engine:
         try:
             sampling = self._sampling_params(job.spec)
         except (ValueError, VLLMClientError) as exc:
-            raise refusal(exc) from exc
+            raise refusal(exc, job.schema_param) from exc
         queue: asyncio.Queue[tuple[int, Any] | tuple[int, BaseException] | tuple[int, None]] = asyncio.Queue()
         tag = job.digest[:6].hex()
 
@@ -597,7 +624,8 @@ class Engine:
         prompt_lps: dict[int, Any] = {}
         sent: dict[int, str] = {}
         stream_text = job.mode == "plain" and job.spec.best_of is None
-        stream_tools = job.mode == "tools" and job.spec.best_of is None
+        # one call kept of several (parallel_tool_calls false) is known only at the end: no live calls
+        stream_tools = job.mode == "tools" and job.spec.best_of is None and not job.single_call
         live: dict[int, tool_parsers.ToolCallStream] = {}
         n = job.spec.n
         try:
@@ -608,7 +636,7 @@ class Engine:
                     pending -= 1
                     continue
                 if isinstance(item, BaseException):
-                    raise self._failure(item, EngineDeadError) from item
+                    raise self._failure(item, EngineDeadError, job.schema_param) from item
                 for comp in item.outputs:
                     finals[index][comp.index] = comp
                 if item.prompt_logprobs is not None:
@@ -680,7 +708,7 @@ class Engine:
         call_id = functools.partial(chat.tool_call_id, job.digest, choice)
         return self._tool_parser.stream(_tools_of(job), call_id)
 
-    def _failure(self, exc: BaseException, dead: type[BaseException]) -> Exception:
+    def _failure(self, exc: BaseException, dead: type[BaseException], schema_param: str) -> Exception:
         """EngineError when the engine itself is gone; otherwise vLLM refused this one request."""
         llm = self._llm
         if isinstance(exc, (dead, MemoryError)) or llm is None or bool(getattr(llm, "errored", False)):
@@ -688,7 +716,7 @@ class Engine:
         if not isinstance(exc, Exception):
             return EngineError(f"generation interrupted: {type(exc).__name__}")
         cause = exc.__cause__
-        return refusal(cause if isinstance(cause, ValueError) else exc)
+        return refusal(cause if isinstance(cause, ValueError) else exc, schema_param)
 
     # ----------------------------------------------------------------------- building documents
 
@@ -751,6 +779,8 @@ class Engine:
             parsed = chat.parse_forced_call(text, job.tool_names)
         else:
             parsed = chat.ParsedOutput(content=text)
+        if job.single_call:
+            parsed.tool_calls = parsed.tool_calls[:1]  # the first, as parsed: the same on every miner
         calls = chat.make_tool_calls(parsed, job.digest, index)
         finish: FinishReason = _finish(comp.finish_reason)
         if calls and finish != "length":
@@ -845,6 +875,18 @@ class Engine:
             key=lambda x: x[1].rank,
         )
         tops.append({self._token_text(tid, e): _clamp(e.logprob) for tid, e in ranked[:k]})
+
+
+def _response_format_grammar(params: ChatParams) -> tuple[dict[str, Any] | None, bool]:
+    """`response_format` as structured outputs: (JSON schema, json_object); bounded like forced calls."""
+    fmt = params.response_format
+    if fmt is None:
+        return None, False
+    if isinstance(fmt, JsonSchemaFormat) and fmt.json_schema.schema_ is not None:
+        schema = dict(fmt.json_schema.schema_)
+        check_schema_bounds(schema, "the response_format schema", "response_format")
+        return schema, False
+    return None, True  # json_object, or json_schema without a schema: any JSON object
 
 
 def _tools_of(job: _Job) -> list[Tool]:

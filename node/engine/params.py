@@ -14,6 +14,7 @@ The result is plain data (`SamplingSpec`), so the mapping is unit-tested without
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +62,8 @@ class SamplingSpec:
     logprobs: int | None = None  # top-k per generated token (0: only the sampled token's)
     prompt_logprobs: int | None = None  # legacy completions with echo + logprobs
     logit_bias: dict[int, float] | None = None
-    json_schema: dict[str, Any] | None = None  # forced tool call (structured outputs)
+    json_schema: dict[str, Any] | None = None  # forced tool call or response_format (structured outputs)
+    json_object: bool = False  # response_format json_object (or json_schema without a schema)
     best_of: int | None = None  # candidates generated; the n best by mean logprob are kept
     stop_token_ids: list[int] = field(default_factory=list)
     skip_special_tokens: bool = True
@@ -122,11 +124,26 @@ MAX_SCHEMA_BOUND = 4096
 time per unit (100000 characters of `maxLength` is seconds), and an unbounded one is refused."""
 
 
-def check_forced_schema(schema: Any) -> None:
-    """ParamError when a forced call's JSON schema asks the grammar compiler for unbounded work.
+_QUANTIFIER = re.compile(r"\{([0-9]{1,12})(?:,([0-9]{0,12}))?\}")
 
-    The schema is a requester's `tools[].function.parameters` (depth already bounded by the gate);
-    only structured outputs compile it, so this check applies to forced tool calls alone.
+
+def _pattern_repeats(pattern: str) -> int:
+    """The product of a regex's `{n}` / `{n,m}` bounds: what nested repeats can multiply up to."""
+    product = 1
+    for low, high in _QUANTIFIER.findall(pattern):
+        product *= max(int(low), int(high or 0), 1)
+        if product > MAX_SCHEMA_BOUND:
+            break
+    return product
+
+
+def check_schema_bounds(schema: Any, what: str, param: str) -> None:
+    """ParamError when a JSON schema asks the grammar compiler for unbounded work.
+
+    A requester's schema (`tools[].function.parameters` of a forced call, a `response_format`
+    schema; depth already bounded by the gate) is compiled into a grammar by every miner: counts
+    and lengths (`SCHEMA_BOUND_KEYWORDS`) and the repeats a `pattern` can multiply to are bounded
+    by `MAX_SCHEMA_BOUND`. `what` names the schema in the message, `param` the parameter.
     """
     stack = [schema]
     while stack:
@@ -135,15 +152,25 @@ def check_forced_schema(schema: Any) -> None:
             stack.extend(node)
         elif isinstance(node, dict):
             for key, value in node.items():
+                if key == "pattern" and isinstance(value, str) and _pattern_repeats(value) > MAX_SCHEMA_BOUND:
+                    raise ParamError(
+                        "invalid_request",
+                        f"{what} has a pattern whose repeats multiply over the limit of {MAX_SCHEMA_BOUND}",
+                        param,
+                    )
                 bad = key in SCHEMA_BOUND_KEYWORDS and isinstance(value, int | float)
                 if bad and not -1 < value <= MAX_SCHEMA_BOUND:
                     raise ParamError(
                         "invalid_request",
-                        f"a function's parameters schema has {key} {value}, over the limit of "
-                        f"{MAX_SCHEMA_BOUND} for a forced tool call",
-                        "tools",
+                        f"{what} has {key} {value}, over the limit of {MAX_SCHEMA_BOUND}",
+                        param,
                     )
                 stack.append(value)
+
+
+def check_forced_schema(schema: Any) -> None:
+    """`check_schema_bounds` for a forced tool call's schema (blames `tools`)."""
+    check_schema_bounds(schema, "a function's parameters schema for a forced tool call", "tools")
 
 
 def _context_left(prompt_tokens: int, max_model_len: int) -> int:
@@ -214,6 +241,7 @@ def chat_sampling(
     default_seed: int,
     default_max_tokens: int = MAX_TOKENS,
     json_schema: dict[str, Any] | None = None,
+    json_object: bool = False,
     stop_token_ids: list[int] | None = None,
     skip_special_tokens: bool = True,
 ) -> SamplingSpec:
@@ -237,6 +265,7 @@ def chat_sampling(
         **common,
         logprobs=logprobs,
         json_schema=json_schema,
+        json_object=json_object,
         stop_token_ids=list(stop_token_ids or []),
         skip_special_tokens=skip_special_tokens,
     )
@@ -275,6 +304,7 @@ __all__ = [
     "chat_sampling",
     "check_echo_logprobs",
     "check_forced_schema",
+    "check_schema_bounds",
     "completion_sampling",
     "normalize_seed",
     "seed_from_digest",
