@@ -21,6 +21,7 @@ What each test proves:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -112,15 +113,12 @@ class Devnet:
             return (await http.get(self.server.url + "/metrics")).text
 
 
-@pytest.fixture(scope="module")
-async def devnet(
-    anvil: Anvil,
-    mosquitto: Mosquitto,
-    anvil_keys: list[str],
-    engine: Any,
-    tmp_path_factory: pytest.TempPathFactory,
+@contextlib.asynccontextmanager
+async def open_devnet(
+    anvil: Anvil, mosquitto: Mosquitto, anvil_keys: list[str], engine: Any, data_dir: Path
 ) -> AsyncIterator[Devnet]:
-    data_dir = tmp_path_factory.mktemp("gateway-devnet")
+    """A fresh hub with the real-engine miner daemon and the gateway (also used by the workflow and
+    framework tests, which start their own on the session's anvil, broker and engine)."""
     owner_key, miner_key, gateway_key, manual_key = anvil_keys[0], anvil_keys[6], anvil_keys[7], anvil_keys[8]
     hub = await deploy_dev_hub(anvil.rpc_url, owner_key, [miner_key], model_name=MODEL, timeout_blocks=1000)
     owner = hub.owner
@@ -161,6 +159,19 @@ async def devnet(
         await server.stop()
         stop.set()
         await asyncio.wait_for(miner_task, 60)
+
+
+@pytest.fixture(scope="module")
+async def devnet(
+    anvil: Anvil,
+    mosquitto: Mosquitto,
+    anvil_keys: list[str],
+    engine: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Devnet]:
+    data_dir = tmp_path_factory.mktemp("gateway-devnet")
+    async with open_devnet(anvil, mosquitto, anvil_keys, engine, data_dir) as net:
+        yield net
 
 
 def raw_json(response: Any) -> dict[str, Any]:
