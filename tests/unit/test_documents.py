@@ -15,6 +15,9 @@ from node.content.documents import (
     MAX_BEST_OF,
     MAX_N,
     MAX_PROMPTS,
+    MAX_SCHEMA_BYTES,
+    MAX_SCHEMA_ENUM_VALUES,
+    MAX_SCHEMA_PROPERTIES,
     MAX_SEQUENCES,
     MAX_TOKENS,
     MAX_TOTAL_TOKENS,
@@ -29,6 +32,7 @@ from node.content.documents import (
     ToolCall,
     Usage,
     canonical_json,
+    check_schema_size,
     default_max_tokens,
     parse_input_document,
     parse_output_document,
@@ -516,3 +520,130 @@ def test_error_texts_do_not_depend_on_the_node() -> None:
     )
     weird = OutputError.from_exception(RuntimeError("/usr/lib/python3.11/site-packages/vllm: boom"))
     assert weird.code == "input_unprocessable" and "vllm" not in weird.message
+
+
+# ------------------------------------------------------------------ versions (v1 unchanged, v2 fields)
+
+V1_CIDS = {
+    "chat": "bafkreidupdo2euiftgbpyrhaejkkvgapcedawyatqu2epb5vguiqhtx6ti",
+    "completion": "bafkreiesb7hpfsnwknhoe4ejppmpuijhl2bjuqadkz4yvxh2dnnzl2r3fq",
+}
+SCHEMA_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {"name": "answer", "schema": {"type": "object"}, "strict": True, "description": "d"},
+}
+
+
+def test_version_1_documents_keep_their_bytes_and_cids() -> None:
+    """Pinned before version 2 existed: the fixtures' CIDs must never change."""
+    for base in (CHAT, COMPLETION):
+        data = to_canonical_bytes(parse_input_document(raw(base)))
+        assert cid_for_bytes(data) == V1_CIDS[base["type"]]
+        assert json.loads(data)["v"] == 1
+
+
+@pytest.mark.parametrize(
+    "v2",
+    [
+        {"response_format": {"type": "json_object"}},
+        {"response_format": SCHEMA_FORMAT},
+        {"parallel_tool_calls": False},
+        {"reasoning_effort": "high"},
+    ],
+)
+def test_version_2_fields_need_v_2_and_round_trip(v2: dict[str, Any]) -> None:
+    base = with_(CHAT, params__tool_choice="required")
+    params = {**base["params"], **v2}
+    doc = parse_input_document(raw({**base, "v": 2, "params": params}))
+    assert isinstance(doc, ChatInputDocument) and doc.v == 2 and doc.params.v2_fields() == list(v2)
+    data = to_canonical_bytes(doc)
+    assert json.loads(data)["params"][next(iter(v2))] == next(iter(v2.values()))  # `schema` by its name
+    assert to_canonical_bytes(parse_input_document(data)) == data
+    with pytest.raises(DocumentError) as info:
+        parse_input_document(raw({**base, "v": 1, "params": params}))
+    assert info.value.field == f"params.{next(iter(v2))}" and '"v": 2' in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("doc", "field"),
+    [
+        ({**CHAT, "v": 2}, "v"),  # v2 without any v2 field: one request, one document
+        ({**COMPLETION, "v": 2}, "v"),
+        ({**CHAT, "v": 3}, "v"),
+        ({**CHAT, "v": True}, "v"),
+    ],
+)
+def test_version_rule_names_v(doc: dict[str, Any], field: str) -> None:
+    assert field_of(doc) == field
+
+
+def v2_chat(**params: Any) -> dict[str, Any]:
+    return {
+        "v": 2,
+        "type": "chat",
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "params": params,
+    }
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"response_format": {"type": "text"}}, "params.response_format"),  # the default is never written
+        ({"response_format": {"type": "json_object", "schema": {}}}, "params.response_format.schema"),
+        ({"response_format": {"type": "json_schema"}}, "params.response_format.json_schema"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "bad name"}}},
+            "params.response_format.json_schema.name",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema_": {}}}},
+            "params.response_format.json_schema.schema_",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "a", "schema": {"enum": list(range(1001))}},
+                }
+            },
+            "params.response_format.json_schema.schema",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "a",
+                        "schema": {"properties": {f"p{i}": {} for i in range(5001)}},
+                    },
+                }
+            },
+            "params.response_format.json_schema.schema",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "a", "schema": {"x": "y" * 70000}},
+                }
+            },
+            "params.response_format.json_schema.schema",
+        ),
+        ({"parallel_tool_calls": True}, "params.parallel_tool_calls"),  # only false is written
+        ({"parallel_tool_calls": False}, "params.parallel_tool_calls"),  # needs tools
+        ({"reasoning_effort": "minimal"}, "params.reasoning_effort"),
+        (
+            {"response_format": {"type": "json_object"}, "tools": [CHAT["params"]["tools"][0]]},
+            "params.response_format",  # tool_choice auto: a grammar cannot hold both answers
+        ),
+    ],
+)
+def test_version_2_fields_are_checked(params: dict[str, Any], field: str) -> None:
+    assert field_of(v2_chat(**params)) == field
+
+
+def test_schema_caps_values() -> None:
+    assert (MAX_SCHEMA_BYTES, MAX_SCHEMA_PROPERTIES, MAX_SCHEMA_ENUM_VALUES) == (65536, 5000, 1000)
+    assert check_schema_size({"enum": list(range(1000))}) is None
