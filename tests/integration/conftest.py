@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +122,16 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _ran_on_fake and exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture()
+def devnet_dir(tmp_path: Path) -> Iterator[Path]:
+    """A data dir whose devnet is always stopped, whatever the test did."""
+    from tests.integration.devnet_cli import devnet
+
+    path = tmp_path / "devnet"
+    try:
+        yield path
+    finally:
+        if (path / "run.json").exists():
+            devnet("down", "--data-dir", str(path), timeout=180)

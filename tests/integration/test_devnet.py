@@ -17,27 +17,13 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from node.devnet.groups import group_members, pid_alive
-
-CLI = [sys.executable, "-m", "node.cli.devnet"]
-
-
-def devnet(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "INFERD_ENGINE__CPU_KVCACHE_GIB": "1", "VLLM_NO_USAGE_STATS": "1"}
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def info_of(data_dir: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((data_dir / "devnet.json").read_text())
-    return data
+from tests.integration.devnet_cli import CLI, devnet, info_of
 
 
 def processes_of(data_dir: Path) -> set[int]:
@@ -55,17 +41,6 @@ def assert_all_gone(pids: set[int]) -> None:
     while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in pids if pid_alive(p)], "processes left behind"
-
-
-@pytest.fixture()
-def devnet_dir(tmp_path: Path) -> Iterator[Path]:
-    """A data dir whose devnet is always stopped, whatever the test did."""
-    path = tmp_path / "devnet"
-    try:
-        yield path
-    finally:
-        if (path / "run.json").exists():
-            devnet("down", "--data-dir", str(path), timeout=180)
 
 
 def test_chain_only_devnet_resumes_and_stops_on_sigint(devnet_dir: Path) -> None:

@@ -15,26 +15,15 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.test_devnet import CLI, devnet, info_of
+from tests.integration.devnet_cli import CLI, devnet, info_of
 
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture()
-def devnet_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "devnet"
-    try:
-        yield path
-    finally:
-        if (path / "run.json").exists():
-            devnet("down", "--data-dir", str(path), timeout=180)
 
 
 def miner_part(data_dir: Path) -> dict[str, Any]:

@@ -8,12 +8,9 @@ and the gateway log in with their own credentials (from their settings files, mo
 from __future__ import annotations
 
 import asyncio
-import os
 import stat
 import subprocess
-import sys
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +18,11 @@ import aiomqtt
 import pytest
 
 from node.devnet.status import mqtt_ping
-
-CLI = [sys.executable, "-m", "node.cli.devnet"]
+from tests.integration.devnet_cli import devnet
 
 
 def _devnet(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=timeout, env=dict(os.environ)
-    )
-
-
-@pytest.fixture()
-def devnet_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "devnet"
-    try:
-        yield path
-    finally:
-        if (path / "run.json").exists():
-            _devnet("down", "--data-dir", str(path))
+    return devnet(*args, timeout=timeout)
 
 
 async def _anonymous_connect(host: str, port: int) -> None:
