@@ -8,7 +8,10 @@ subscriber reconnects with backoff while the chain watcher and the content store
 result.
 
 Everything in a message is untrusted: payloads go through `node.gate` with `MQTT_LIMITS`, anything
-malformed is counted in `drops` and dropped, and nothing a peer sends can end the receive loop.
+malformed is counted in `drops` and dropped, and nothing a peer sends can end the receive loop. A
+delta's `tool_calls` fragments are checked for OpenAI's shape (an int index below `MAX_TOOL_CALLS`,
+string id/name/arguments, an id and a name only together) before they reach the stream, which holds
+them until the result is verified (see `streaming`).
 """
 
 from __future__ import annotations

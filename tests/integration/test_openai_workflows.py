@@ -168,6 +168,7 @@ async def test_streamed_tool_call_equals_nonstreamed(net: Devnet) -> None:
     assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
     assert not chunks[-1].choices[0].delta.tool_calls  # the final chunk repeats nothing
     assert cid(whole) == (chunks[-1].model_extra or {})["onchain_data"]["input_cid"]
+    assert 'reason="bad_tool_calls"' not in await net.metrics()  # the miner's fragments were well-formed
 
 
 async def test_parallel_tool_calls_false_is_honoured(net: Devnet) -> None:
