@@ -22,7 +22,8 @@ document's calls, the final chunk (with `finish_reason`, `"tool_calls"` when the
 carries no tool calls, and a non-streamed request for the same input answers the same calls. The
 buffer is bounded (`MAX_BUFFERED_CALL_BYTES`, the size of a whole output document); past it the
 document's calls are sent instead. Text before the calls is still relayed live (the engine only
-previews content its document provably starts with).
+previews content its document provably starts with). A reasoning model's `reasoning_content` is
+sent once verified too, in its own chunk, as OpenAI-compatible servers stream it.
 """
 
 from __future__ import annotations
@@ -110,11 +111,14 @@ class ChunkWriter:
         finish_reason: str | None = None,
         logprobs: Any = None,
         tool_calls: list[dict[str, Any]] | None = None,
+        reasoning: str | None = None,
     ) -> dict[str, Any]:
         if self.kind == "chat":
             delta: dict[str, Any] = {}
             if role:
                 delta["role"] = "assistant"
+            if reasoning is not None:
+                delta["reasoning_content"] = reasoning
             if text is not None:
                 delta["content"] = text
             if tool_calls:
@@ -215,6 +219,10 @@ async def stream_events(
                 return
             rest = text[len(state.sent) :]
             logprobs = _logprobs_json(choice)
+            if isinstance(choice, ChatChoice) and choice.message.reasoning_content:  # verified only
+                yield writer.chunk(
+                    [writer.text_choice(choice.index, None, reasoning=choice.message.reasoning_content)]
+                )
             if rest or logprobs is not None:
                 yield writer.chunk([writer.text_choice(choice.index, rest or None, logprobs=logprobs)])
             for entries in tool_call_deltas(choice, [] if calls.overflowed else state.calls):

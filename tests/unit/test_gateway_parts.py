@@ -271,12 +271,15 @@ def test_reassemble_follows_openai_order() -> None:
 CALLS = [("call_" + "a" * 24, "get_weather", '{"city": "Paris"}'), ("call_" + "b" * 24, "get_time", "{}")]
 
 
-def tool_output(sub: Submission, content: str | None = "Let me check.") -> bytes:
+def tool_output(
+    sub: Submission, content: str | None = "Let me check.", reasoning: str | None = None
+) -> bytes:
     calls = [ToolCall(id=i, function=FunctionCall(name=n, arguments=a)) for i, n, a in CALLS]
     doc = OutputDocument(
         request_id=sub.request_id, input_cid=sub.input_cid, model=sub.model, system_fingerprint="fp",
         object="chat.completion", created=1_700_000_000,
-        choices=[ChatChoice(index=0, message=AssistantOutput(content=content, tool_calls=calls),
+        choices=[ChatChoice(index=0, message=AssistantOutput(content=content, tool_calls=calls,
+                                                             reasoning_content=reasoning),
                             finish_reason="tool_calls")],
         usage=Usage(prompt_tokens=1, completion_tokens=9, total_tokens=10),
     )  # fmt: skip
@@ -368,6 +371,15 @@ async def test_streamed_tool_calls_add_up_to_the_document(
 
 def content_chunks(chunks: list[dict[str, Any]]) -> list[str]:
     return [c["choices"][0]["delta"]["content"] for c in chunks if c["choices"][0]["delta"].get("content")]
+
+
+async def test_verified_reasoning_content_is_streamed() -> None:
+    chunks: Any = await stream_with(
+        MATCHING[:2], tool_output(submission(), reasoning="Weather: use the tool.")
+    )
+    reasoning = [c["choices"][0]["delta"].get("reasoning_content") for c in chunks if c["choices"]]
+    assert [r for r in reasoning if r] == ["Weather: use the tool."]
+    assert client_view(chunks)[:2] == ("Let me check.", CALLS)
 
 
 async def test_tool_call_buffer_is_bounded() -> None:
