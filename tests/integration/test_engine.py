@@ -228,3 +228,97 @@ async def test_cancelling_a_job_aborts_it_in_vllm(engine: Engine) -> None:
         await task
     await asyncio.sleep(0.2)
     assert engine.unfinished_requests() == 0
+
+
+# --------------------------------------------------------------------------- OpenAI fidelity (v2 documents)
+
+PERSON_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 24},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "city": {"type": "string", "enum": ["Paris", "London", "Rome"]},
+    },
+    "required": ["name", "age", "city"],
+    "additionalProperties": False,
+}
+
+
+def v2_doc(content: str, **params: Any) -> dict[str, Any]:
+    return {**chat_doc(content, **params), "v": 2}
+
+
+def validates(instance: Any, schema: dict[str, Any]) -> None:
+    try:
+        import jsonschema  # type: ignore[import-untyped]
+    except ImportError:  # keys and types by hand
+        assert isinstance(instance, dict) and set(instance) == set(schema["required"])
+        assert isinstance(instance["name"], str) and isinstance(instance["age"], int)
+        return
+    jsonschema.validate(instance, schema)
+
+
+async def test_json_object_output_parses_as_an_object(engine: Engine) -> None:
+    doc = v2_doc(
+        'What is 2+2? Reply with a JSON object like {"result": 0}.',
+        response_format={"type": "json_object"},
+        temperature=0,
+        max_tokens=60,
+    )
+    (choice,) = chat_choices(await run(engine, doc))
+    assert choice.finish_reason == "stop", choice
+    assert isinstance(json.loads(choice.message.content or ""), dict)
+
+
+async def test_json_schema_strict_output_validates_and_is_deterministic(engine: Engine) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON_SCHEMA, "strict": True}}
+    doc = v2_doc(
+        "Alice is 30 and lives in Rome. Give her as JSON.", response_format=fmt, temperature=0.8, seed=11
+    )
+    out = await run(engine, doc)
+    (choice,) = chat_choices(out)
+    assert choice.finish_reason == "stop", choice
+    validates(json.loads(choice.message.content or ""), PERSON_SCHEMA)
+    again = await run(engine, doc)
+    assert to_canonical_bytes(again) == to_canonical_bytes(out)  # same seed, same bytes
+
+
+async def test_parallel_tool_calls_false_with_required_gives_one_call(engine: Engine) -> None:
+    doc = v2_doc(
+        "What's the weather in Paris and in London?",
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        temperature=0,
+        max_tokens=40,
+    )
+    out = await run(engine, doc)
+    (choice,) = chat_choices(out)
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls or []
+    assert call.function.name == "get_weather" and isinstance(json.loads(call.function.arguments), dict)
+    assert to_canonical_bytes(await run(engine, doc)) == to_canonical_bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("params", "code", "param"),
+    [
+        ({"reasoning_effort": "low"}, "unsupported_parameter", "reasoning_effort"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "h", "schema": {"type": "string", "pattern": "(a{90}){90}"}},
+                }
+            },
+            "invalid_request",
+            "response_format",
+        ),
+    ],
+)
+async def test_what_this_model_cannot_honour_is_an_error_document(
+    engine: Engine, params: dict[str, Any], code: str, param: str
+) -> None:
+    out = await run(engine, v2_doc("Hi", max_tokens=4, **params))
+    assert out.error is not None and out.choices == [] and out.object == "chat.completion"
+    assert out.error.code == code and out.error.message.startswith(f"{param}: ")
