@@ -16,6 +16,14 @@ output document with `error` set; only a dead or shut-down engine raises `Engine
 "internal error" answer would be a wrong answer the miner gets slashed for. An error's text depends
 only on the input and the model: vLLM's own messages (local `max_model_len`, version wording) are
 mapped to fixed codes and messages (`refusal`), never copied.
+
+OpenAI's request options (input document v2): `response_format` is vLLM structured outputs
+(xgrammar, compact JSON: `json_object`, or the `json_schema` schema, bounded like a forced call's);
+a forced tool call's own grammar wins over it, and harmony models refuse it for now.
+`parallel_tool_calls: false` keeps the first call parsed (forced calls are one call by their
+grammar) and sends calls with the last delta only. `reasoning_effort` goes into the harmony
+system message; any other model refuses it (`unsupported_parameter`), as OpenAI does for models
+that do not reason.
 """
 
 from __future__ import annotations
