@@ -259,7 +259,7 @@ def normalize_messages(messages: Any) -> Any:
 
 def _check_hints(body: dict[str, Any]) -> None:
     """Parameters accepted without effect on the answer (not put on chain), or refused by value."""
-    for name in _HINT_PARAMS:
+    for name in sorted(_HINT_PARAMS):
         value = body.get(name)
         if value is not None and not isinstance(value, str):
             raise InvalidRequest(f"{name}: must be a string", param=name)
