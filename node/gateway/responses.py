@@ -7,6 +7,7 @@ tie the answer to its request on chain.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from node.content.documents import ChatChoice, CompletionChoice, OutputDocument
@@ -39,9 +40,25 @@ def output_error(result: VerifiedResult) -> GatewayError | None:
         return None
     rid = result.submission.request_id
     message = f"The miner answered request {rid} with an error ({err.code}): {err.message}"
-    if err.code in ("invalid_request", "input_too_large"):
-        return InvalidRequest(message, code=err.code, request_id=rid)
+    if err.code in CLIENT_ERROR_CODES:
+        param = _PARAM_PREFIX.match(err.message)
+        return InvalidRequest(
+            message,
+            code=err.code,
+            request_id=rid,
+            param=param.group(1).removeprefix("params.") if param else None,
+        )
     return UpstreamError(message, code=err.code, request_id=rid)
+
+
+CLIENT_ERROR_CODES = frozenset(
+    {"invalid_request", "input_too_large", "unsupported_parameter", "unsupported_value",
+     "context_length_exceeded"}
+)  # fmt: skip
+"""Error-document codes that blame the request (OpenAI answers them 400); the rest are 502s."""
+
+# The engine writes a refused parameter as `name: why` (`ParamError`); documents as `field: why`.
+_PARAM_PREFIX = re.compile(r"([a-z_][a-z0-9_]*(?:\.[a-z0-9_]+|\[\d+\])*): ")
 
 
 def chat_choice_json(choice: ChatChoice) -> dict[str, Any]:
