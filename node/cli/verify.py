@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from node.cli.common import fail, settings_from
+from node.cli.common import fail, machine_stdout, settings_from
 from node.config import Settings
 
 
@@ -174,9 +174,11 @@ def replay(
             await store.close()
         return result.as_json()
 
+    stdout = machine_stdout() if as_json else None  # vLLM logs to stdout: keep it for the JSON
     result = asyncio.run(_run())
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
+    if stdout is not None:
+        stdout.write(json.dumps(result, indent=2) + "\n")
+        stdout.flush()
     else:
         out = Console()
         out.print(f"request {request_id} ({result['status']}), input {result['input_cid']}", highlight=False)
