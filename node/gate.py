@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, Literal
@@ -159,6 +160,24 @@ def load_json_object(raw: bytes, limits: JsonLimits) -> dict[str, Any]:
     return obj
 
 
+def iter_members(obj: Any) -> Iterator[tuple[str, Any]]:
+    """Every (key, value) pair of every object inside parsed JSON, walked with a stack, not recursion.
+
+    For checks over requester-written JSON (a tool's or `response_format`'s schema) after the gate
+    has bounded its depth; the order is fixed, so a check that stops at the first fault names the
+    same fault on every node.
+    """
+    stack: list[Any] = [obj]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                yield key, value
+                stack.append(value)
+
+
 DOCUMENT_LIMITS = JsonLimits(max_bytes=1 << 20, max_depth=32, max_string_bytes=1 << 20, max_items=1 << 18)
 """Input and output documents: one raw IPFS block (1 MiB); tool schemas need some depth."""
 
@@ -178,6 +197,7 @@ __all__ = [
     "MQTT_LIMITS",
     "JsonLimits",
     "UntrustedJSON",
+    "iter_members",
     "load_json",
     "load_json_object",
 ]

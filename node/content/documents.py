@@ -303,18 +303,11 @@ def check_schema_size(schema: JsonValue) -> str | None:
     if size > MAX_SCHEMA_BYTES:
         return f"the schema is {size} bytes as canonical JSON, over the limit of {MAX_SCHEMA_BYTES}"
     properties = enums = 0
-    stack: list[JsonValue] = [schema]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, dict):
-            for key, value in node.items():
-                if key == "properties" and isinstance(value, dict):
-                    properties += len(value)
-                elif key == "enum" and isinstance(value, list):
-                    enums += len(value)
-                stack.append(value)
+    for key, value in gate.iter_members(schema):
+        if key == "properties" and isinstance(value, dict):
+            properties += len(value)
+        elif key == "enum" and isinstance(value, list):
+            enums += len(value)
     if properties > MAX_SCHEMA_PROPERTIES:
         return f"the schema has {properties} properties in all, over the limit of {MAX_SCHEMA_PROPERTIES}"
     if enums > MAX_SCHEMA_ENUM_VALUES:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node.content.documents import MAX_TOKENS, ChatParams, CompletionParams
+from node.gate import iter_members
 
 CONTEXT_EXCEEDED = "the prompt leaves no room for a completion in this model's context window"
 """One text for every way a prompt can be too long (no counts: they would depend on local settings)."""
@@ -145,27 +146,18 @@ def check_schema_bounds(schema: Any, what: str, param: str) -> None:
     and lengths (`SCHEMA_BOUND_KEYWORDS`) and the repeats a `pattern` can multiply to are bounded
     by `MAX_SCHEMA_BOUND`. `what` names the schema in the message, `param` the parameter.
     """
-    stack = [schema]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, dict):
-            for key, value in node.items():
-                if key == "pattern" and isinstance(value, str) and _pattern_repeats(value) > MAX_SCHEMA_BOUND:
-                    raise ParamError(
-                        "invalid_request",
-                        f"{what} has a pattern whose repeats multiply over the limit of {MAX_SCHEMA_BOUND}",
-                        param,
-                    )
-                bad = key in SCHEMA_BOUND_KEYWORDS and isinstance(value, int | float)
-                if bad and not -1 < value <= MAX_SCHEMA_BOUND:
-                    raise ParamError(
-                        "invalid_request",
-                        f"{what} has {key} {value}, over the limit of {MAX_SCHEMA_BOUND}",
-                        param,
-                    )
-                stack.append(value)
+    for key, value in iter_members(schema):
+        if key == "pattern" and isinstance(value, str) and _pattern_repeats(value) > MAX_SCHEMA_BOUND:
+            raise ParamError(
+                "invalid_request",
+                f"{what} has a pattern whose repeats multiply over the limit of {MAX_SCHEMA_BOUND}",
+                param,
+            )
+        bad = key in SCHEMA_BOUND_KEYWORDS and isinstance(value, int | float)
+        if bad and not -1 < value <= MAX_SCHEMA_BOUND:
+            raise ParamError(
+                "invalid_request", f"{what} has {key} {value}, over the limit of {MAX_SCHEMA_BOUND}", param
+            )
 
 
 def check_forced_schema(schema: Any) -> None:
