@@ -85,6 +85,7 @@ from node.engine.params import (
     completion_sampling,
     seed_from_digest,
 )
+from node.log import get_logger
 
 MIN_LOGPROB = -9999.0  # documents reject -inf; vLLM's OpenAI server clamps the same way
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -95,6 +96,9 @@ FIM_SPELLINGS = (
 
 ParseMode = Literal["plain", "tools", "forced", "harmony"]
 StreamItem = dict[str, Any] | OutputDocument
+
+
+log = get_logger("inferd.engine")
 
 
 class EngineError(Exception):
@@ -421,14 +425,15 @@ class Engine:
         except (DocumentError, ParamError, chat.ChatRenderError, ContentError) as exc:
             yield self._error_doc(meta, exc, _object_of(input_doc))
             return
-        except (MemoryError, RuntimeError) as exc:
-            if isinstance(exc, MemoryError) or "borrow" in str(exc):  # the node's trouble: retry later
+        except Exception as exc:
+            # Out of memory, or the fast tokenizer "already borrowed" by another thread: the node's
+            # trouble, retried later. Anything else is the tokenizer or a renderer choking on this
+            # input: refused the same on every miner, and logged by type (never the input's text).
+            if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "borrow" in str(exc)):
                 raise EngineError(f"could not prepare the input: {type(exc).__name__}") from exc
-            yield self._error_doc(
-                meta, ParamError("input_unprocessable", UNPROCESSABLE), _object_of(input_doc)
+            log.warning(
+                "input_unprocessable", request_id=request_id, stage="prepare", error=type(exc).__name__
             )
-            return
-        except Exception:  # the tokenizer or a renderer choking on this input: refused the same everywhere
             yield self._error_doc(
                 meta, ParamError("input_unprocessable", UNPROCESSABLE), _object_of(input_doc)
             )
