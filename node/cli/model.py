@@ -56,6 +56,54 @@ def fetch_default(
     typer.echo(str(path))
 
 
+@app.command("fetch")
+def fetch(
+    repo: Annotated[str, typer.Argument(help="Hub repo id, e.g. openai/gpt-oss-120b.")],
+    revision: Annotated[
+        str | None,
+        typer.Option(help="Full 40-hex commit hash to pin (a branch or tag needs --allow-unpinned)."),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Model cache root (default $INFERD_MODEL_CACHE or ~/.cache/inferd/models)."),
+    ] = None,
+    offline: Annotated[
+        bool, typer.Option(help="Never download (also HF_HUB_OFFLINE=1): verify the cached copy or fail.")
+    ] = False,
+    allow_unpinned: Annotated[
+        bool, typer.Option(help="Accept a branch or tag (default main), resolved once to its current commit.")
+    ] = False,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Glob of repo files to skip, e.g. 'original/*' (repeatable).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Download again even if a verified copy exists.")] = False,
+) -> None:
+    """Fetch a hub model at a pinned commit with huggingface_hub (HF_ENDPOINT, HF_TOKEN) and verify it.
+
+    Every file is checked against the commit's tree and recorded with its sha256 in
+    inferd-model.json. Prints the folder on stdout and the [engine] settings that load it.
+    """
+    from node.engine.hf_fetch import HfFetchError, fetch_hf_model, settings_lines
+
+    if revision is None and not allow_unpinned:
+        raise fail("pass --revision <40-hex commit> (or --allow-unpinned to use the default branch)", 2)
+    try:
+        model = fetch_hf_model(
+            repo,
+            revision or "main",
+            cache_root=cache_dir,
+            offline=True if offline else None,
+            allow_unpinned=allow_unpinned,
+            ignore_patterns=exclude or (),
+            force=force,
+            progress=console.log,
+        )
+    except HfFetchError as exc:
+        raise fail(str(exc), 1) from exc
+    typer.echo(settings_lines(model), err=True)  # unwrapped, to paste into inferd.toml
+    typer.echo(str(model.path))
+
+
 async def _try(settings: Settings, doc: dict[str, Any]) -> Any:
     from node.content.cid import cid_for_bytes
     from node.content.documents import canonical_json
