@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import huggingface_hub.constants as hf_constants
 import pytest
 
 from node.engine.hf_fetch import (
@@ -191,7 +192,15 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
             raise AssertionError(f"test tried to reach {address}")
         return real_connect(sock, address)
 
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in ("127.0.0.1", "::1", "localhost", None):
+            raise AssertionError(f"test tried to resolve {host!r}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
     monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
 
 @pytest.fixture()
@@ -202,6 +211,9 @@ def mirror(monkeypatch: pytest.MonkeyPatch, loopback_only: None) -> Iterator[Hub
         monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+        monkeypatch.setattr(
+            hf_constants, "HF_HUB_OFFLINE", False
+        )  # read at import; the test sets it per call
         yield hub
 
 
