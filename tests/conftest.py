@@ -1,4 +1,4 @@
-"""Shared fixtures: real anvil and mosquitto on free loopback ports, and a temp data dir."""
+"""Shared fixtures: real anvil, mosquitto and redis on free loopback ports, and a temp data dir."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from node.devnet.processes import Anvil, Mosquitto, anvil_private_keys, anvil_process, mosquitto_process
+from node.devnet.processes import (
+    Anvil,
+    Mosquitto,
+    Redis,
+    anvil_private_keys,
+    anvil_process,
+    mosquitto_process,
+    redis_process,
+)
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +67,18 @@ def locked_mosquitto(process_logs: Path, anvil_keys: list[str]) -> Iterator[Mosq
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(process_logs: Path) -> Iterator[Redis]:
+    """A real redis-server (loopback, ephemeral port, temp dir, no persistence) for the whole session;
+    tests keep apart by using their own `gateway.redis_prefix`."""
+    server = redis_process(process_logs)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ and broker settings from `--config` / `INFERD_*` env like every component, e.g.
     inferd gateway serve --port 8000
 
 `keys add` prints the new key once; only its sha256 is stored (`gateway.keys_path`, by default
-`{data_dir}/gateway/api_keys.json`).
+`{data_dir}/gateway/api_keys.json`, or in Redis when `gateway.redis_url` is set).
 """
 
 from __future__ import annotations
@@ -38,10 +38,11 @@ console = Console(stderr=True)
 
 
 def _keys(ctx: typer.Context) -> Any:
-    from node.gateway.auth import KeyFileError, KeyStore, default_keys_path
+    from node.gateway.auth import KeyFileError
+    from node.gateway.stores import open_keys
 
     settings = settings_from(ctx)
-    store = KeyStore(settings.gateway.keys_path or default_keys_path(settings.data_dir))
+    store = open_keys(settings)  # the keys file, or Redis when gateway.redis_url is set
     try:
         store.list()
     except KeyFileError as exc:

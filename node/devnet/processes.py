@@ -1,4 +1,4 @@
-"""Start and stop the real external parts (anvil, mosquitto) on loopback, for the devnet and tests."""
+"""Start and stop the real external parts (anvil, mosquitto, redis) on loopback, for the devnet and tests."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def find_tool(name: str) -> str:
         if candidate and Path(candidate).is_file():
             return candidate
     raise ToolNotFound(
-        f"{name} not found: run `make setup` (it installs anvil via npm and mosquitto via apt), "
+        f"{name} not found: run `make setup` (it installs anvil via npm and mosquitto, redis via apt), "
         f"or set INFERD_{name.upper()}_BIN"
     )
 
@@ -213,6 +213,32 @@ def mosquitto_process(log_dir: Path, port: int | None = None, logins: Sequence[L
         log_path=log_dir / f"mosquitto-{port}.log",
         logins={login.username: login for login in logins},
     )
+
+
+@dataclass
+class Redis(ManagedProcess):
+    """A real redis-server on loopback, without persistence (gateways' shared state in tests)."""
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+
+def redis_process(log_dir: Path, port: int | None = None) -> Redis:
+    """A Redis (not yet started) on 127.0.0.1 only, in its own temp dir, saving nothing to disk;
+    its data lives as long as the process (tests restart gateways, not Redis)."""
+    port = port or free_port()
+    workdir = tempfile.mkdtemp(prefix=f"redis-{port}-", dir=log_dir)
+    argv = [
+        find_tool("redis-server"),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", workdir,
+        "--save", "",
+        "--appendonly", "no",
+        "--protected-mode", "yes",
+    ]  # fmt: skip
+    return Redis(name="redis", argv=argv, host="127.0.0.1", port=port, log_path=log_dir / f"redis-{port}.log")
 
 
 def _lock_down(conf: Path, logins: Sequence[Login]) -> list[str]:

@@ -5,6 +5,10 @@ served at `/ipfs/{cid}` so miners read inputs without a Kubo), API keys and rate
 their own `backend` to exercise the HTTP layer without a chain. Run it with `inferd gateway serve`
 or `uvicorn --factory node.gateway.app:app_from_env`.
 
+Rate limits, in-flight slots, spend and API keys live where `node.gateway.stores` puts them: in
+this process (memory, SQLite, the keys file), or in Redis when `gateway.redis_url` is set so that
+several gateways behind one load balancer share them.
+
 It is a public endpoint, so every inference call passes, in order and before it costs anything:
 the key check and its rate limit (401/429), the key's in-flight limit (429), a body read capped
 while streaming in (413/408) and parsed by the one JSON gate (400), validation (400), and the
@@ -30,9 +34,9 @@ from node.config import ChainSettings, GatewaySettings, Settings, load_settings
 from node.content.documents import ChatInputDocument, CompletionInputDocument
 from node.content.store import ContentStore
 from node.gate import HTTP_BODY_LIMITS
-from node.gateway.auth import ApiKeyRecord, KeyStore, default_keys_path, extract_key
+from node.gateway.auth import ApiKeyRecord, extract_key
 from node.gateway.backend import InferenceBackend
-from node.gateway.budget import Budget, SpendLedger, default_ledger_path
+from node.gateway.budget import Budget
 from node.gateway.errors import (
     REQUEST_ID_HEADER,
     AuthenticationError,
@@ -51,7 +55,6 @@ from node.gateway.errors import (
 from node.gateway.metrics import GatewayMetrics
 from node.gateway.mqtt import DropsCollector
 from node.gateway.pending import PendingInference
-from node.gateway.ratelimit import ConcurrencyLimiter, RateLimiter, Slot
 from node.gateway.records import ModelInfo, VerifiedResult
 from node.gateway.responses import build_response, output_error
 from node.gateway.schemas import (
@@ -61,7 +64,9 @@ from node.gateway.schemas import (
     parse_json_body,
     read_body,
 )
+from node.gateway.stores import ApiKeys, InFlightLimits, Lease, RateLimits, SpendLedgers, open_stores
 from node.gateway.streaming import stream_events
+from node.gateway.work import declared_max_tokens
 from node.log import bound, get_logger
 from node.supervise import LoopCollector, Supervisor
 
@@ -86,11 +91,11 @@ class Principal:
 class GatewayState:
     settings: Settings
     backend: InferenceBackend
-    keys: KeyStore
-    limiter: RateLimiter
+    keys: ApiKeys
+    limiter: RateLimits
     metrics: GatewayMetrics
-    ledger: SpendLedger
-    concurrency: ConcurrencyLimiter
+    ledger: SpendLedgers
+    concurrency: InFlightLimits
 
 
 def _state(request: Request) -> GatewayState:
@@ -135,9 +140,9 @@ async def authenticate(request: Request) -> Principal:
     st = _state(request)
     gw = st.settings.gateway
     key = extract_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
-    record = st.keys.lookup(key) if key is not None else None
+    record = await st.keys.alookup(key) if key is not None else None
     who = _principal(gw, record.id, record) if record is not None else _anonymous(request, gw, key is None)
-    wait = st.limiter.take(who.key_id, who.per_minute)
+    wait = await st.limiter.hit(who.key_id, who.per_minute)
     if wait > 0:
         st.metrics.limited.labels(reason="rate").inc()
         raise RateLimited(wait, who.per_minute)
@@ -262,10 +267,11 @@ class _Inference:
     async def _submit(self, chain_id: int, model: ModelInfo) -> PendingInference:
         """Reserve the call's cost against both budgets, send it, and settle with what it cost."""
         st, gw = self.st, self.st.settings.gateway
-        fee = max(gw.fee_wei or 0, model.min_fee)
+        fee = model.price(declared_max_tokens(self.parsed.document))  # protocol v2: exactly the price
         budget = Budget(key_wei=self.who.daily_budget_wei, total_wei=gw.daily_budget_wei_total)
         try:
-            reservation = st.ledger.reserve(self.who.key_id, fee + st.ledger.gas_hint(chain_id), budget)
+            wei = fee + st.ledger.gas_hint(chain_id)
+            reservation = await st.ledger.areserve(self.who.key_id, wei, budget)
         except GatewayError as exc:
             st.metrics.limited.labels(reason=str(exc.code)).inc()
             raise
@@ -274,17 +280,17 @@ class _Inference:
                 chain_id, self.parsed.document, self.parsed.document_bytes, model
             )
         except GatewayError as exc:
-            st.ledger.settle(reservation, exc.spent_wei)
+            await st.ledger.asettle(reservation, exc.spent_wei)
             raise
         except BaseException:
-            st.ledger.settle(reservation, None)  # a transaction may be out: count it as spent
+            await st.ledger.asettle(reservation, None)  # a transaction may be out: count it as spent
             raise
         sub = pending.submission
-        st.ledger.settle(reservation, sub.fee + sub.gas_cost)
+        await st.ledger.asettle(reservation, sub.fee + sub.gas_cost)
         st.metrics.spent.inc(sub.fee + sub.gas_cost)
         if sub.gas_cost > 0:
             st.ledger.observe_gas(chain_id, sub.gas_cost)
-        st.ledger.record_owner(chain_id, sub.request_id, self.who.key_id)
+        await st.ledger.arecord_owner(chain_id, sub.request_id, self.who.key_id)
         return pending
 
     def _finished(self, result: VerifiedResult | None, error: GatewayError | None) -> None:
@@ -301,18 +307,18 @@ class _Inference:
         metrics.inferences.labels(outcome=outcome).inc()
 
 
-async def _release_at_end(body: AsyncIterable[Any], slot: Slot) -> AsyncIterator[Any]:
+async def _release_at_end(body: AsyncIterable[Any], slot: Lease) -> AsyncIterator[Any]:
     try:
         async for chunk in body:
             yield chunk
     finally:
-        slot.release()
+        await slot.release()
 
 
 async def _serve_inference(request: Request, who: Principal, kind: str) -> Response:
     """One inference call under its key's in-flight limit (held until a stream's last byte)."""
     st = _state(request)
-    slot = st.concurrency.acquire(who.key_id, who.max_concurrent)
+    slot = await st.concurrency.acquire(who.key_id, who.max_concurrent)
     if slot is None:
         st.metrics.limited.labels(reason="concurrency").inc()
         raise ConcurrencyLimited(who.max_concurrent)
@@ -322,13 +328,13 @@ async def _serve_inference(request: Request, who: Principal, kind: str) -> Respo
         parsed = parse_chat_request(body) if kind == "chat" else parse_completion_request(body)
         response = await _Inference(st, kind, parsed, who).run()
     except BaseException:
-        slot.release()
+        await slot.release()
         raise
     if isinstance(response, StreamingResponse):
         response.body_iterator = _release_at_end(response.body_iterator, slot)
         response.background = BackgroundTask(slot.release)
     else:
-        slot.release()
+        await slot.release()
     return response
 
 
@@ -362,10 +368,10 @@ def create_app(
     *,
     backend: InferenceBackend | None = None,
     store: ContentStore | None = None,
-    keys: KeyStore | None = None,
-    limiter: RateLimiter | None = None,
+    keys: ApiKeys | None = None,
+    limiter: RateLimits | None = None,
     chains: list[ChainSettings] | None = None,
-    ledger: SpendLedger | None = None,
+    ledger: SpendLedgers | None = None,
 ) -> FastAPI:
     """The gateway app. Without `backend`, the chain backend is built from `settings` (and started
     in the app's lifespan) for `settings.chain`, or for each of `chains` (a body's `chain_id`
@@ -380,14 +386,15 @@ def create_app(
 
         backend = ChainBackend.from_settings(settings, store, chains=chains)
     metrics = GatewayMetrics()
+    stores = open_stores(settings, keys=keys, limiter=limiter, ledger=ledger)
     state = GatewayState(
         settings=settings,
         backend=backend,
-        keys=keys or KeyStore(settings.gateway.keys_path or default_keys_path(settings.data_dir)),
-        limiter=limiter or RateLimiter(),
+        keys=stores.keys,
+        limiter=stores.limiter,
         metrics=metrics,
-        ledger=ledger or SpendLedger(settings.gateway.ledger_path or default_ledger_path(settings.data_dir)),
-        concurrency=ConcurrencyLimiter(),
+        ledger=stores.ledger,
+        concurrency=stores.in_flight,
     )
     backend.add_rejection_listener(lambda _reason: metrics.rejected.inc())
     loops = getattr(backend, "loops", None)  # the chain backend's supervised watchers and MQTT loop
@@ -396,7 +403,7 @@ def create_app(
     drops = getattr(backend, "mqtt_drops", None)  # only the chain backend relays MQTT
     if callable(drops):
         metrics.registry.register(DropsCollector([drops]))
-    state.keys.list()  # fail at startup, not on the first request, if the keys file is corrupt
+    state.keys.list()  # fail at startup, not on the first request, if the keys file or Redis is bad
     content_store = store
 
     @asynccontextmanager
@@ -406,7 +413,7 @@ def create_app(
             yield
         finally:
             await state.backend.close()
-            state.ledger.close()
+            await stores.aclose()
             if own_store:
                 await content_store.close()
 
@@ -472,7 +479,7 @@ def create_app(
         chain_id: Annotated[int | None, Query()] = None,
     ) -> dict[str, Any]:
         cid = _pick_chain(chain_id)
-        if not who.admin and state.ledger.owner(cid, request_id) != who.key_id:
+        if not who.admin and await state.ledger.aowner(cid, request_id) != who.key_id:
             # the same answer as for an id that does not exist: existence is not leaked
             raise NotFound(f"No inference request {request_id} on chain {cid}.", param="request_id")
         return await state.backend.get_inference(cid, request_id)

@@ -7,7 +7,8 @@ Keys are 32 random bytes (`sk-inferd-...`), so a fast hash is as strong as scryp
 no low-entropy password to brute-force, and lookups stay O(1). The file is rewritten atomically
 with mode 0600 and re-read when its mtime changes, so `inferd gateway keys add|revoke` takes effect
 on a running gateway without a restart. The plaintext key is shown once, at creation, and never
-logged (it is registered with the log redactor).
+logged (it is registered with the log redactor). Several gateways share their keys in Redis
+instead (`node.gateway.shared.RedisKeyStore`, chosen by `gateway.redis_url`).
 """
 
 from __future__ import annotations
@@ -164,6 +165,10 @@ class KeyStore:
         if rec is None or rec.revoked or not hmac.compare_digest(rec.hash, wanted):
             return None
         return rec
+
+    async def alookup(self, key: str) -> ApiKeyRecord | None:
+        """`stores.ApiKeys`: `lookup` for the request path."""
+        return self.lookup(key)
 
 
 def extract_key(authorization: str | None, x_api_key: str | None) -> str | None:

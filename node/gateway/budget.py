@@ -10,6 +10,9 @@ chain cost) and settled with the receipt's real cost once it is mined, so concur
 cannot overshoot a budget by more than the error of that estimate. Settled spend and the owner of
 each on-chain request live in SQLite (WAL), so neither resets when the gateway restarts; the owner
 table answers `GET /v1/inferences/{id}` for the key that made the request only.
+
+This SQLite ledger serves one gateway process; several gateways share one in Redis instead
+(`node.gateway.shared`). The `a*` methods are the async `stores.SpendLedgers` protocol both implement.
 """
 
 from __future__ import annotations
@@ -146,6 +149,26 @@ class SpendLedger:
         """Remember a mined request's gas cost; the hint follows prices up at once, down slowly."""
         old = self._gas_hint.get(chain_id, 0)
         self._gas_hint[chain_id] = gas_wei if gas_wei >= old else (3 * old + gas_wei) // 4
+
+    # ------------------------------------------------------------------ stores.SpendLedgers
+
+    async def areserve(self, key_id: str, wei: int, budget: Budget) -> Reservation:
+        return self.reserve(key_id, wei, budget)
+
+    async def asettle(self, reservation: Reservation, actual_wei: int | None) -> None:
+        self.settle(reservation, actual_wei)
+
+    async def aspent(self, key_id: str) -> int:
+        return self.spent(key_id)
+
+    async def arecord_owner(self, chain_id: int, request_id: int, key_id: str) -> None:
+        self.record_owner(chain_id, request_id, key_id)
+
+    async def aowner(self, chain_id: int, request_id: int) -> str | None:
+        return self.owner(chain_id, request_id)
+
+    async def aclose(self) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ owners
 

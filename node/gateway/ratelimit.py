@@ -2,6 +2,8 @@
 
 A denied call learns how long until one token is back; the gateway sends it as `Retry-After`.
 Buckets live in memory (one gateway process); idle full buckets are dropped to bound memory.
+Several gateways share theirs in Redis instead (`node.gateway.shared`, chosen by `gateway.redis_url`);
+both implement the protocols of `node.gateway.stores`.
 
 A rate limit bounds how often a key may start calls, not how many it holds open: a request waits
 for its on-chain result for up to `request_timeout_s`, so a key could otherwise pile up minutes of
@@ -46,6 +48,13 @@ class RateLimiter:
             return 0.0
         return (cost - bucket.tokens) / rate
 
+    async def hit(self, key: str, per_minute: int) -> float:
+        """`stores.RateLimits`: one call of `key`; 0 when allowed, else seconds to wait."""
+        return self.take(key, per_minute)
+
+    async def aclose(self) -> None:
+        return None
+
     def _evict(self, now: float) -> None:
         """Drop buckets that have been idle long enough to be full again (they carry no state)."""
         stale = [k for k, b in self._buckets.items() if now - b.updated > 60.0]
@@ -63,7 +72,7 @@ class Slot:
         self._key = key
         self._released = False
 
-    def release(self) -> None:
+    async def release(self) -> None:
         if not self._released:
             self._released = True
             self._owner._release(self._key)
@@ -75,7 +84,8 @@ class ConcurrencyLimiter:
     def __init__(self) -> None:
         self._in_flight: dict[str, int] = {}
 
-    def acquire(self, key: str, limit: int) -> Slot | None:
+    async def acquire(self, key: str, limit: int) -> Slot | None:
+        """`stores.InFlightLimits`: a slot, or None when `key` holds `limit` already."""
         count = self._in_flight.get(key, 0)
         if count >= limit:
             return None
@@ -84,6 +94,12 @@ class ConcurrencyLimiter:
 
     def in_flight(self, key: str) -> int:
         return self._in_flight.get(key, 0)
+
+    async def held(self, key: str) -> int:
+        return self.in_flight(key)
+
+    async def aclose(self) -> None:
+        return None
 
     def _release(self, key: str) -> None:
         count = self._in_flight.get(key, 0) - 1

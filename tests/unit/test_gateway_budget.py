@@ -26,6 +26,7 @@ from node.gateway.app import GatewayState, create_app
 from node.gateway.auth import KeyStore
 from node.gateway.budget import TOTAL, Budget, SpendLedger
 from node.gateway.errors import GatewayBudgetExhausted, InsufficientQuota
+from node.gateway.ratelimit import ConcurrencyLimiter
 from node.gateway.server import GatewayServer
 from node.log import configure_logging
 from node.miner.testing import deploy_dev_hub
@@ -122,6 +123,7 @@ async def test_in_flight_limit_is_429_envelope_then_frees(make_gw: Any) -> None:
     gw: Gateway = await make_gw(request_timeout_s=1.0)
     key, record = gw.keys.add("one-at-a-time", max_concurrent=1)
     limiter = state(gw.app).concurrency
+    assert isinstance(limiter, ConcurrencyLimiter)  # in memory: one gateway, no redis_url
     gw.backend.mode = "silent"
     first = asyncio.create_task(gw.http.post("/v1/chat/completions", json=CHAT, headers=auth(key)))
     await _until(lambda: limiter.in_flight(record.id) == 1)
@@ -147,7 +149,9 @@ async def test_default_in_flight_limit_comes_from_settings(make_gw: Any) -> None
     gw.backend.mode = "silent"
     calls = [asyncio.create_task(gw.http.post("/v1/completions", json={"model": MODEL, "prompt": "x"}))]
     calls.append(asyncio.create_task(gw.http.post("/v1/completions", json={"model": MODEL, "prompt": "y"})))
-    await _until(lambda: state(gw.app).concurrency.in_flight(gw.record.id) == 2)
+    limiter = state(gw.app).concurrency
+    assert isinstance(limiter, ConcurrencyLimiter)
+    await _until(lambda: limiter.in_flight(gw.record.id) == 2)
     reply = await gw.http.post("/v1/completions", json={"model": MODEL, "prompt": "z"})
     assert_envelope(reply, 429, code="concurrency_limit_exceeded")
     for call in calls:
@@ -167,7 +171,7 @@ async def test_key_budget_is_429_insufficient_quota_and_wallet_cap_503(make_gw: 
     assert err["type"] == "insufficient_quota" and int(reply.headers["Retry-After"]) >= 1
     assert str(2 * FEE) in err["message"]
     assert len(gw.backend.submitted) == 2  # refused before anything went on chain
-    assert state(gw.app).ledger.spent(small_rec.id) == 2 * FEE
+    assert await state(gw.app).ledger.aspent(small_rec.id) == 2 * FEE
 
     assert (await gw.http.post("/v1/chat/completions", json=CHAT)).status_code == 200  # another key
     reply = await gw.http.post("/v1/chat/completions", json=CHAT)  # the wallet's 3 fees are spent
@@ -251,7 +255,7 @@ async def test_chain_spend_counts_fee_plus_gas_paid(
             assert_envelope(reply, 504, code="timeout")  # no miner runs: the request stays open
             block, gas = await _last_tx_cost(w3)
             assert gas > 0
-            assert st.ledger.spent(record.id) == FEE + gas == st.ledger.spent(TOTAL)
+            assert await st.ledger.aspent(record.id) == FEE + gas == await st.ledger.aspent(TOTAL)
             rid = reply.headers["X-Inferd-Request-Id"]
             assert (await http.get(f"/v1/inferences/{rid}")).json()["fee_wei"] == str(FEE)
             stranger, _ = keys.add("stranger")
@@ -290,7 +294,7 @@ async def test_gas_price_cap_refuses_before_signing(
             reply = await http.post("/v1/chat/completions", json=CHAT)
         assert_envelope(reply, 503, code="gas_price_too_high")
         assert int(await owner.w3.eth.block_number) == before
-        assert st.ledger.spent(record.id) == 0 and st.ledger.spent(TOTAL) == 0
+        assert await st.ledger.aspent(record.id) == 0 and await st.ledger.aspent(TOTAL) == 0
     finally:
         await server.stop()
         await owner.w3.provider.disconnect()
