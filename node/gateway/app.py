@@ -66,7 +66,6 @@ from node.gateway.schemas import (
 )
 from node.gateway.stores import ApiKeys, InFlightLimits, Lease, RateLimits, SpendLedgers, open_stores
 from node.gateway.streaming import stream_events
-from node.gateway.work import declared_max_tokens
 from node.log import bound, get_logger
 from node.supervise import LoopCollector, Supervisor
 
@@ -267,7 +266,7 @@ class _Inference:
     async def _submit(self, chain_id: int, model: ModelInfo) -> PendingInference:
         """Reserve the call's cost against both budgets, send it, and settle with what it cost."""
         st, gw = self.st, self.st.settings.gateway
-        fee = model.price(declared_max_tokens(self.parsed.document))  # protocol v2: exactly the price
+        fee = max(gw.fee_wei or 0, model.min_fee)
         budget = Budget(key_wei=self.who.daily_budget_wei, total_wei=gw.daily_budget_wei_total)
         try:
             wei = fee + st.ledger.gas_hint(chain_id)
