@@ -42,15 +42,36 @@ def _eth(wei: Any) -> str:
     return f"{int(wei)} wei ({int(wei) / 10**18:.6g} ETH)"
 
 
+_PHASES = (
+    "None", "Pending", "Assigned", "Reveal", "Audit", "AuditReveal", "Committee", "CommitteeReveal",
+    "Resolved", "Vote", "Final", "Refunded",
+)  # fmt: skip
+
+
+def _phase(value: Any) -> str:
+    n = int(value)
+    return _PHASES[n] if 0 <= n < len(_PHASES) else str(n)
+
+
 _HINTS: dict[str, Callable[[dict[str, Any]], str]] = {
     "NotOwner": lambda a: "only the hub owner (deployer) may register models",
     "Reentrancy": lambda a: "re-entrant call into the hub rejected",
     "InvalidModel": lambda a: (
-        "invalid model parameters: need a name, 0 < minStake, minFee < 2^96, "
-        "timeoutBlocks > 0 and 1 <= redundancy <= 7"
+        "invalid model parameters: need a name, a non-zero engine class, 0 < minStake, 0 < baseFee, "
+        "fees below 2^96, 0 < timeoutBlocks <= 200, 1 <= redundancy <= 7, auditBps <= 10000 "
+        "(and > 0 when redundancy is 1)"
+    ),
+    "Underpriced": lambda a: (
+        f"audits would not deter cheating: with a max price of {_eth(a['maxPrice'])} a minStake of "
+        f"{_eth(a['minStake'])} is too low for this auditBps (need auditBps * minStake >= "
+        "2 * (10000 - auditBps) * max price); raise minStake or auditBps, or lower the fees"
     ),
     "ModelExists": lambda a: "a model with this name is already registered",
     "UnknownModel": lambda a: "no model with this id is registered on the hub (check the model name)",
+    "EngineClassMismatch": lambda a: (
+        f"engine class 0x{bytes(a['provided']).hex()} is not the model's 0x{bytes(a['required']).hex()}: "
+        "run the engine the model was registered with (`inferd model class` shows this machine's)"
+    ),
     "AlreadyRegistered": lambda a: "this address is already a registered miner; one model per address",
     "NotRegistered": lambda a: "this address is not a registered miner",
     "InsufficientStake": lambda a: (
@@ -63,22 +84,45 @@ _HINTS: dict[str, Callable[[dict[str, Any]], str]] = {
     ),
     "ExitNotRequested": lambda a: "call requestExit first, then withdrawStake after the cooldown",
     "CooldownActive": lambda a: f"stake is locked until block {a['unlockBlock']}",
-    "FeeTooLow": lambda a: (
-        f"fee too low: the model requires at least {_eth(a['required'])}, got {_eth(a['provided'])}"
+    "WrongFee": lambda a: (
+        f"wrong amount: exactly {_eth(a['required'])} is required (price(model, maxTokens), or the bond), "
+        f"got {_eth(a['provided'])}"
     ),
+    "BadMaxTokens": lambda a: f"maxTokens {a['maxTokens']} is out of range: declare 1..65536",
     "NotEnoughMiners": lambda a: (
         f"the model needs {a['required']} active miners, only {a['available']} are active; try later"
     ),
     "ZeroDigest": lambda a: "digest must not be zero",
     "UnknownRequest": lambda a: f"request {a['id']} does not exist",
-    "AlreadyFinalized": lambda a: f"request {a['id']} is already finalized",
-    "RequestClosed": lambda a: f"request {a['id']} was refunded and is closed",
-    "DeadlinePassed": lambda a: f"request {a['id']} is past its deadline",
-    "NotAssignee": lambda a: f"this address is not assigned to request {a['id']}",
-    "AlreadySubmitted": lambda a: f"a result for request {a['id']} was already submitted by this address",
-    "NotExpired": lambda a: f"request {a['id']} can only be expired after block {a['deadline']}",
-    "LengthMismatch": lambda a: "ids and digests must have the same length",
-    "EmptyBatch": lambda a: "submitResults needs at least one result",
+    "WrongPhase": lambda a: (
+        f"request {a['id']} is in phase {_phase(a['phase'])}, where this call is not allowed"
+    ),
+    "DeadlinePassed": lambda a: f"request {a['id']} is past the deadline of its phase",
+    "NotYet": lambda a: f"request {a['id']}: too early, allowed from block {a['at']}",
+    "NotSeated": lambda a: "this address holds no seat for this request (in this phase)",
+    "AlreadyCommitted": lambda a: f"this address already committed for request {a['id']}",
+    "AlreadyRevealed": lambda a: f"this address already revealed for request {a['id']}",
+    "CommitmentMismatch": lambda a: (
+        f"request {a['id']}: the revealed digest does not match this address's commitment"
+    ),
+    "AuditDrawn": lambda a: (
+        f"request {a['id']} was drawn for audit: call openAudit, reveal after RevealOpened"
+    ),
+    "NotDrawn": lambda a: f"request {a['id']} was not drawn for audit (or not in its reveal phase)",
+    "CannotEscalate": lambda a: (
+        f"request {a['id']}: only a party whose revealed digest lost the provisional outcome may escalate"
+    ),
+    "NotEligible": lambda a: (
+        f"request {a['id']}: this address may not vote (not an active miner of the model before the "
+        "escalation, seated on the request, or no vote committed)"
+    ),
+    "BadSignature": lambda a: "the signature is malformed or was not made by that miner for this request",
+    "NoEquivocation": lambda a: (
+        f"request {a['id']}: the signed digest is what the miner committed/revealed (or was proven already)"
+    ),
+    "NothingToClaim": lambda a: f"request {a['id']}: nothing to claim for this address",
+    "LengthMismatch": lambda a: "the arrays must have the same length",
+    "BadBatch": lambda a: "a batch holds 1 to 64 entries",
     "NothingToWithdraw": lambda a: "nothing to withdraw: no credits for this address",
     "TransferFailed": lambda a: "the ETH transfer to the caller failed (does it accept ETH?)",
 }

@@ -1,9 +1,24 @@
-"""Typed InferenceHub events and a decoder from raw logs (`eth_getLogs` / receipt logs)."""
+"""Typed InferenceHub events (protocol v2) and a decoder from raw logs (`eth_getLogs` / receipt logs).
+
+One frozen dataclass per hub event, its fields the event's arguments in snake_case (bytes32 as
+`bytes`, addresses checksummed, address arrays as tuples) plus `log`, where the log sits on chain.
+The request lifecycle, in the order a request meets them:
+
+    InferenceRequested (no seats yet) → InferenceAssigned (seats; again on reassignment)
+    → ResultCommitted* → RevealOpened (r > 1, or an audit/committee's commits are in) → ResultRevealed*
+    → [AuditOpened → ... → CommitteeOpened → ...] → InferenceResolved (provisional, escalation window)
+    → [EscalationOpened → VoteCommitted* → VoteRevealed*] → InferenceFinalized | InferenceRefunded
+
+Money moves are their own events (`Slashed`, `Credited`, `Burned`), so indexers never recompute them.
+An event the ABI has but this module does not type (none today) decodes as `OtherHubEvent`.
+"""
 
 from __future__ import annotations
 
+import enum
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache
 from typing import Any
 
@@ -25,23 +40,199 @@ class LogRef:
     address: str
 
 
+class SlashReason(enum.IntEnum):
+    SILENT = 1
+    MINORITY = 2
+    FRAUD = 3
+    EQUIVOCATION = 4
+
+
+class CreditReason(enum.IntEnum):
+    FEE = 1
+    REFUND = 2
+    AUDIT = 3
+    COMMITTEE = 4
+    BOUNTY = 5
+    VOTE = 6
+    BOND = 7
+    COMPENSATION = 8
+
+
+# ------------------------------------------------------------------------------ models and miners
+
+
+@dataclass(frozen=True)
+class ModelRegistered:
+    model_id: bytes
+    name: str
+    engine_class: bytes
+    min_stake: int
+    base_fee: int
+    per_token_fee: int
+    timeout_blocks: int
+    redundancy: int
+    audit_bps: int
+    log: LogRef
+
+
+@dataclass(frozen=True)
+class MinerRegistered:
+    miner: str
+    model_id: bytes
+    stake: int
+    log: LogRef
+
+
+@dataclass(frozen=True)
+class StakeAdded:
+    miner: str
+    amount: int
+    stake: int
+    log: LogRef
+
+
+@dataclass(frozen=True)
+class MinerActivated:
+    miner: str
+    model_id: bytes
+    log: LogRef
+
+
+@dataclass(frozen=True)
+class MinerDeactivated:
+    miner: str
+    model_id: bytes
+    log: LogRef
+
+
+@dataclass(frozen=True)
+class ExitRequested:
+    miner: str
+    unlock_block: int
+    log: LogRef
+
+
+@dataclass(frozen=True)
+class StakeWithdrawn:
+    miner: str
+    amount: int
+    log: LogRef
+
+
+@dataclass(frozen=True)
+class Withdrawn:
+    account: str
+    amount: int
+    log: LogRef
+
+
+# ------------------------------------------------------------------------------ requests
+
+
 @dataclass(frozen=True)
 class InferenceRequested:
+    """A paid request; seats are drawn later (`InferenceAssigned`). `max_tokens`: declared budget."""
+
     id: int
     requester: str
     model_id: bytes
     input_digest: bytes
     fee: int
+    max_tokens: int
+    log: LogRef
+
+
+@dataclass(frozen=True)
+class InferenceAssigned:
+    """Seats to work on `id` (first assignment or reassignment); commits are due by `deadline`."""
+
+    id: int
+    model_id: bytes
+    input_digest: bytes
     deadline: int
     assignees: tuple[str, ...]
     log: LogRef
 
 
 @dataclass(frozen=True)
-class ResultSubmitted:
+class ResultCommitted:
+    id: int
+    miner: str
+    commitment: bytes
+    log: LogRef
+
+
+@dataclass(frozen=True)
+class RevealOpened:
+    """Commits are in: the seats reveal until `deadline`."""
+
+    id: int
+    deadline: int
+    log: LogRef
+
+
+@dataclass(frozen=True)
+class ResultRevealed:
     id: int
     miner: str
     output_digest: bytes
+    log: LogRef
+
+
+@dataclass(frozen=True)
+class AuditOpened:
+    """An r = 1 result was drawn for audit: `auditor` re-executes the input and commits by `deadline`."""
+
+    id: int
+    auditor: str
+    input_digest: bytes
+    deadline: int
+    log: LogRef
+
+
+@dataclass(frozen=True)
+class CommitteeOpened:
+    """Assignee and auditor disagreed: `members` re-execute the input and commit by `deadline`."""
+
+    id: int
+    input_digest: bytes
+    deadline: int
+    members: tuple[str, ...]
+    log: LogRef
+
+
+@dataclass(frozen=True)
+class InferenceResolved:
+    """A provisional outcome; an outvoted seat may escalate until `escalation_end`."""
+
+    id: int
+    output_digest: bytes
+    escalation_end: int
+    log: LogRef
+
+
+@dataclass(frozen=True)
+class EscalationOpened:
+    id: int
+    challenger: str
+    challenger_digest: bytes
+    commit_end: int
+    reveal_end: int
+    log: LogRef
+
+
+@dataclass(frozen=True)
+class VoteCommitted:
+    id: int
+    voter: str
+    log: LogRef
+
+
+@dataclass(frozen=True)
+class VoteRevealed:
+    id: int
+    voter: str
+    digest: bytes
     log: LogRef
 
 
@@ -53,27 +244,77 @@ class InferenceFinalized:
 
 
 @dataclass(frozen=True)
-class InferenceExpired:
-    """`reassigned`: the request has new `assignees` and `deadline`; otherwise the fee was refunded."""
-
+class InferenceRefunded:
     id: int
-    reassigned: bool
-    input_digest: bytes
-    deadline: int
-    assignees: tuple[str, ...]
+    log: LogRef
+
+
+# ------------------------------------------------------------------------------ money
+
+
+@dataclass(frozen=True)
+class Slashed:
+    id: int
+    miner: str
+    amount: int
+    reason: SlashReason
+    log: LogRef
+
+
+@dataclass(frozen=True)
+class Credited:
+    account: str
+    id: int
+    amount: int
+    reason: CreditReason
+    log: LogRef
+
+
+@dataclass(frozen=True)
+class Burned:
+    id: int
+    amount: int
+    log: LogRef
+
+
+@dataclass(frozen=True)
+class EquivocationProven:
+    id: int
+    miner: str
+    signed_digest: bytes
+    prover: str
     log: LogRef
 
 
 @dataclass(frozen=True)
 class OtherHubEvent:
-    """Any other hub event (model/miner/stake/slash/withdraw), with its decoded arguments."""
+    """A hub event this module has no class for, with its decoded arguments by ABI name."""
 
     name: str
     args: dict[str, Any]
     log: LogRef
 
 
-HubEvent = InferenceRequested | ResultSubmitted | InferenceFinalized | InferenceExpired | OtherHubEvent
+TYPED = (
+    ModelRegistered, MinerRegistered, StakeAdded, MinerActivated, MinerDeactivated, ExitRequested,
+    StakeWithdrawn, Withdrawn, InferenceRequested, InferenceAssigned, ResultCommitted, RevealOpened,
+    ResultRevealed, AuditOpened, CommitteeOpened, InferenceResolved, EscalationOpened, VoteCommitted,
+    VoteRevealed, InferenceFinalized, InferenceRefunded, Slashed, Credited, Burned, EquivocationProven,
+)  # fmt: skip
+_BY_NAME: dict[str, type[Any]] = {cls.__name__: cls for cls in TYPED}
+_CONVERT: dict[tuple[str, str], Any] = {
+    ("Slashed", "reason"): SlashReason,
+    ("Credited", "reason"): CreditReason,
+}
+
+HubEvent = (
+    ModelRegistered | MinerRegistered | StakeAdded | MinerActivated | MinerDeactivated | ExitRequested
+    | StakeWithdrawn | Withdrawn | InferenceRequested | InferenceAssigned | ResultCommitted | RevealOpened
+    | ResultRevealed | AuditOpened | CommitteeOpened | InferenceResolved | EscalationOpened | VoteCommitted
+    | VoteRevealed | InferenceFinalized | InferenceRefunded | Slashed | Credited | Burned
+    | EquivocationProven | OtherHubEvent
+)  # fmt: skip
+"""Any decoded hub event."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +344,7 @@ def _events() -> dict[bytes, _EventAbi]:
 
 
 def event_topic(name: str) -> str:
-    """topic0 (0x-hex) of a hub event by name, e.g. `event_topic("InferenceRequested")`."""
+    """topic0 (0x-hex) of a hub event by name, e.g. `event_topic("InferenceAssigned")`."""
     for topic, ev in _events().items():
         if ev.name == name:
             return "0x" + topic.hex()
@@ -137,6 +378,10 @@ def _norm(value: Any) -> Any:
     return value
 
 
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
 def decode_log(log: Mapping[str, Any]) -> HubEvent | None:
     """Decode one raw log of the hub into a typed event; None for a log that is not a hub event.
 
@@ -163,33 +408,18 @@ def decode_log(log: Mapping[str, Any]) -> HubEvent | None:
         log_index=int(_get(log, "logIndex", 0) or 0),
         address=to_checksum_address(_get(log, "address")) if _get(log, "address") else "",
     )
-    if ev.name == "InferenceRequested":
-        return InferenceRequested(
-            id=args["id"],
-            requester=args["requester"],
-            model_id=args["modelId"],
-            input_digest=args["inputDigest"],
-            fee=args["fee"],
-            deadline=args["deadline"],
-            assignees=tuple(args["assignees"]),
-            log=ref,
-        )
-    if ev.name == "ResultSubmitted":
-        return ResultSubmitted(
-            id=args["id"], miner=args["miner"], output_digest=args["outputDigest"], log=ref
-        )
-    if ev.name == "InferenceFinalized":
-        return InferenceFinalized(id=args["id"], output_digest=args["outputDigest"], log=ref)
-    if ev.name == "InferenceExpired":
-        return InferenceExpired(
-            id=args["id"],
-            reassigned=args["reassigned"],
-            input_digest=args["inputDigest"],
-            deadline=args["deadline"],
-            assignees=tuple(args["assignees"]),
-            log=ref,
-        )
-    return OtherHubEvent(name=ev.name, args=args, log=ref)
+    cls = _BY_NAME.get(ev.name)
+    if cls is None:
+        return OtherHubEvent(name=ev.name, args=args, log=ref)
+    kwargs: dict[str, Any] = {"log": ref}
+    for key, value in args.items():
+        convert = _CONVERT.get((ev.name, key))
+        kwargs[_snake(key)] = convert(value) if convert is not None else value
+    wanted = {f.name for f in fields(cls)}
+    if set(kwargs) != wanted:  # the ABI and this module disagree: keep the event, untyped
+        return OtherHubEvent(name=ev.name, args=args, log=ref)
+    event: HubEvent = cls(**kwargs)
+    return event
 
 
 def decode_logs(logs: Iterable[Mapping[str, Any]]) -> list[HubEvent]:
@@ -200,3 +430,16 @@ def decode_logs(logs: Iterable[Mapping[str, Any]]) -> list[HubEvent]:
         if event is not None:
             out.append(event)
     return out
+
+
+__all__ = [name for name in _BY_NAME] + [
+    "CreditReason",
+    "HubEvent",
+    "LogRef",
+    "OtherHubEvent",
+    "SlashReason",
+    "TYPED",
+    "decode_log",
+    "decode_logs",
+    "event_topic",
+]

@@ -5,7 +5,7 @@ waits for one transaction, and returns a `TxResult` with the receipt's gas figur
 hub events. Reverts raise `HubError` with the custom error's name and an actionable message.
 
 Lower-level pieces are public for callers with their own sending policy (the miner's `TxSender`):
-`hub.contract.functions.submitResults(ids, digests)` gives the contract function,
+`hub.contract.functions.commitMany(ids, commitments)` gives the contract function,
 `build_tx()` an unsigned EIP-1559 transaction, `sign()` raw bytes, `send_raw()` / `wait()` the rest.
 """
 
@@ -15,48 +15,102 @@ import asyncio
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
+from eth_abi.abi import encode as abi_encode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress, HexStr
 from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 from hexbytes import HexBytes
 from pydantic import SecretStr
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.contract import AsyncContract
 from web3.contract.async_contract import AsyncContractFunction
 from web3.exceptions import ContractLogicError
-from web3.types import Nonce, TxParams, TxReceipt, Wei
+from web3.types import BlockIdentifier, Nonce, TxParams, TxReceipt, Wei
 
 from node.chain.artifacts import hub_artifact
 from node.chain.errors import ChainError, TxFailed, decode_revert
 from node.chain.events import HubEvent, InferenceRequested, decode_logs
 
+E = TypeVar("E")
+
 Digest = bytes | str
 """A 32-byte digest as bytes or 0x-hex."""
 
+UNAVAILABLE = (1).to_bytes(32, "big")
+"""The digest a seat reveals when it could not fetch the input before its deadline (never fraud)."""
+MAX_DECLARED_TOKENS = 65_536
+MAX_BATCH = 64
+AUTO_ASSIGN = 2
+"""Due requests every `requestInference(s)` materialises on its way."""
+ASSIGN_GAS = 400_000
+"""Gas added per request that a call may materialise: `eth_estimateGas` runs on a block in which the
+request's seed block is not yet past, so the estimate leaves the assignment out."""
+"""Most ids per `requestInferences` / `commitMany` / `revealMany` / `timeoutMany`."""
 
-class RequestStatus(enum.IntEnum):
+
+class Phase(enum.IntEnum):
+    """`RequestView.phase`; see `RequestInfo.mark` for what the phase's block mark means."""
+
     NONE = 0
-    OPEN = 1
-    FINALIZED = 2
-    REFUNDED = 3
+    PENDING = 1  # waiting for its seed block; mark = request block
+    ASSIGNED = 2  # commit window; mark = deadline
+    REVEAL = 3  # r = 1: mark = commit block (reveal until mark + timeoutBlocks); r > 1: reveal deadline
+    AUDIT = 4  # auditor commit window; mark = deadline
+    AUDIT_REVEAL = 5
+    COMMITTEE = 6
+    COMMITTEE_REVEAL = 7
+    RESOLVED = 8  # provisional outcome; mark = end of the escalation window
+    VOTE = 9  # escalation vote (`get_escalation`)
+    FINAL = 10
+    REFUNDED = 11
+
+
+class RequestFlag(enum.IntFlag):
+    REASSIGNED = 1
+    NO_AUDIT = 2  # the audit draw no longer applies (auditor silent / none eligible)
+    AUDITED = 4  # an auditor was seated
+    DISPUTED = 8  # a committee was seated
+    ESCALATED = 16
+
+
+class VerificationState(enum.StrEnum):
+    """What a user is told about a request's result (gateway, `inferd verify`)."""
+
+    PENDING = "pending"  # paid, seats not drawn yet
+    ASSIGNED = "assigned"  # seats drawn, nothing committed
+    SUBMITTED = "submitted"  # committed, not revealed/final yet
+    AUDIT_PENDING = "audit_pending"  # an auditor is re-executing it
+    AUDITED = "audited"  # final, and an auditor agreed
+    DISPUTED = "disputed"  # a committee / escalation was (or is) involved
+    FINAL = "final"
+    REFUNDED = "refunded"
 
 
 @dataclass(frozen=True)
 class ModelInfo:
     model_id: bytes
     name: str
+    engine_class: bytes
     min_stake: int
-    min_fee: int
+    base_fee: int
+    per_token_fee: int
     timeout_blocks: int
     redundancy: int
+    audit_bps: int
     active_miner_count: int
+    audit_pool: int
 
     @property
     def quorum(self) -> int:
         return self.redundancy // 2 + 1
+
+    def price(self, max_tokens: int) -> int:
+        """The exact fee of a request declaring `max_tokens` (the hub's `price`)."""
+        return self.base_fee + self.per_token_fee * max_tokens
 
 
 @dataclass(frozen=True)
@@ -67,22 +121,100 @@ class MinerInfo:
     credits: int
     active: bool
     exit_unlock_block: int  # 0: no exit requested
+    active_since: int = 0
 
 
 @dataclass(frozen=True)
 class RequestInfo:
+    """`getRequest(id)`. Seats: for r = 1 `[assignee, auditor, committee...]`, else the r assignees.
+
+    `digests[i]` is seat i's commitment until it revealed (bit i of `revealed`), then its digest.
+    """
+
     id: int
-    status: RequestStatus
+    phase: Phase
     requester: str
     model_id: bytes
     input_digest: bytes
-    output_digest: bytes | None  # None until finalized
+    output_digest: bytes | None  # final or provisional; None: none yet
     fee: int
-    deadline: int
+    mark: int
     redundancy: int
-    reassigned: bool
-    assignees: tuple[str, ...]
-    submitted: tuple[bytes | None, ...]  # per assignee
+    flags: RequestFlag
+    committed: int  # bit per seat
+    revealed: int  # bit per seat
+    seats: tuple[str, ...]
+    digests: tuple[bytes, ...]
+
+    @property
+    def assignees(self) -> tuple[str, ...]:
+        return self.seats[: self.redundancy]
+
+    @property
+    def auditor(self) -> str | None:
+        if self.redundancy == 1 and len(self.seats) > 1 and RequestFlag.AUDITED in self.flags:
+            return self.seats[1]
+        return None
+
+    @property
+    def committee(self) -> tuple[str, ...]:
+        return self.seats[2:] if self.redundancy == 1 else ()
+
+    @property
+    def reassigned(self) -> bool:
+        return RequestFlag.REASSIGNED in self.flags
+
+    def seat_of(self, miner: str) -> int | None:
+        """The seat index of `miner`, None when it holds none."""
+        who = to_checksum_address(miner)
+        return self.seats.index(who) if who in self.seats else None
+
+    def has_committed(self, miner: str) -> bool:
+        seat = self.seat_of(miner)
+        return seat is not None and bool(self.committed >> seat & 1)
+
+    def has_revealed(self, miner: str) -> bool:
+        seat = self.seat_of(miner)
+        return seat is not None and bool(self.revealed >> seat & 1)
+
+    def revealed_digest(self, miner: str) -> bytes | None:
+        """The digest `miner` revealed here (None: no seat or not revealed)."""
+        seat = self.seat_of(miner)
+        if seat is None or not self.revealed >> seat & 1:
+            return None
+        return self.digests[seat]
+
+    @property
+    def verification_state(self) -> VerificationState:
+        ph = self.phase
+        if ph == Phase.REFUNDED:
+            return VerificationState.REFUNDED
+        if RequestFlag.DISPUTED in self.flags or Phase.COMMITTEE <= ph <= Phase.VOTE:
+            return VerificationState.DISPUTED
+        if ph == Phase.FINAL:
+            return VerificationState.AUDITED if RequestFlag.AUDITED in self.flags else VerificationState.FINAL
+        if ph in (Phase.AUDIT, Phase.AUDIT_REVEAL):
+            return VerificationState.AUDIT_PENDING
+        if ph == Phase.PENDING or ph == Phase.NONE:
+            return VerificationState.PENDING
+        if self.committed:
+            return VerificationState.SUBMITTED
+        return VerificationState.ASSIGNED
+
+
+@dataclass(frozen=True)
+class EscalationInfo:
+    """`getEscalation(id)`; `challenger` is None when the request was never escalated."""
+
+    challenger: str | None
+    commit_end: int
+    reveal_end: int
+    votes_for: int  # for the challenged (provisional) digest
+    votes_against: int  # for the challenger's digest
+    challenger_digest: bytes
+    bond: int
+    voter_share: int
+    overturned: bool
 
 
 @dataclass(frozen=True)
@@ -99,12 +231,18 @@ class TxResult:
         """Wei spent on gas by the sender: gasUsed * effectiveGasPrice."""
         return self.gas_used * self.effective_gas_price
 
+    def of(self, kind: type[E]) -> list[E]:
+        """The events of one type, e.g. `tx.of(InferenceAssigned)`."""
+        return [e for e in self.events if isinstance(e, kind)]
+
 
 @dataclass(frozen=True)
 class RequestResult:
+    """One paid request. Seats come later: `InferenceAssigned` (see `HubClient.assign`)."""
+
     id: int
-    assignees: tuple[str, ...]
-    deadline: int
+    fee: int
+    max_tokens: int
     tx: TxResult
 
 
@@ -118,6 +256,14 @@ def to_digest(value: Digest) -> bytes:
     if len(raw) != 32:
         raise ValueError(f"a digest is 32 bytes, got {len(raw)}")
     return raw
+
+
+def commitment(output_digest: Digest, miner: str, request_id: int) -> bytes:
+    """`keccak256(abi.encode(outputDigest, miner, id))`: what a seat commits (and a voter, its vote)."""
+    data = abi_encode(
+        ["bytes32", "address", "uint256"], [to_digest(output_digest), to_checksum_address(miner), request_id]
+    )
+    return bytes(keccak(data))
 
 
 def _opt_digest(value: bytes) -> bytes | None:
@@ -207,12 +353,13 @@ class HubClient:
     ) -> TxParams:
         """An unsigned EIP-1559 transaction for `fn` from this client's key.
 
-        Estimates gas (x `gas_margin`) unless given: a call that would revert raises `HubError`.
+        Estimates gas on the pending block (x `gas_margin`) unless given: a call that would revert
+        raises `HubError`.
         """
         sender = self._require_account().address
         if gas is None:
             try:
-                estimate = await fn.estimate_gas({"from": sender, "value": Wei(value)})
+                estimate = await fn.estimate_gas({"from": sender, "value": Wei(value)}, "pending")
             except ContractLogicError as exc:
                 raise decode_revert(_revert_data(exc)) from exc
             gas = int(estimate * self.gas_margin)
@@ -269,26 +416,46 @@ class HubClient:
             raise decode_revert(_revert_data(exc)) from exc
 
     async def transact(
-        self, fn: AsyncContractFunction, value: int = 0, *, gas: int | None = None
+        self, fn: AsyncContractFunction, value: int = 0, *, gas: int | None = None, extra_gas: int = 0
     ) -> TxResult:
-        """Build, sign, send `fn` and wait for its receipt (sends from this client are serialized)."""
+        """Build, sign, send `fn` and wait for its receipt (sends from this client are serialized).
+
+        `extra_gas` is added to the estimate: for calls that may do more in their block than in the
+        estimate's (materialising due assignments, whose seed block is the one being estimated on).
+        """
         async with self._lock:
             tx = await self.build_tx(fn, value, gas=gas)
+            if extra_gas:
+                tx["gas"] = int(tx["gas"]) + extra_gas
             tx_hash = await self.send_raw(self.sign(tx))
         return await self.wait(tx_hash, tx=tx)
 
     # ---------------------------------------------------------------------------------------------
-    # Hub functions
+    # Models and miners
     # ---------------------------------------------------------------------------------------------
 
     async def register_model(
-        self, name: str, min_stake: int, min_fee: int, timeout_blocks: int, redundancy: int
+        self,
+        name: str,
+        engine_class: bytes,
+        min_stake: int,
+        base_fee: int,
+        per_token_fee: int,
+        timeout_blocks: int,
+        redundancy: int,
+        audit_bps: int,
     ) -> tuple[bytes, TxResult]:
-        fn = self.contract.functions.registerModel(name, min_stake, min_fee, timeout_blocks, redundancy)
+        """Owner only. r = 1 needs `audit_bps * min_stake >= 2 * (10000 - audit_bps) * max price`."""
+        fn = self.contract.functions.registerModel(
+            name, to_digest(engine_class), min_stake, base_fee, per_token_fee, timeout_blocks, redundancy,
+            audit_bps,
+        )  # fmt: skip
         return model_id(name), await self.transact(fn)
 
-    async def register_miner(self, model: bytes, stake: int) -> TxResult:
-        return await self.transact(self.contract.functions.registerMiner(model), stake)
+    async def register_miner(self, model: bytes, engine_class: bytes, stake: int) -> TxResult:
+        """Stake `stake` wei on `model`; `engine_class` must equal the model's (EngineClassMismatch)."""
+        fn = self.contract.functions.registerMiner(model, to_digest(engine_class))
+        return await self.transact(fn, stake)
 
     async def add_stake(self, amount: int) -> TxResult:
         return await self.transact(self.contract.functions.addStake(), amount)
@@ -299,28 +466,142 @@ class HubClient:
     async def withdraw_stake(self) -> TxResult:
         return await self.transact(self.contract.functions.withdrawStake())
 
-    async def request_inference(self, model: bytes, input_digest: Digest, fee: int) -> RequestResult:
-        fn = self.contract.functions.requestInference(model, to_digest(input_digest))
-        tx = await self.transact(fn, fee)
-        for ev in tx.events:
-            if isinstance(ev, InferenceRequested):
-                return RequestResult(id=ev.id, assignees=ev.assignees, deadline=ev.deadline, tx=tx)
-        raise ChainError(f"no InferenceRequested event in {tx.tx_hash}")
-
-    async def submit_result(self, request_id: int, output_digest: Digest) -> TxResult:
-        fn = self.contract.functions.submitResult(request_id, to_digest(output_digest))
-        return await self.transact(fn)
-
-    async def submit_results(self, results: Sequence[tuple[int, Digest]]) -> TxResult:
-        ids = [i for i, _ in results]
-        digests = [to_digest(d) for _, d in results]
-        return await self.transact(self.contract.functions.submitResults(ids, digests))
-
-    async def expire(self, request_id: int) -> TxResult:
-        return await self.transact(self.contract.functions.expire(request_id))
-
     async def withdraw(self) -> TxResult:
         return await self.transact(self.contract.functions.withdraw())
+
+    # ---------------------------------------------------------------------------------------------
+    # Requests
+    # ---------------------------------------------------------------------------------------------
+
+    async def price(self, model: bytes, max_tokens: int) -> int:
+        """The exact fee of a request declaring `max_tokens` (a view)."""
+        return int(await self._call(self.contract.functions.price(model, max_tokens)))
+
+    async def request_inference(
+        self, model: bytes, input_digest: Digest, max_tokens: int, *, fee: int | None = None
+    ) -> RequestResult:
+        """Pay for one request. `fee` defaults to `price(model, max_tokens)` (read from the hub)."""
+        if fee is None:
+            fee = await self.price(model, max_tokens)
+        fn = self.contract.functions.requestInference(model, to_digest(input_digest), max_tokens)
+        tx = await self.transact(fn, fee, extra_gas=AUTO_ASSIGN * ASSIGN_GAS)
+        for ev in tx.of(InferenceRequested):
+            if ev.requester == self.sender:
+                return RequestResult(id=ev.id, fee=ev.fee, max_tokens=ev.max_tokens, tx=tx)
+        raise ChainError(f"no InferenceRequested event in {tx.tx_hash}")
+
+    async def request_inferences(
+        self, model: bytes, requests: Sequence[tuple[Digest, int]], *, fee: int | None = None
+    ) -> list[RequestResult]:
+        """Pay for up to 64 requests `(input digest, max tokens)` in one transaction; in order."""
+        digests = [to_digest(d) for d, _ in requests]
+        tokens = [int(t) for _, t in requests]
+        if fee is None:
+            info = await self.get_model(model)
+            fee = sum(info.price(t) for t in tokens)
+        fn = self.contract.functions.requestInferences(model, digests, tokens)
+        tx = await self.transact(fn, fee, extra_gas=AUTO_ASSIGN * ASSIGN_GAS)
+        out = [
+            RequestResult(id=ev.id, fee=ev.fee, max_tokens=ev.max_tokens, tx=tx)
+            for ev in tx.of(InferenceRequested)
+            if ev.requester == self.sender
+        ]
+        if len(out) != len(requests):
+            raise ChainError(
+                f"{len(out)} InferenceRequested events for {len(requests)} requests in {tx.tx_hash}"
+            )
+        return out
+
+    async def assign(self, max_count: int = 16) -> TxResult:
+        """Materialise up to `max_count` due requests (their seed block is mined): `InferenceAssigned`."""
+        return await self.transact(
+            self.contract.functions.assign(max_count), extra_gas=max_count * ASSIGN_GAS
+        )
+
+    # ---------------------------------------------------------------------------------------------
+    # Results
+    # ---------------------------------------------------------------------------------------------
+
+    def commitment_for(self, request_id: int, output_digest: Digest) -> bytes:
+        """This client's commitment to `output_digest` for `request_id`."""
+        return commitment(output_digest, self._require_account().address, request_id)
+
+    async def commit(self, request_id: int, output_digest: Digest) -> TxResult:
+        """Commit to `output_digest` (the commitment is computed for this client's address)."""
+        return await self.commit_raw(request_id, self.commitment_for(request_id, output_digest))
+
+    async def commit_raw(self, request_id: int, value: bytes) -> TxResult:
+        """Commit an already computed commitment (tests; other signers' tooling)."""
+        return await self.transact(self.contract.functions.commit(request_id, to_digest(value)))
+
+    async def commit_many(self, results: Sequence[tuple[int, Digest]]) -> TxResult:
+        ids = [i for i, _ in results]
+        values = [self.commitment_for(i, d) for i, d in results]
+        return await self.transact(self.contract.functions.commitMany(ids, values))
+
+    async def reveal(self, request_id: int, output_digest: Digest) -> TxResult:
+        """Reveal a committed digest; for r = 1 check `audit_drawn` first (else AuditDrawn)."""
+        return await self.transact(self.contract.functions.reveal(request_id, to_digest(output_digest)))
+
+    async def reveal_many(self, results: Sequence[tuple[int, Digest]]) -> TxResult:
+        ids = [i for i, _ in results]
+        digests = [to_digest(d) for _, d in results]
+        return await self.transact(self.contract.functions.revealMany(ids, digests))
+
+    async def audit_drawn(self, request_id: int, block: BlockIdentifier = "pending") -> bool:
+        """Whether the committed r = 1 result must be audited before it is revealed.
+
+        Evaluated on the pending block by default: the reveal would be mined there, and the view
+        answers false in the commit block itself.
+        """
+        fn = self.contract.functions.auditDrawn(request_id)
+        try:
+            return bool(await fn.call(block_identifier=block))
+        except ContractLogicError as exc:
+            raise decode_revert(_revert_data(exc)) from exc
+
+    async def open_audit(self, request_id: int) -> TxResult:
+        """Seat the auditor of a drawn r = 1 result (anyone): `AuditOpened`, or unaudited if none."""
+        return await self.transact(self.contract.functions.openAudit(request_id))
+
+    async def timeout(self, request_id: int) -> TxResult:
+        """Move a request past its passed phase deadline (anyone): slash, reassign, resolve, refund."""
+        return await self.transact(self.contract.functions.timeout(request_id))
+
+    async def timeout_many(self, request_ids: Sequence[int]) -> TxResult:
+        return await self.transact(self.contract.functions.timeoutMany(list(request_ids)))
+
+    # ---------------------------------------------------------------------------------------------
+    # Escalation and equivocation
+    # ---------------------------------------------------------------------------------------------
+
+    async def escalate(self, request_id: int, *, bond: int | None = None) -> TxResult:
+        """Challenge a provisional outcome our seat lost; the bond (default: minStake) is sent."""
+        if bond is None:
+            info = await self.get_request(request_id)
+            bond = (await self.get_model(info.model_id)).min_stake
+        return await self.transact(self.contract.functions.escalate(request_id), bond)
+
+    async def commit_vote(self, request_id: int, digest: Digest) -> TxResult:
+        """Commit a vote for `digest` (computed as `commitment(digest, self, id)`)."""
+        value = commitment(digest, self._require_account().address, request_id)
+        return await self.transact(self.contract.functions.commitVote(request_id, value))
+
+    async def reveal_vote(self, request_id: int, digest: Digest) -> TxResult:
+        return await self.transact(self.contract.functions.revealVote(request_id, to_digest(digest)))
+
+    async def claim_vote(self, request_id: int) -> TxResult:
+        return await self.transact(self.contract.functions.claimVote(request_id))
+
+    async def prove_equivocation(
+        self, request_id: int, miner: str, signed_digest: Digest, signature: str | bytes
+    ) -> TxResult:
+        """Slash `miner` with its EIP-712 signature over a digest it did not commit/reveal."""
+        sig = bytes.fromhex(signature.removeprefix("0x")) if isinstance(signature, str) else bytes(signature)
+        fn = self.contract.functions.proveEquivocation(
+            request_id, to_checksum_address(miner), to_digest(signed_digest), sig
+        )
+        return await self.transact(fn)
 
     # ---------------------------------------------------------------------------------------------
     # Views
@@ -337,11 +618,15 @@ class HubClient:
         return ModelInfo(
             model_id=bytes(v[0]),
             name=str(v[1]),
-            min_stake=int(v[2]),
-            min_fee=int(v[3]),
-            timeout_blocks=int(v[4]),
-            redundancy=int(v[5]),
-            active_miner_count=int(v[6]),
+            engine_class=bytes(v[2]),
+            min_stake=int(v[3]),
+            base_fee=int(v[4]),
+            per_token_fee=int(v[5]),
+            timeout_blocks=int(v[6]),
+            redundancy=int(v[7]),
+            audit_bps=int(v[8]),
+            active_miner_count=int(v[9]),
+            audit_pool=int(v[10]),
         )
 
     async def model_ids(self) -> list[bytes]:
@@ -360,29 +645,58 @@ class HubClient:
             credits=int(v[2]),
             active=bool(v[3]),
             exit_unlock_block=int(v[4]),
+            active_since=int(v[5]),
         )
 
     async def credits_of(self, address: str) -> int:
         return int(await self._call(self.contract.functions.creditsOf(to_checksum_address(address))))
 
+    async def burned(self) -> int:
+        """Slashed wei gone for good."""
+        return int(await self._call(self.contract.functions.burned()))
+
     async def request_count(self) -> int:
         return int(await self._call(self.contract.functions.requestCount()))
+
+    async def next_assign(self) -> int:
+        """The lowest request id not materialised yet."""
+        return int(await self._call(self.contract.functions.nextAssign()))
+
+    async def domain_separator(self) -> bytes:
+        return bytes(await self._call(self.contract.functions.domainSeparator()))
 
     async def get_request(self, request_id: int) -> RequestInfo:
         v = await self._call(self.contract.functions.getRequest(request_id))
         return RequestInfo(
             id=int(v[0]),
-            status=RequestStatus(int(v[1])),
+            phase=Phase(int(v[1])),
             requester=to_checksum_address(v[2]),
             model_id=bytes(v[3]),
             input_digest=bytes(v[4]),
             output_digest=_opt_digest(bytes(v[5])),
             fee=int(v[6]),
-            deadline=int(v[7]),
+            mark=int(v[7]),
             redundancy=int(v[8]),
-            reassigned=bool(v[9]),
-            assignees=tuple(to_checksum_address(a) for a in v[10]),
-            submitted=tuple(_opt_digest(bytes(d)) for d in v[11]),
+            flags=RequestFlag(int(v[9])),
+            committed=int(v[10]),
+            revealed=int(v[11]),
+            seats=tuple(to_checksum_address(a) for a in v[12]),
+            digests=tuple(bytes(d) for d in v[13]),
+        )
+
+    async def get_escalation(self, request_id: int) -> EscalationInfo:
+        v = await self._call(self.contract.functions.getEscalation(request_id))
+        challenger = to_checksum_address(v[0])
+        return EscalationInfo(
+            challenger=None if int(challenger, 16) == 0 else challenger,
+            commit_end=int(v[1]),
+            reveal_end=int(v[2]),
+            votes_for=int(v[3]),
+            votes_against=int(v[4]),
+            challenger_digest=bytes(v[5]),
+            bond=int(v[6]),
+            voter_share=int(v[7]),
+            overturned=bool(v[8]),
         )
 
     async def block_number(self) -> int:
@@ -394,15 +708,22 @@ class HubClient:
 
 
 __all__ = [
+    "MAX_BATCH",
+    "MAX_DECLARED_TOKENS",
+    "UNAVAILABLE",
     "Digest",
+    "EscalationInfo",
     "HexStr",
     "HubClient",
     "MinerInfo",
     "ModelInfo",
+    "Phase",
+    "RequestFlag",
     "RequestInfo",
     "RequestResult",
-    "RequestStatus",
     "TxResult",
+    "VerificationState",
+    "commitment",
     "model_id",
     "to_digest",
 ]

@@ -6,8 +6,8 @@ Generic on purpose: the miner sends `submitResults` with it and the gateway `req
   the local nonce only advances once the node accepted the transaction, so a failed broadcast
   leaves no gap; a "nonce too low/high" answer resyncs from the node's pending count.
 * Fees: `maxPriorityFeePerGas` from the node, `maxFeePerGas = 2 * baseFee + tip`.
-* Gas: `eth_estimateGas × gas_margin` (a revert there raises `TxWouldRevert` before any nonce is
-  used, so callers can pre-check cheaply).
+* Gas: `eth_estimateGas` on the pending block `× gas_margin` (a revert there raises `TxWouldRevert`
+  before any nonce is used, so callers can pre-check cheaply).
 * Stuck transactions: when no receipt shows up within `stuck_after_s`, the same nonce is re-signed
   with tip and max fee bumped by at least 12.5% (the geth/anvil replacement rule) and broadcast;
   every hash ever sent for that nonce is watched, whichever is mined wins.
@@ -185,9 +185,13 @@ class TxSender:
         return max_fee, min(tip, max_fee - base)
 
     async def estimate(self, tx: dict[str, Any]) -> int:
-        """Gas for `tx` with the margin applied; TxWouldRevert when the call reverts."""
+        """Gas for `tx` with the margin applied; TxWouldRevert when the call reverts.
+
+        Estimated on the pending block, where the transaction will run: a hub call that is only
+        allowed in a block after another (an r = 1 reveal after its commit) would revert on `latest`.
+        """
         try:
-            gas = await self._retry("estimate_gas", lambda: self.w3.eth.estimate_gas(tx), 60)  # type: ignore[arg-type]
+            gas = await self._retry("estimate_gas", lambda: self.w3.eth.estimate_gas(tx, "pending"), 60)  # type: ignore[arg-type]
         except ContractLogicError as exc:
             raise TxWouldRevert(str(exc.message or exc), exc.data) from exc
         except Web3RPCError as exc:

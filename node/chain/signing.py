@@ -1,7 +1,7 @@
 """EIP-712 result signatures: the miner signs what it answered, anyone can check who answered.
 
 The typed data is `InferenceResult(uint256 requestId, bytes32 inputDigest, bytes32 outputDigest)`
-under the domain `{name: "inferd", version: "1", chainId, verifyingContract: hub}`, so a signature
+under the domain `{name: "inferd", version: "2", chainId, verifyingContract: hub}`, so a signature
 is bound to one request on one hub on one chain and cannot be replayed elsewhere. The miner signs,
 the gateway returns the signature to clients, and `inferd verify` recovers the signer.
 """
@@ -15,7 +15,7 @@ from eth_account.messages import SignableMessage, encode_typed_data
 from eth_utils.address import to_checksum_address
 
 DOMAIN_NAME = "inferd"
-DOMAIN_VERSION = "1"
+DOMAIN_VERSION = "2"
 
 RESULT_TYPES: dict[str, list[dict[str, str]]] = {
     "EIP712Domain": [
