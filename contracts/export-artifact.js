@@ -15,9 +15,19 @@ if (!fs.existsSync(src)) {
   process.exit(2);
 }
 const built = JSON.parse(fs.readFileSync(src, 'utf8'));
+// The hub delegates its dispute paths to HubDisputes (fallback + delegatecall): callers see one
+// contract, so the exported ABI is the hub's plus the module's entries the hub lacks.
+const modSrc = path.join(__dirname, 'out', 'HubDisputes.sol', 'HubDisputes.json');
+const mod = JSON.parse(fs.readFileSync(modSrc, 'utf8'));
+const key = (e) => `${e.type}:${e.name || ''}:${(e.inputs || []).map((i) => i.type).join(',')}`;
+const seen = new Set(built.abi.map(key));
+const abi = built.abi.filter((e) => e.type !== 'fallback');
+for (const e of mod.abi) {
+  if (!seen.has(key(e)) && e.type === 'function') abi.push(e);
+}
 const artifact = {
   contractName: 'InferenceHub',
-  abi: built.abi,
+  abi,
   bytecode: built.bytecode.object,
   deployedBytecode: built.deployedBytecode.object,
 };
