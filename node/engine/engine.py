@@ -329,10 +329,14 @@ class Engine:
             if batch_invariant:
                 os.environ["VLLM_BATCH_INVARIANT"] = "1"
         from vllm.v1.engine.async_llm import AsyncLLM
+        from vllm.v1.metrics.loggers import PrometheusStatLogger
 
         args = engine_args(settings, model_path, on_cpu=on_cpu, dtype=dtype, batch_invariant=batch_invariant)
         try:
-            llm = AsyncLLM.from_engine_args(args)
+            # vLLM's Prometheus metrics (queue, KV cache, TTFT) on the default registry, which the
+            # miner's /metrics serves (node.miner.metrics); `disable_log_stats` stays on, so no
+            # periodic stats log lines. Stats are only counted: no output depends on them.
+            llm = AsyncLLM.from_engine_args(args, stat_loggers=[PrometheusStatLogger])
         except Exception as exc:
             raise EngineError(f"vLLM failed to start with {model_path}: {exc}") from exc
         harmony = None
@@ -369,6 +373,11 @@ class Engine:
             llm.shutdown = lambda *args, **kwargs: None  # its __del__ would shut down again at exit
             del llm
             gc.collect()  # run AsyncLLM.__del__ now, not during interpreter teardown
+
+    @property
+    def alive(self) -> bool:
+        """False once shut down or once vLLM's engine core has died (`AsyncLLM.errored`)."""
+        return self._llm is not None and not bool(getattr(self._llm, "errored", False))
 
     def unfinished_requests(self) -> int:
         """Requests vLLM still holds (0 when idle; cancelled jobs must not linger)."""
