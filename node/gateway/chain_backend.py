@@ -1,11 +1,21 @@
-"""The chain-backed `InferenceBackend`: content store → `requestInference` → one watcher + one MQTT
-subscription → verified results.
+"""The chain-backed `InferenceBackend`: content store → `requestInference` → `assign` → one watcher
++ one MQTT subscription → verified results.
 
 Per configured chain there is one `ChainLink`: a read-only `HubClient` for views and the ABI, a
-`TxSender` (nonce manager, EIP-1559, receipts) for the gateway's own `requestInference` calls, and
-one `LogFollower` over `ResultSubmitted` / `InferenceFinalized` / `InferenceExpired` that feeds the
-shared `PendingRegistry`. MQTT result messages wake the follower, so a result signed and published
-by a miner is matched against the chain as soon as its transaction is mined.
+`TxSender` (nonce manager, EIP-1559, receipts) for the gateway's own transactions, and one
+`LogFollower` over the protocol v2 events (`InferenceAssigned`, `ResultCommitted`, `ResultRevealed`,
+`AuditOpened`, `CommitteeOpened`, `InferenceFinalized`, `InferenceRefunded`) that feeds the shared
+`PendingRegistry`. MQTT result messages wake the follower, so a result signed and published by a
+miner is matched against the chain as soon as its reveal is mined.
+
+Protocol v2: a request declares `maxTokens` (`node.gateway.work`) and
+pays exactly `price(model, maxTokens)`; its seats are drawn from the hash of its own block, so they
+exist only from the next block on. The gateway sends `assign` as soon as that block exists unless an
+`InferenceAssigned` for the request already came (another request or anyone may materialise it); on
+an automining dev chain the `assign` transaction is itself the next block. Assignees, which MQTT
+relaying and signature checks trust, come only from `InferenceAssigned` (or the request view once
+someone else assigned it). The answer waits for `InferenceFinalized` (r = 1: after the reveal, and
+after the audit when one was drawn) and says how the result was verified (`onchain_data.verification`).
 
 The watchers and the MQTT subscription run under a `node.supervise.Supervisor`: an event whose
 handling raises is logged and skipped, a loop that dies is restarted with backoff, and `health()`
@@ -20,22 +30,27 @@ import functools
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from eth_utils.address import to_checksum_address
 
 from node.chain.errors import ChainError, HubError, decode_revert
 from node.chain.events import (
-    InferenceExpired,
+    AuditOpened,
+    CommitteeOpened,
+    HubEvent,
+    InferenceAssigned,
     InferenceFinalized,
+    InferenceRefunded,
     InferenceRequested,
-    ResultSubmitted,
+    ResultCommitted,
+    ResultRevealed,
     decode_log,
     decode_logs,
     event_topic,
 )
-from node.chain.hub import HubClient, RequestStatus, model_id
+from node.chain.hub import ASSIGN_GAS, AUTO_ASSIGN, UNAVAILABLE, HubClient, Phase, model_id
 from node.chain.sender import (
     TxError,
     TxFeeCapExceeded,
@@ -63,6 +78,7 @@ from node.gateway.mqtt import Routed, Subscriber, request_topics
 from node.gateway.pending import PendingInference, PendingRegistry, recover_submission_signer
 from node.gateway.records import ModelInfo, Submission, VerifiedResult
 from node.gateway.responses import build_response
+from node.gateway.work import declared_max_tokens
 from node.log import get_logger
 from node.stream.connection import credentials
 from node.supervise import Supervisor, wait_task
@@ -70,6 +86,19 @@ from node.supervise import Supervisor, wait_task
 log = get_logger("gateway.chain")
 
 MODEL_CACHE_S = 2.0
+ASSIGN_BATCH = 8
+"""Requests one `assign` transaction may materialise (ours and any due before it)."""
+ASSIGN_WAIT_S = 30.0
+"""How long `submit` waits for the block after its request before leaving assignment to the watcher."""
+WATCHED_EVENTS = (
+    "InferenceAssigned",
+    "ResultCommitted",
+    "ResultRevealed",
+    "AuditOpened",
+    "CommitteeOpened",
+    "InferenceFinalized",
+    "InferenceRefunded",
+)
 
 
 def _gas_cost(receipt: Any) -> int:
@@ -78,6 +107,24 @@ def _gas_cost(receipt: Any) -> int:
         return int(receipt.get("gasUsed", 0)) * int(receipt.get("effectiveGasPrice", 0))
     except (AttributeError, TypeError, ValueError):
         return 0
+
+
+def _refunded(request_id: int) -> UpstreamError:
+    return UpstreamError(
+        f"Request {request_id} was refunded on chain: no miner could be assigned, or none answered "
+        "in time after a reassignment. The fee went back to the gateway's wallet.",
+        code="refunded",
+        request_id=request_id,
+    )
+
+
+def _unavailable(request_id: int) -> UpstreamError:
+    return UpstreamError(
+        f"Request {request_id}: the miners could not fetch the input document before the deadline "
+        "(finalized as UNAVAILABLE; all but the base fee was refunded). Retry the request.",
+        code="input_unavailable",
+        request_id=request_id,
+    )
 
 
 class GatewayConfigError(Exception):
@@ -191,13 +238,7 @@ class ChainBackend:
                 address=hub.address,
                 decode=decode_log,
                 cursor=MemoryCursor(),
-                topics=[
-                    [
-                        event_topic("ResultSubmitted"),
-                        event_topic("InferenceFinalized"),
-                        event_topic("InferenceExpired"),
-                    ]
-                ],
+                topics=[[event_topic(name) for name in WATCHED_EVENTS]],
                 start_block=head + 1,
                 confirmations=cs.confirmations,
                 range_blocks=cs.log_range_blocks,
@@ -264,26 +305,25 @@ class ChainBackend:
         assert sub._task is not None
         await wait_task(sub._task)
 
-    def _on_event(self, chain_id: int, ev: Any) -> None:
+    def _on_event(self, chain_id: int, ev: HubEvent) -> None:
         reg = self.registry
-        if isinstance(ev, ResultSubmitted):
+        if isinstance(ev, InferenceAssigned):
+            reg.on_assigned(chain_id, ev.id, ev.assignees)
+        elif isinstance(ev, ResultCommitted):
+            reg.on_verification(chain_id, ev.id, "committed")
+        elif isinstance(ev, ResultRevealed):
             reg.on_submitted(chain_id, ev.id, ev.miner, ev.log.tx_hash, ev.output_digest)
+        elif isinstance(ev, AuditOpened):
+            reg.on_verification(chain_id, ev.id, "audit")
+        elif isinstance(ev, CommitteeOpened):
+            reg.on_verification(chain_id, ev.id, "dispute")
         elif isinstance(ev, InferenceFinalized):
-            reg.on_finalized(chain_id, ev.id, ev.output_digest, ev.log.tx_hash)
-        elif isinstance(ev, InferenceExpired):
-            if ev.reassigned:
-                reg.on_reassigned(chain_id, ev.id, ev.assignees)
+            if ev.output_digest == UNAVAILABLE:
+                reg.on_failed(chain_id, ev.id, _unavailable(ev.id))
             else:
-                reg.on_failed(
-                    chain_id,
-                    ev.id,
-                    UpstreamError(
-                        f"Request {ev.id} expired on chain without a quorum of results and the fee was "
-                        "refunded; no miner answered in time.",
-                        code="expired",
-                        request_id=ev.id,
-                    ),
-                )
+                reg.on_finalized(chain_id, ev.id, ev.output_digest, ev.log.tx_hash)
+        elif isinstance(ev, InferenceRefunded):
+            reg.on_failed(chain_id, ev.id, _refunded(ev.id))
 
     def mqtt_drops(self) -> Counter[str]:
         """MQTT messages and buffered bytes dropped, by reason (subscriber and pending registry)."""
@@ -339,11 +379,14 @@ class ChainBackend:
             chain_id=link.chain_id,
             name=info.name or (name or "0x" + mid.hex()),
             model_id="0x" + info.model_id.hex(),
-            min_fee=info.min_fee,
+            min_fee=info.base_fee,
             min_stake=info.min_stake,
             timeout_blocks=info.timeout_blocks,
             redundancy=info.redundancy,
             active_miners=info.active_miner_count,
+            per_token_fee=info.per_token_fee,
+            engine_class="0x" + info.engine_class.hex(),
+            audit_bps=info.audit_bps,
         )
 
     async def list_models(self, chain_id: int) -> list[ModelInfo]:
@@ -379,18 +422,20 @@ class ChainBackend:
         except ContentError as exc:
             raise ServiceUnavailable(f"Cannot store the input document: {exc}") from exc
         digest = digest_of(document_bytes)
-        fee = max(self.fee_wei or 0, model.min_fee)
-        data = link.hub.contract.encode_abi(
-            "requestInference", args=[bytes.fromhex(model.model_id.removeprefix("0x")), digest]
-        )
+        max_tokens = declared_max_tokens(document)
+        fee = model.price(max_tokens)
+        mid = bytes.fromhex(model.model_id.removeprefix("0x"))
+        data = link.hub.contract.encode_abi("requestInference", args=[mid, digest, max_tokens])
         receipt = await self._send_request(link, data, fee, model)
         events = decode_logs(receipt["logs"])
-        requested = next((e for e in events if isinstance(e, InferenceRequested)), None)
+        requested = next(
+            (e for e in events if isinstance(e, InferenceRequested) and e.input_digest == digest), None
+        )
         if requested is None:
             raise UpstreamError("requestInference was mined but emitted no InferenceRequested event")
-        infer_tx = requested.log.tx_hash
+        request_block = int(receipt["blockNumber"])
         try:
-            block = await link.hub.w3.eth.get_block(int(receipt["blockNumber"]))
+            block = await link.hub.w3.eth.get_block(request_block)
             created = int(block["timestamp"])
         except Exception:
             created = int(time.time())
@@ -398,26 +443,80 @@ class ChainBackend:
             chain_id=chain_id,
             hub=link.hub_address,
             request_id=requested.id,
-            infer_tx=infer_tx,
-            assignees=tuple(requested.assignees),
+            infer_tx=requested.log.tx_hash,
+            assignees=(),
             input_cid=input_cid,
             input_digest=digest,
             model=model.name,
             fee=fee,
-            deadline_block=requested.deadline,
+            deadline_block=None,
             created=created,
             gas_cost=_gas_cost(receipt),
+            max_tokens=max_tokens,
+            engine_class=model.engine_class,
         )
         pending = self.registry.register(sub)
-        pending.result_future.add_done_callback(lambda f: self._remember(f, sub))
+        pending.result_future.add_done_callback(lambda f: self._remember(f, pending.submission))
+        self._on_receipt_events(chain_id, events)
+        await self._ensure_assigned(link, pending, request_block)
         if link.follower is not None:
             link.follower.wake()
         return pending
 
-    async def _send_request(self, link: ChainLink, data: bytes | str, fee: int, model: ModelInfo) -> Any:
-        """Send `requestInference`; errors say what the wallet paid (`spent_wei`, None: unknown)."""
+    def _on_receipt_events(self, chain_id: int, events: list[HubEvent]) -> None:
+        """Assignments a receipt carries (a request materialises earlier ones; `assign` ours)."""
+        for ev in events:
+            if isinstance(ev, InferenceAssigned | InferenceRefunded):
+                self._on_event(chain_id, ev)
+
+    async def _ensure_assigned(self, link: ChainLink, pending: PendingInference, request_block: int) -> None:
+        """Materialise the request's seats once the block after it exists, unless someone did.
+
+        Gas the gateway pays for `assign` is added to the submission's `gas_cost`. Gives up after
+        `ASSIGN_WAIT_S` (slow chain, RPC trouble): the watcher still delivers `InferenceAssigned`.
+        """
+        rid = pending.request_id
+        give_up = time.monotonic() + ASSIGN_WAIT_S
+        poll = max(0.05, min(link.settings.poll_interval_s, 1.0))
         try:
-            return await link.sender.send(link.hub_address, data, value=fee)
+            while not pending.assigned and not pending.done():
+                if time.monotonic() > give_up:
+                    log.warning("assign_wait_gave_up", request_id=rid, chain_id=link.chain_id)
+                    return
+                if int(await link.hub.w3.eth.block_number) > request_block:
+                    view = await link.hub.get_request(rid)
+                    if view.phase == Phase.REFUNDED:
+                        self.registry.on_failed(link.chain_id, rid, _refunded(rid))
+                    elif view.phase != Phase.PENDING:
+                        self.registry.on_assigned(link.chain_id, rid, view.assignees)
+                    else:
+                        receipt = await self._send_assign(link)
+                        pending.submission = replace(
+                            pending.submission, gas_cost=pending.submission.gas_cost + _gas_cost(receipt)
+                        )
+                        self._on_receipt_events(link.chain_id, decode_logs(receipt["logs"]))
+                    continue
+                await asyncio.sleep(poll)
+        except (ChainError, TxError, OSError) as exc:
+            # the request is paid for; anyone (the next request, a miner, the watcher) can assign it
+            log.warning("assign_failed", request_id=rid, chain_id=link.chain_id, error=str(exc))
+
+    async def _send_assign(self, link: ChainLink) -> Any:
+        """`assign(ASSIGN_BATCH)`; gas for each request it may materialise on top of the estimate."""
+        data = link.hub.contract.encode_abi("assign", args=[ASSIGN_BATCH])
+        gas = await link.sender.estimate({"from": link.sender.address, "to": link.hub_address, "data": data})
+        return await link.sender.send(link.hub_address, data, gas=gas + ASSIGN_BATCH * ASSIGN_GAS)
+
+    async def _send_request(self, link: ChainLink, data: bytes | str, fee: int, model: ModelInfo) -> Any:
+        """Send `requestInference`; errors say what the wallet paid (`spent_wei`, None: unknown).
+
+        The gas estimate cannot see the due requests this one materialises on its way (up to
+        `AUTO_ASSIGN`), so their gas is added.
+        """
+        try:
+            call = {"from": link.sender.address, "to": link.hub_address, "data": data, "value": fee}
+            gas = await link.sender.estimate(call) + AUTO_ASSIGN * ASSIGN_GAS
+            return await link.sender.send(link.hub_address, data, value=fee, gas=gas)
         except TxWouldRevert as exc:
             raise self._revert_error(exc, model) from exc
         except TxFeeCapExceeded as exc:
@@ -463,6 +562,8 @@ class ChainBackend:
     # ------------------------------------------------------------------ lookups
 
     async def get_inference(self, chain_id: int, request_id: int) -> dict[str, Any]:
+        """The request as the chain shows it now, with its verification state and, once final,
+        its output (and the full response when this gateway answered it recently)."""
         link = self._link(chain_id)
         try:
             info = await link.hub.get_request(request_id)
@@ -472,34 +573,48 @@ class ChainBackend:
                     f"No inference request {request_id} on chain {chain_id}.", param="request_id"
                 ) from exc
             raise ServiceUnavailable(str(exc)) from exc
-        if info.status == RequestStatus.NONE:
+        except (ChainError, OSError) as exc:
+            raise ServiceUnavailable(f"Cannot read request {request_id} on chain {chain_id}: {exc}") from exc
+        if info.phase == Phase.NONE:
             raise NotFound(f"No inference request {request_id} on chain {chain_id}.", param="request_id")
+        final = info.phase == Phase.FINAL and info.output_digest not in (None, UNAVAILABLE)
+        revealed = [info.revealed_digest(seat) for seat in info.seats]
         record: dict[str, Any] = {
             "object": "inference",
             "chain_id": chain_id,
             "hub": link.hub_address,
             "request_id": request_id,
-            "status": info.status.name.lower(),
+            "status": "finalized" if info.phase == Phase.FINAL else info.phase.name.lower(),
+            "phase": info.phase.name.lower(),
+            "verification": str(info.verification_state),
+            "flags": int(info.flags),
             "requester": info.requester,
             "model_id": "0x" + info.model_id.hex(),
             "input_cid": digest_to_cid(info.input_digest),
-            "output_cid": digest_to_cid(info.output_digest) if info.output_digest else None,
+            "output_cid": digest_to_cid(info.output_digest) if final and info.output_digest else None,
+            "unavailable": info.output_digest == UNAVAILABLE,
             "fee_wei": str(info.fee),
-            "deadline_block": info.deadline,
+            "mark_block": info.mark,
             "redundancy": info.redundancy,
             "reassigned": info.reassigned,
             "assignment_addresses": list(info.assignees),
-            "submitted_cids": [digest_to_cid(d) if d else None for d in info.submitted],
+            "seats": list(info.seats),
+            "revealed_cids": [
+                digest_to_cid(d) if d is not None and d != UNAVAILABLE else None for d in revealed
+            ],
             "output": None,
             "response": None,
         }
+        if not final or info.output_digest is None:
+            return record
         recent = self._recent.get((chain_id, request_id))
         if recent is not None and info.output_digest == digest_of(recent.output_bytes):
             kind = "chat" if recent.output.object == "chat.completion" else "completion"
             record["response"] = build_response(kind, recent)
+            record["response"]["onchain_data"]["verification"] = str(info.verification_state)
             record["output"] = recent.output.model_dump(mode="json")
-        elif info.output_digest is not None:
-            with contextlib.suppress(ContentError):
+        else:
+            with contextlib.suppress(ContentError, TimeoutError):
                 data = await asyncio.wait_for(self.store.get(digest_to_cid(info.output_digest)), 5.0)
                 record["output"] = parse_output_document(data).model_dump(mode="json")
         return record

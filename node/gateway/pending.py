@@ -14,6 +14,12 @@ one assignee's deltas are relayed (the first to send one), so redundant miners d
 each miner has at most one result candidate; and every buffer is bounded in bytes, per request and
 for the whole gateway (`BufferLimits`). What does not fit or does not qualify is dropped and counted
 in `drops` by reason; it never raises into the MQTT loop.
+
+Protocol v2 assigns a request in a later block than the request itself (`InferenceAssigned`), so a
+request is registered before its assignees are known. Until they are, its MQTT messages are held
+(charged to the same bounds) and checked against the assignees once `on_assigned` names them. The
+registry also records what the chain said about verification on the way (committed, audit opened,
+committee opened), so the answer can say how its result was verified.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from node.chain.hub import VerificationState
 from node.chain.signing import SignatureError, recover_result_signer
 from node.content.cid import digest_of, digest_to_cid
 from node.content.documents import OutputDocument, parse_output_document
@@ -109,6 +116,10 @@ class _Early:
     submitted: list[tuple[str, str, bytes]] = field(default_factory=list)
     finalized: tuple[bytes, str | None] | None = None
     failure: GatewayError | None = None
+    assigned: list[tuple[str, ...]] = field(default_factory=list)
+    committed: bool = False
+    audited: bool = False
+    disputed: bool = False
 
 
 class PendingInference:
@@ -126,6 +137,11 @@ class PendingInference:
         self.submits: dict[str, tuple[str, bytes]] = {}
         self.candidates: list[ResultMessage] = []
         self.rejections: list[str] = []
+        self.held: list[Delta | ResultMessage] = []
+        """MQTT messages that arrived before the assignees were known (checked on assignment)."""
+        self.committed = False
+        self.audited = False
+        self.disputed = False
         self._registry = registry
         self._future: asyncio.Future[VerifiedResult] = asyncio.get_running_loop().create_future()
         self._fetch_task: asyncio.Task[None] | None = None
@@ -143,6 +159,23 @@ class PendingInference:
 
     def is_assignee(self, miner: str | None) -> bool:
         return _sender(miner) in {a.lower() for a in self.submission.assignees}
+
+    @property
+    def assigned(self) -> bool:
+        return bool(self.submission.assignees)
+
+    @property
+    def verification(self) -> VerificationState:
+        """The verification state the chain's events showed so far (`node.chain.hub.VerificationState`)."""
+        if self.disputed:
+            return VerificationState.DISPUTED
+        if self.final_digest is not None:
+            return VerificationState.AUDITED if self.audited else VerificationState.FINAL
+        if self.audited:
+            return VerificationState.AUDIT_PENDING
+        if self.committed:
+            return VerificationState.SUBMITTED
+        return VerificationState.ASSIGNED if self.assigned else VerificationState.PENDING
 
     async def next_delta(self) -> Delta:
         """The next accepted delta, in arrival order (its bytes leave the buffer bounds)."""
@@ -243,6 +276,11 @@ class PendingRegistry:
                 self._accept_result(pending, message)
         early = self._early.pop(pending.key, None)
         if early is not None:
+            for assignees in early.assigned:
+                self.on_assigned(*pending.key, assignees)
+            pending.committed |= early.committed
+            pending.audited |= early.audited
+            pending.disputed |= early.disputed
             for miner, tx, digest in early.submitted:
                 pending.submits[miner.lower()] = (tx, digest)
             if early.finalized is not None:
@@ -258,6 +296,7 @@ class PendingRegistry:
         pending._cancel_fetch()
         self._uncharge(pending, pending.buffered_bytes)
         pending.candidates.clear()
+        pending.held.clear()
         while not pending.deltas.empty():
             pending.deltas.get_nowait()
 
@@ -342,14 +381,41 @@ class PendingRegistry:
         pending.final_digest, pending.final_tx = digest, tx_hash
         self._advance(pending)
 
-    def on_reassigned(self, chain_id: int, request_id: int, assignees: tuple[str, ...]) -> None:
-        """The request expired and went to new miners: their signatures are now the valid ones."""
+    def on_assigned(self, chain_id: int, request_id: int, assignees: tuple[str, ...]) -> None:
+        """`InferenceAssigned`: the request's seats (first assignment, or a reassignment after a
+        timeout, whose new seats are valid signers too). Held MQTT messages are checked now."""
         pending = self._pending.get((chain_id, request_id))
-        if pending is not None:
-            pending.submission = replace(
-                pending.submission,
-                assignees=tuple(dict.fromkeys((*pending.submission.assignees, *assignees))),
-            )
+        if pending is None:
+            self._early_for((chain_id, request_id)).assigned.append(tuple(assignees))
+            return
+        pending.submission = replace(
+            pending.submission,
+            assignees=tuple(dict.fromkeys((*pending.submission.assignees, *assignees))),
+        )
+        held, pending.held = pending.held, []
+        for message in held:
+            cost = _delta_cost(message) if isinstance(message, Delta) else _result_cost(message)
+            self._uncharge(pending, cost)
+            if isinstance(message, Delta):
+                self._accept_delta(pending, message)
+            else:
+                self._accept_result(pending, message)
+        self._advance(pending)
+
+    on_reassigned = on_assigned
+
+    def on_verification(self, chain_id: int, request_id: int, what: str) -> None:
+        """`committed` (ResultCommitted), `audit` (AuditOpened) or `dispute` (CommitteeOpened)."""
+        pending = self._pending.get((chain_id, request_id))
+        target: PendingInference | _Early = (
+            pending if pending is not None else self._early_for((chain_id, request_id))
+        )
+        if what == "committed":
+            target.committed = True
+        elif what == "audit":
+            target.audited = True
+        elif what == "dispute":
+            target.disputed = True
 
     def on_failed(self, chain_id: int, request_id: int, error: GatewayError) -> None:
         """The chain says no result will come (expired and refunded)."""
@@ -378,7 +444,18 @@ class PendingRegistry:
         pending.buffered_bytes -= cost
         self.buffered_bytes -= cost
 
+    def _hold(self, pending: PendingInference, message: Delta | ResultMessage) -> bool:
+        """Keep `message` until the assignees are known (bounded like everything else)."""
+        cost = _delta_cost(message) if isinstance(message, Delta) else _result_cost(message)
+        if pending.done() or not self._charge(pending, cost):
+            return False
+        pending.held.append(message)
+        return True
+
     def _accept_delta(self, pending: PendingInference, delta: Delta) -> None:
+        if not pending.assigned:
+            self._hold(pending, delta)
+            return
         sender = _sender(delta.miner)
         if not pending.is_assignee(sender):
             self.drops["not_assignee"] += 1
@@ -393,6 +470,8 @@ class PendingRegistry:
         pending.deltas.put_nowait(delta)
 
     def _accept_result(self, pending: PendingInference, message: ResultMessage) -> bool:
+        if not pending.assigned:
+            return self._hold(pending, message)
         sender = _sender(message.miner)
         if not pending.is_assignee(sender):
             self.drops["not_assignee"] += 1
@@ -488,7 +567,11 @@ class PendingRegistry:
         if signer is not None and signer.lower() in pending.submits:
             submit_tx = pending.submits[signer.lower()][0]
         submit_tx = submit_tx or pending.final_tx
-        extra: dict[str, Any] = {"final_digest": "0x" + digest_of(data).hex()}
+        extra: dict[str, Any] = {
+            "final_digest": "0x" + digest_of(data).hex(),
+            "verification": str(pending.verification),
+            "phase": "final",
+        }
         pending._resolve(
             VerifiedResult(
                 submission=sub,

@@ -10,7 +10,11 @@ from node.content.documents import OutputDocument
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A model from the hub's registry on one chain, with its live miner count."""
+    """A model from the hub's registry on one chain, with its live miner count.
+
+    Protocol v2 prices a request at `min_fee` (the model's base fee) + `per_token_fee` x the
+    `maxTokens` it declares (`price`); `engine_class` is the bytes32 every miner of it runs.
+    """
 
     chain_id: int
     name: str
@@ -21,6 +25,13 @@ class ModelInfo:
     redundancy: int
     active_miners: int
     created: int = 0
+    per_token_fee: int = 0
+    engine_class: str | None = None
+    audit_bps: int = 0
+
+    def price(self, max_tokens: int) -> int:
+        """`InferenceHub.price(model, maxTokens)`: the exact fee of a request declaring `max_tokens`."""
+        return self.min_fee + self.per_token_fee * max_tokens
 
 
 @dataclass(frozen=True)
@@ -40,7 +51,11 @@ class Submission:
     created: int = 0
     """Unix time of the block that carried the request (streamed chunks' `created`)."""
     gas_cost: int = 0
-    """Wei the gateway wallet paid in gas for the request transaction (gasUsed × effective price)."""
+    """Wei the gateway wallet paid in gas for the request (and assign) transactions."""
+    max_tokens: int = 0
+    """The `maxTokens` the request declared on chain (what `fee` paid for)."""
+    engine_class: str | None = None
+    """The model's engine class (0x bytes32) when the request was sent."""
 
 
 @dataclass(frozen=True)

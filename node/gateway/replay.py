@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from node.chain.events import InferenceRequested, decode_logs, event_topic
-from node.chain.hub import HubClient, RequestStatus
+from node.chain.hub import UNAVAILABLE, HubClient, Phase
 from node.content.cid import digest_of, digest_to_cid
 from node.content.documents import OutputDocument, to_canonical_bytes
 from node.content.store import ContentStore
@@ -67,12 +67,13 @@ async def replay_request(
 ) -> tuple[ReplayResult, OutputDocument]:
     """Fetch the input by its on-chain digest, re-run it, and compare digests."""
     info = await hub.get_request(request_id)
-    if info.status == RequestStatus.NONE:
+    if info.phase == Phase.NONE:
         raise ReplayError(f"request {request_id} does not exist on hub {hub.address}")
     model = await hub.get_model(info.model_id)
     input_cid = digest_to_cid(info.input_digest)
     data = await store.get(input_cid)  # verified against the CID by the store
-    created = await request_timestamp(hub, request_id, info.deadline, model.timeout_blocks)
+    head = int(await hub.w3.eth.block_number)  # v2 phases move the mark: search back from the head
+    created = await request_timestamp(hub, request_id, head, model.timeout_blocks)
     output = await engine.generate(
         data,  # type: ignore[arg-type]
         request_id=request_id,
@@ -80,10 +81,11 @@ async def replay_request(
         created=created,
     )
     digest = digest_of(to_canonical_bytes(output))
-    onchain = info.output_digest
+    final = info.phase == Phase.FINAL and info.output_digest != UNAVAILABLE
+    onchain = info.output_digest if final else None
     result = ReplayResult(
         request_id=request_id,
-        status=info.status.name.lower(),
+        status="finalized" if final else info.phase.name.lower(),
         input_cid=input_cid,
         replayed_output_cid=digest_to_cid(digest),
         onchain_output_cid=digest_to_cid(onchain) if onchain else None,
