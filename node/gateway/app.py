@@ -66,6 +66,7 @@ from node.gateway.schemas import (
 )
 from node.gateway.stores import ApiKeys, InFlightLimits, Lease, RateLimits, SpendLedgers, open_stores
 from node.gateway.streaming import stream_events
+from node.gateway.work import declared_max_tokens
 from node.log import bound, get_logger
 from node.supervise import LoopCollector, Supervisor
 
@@ -161,6 +162,9 @@ def _model_json(m: ModelInfo) -> dict[str, Any]:
         "model_id": m.model_id,
         "active_miners": m.active_miners,
         "min_fee_wei": str(m.min_fee),
+        "per_token_fee_wei": str(m.per_token_fee),
+        "engine_class": m.engine_class,
+        "audit_bps": m.audit_bps,
         "min_stake_wei": str(m.min_stake),
         "redundancy": m.redundancy,
         "timeout_blocks": m.timeout_blocks,
@@ -266,7 +270,7 @@ class _Inference:
     async def _submit(self, chain_id: int, model: ModelInfo) -> PendingInference:
         """Reserve the call's cost against both budgets, send it, and settle with what it cost."""
         st, gw = self.st, self.st.settings.gateway
-        fee = max(gw.fee_wei or 0, model.min_fee)
+        fee = model.price(declared_max_tokens(self.parsed.document))  # protocol v2: exactly the price
         budget = Budget(key_wei=self.who.daily_budget_wei, total_wei=gw.daily_budget_wei_total)
         try:
             wei = fee + st.ledger.gas_hint(chain_id)
