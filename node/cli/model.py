@@ -105,15 +105,15 @@ def fetch(
 
 
 async def _try(settings: Settings, doc: dict[str, Any]) -> Any:
+    from node.content.canonical import encode_json
     from node.content.cid import cid_for_bytes
-    from node.content.documents import canonical_json
     from node.engine.engine import Engine
 
     started = time.monotonic()
     engine = await Engine.start(settings.engine)
     console.log(f"engine ready in {time.monotonic() - started:.1f}s ({engine.system_fingerprint})")
     try:
-        raw = canonical_json(doc)
+        raw = encode_json(doc, doc["v"])
         return await engine.generate(raw, request_id=0, input_cid=cid_for_bytes(raw), created=0)
     finally:
         engine.shutdown()
@@ -130,7 +130,7 @@ def try_(
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole output document.")] = False,
 ) -> None:
     """Run one chat request on the configured engine: a smoke test before staking."""
-    from node.content.documents import ChatChoice, to_canonical_bytes
+    from node.content.documents import CURRENT_VERSION, ChatChoice, to_canonical_bytes
 
     settings = settings_from(ctx)
     messages = ([{"role": "system", "content": system}] if system else []) + [
@@ -138,7 +138,7 @@ def try_(
     ]
     params = {"seed": seed, "temperature": temperature, "max_tokens": max_tokens}
     doc = {
-        "v": 1,
+        "v": CURRENT_VERSION,
         "type": "chat",
         "model": settings.engine.model,
         "messages": messages,

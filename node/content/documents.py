@@ -1,13 +1,12 @@
-"""The input and output documents, shared by gateway and miner, and their canonical bytes.
+"""The input and output documents, shared by gateway and miner: their shapes, versions and limits.
 
 A document's CID (and the digest on chain) is the sha2-256 of its canonical bytes, so every
-producer must write the same document as the same bytes. The rules, defined once here:
+producer must write the same document as the same bytes. The bytes are `node.content.canonical`'s
+concern (`to_canonical_bytes`, re-exported here, picks the encoding by the document's `v`: RFC 8785
+for version 3, the original encoder for 1 and 2); this module decides *what* is encoded:
 
-* **Canonical JSON** (`canonical_json`): UTF-8, object keys sorted by code point, separators
-  `,` and `:` with no whitespace, non-ASCII characters written as themselves (no `\\u` escapes),
-  floats in Python's shortest round-trip form, NaN and infinities rejected.
-* **None means "not given" and is omitted** (`to_canonical_bytes`): a model field whose value is
-  None is left out of the encoding, so `{"temperature": null}` and `{}` are the same document.
+* **None means "not given" and is omitted**: a model field whose value is None is left out of the
+  encoding, so `{"temperature": null}` and `{}` are the same document.
   The only fields written as `null` are those a reader must always see: `OutputDocument.error`
   (null on success) and `AssistantOutput.content` (null when the model only called tools).
   Nulls *inside* free-form JSON (a tool's `parameters` schema) are data and are kept.
@@ -20,10 +19,16 @@ producer must write the same document as the same bytes. The rules, defined once
 CID). Version 2 adds three chat parameters (`V2_PARAMS`): `response_format` (`json_object`, or
 `json_schema` with `name`, `schema`, `strict`, `description`; OpenAI's default `text` is never
 written), `parallel_tool_calls` (only `false` is written: `true` is the default) and
-`reasoning_effort` (`low` / `medium` / `high`). The version rule keeps one request one document: a
-chat document uses a v2 parameter if and only if it is `"v": 2` (a v1 document carrying one, or a
-v2 document carrying none, is a `DocumentError` naming the field); completion documents stay v1.
-Readers accept both versions; writers pick the version with `required_version`.
+`reasoning_effort` (`low` / `medium` / `high`). For versions 1 and 2 the version rule keeps one
+request one document: a chat document uses a v2 parameter if and only if it is `"v": 2` (a v1
+document carrying one, or a v2 document carrying none, is a `DocumentError` naming the field);
+completion documents are v1. Version 3 (`CURRENT_VERSION`) changes only the encoding (RFC 8785, so
+verifiers in any language rebuild the bytes) and may carry every parameter of its type, chat or
+completion; its numbers must lie within ±(2^53 - 1) (`MAX_SAFE_INTEGER`: a larger `seed` or schema
+number is a `DocumentError` naming the field). Readers accept all three versions and re-encode each
+by its own `v`; gateways and miners write version 3. An output document's `v` follows its input
+(`output_version`): 1 for a readable v1 or v2 input (so replaying an old request rebuilds its old
+bytes), 3 for a v3 input and for an input that could not be read or validated.
 
 Validation (`parse_input_document`, `validate_input_document`) follows OpenAI's ranges where OpenAI
 enforces them and raises `DocumentError(field, message)` naming the field as a dotted path
@@ -67,7 +72,6 @@ OpenAI server uses -9999.0).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 
@@ -87,15 +91,23 @@ from pydantic import (
 )
 
 from node import gate
+from node.content.canonical import (
+    CURRENT_VERSION,
+    DOCUMENT_VERSION,
+    DOCUMENT_VERSION_2,
+    DOCUMENT_VERSION_3,
+    LEGACY_VERSIONS,
+    MAX_SAFE_INTEGER,
+    SUPPORTED_VERSIONS,
+    UNSAFE_NUMBER,
+    canonical_json,
+    find_unsafe_number,
+    to_canonical_bytes,
+)
 from node.content.errors import MAX_DOCUMENT_BYTES, DocumentError, DocumentTooLarge
 
-DOCUMENT_VERSION = 1
-"""The version of a document that uses no version-2 field (every document written before v2)."""
-DOCUMENT_VERSION_2 = 2
-"""The version of a chat document that uses any of `V2_PARAMS`."""
-SUPPORTED_VERSIONS = (DOCUMENT_VERSION, DOCUMENT_VERSION_2)
 V2_PARAMS = ("response_format", "parallel_tool_calls", "reasoning_effort")
-"""Chat parameters added by version 2: a document uses one of them if and only if it is `"v": 2`."""
+"""Chat parameters added by version 2: a v1/v2 document uses one if and only if it is `"v": 2`; v3 may."""
 
 # --------------------------------------------------------------------------- protocol caps
 # See the module docstring for why these values; changing one changes which documents are valid.
@@ -117,17 +129,6 @@ MAX_SCHEMA_BYTES = 65536
 MAX_SCHEMA_PROPERTIES = 5000
 MAX_SCHEMA_ENUM_VALUES = 1000
 
-# --------------------------------------------------------------------------- canonical JSON
-
-
-def canonical_json(obj: Any) -> bytes:
-    """Encode JSON-able data as canonical bytes (see module docstring); ValueError if impossible."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError as exc:  # a lone surrogate from a "\ud800" escape
-        raise ValueError(f"string is not valid Unicode (lone surrogate at {exc.start})") from exc
-
 
 class _Doc(BaseModel):
     """Base of every document part: strict types, no unknown keys, None omitted when encoded."""
@@ -143,17 +144,6 @@ class _Doc(BaseModel):
             return data
         keep = self._keep_null
         return {k: v for k, v in data.items() if v is not None or k in keep}
-
-
-def to_canonical_bytes(doc: BaseModel) -> bytes:
-    """The canonical bytes of a document; DocumentTooLarge over 1 MiB, DocumentError if unencodable."""
-    try:
-        data = canonical_json(doc.model_dump(mode="json"))
-    except ValueError as exc:
-        raise DocumentError("", str(exc)) from exc
-    if len(data) > MAX_DOCUMENT_BYTES:
-        raise DocumentTooLarge(len(data))
-    return data
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -428,7 +418,7 @@ class CompletionParams(_Params):
 class ChatInputDocument(_Doc):
     """A Chat Completions request: `messages` rendered through the model's chat template."""
 
-    v: Literal[1, 2] = 1
+    v: Literal[1, 2, 3] = CURRENT_VERSION
     type: Literal["chat"] = "chat"
     model: NonEmptyStr
     messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
@@ -438,21 +428,33 @@ class ChatInputDocument(_Doc):
     def _bounded_work(self) -> ChatInputDocument:
         _check_work(1, self.params.n or 1, self.params.max_tokens, "params.n")
         _check_version(self.v, self.params.v2_fields())
+        _check_safe(self.v, self.params.seed, "params.seed")
         return self
 
 
-def required_version(params: dict[str, Any]) -> int:
-    """The `v` a chat document with these (request-shaped) params must carry: the version rule."""
-    v2 = any(params.get(name) is not None for name in V2_PARAMS)
-    return DOCUMENT_VERSION_2 if v2 else DOCUMENT_VERSION
-
-
 def _check_version(v: int, v2_fields: list[str]) -> None:
-    """One request, one document: v2 fields need `v: 2`, and `v: 2` needs a v2 field."""
+    """Versions 1 and 2: v2 fields need `v: 2`, and `v: 2` needs a v2 field. Version 3 takes any."""
     if v == DOCUMENT_VERSION and v2_fields:
-        raise _FieldError(f"params.{v2_fields[0]}", 'is a version-2 field: the document must be "v": 2')
+        raise _FieldError(
+            f"params.{v2_fields[0]}", 'is not a version-1 field: the document must be "v": 2 or 3'
+        )
     if v == DOCUMENT_VERSION_2 and not v2_fields:
-        raise _FieldError("v", f"must be 1 for a document that uses none of {', '.join(V2_PARAMS)}")
+        raise _FieldError("v", f"must be 1 or 3 for a document that uses none of {', '.join(V2_PARAMS)}")
+
+
+def _check_safe(v: int, value: int | None, field: str) -> None:
+    """A version-3 integer field beyond ±(2^53 - 1) (free-form JSON is checked when read and encoded)."""
+    if v == DOCUMENT_VERSION_3 and value is not None and abs(value) > MAX_SAFE_INTEGER:
+        raise _FieldError(field, UNSAFE_NUMBER)
+
+
+def output_version(input_version: int | None) -> Literal[1, 3]:
+    """The `v` of the output document answering an input of this version (None: not readable).
+
+    A readable v1 or v2 input is answered as before (v1 bytes: replaying an old request rebuilds its
+    old output); a v3 input, and one that could not be read or validated, in the current version.
+    """
+    return DOCUMENT_VERSION if input_version in LEGACY_VERSIONS else CURRENT_VERSION
 
 
 def _prompt_shape(value: Any) -> Any:
@@ -487,7 +489,7 @@ Prompt = Annotated[
 class CompletionInputDocument(_Doc):
     """A legacy Completions request: raw `prompt`(s), no chat template."""
 
-    v: Literal[1] = 1
+    v: Literal[1, 3] = CURRENT_VERSION
     type: Literal["completion"] = "completion"
     model: NonEmptyStr
     prompt: Prompt
@@ -495,6 +497,7 @@ class CompletionInputDocument(_Doc):
 
     @model_validator(mode="after")
     def _bounded_work(self) -> CompletionInputDocument:
+        _check_safe(self.v, self.params.seed, "params.seed")
         prompts = prompt_count(self.prompt)
         if prompts > MAX_PROMPTS:
             raise _FieldError("prompt", f"at most {MAX_PROMPTS} prompts per request, got {prompts}")
@@ -683,7 +686,7 @@ class OutputDocument(_Doc):
 
     _keep_null: ClassVar[frozenset[str]] = frozenset({"error"})
 
-    v: Literal[1] = 1
+    v: Literal[1, 3] = CURRENT_VERSION
     request_id: Annotated[int, Field(ge=0, lt=1 << 256)]
     input_cid: NonEmptyStr
     model: str
@@ -696,6 +699,8 @@ class OutputDocument(_Doc):
 
     @model_validator(mode="after")
     def _consistent(self) -> OutputDocument:
+        _check_safe(self.v, self.request_id, "request_id")
+        _check_safe(self.v, self.created, "created")
         want = {"chat.completion": ChatChoice, "text_completion": CompletionChoice}.get(self.object)
         if want is None:
             if self.error is None or self.choices:
@@ -715,9 +720,14 @@ class OutputDocument(_Doc):
         created: int,
         error: OutputError,
         object: OutputObject = "error",
+        v: Literal[1, 3] = CURRENT_VERSION,
     ) -> OutputDocument:
-        """An output document that carries only an error: every assigned request gets a result."""
+        """An output document that carries only an error: every assigned request gets a result.
+
+        `v` is `output_version` of the input's version (the current one when the input is unreadable).
+        """
         return cls(
+            v=v,
             request_id=request_id,
             input_cid=input_cid,
             model=model,
@@ -790,8 +800,10 @@ def validate_input_document(obj: Any) -> InputDocument:
     if v not in SUPPORTED_VERSIONS or isinstance(v, bool):
         raise DocumentError("v", f"must be one of {', '.join(map(str, SUPPORTED_VERSIONS))}, got {v!r}")
     kind = obj.get("type")
-    if kind == "completion" and v != DOCUMENT_VERSION:
-        raise DocumentError("v", f"must be {DOCUMENT_VERSION} for a completion document, got {v!r}")
+    if kind == "completion" and v == DOCUMENT_VERSION_2:
+        raise DocumentError(
+            "v", f"must be {DOCUMENT_VERSION} or {DOCUMENT_VERSION_3} for a completion document"
+        )
     model: type[ChatInputDocument] | type[CompletionInputDocument]
     if kind == "chat":
         model = ChatInputDocument
@@ -800,9 +812,17 @@ def validate_input_document(obj: Any) -> InputDocument:
     else:
         raise DocumentError("type", f"must be 'chat' or 'completion', got {kind!r}")
     try:
-        return model.model_validate(obj, strict=True)
+        doc = model.model_validate(obj, strict=True)
     except ValidationError as exc:
         raise _document_error(exc, obj) from None
+    _check_numbers(doc.v, obj)
+    return doc
+
+
+def _check_numbers(v: int, obj: Any) -> None:
+    """Version 3 holds only numbers within ±(2^53 - 1): DocumentError naming the first other one."""
+    if v == DOCUMENT_VERSION_3 and (field := find_unsafe_number(obj)) is not None:
+        raise DocumentError(field, UNSAFE_NUMBER)
 
 
 def parse_input_document(raw: bytes) -> InputDocument:
@@ -816,14 +836,19 @@ def parse_output_document(raw: bytes) -> OutputDocument:
     if not isinstance(obj, dict):
         raise DocumentError("", "an output document must be a JSON object")
     try:
-        return OutputDocument.model_validate(obj, strict=True)
+        doc = OutputDocument.model_validate(obj, strict=True)
     except ValidationError as exc:
         raise _document_error(exc, obj) from None
+    _check_numbers(doc.v, obj)
+    return doc
 
 
 __all__ = [
+    "CURRENT_VERSION",
     "DOCUMENT_VERSION",
     "DOCUMENT_VERSION_2",
+    "DOCUMENT_VERSION_3",
+    "LEGACY_VERSIONS",
     "MAX_BEST_OF",
     "MAX_CONTENT_PARTS",
     "MAX_LOGIT_BIAS",
@@ -831,6 +856,7 @@ __all__ = [
     "MAX_N",
     "MAX_PROMPTS",
     "MAX_PROMPT_TOKEN_IDS",
+    "MAX_SAFE_INTEGER",
     "MAX_SCHEMA_BYTES",
     "MAX_SCHEMA_ENUM_VALUES",
     "MAX_SCHEMA_PROPERTIES",
@@ -884,10 +910,10 @@ __all__ = [
     "check_schema_size",
     "default_max_tokens",
     "load_json",
+    "output_version",
     "parse_input_document",
     "parse_output_document",
     "prompt_count",
-    "required_version",
     "sequence_count",
     "to_canonical_bytes",
     "validate_input_document",

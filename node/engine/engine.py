@@ -68,6 +68,7 @@ from node.content.documents import (
     Usage,
     default_max_tokens,
     load_json,
+    output_version,
     to_canonical_bytes,
     validate_input_document,
 )
@@ -426,9 +427,10 @@ class Engine:
         harmony, a forced tool call or best_of, each choice gets one delta with its final content /
         tool_calls, so deltas add up to the document.
         """
-        meta = {"request_id": request_id, "input_cid": input_cid, "created": created}
+        meta: dict[str, Any] = {"request_id": request_id, "input_cid": input_cid, "created": created}
         try:
             doc = self._validate(input_doc)
+            meta["v"] = output_version(doc.v)  # unreadable input: the error document's default
             digest = self._digest(input_cid, doc)
             job = await asyncio.get_running_loop().run_in_executor(self._prep, self._prepare, doc, digest)
         except (DocumentError, ParamError, chat.ChatRenderError, ContentError) as exc:

@@ -21,6 +21,7 @@ def completion_id(kind: str, sub: Submission) -> str:
 
 
 def onchain_data(sub: Submission, result: VerifiedResult | None = None) -> dict[str, Any]:
+    """The evidence; `document_version` is the output document's `v`, which fixes its encoding."""
     return {
         "chain_id": sub.chain_id,
         "hub": sub.hub,
@@ -30,6 +31,7 @@ def onchain_data(sub: Submission, result: VerifiedResult | None = None) -> dict[
         "assignment_addresses": list(sub.assignees),
         "input_cid": sub.input_cid,
         "output_cid": result.output_cid if result else None,
+        "document_version": result.output.v if result else None,
     }
 
 

@@ -17,7 +17,8 @@ depend on how the client echoed the turn: nulls, empty lists and response-only f
 (`annotations`, `reasoning_content`, `reasoning`, the SDK's `parsed` / `parsed_arguments`) are
 dropped, `content: ""` beside tool calls is no content, a refusal without content is the content.
 Defaults are dropped the same way (`response_format` `text`, `parallel_tool_calls` true, and
-`parallel_tool_calls` without tools), so they never change the CID or the document version.
+`parallel_tool_calls` without tools), so they never change the CID. Documents are written in the
+current version (`CURRENT_VERSION`, RFC 8785 bytes), which carries every parameter.
 A message field that would change the answer and cannot be honoured (`audio`, `function_call`)
 and request parameters OpenAI accepts that this network cannot honour answer OpenAI's
 `unsupported_parameter` / `unsupported_value` naming the parameter; hints with no effect on the
@@ -34,11 +35,11 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict
 
 from node.content.documents import (
+    CURRENT_VERSION,
     V2_PARAMS,
     ChatParams,
     CompletionParams,
     InputDocument,
-    required_version,
     to_canonical_bytes,
     validate_input_document,
 )
@@ -355,7 +356,7 @@ def parse_chat_request(body: dict[str, Any]) -> ParsedRequest:
     _max_tokens(body, params)
     _v2_params(body, params)
     doc = {
-        "v": required_version(params),
+        "v": CURRENT_VERSION,
         "type": "chat",
         "model": body.get("model"),
         "messages": normalize_messages(body["messages"]),
@@ -383,7 +384,7 @@ def parse_completion_request(body: dict[str, Any]) -> ParsedRequest:
     if body.get("stream") is True and _is_int(best_of) and _is_int(n) and best_of > n:
         raise InvalidRequest("best_of: cannot be larger than n when streaming", param="best_of")
     doc = {
-        "v": 1,
+        "v": CURRENT_VERSION,
         "type": "completion",
         "model": body.get("model"),
         "prompt": body["prompt"],

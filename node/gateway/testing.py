@@ -29,6 +29,7 @@ from node.content.documents import (
     OutputDocument,
     OutputError,
     Usage,
+    output_version,
     to_canonical_bytes,
 )
 from node.content.errors import ContentNotFound
@@ -163,10 +164,12 @@ class FakeBackend:
                 created=sub.created,
                 error=OutputError(code="engine_error", message="the fake engine failed"),
                 object="chat.completion" if isinstance(document, ChatInputDocument) else "text_completion",
+                v=output_version(document.v),
             )
         usage = Usage(prompt_tokens=5, completion_tokens=4 * n, total_tokens=5 + 4 * n)
         if isinstance(document, ChatInputDocument):
             return OutputDocument(
+                v=output_version(document.v),
                 request_id=sub.request_id,
                 input_cid=sub.input_cid,
                 model=sub.model,
@@ -180,6 +183,7 @@ class FakeBackend:
                 usage=usage,
             )
         return OutputDocument(
+            v=output_version(document.v),
             request_id=sub.request_id,
             input_cid=sub.input_cid,
             model=sub.model,

@@ -1,10 +1,12 @@
 """Offline verification of a gateway answer against the chain: what `inferd verify` runs.
 
 A response carries the output document's content (choices, usage, model, created, fingerprint) and
-`onchain_data`; the output document is rebuilt from it, canonically encoded and hashed, and that
-digest must equal the one the hub finalized for `request_id`, whose CID must be `output_cid`. The
-input CID must match the on-chain input digest, and the signature must recover (EIP-712) to one of
-the request's assignees. Any changed character in the answer changes the digest, so it fails.
+`onchain_data`; the output document is rebuilt from it, encoded as its version requires
+(`onchain_data.document_version`: 3 is RFC 8785; 1 when absent, as in answers written before
+version 3) and hashed, and that digest must equal the one the hub finalized for `request_id`, whose
+CID must be `output_cid`. The input CID must match the on-chain input digest, and the signature must
+recover (EIP-712) to one of the request's assignees. Any changed character in the answer changes the
+digest, so it fails.
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ from node.chain.errors import ChainError
 from node.chain.hub import HubClient, RequestInfo, RequestStatus
 from node.chain.signing import SignatureError, recover_result_signer
 from node.content.cid import cid_to_digest, digest_of, digest_to_cid
-from node.content.documents import OutputDocument, parse_output_document, to_canonical_bytes
+from node.content.documents import (
+    DOCUMENT_VERSION,
+    OutputDocument,
+    parse_output_document,
+    to_canonical_bytes,
+)
 from node.content.errors import ContentError
 from node.content.store import ContentStore
 
@@ -85,7 +92,7 @@ def output_document_from_response(response: dict[str, Any]) -> OutputDocument:
             choice["message"] = msg
         choices.append(choice)
     doc = {
-        "v": 1,
+        "v": od.get("document_version") or DOCUMENT_VERSION,
         "request_id": od.get("request_id"),
         "input_cid": od.get("input_cid"),
         "model": response.get("model"),

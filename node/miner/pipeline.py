@@ -34,6 +34,7 @@ from node.content.documents import (
     InputDocument,
     OutputDocument,
     OutputError,
+    output_version,
     parse_input_document,
     to_canonical_bytes,
 )
@@ -122,8 +123,14 @@ class Pipeline:
         self._unavailable: OrderedDict[str, tuple[float, float]] = OrderedDict()  # cid -> (next try, backoff)
 
     def _error_doc(
-        self, job: JobInput, input_cid: str, exc: Exception, code: str | None = None
+        self,
+        job: JobInput,
+        input_cid: str,
+        exc: Exception,
+        code: str | None = None,
+        input_version: int | None = None,
     ) -> OutputDocument:
+        """An error document; its `v` follows the input's (`output_version`; None: unreadable)."""
         if isinstance(exc, ParamError) and code is None:
             error = OutputError(code=exc.code, message=exc.message)
         else:
@@ -135,6 +142,7 @@ class Pipeline:
             system_fingerprint=self.engine.system_fingerprint,
             created=job.created,
             error=error,
+            v=output_version(input_version),
         )
 
     def _not_yet(self, input_cid: str, reason: str) -> InputUnavailable:
@@ -200,7 +208,7 @@ class Pipeline:
         try:
             data = to_canonical_bytes(out)
         except ContentError as exc:  # e.g. an output over 1 MiB
-            out = self._error_doc(job, input_cid, exc, "output_too_large")
+            out = self._error_doc(job, input_cid, exc, "output_too_large", out.v)
             data = to_canonical_bytes(out)
         cid = await self._upload(data, job)
         digest = digest_of(data)
@@ -241,10 +249,11 @@ class Pipeline:
         except (EngineError, MemoryError):
             raise
         except ParamError as exc:
-            return self._error_doc(job, input_cid, exc)
+            return self._error_doc(job, input_cid, exc, input_version=doc.v)
         except Exception as exc:
             log.warning("input_unprocessable", request_id=job.request_id, error=type(exc).__name__)
-            return self._error_doc(job, input_cid, ParamError("input_unprocessable", UNPROCESSABLE))
+            refusal = ParamError("input_unprocessable", UNPROCESSABLE)
+            return self._error_doc(job, input_cid, refusal, input_version=doc.v)
 
     async def _generate(
         self, doc: InputDocument, job: JobInput, input_cid: str, deltas: DeltaSink | None

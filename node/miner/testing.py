@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from eth_account import Account
+from eth_utils.crypto import keccak
 
 from node.chain.hub import HubClient, model_id
 from node.content.documents import (
@@ -24,15 +25,22 @@ from node.content.documents import (
     InputDocument,
     OutputDocument,
     Usage,
+    output_version,
 )
 from node.content.store import ContentStore
 from node.miner.daemon import DaemonConfig, MinerDaemon
 from node.miner.journal import Journal
 from node.stream.publisher import StreamPublisher
 
+FAKE_FINGERPRINT = "inferd-fake-1"
+FAKE_ENGINE_CLASS = bytes(keccak(text=FAKE_FINGERPRINT))
+"""The fake engine's engine class id (keccak256 of its fingerprint), for dev models it serves."""
+
 
 class FakeEngine:
     """Deterministic stand-in for `node.engine.Engine`: words derived from the request's input."""
+
+    engine_class_id = FAKE_ENGINE_CLASS
 
     def __init__(self, model_name: str = "fake-model", delay_s: float = 0.0, tokens: int = 8) -> None:
         self._model = model_name
@@ -48,7 +56,7 @@ class FakeEngine:
 
     @property
     def system_fingerprint(self) -> str:
-        return "inferd-fake-1"
+        return FAKE_FINGERPRINT
 
     def _words(self, input_doc: InputDocument) -> list[str]:
         seed = hashlib.sha256(input_doc.model_dump_json().encode()).hexdigest()
@@ -63,13 +71,13 @@ class FakeEngine:
         usage = Usage(prompt_tokens=4, completion_tokens=len(words), total_tokens=4 + len(words))
         if isinstance(input_doc, ChatInputDocument):
             return OutputDocument(
-                request_id=request_id, input_cid=input_cid, model=self._model,
+                v=output_version(input_doc.v), request_id=request_id, input_cid=input_cid, model=self._model,
                 system_fingerprint=self.system_fingerprint, object="chat.completion", created=created,
                 choices=[ChatChoice(index=0, message=AssistantOutput(content=text), finish_reason="length")],
                 usage=usage,
             )  # fmt: skip
         return OutputDocument(
-            request_id=request_id, input_cid=input_cid, model=self._model,
+            v=output_version(input_doc.v), request_id=request_id, input_cid=input_cid, model=self._model,
             system_fingerprint=self.system_fingerprint, object="text_completion", created=created,
             choices=[CompletionChoice(index=0, text=text, finish_reason="length")], usage=usage,
         )  # fmt: skip
@@ -104,6 +112,7 @@ class DevHub:
     model: bytes
     model_name: str
     miners: list[str]
+    engine_class: bytes = FAKE_ENGINE_CLASS
 
 
 async def deploy_dev_hub(
@@ -112,21 +121,30 @@ async def deploy_dev_hub(
     miner_keys: Sequence[str],
     *,
     model_name: str = "fake-model",
+    engine_class: bytes = FAKE_ENGINE_CLASS,
     timeout_blocks: int = 100,
     redundancy: int = 1,
     min_stake: int = 10**18,
-    min_fee: int = 10**12,
+    base_fee: int = 10**12,
+    per_token_fee: int = 0,
+    audit_bps: int = 1,
 ) -> DevHub:
-    """Deploy a hub, register `model_name` and stake every miner key (dev chains only)."""
+    """Deploy a hub, register `model_name` and stake every miner key (dev chains only).
+
+    The defaults make an r = 1 model that is (almost) never audited (auditBps 1 = 0.01%, the
+    smallest the hub accepts for r = 1); pass `audit_bps=10_000` to audit every result.
+    """
     owner = await HubClient.deploy(rpc_url, owner_key)
-    await owner.register_model(model_name, min_stake, min_fee, timeout_blocks, redundancy)
+    await owner.register_model(
+        model_name, engine_class, min_stake, base_fee, per_token_fee, timeout_blocks, redundancy, audit_bps
+    )
     mid = model_id(model_name)
     addresses = []
     for key in miner_keys:
         client = HubClient(owner.w3, owner.address, key)
-        await client.register_miner(mid, min_stake)
+        await client.register_miner(mid, engine_class, min_stake)
         addresses.append(str(client.sender))
-    return DevHub(owner=owner, model=mid, model_name=model_name, miners=addresses)
+    return DevHub(owner=owner, model=mid, model_name=model_name, miners=addresses, engine_class=engine_class)
 
 
 def local_daemon(
@@ -159,4 +177,4 @@ def local_daemon(
     return daemon
 
 
-__all__ = ["DevHub", "FakeEngine", "deploy_dev_hub", "local_daemon"]
+__all__ = ["FAKE_ENGINE_CLASS", "DevHub", "FakeEngine", "deploy_dev_hub", "local_daemon"]

@@ -20,6 +20,7 @@ import pytest
 from openai.types.chat import ChatCompletion
 
 from node.content.documents import (
+    CURRENT_VERSION,
     AssistantOutput,
     ChatChoice,
     ChatInputDocument,
@@ -116,7 +117,7 @@ async def test_a_tool_call_turn_gives_the_same_document_however_it_is_passed_bac
     }
     assert len(set(docs.values())) == 1, {k: v.decode() for k, v in docs.items()}
     doc = json.loads(docs["minimal dict"])
-    assert doc["v"] == 1
+    assert doc["v"] == CURRENT_VERSION
     assert doc["messages"][1] == MINIMAL_CALL_TURN  # nothing of the response shape reached the chain
 
 
@@ -164,7 +165,7 @@ async def test_a_parsed_message_from_parse_is_accepted_back(gw: Gateway) -> None
     message = reply.choices[0].message
     assert message.parsed == Weather(city="Paris", celsius=21)
     first = gw.backend.submitted[-1]
-    assert first.v == 2 and isinstance(first, ChatInputDocument)
+    assert first.v == CURRENT_VERSION and isinstance(first, ChatInputDocument)
     fmt = first.params.response_format
     assert fmt is not None and fmt.type == "json_schema" and fmt.json_schema.strict is True
     follow = {"role": "user", "content": "and in Fahrenheit?"}
@@ -274,10 +275,10 @@ async def test_defaults_and_hints_do_not_change_the_document(gw: Gateway) -> Non
     assert with_tools == to_canonical_bytes(
         await http_document(gw, {"messages": [USER], "tools": [WEATHER], "parallel_tool_calls": True})
     )
-    assert json.loads(plain)["v"] == 1
+    assert json.loads(plain)["v"] == CURRENT_VERSION  # defaults change neither the bytes nor the version
 
 
-async def test_version_2_fields_reach_the_document(gw: Gateway) -> None:
+async def test_version_2_fields_reach_the_version_3_document(gw: Gateway) -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     cases: list[tuple[dict[str, Any], dict[str, Any]]] = [
         ({"response_format": {"type": "json_object"}}, {"response_format": {"type": "json_object"}}),
@@ -303,7 +304,7 @@ async def test_version_2_fields_reach_the_document(gw: Gateway) -> None:
     ]
     for extra, expected in cases:
         doc = json.loads(to_canonical_bytes(await http_document(gw, {"messages": [USER], **extra})))
-        assert doc["v"] == 2, extra
+        assert doc["v"] == CURRENT_VERSION, extra  # version 3 carries every parameter
         for key, value in expected.items():
             assert doc["params"][key] == value
 
