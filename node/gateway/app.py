@@ -52,7 +52,7 @@ from node.gateway.errors import (
     handle_unexpected,
     handle_validation_error,
 )
-from node.gateway.metrics import GatewayMetrics
+from node.gateway.metrics import GatewayMetrics, watch_wallets
 from node.gateway.mqtt import DropsCollector
 from node.gateway.pending import PendingInference
 from node.gateway.records import ModelInfo, VerifiedResult
@@ -284,6 +284,8 @@ class _Inference:
             )
         except GatewayError as exc:
             await st.ledger.asettle(reservation, exc.spent_wei)
+            if exc.spent_wei:  # a reverted transaction still paid its gas
+                st.metrics.gas_spent.labels(chain_id=str(chain_id)).inc(exc.spent_wei)
             raise
         except BaseException:
             await st.ledger.asettle(reservation, None)  # a transaction may be out: count it as spent
@@ -291,6 +293,7 @@ class _Inference:
         sub = pending.submission
         await st.ledger.asettle(reservation, sub.fee + sub.gas_cost)
         st.metrics.spent.inc(sub.fee + sub.gas_cost)
+        st.metrics.gas_spent.labels(chain_id=str(chain_id)).inc(sub.gas_cost)
         if sub.gas_cost > 0:
             st.ledger.observe_gas(chain_id, sub.gas_cost)
         await st.ledger.arecord_owner(chain_id, sub.request_id, self.who.key_id)
@@ -412,6 +415,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await state.backend.start()
+        watch_wallets(state.backend, metrics)  # inferd_gateway_wallet_wei, per chain
         try:
             yield
         finally:

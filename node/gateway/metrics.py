@@ -1,8 +1,23 @@
-"""Prometheus metrics of one gateway app, on its own registry (several apps can live in one process)."""
+"""Prometheus metrics of one gateway app, on its own registry (several apps can live in one process).
+
+The wallet's money (`inferd_gateway_wallet_wei`, `inferd_gateway_gas_spent_wei_total`, by chain)
+is what deploy/alerts.yml watches: a gateway whose wallet runs dry cannot put requests on chain.
+`watch_wallets` starts one supervised balance loop per chain on the chain backend's supervisor.
+"""
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from node.log import get_logger
+from node.miner.metrics import build_info
+from node.miner.money import DEFAULT_INTERVAL_S, watch_balance
+from node.supervise import Supervisor, describe
+
+log = get_logger("inferd.gateway.metrics")
 
 
 class GatewayMetrics:
@@ -11,6 +26,7 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.build_info = build_info(self.registry)
         self.requests = Counter(
             "inferd_gateway_requests_total",
             "HTTP requests answered, by endpoint and status code.",
@@ -53,8 +69,51 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.wallet_wei = Gauge(
+            "inferd_gateway_wallet_wei",
+            "ETH balance of the gateway's wallet on a chain, in wei.",
+            ["chain_id"],
+            registry=self.registry,
+        )
+        self.gas_spent = Counter(
+            "inferd_gateway_gas_spent_wei",
+            "Wei the gateway wallet paid for gas (receipts of its request transactions), by chain.",
+            ["chain_id"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-__all__ = ["GatewayMetrics"]
+def watch_wallets(backend: Any, metrics: GatewayMetrics, interval_s: float = DEFAULT_INTERVAL_S) -> None:
+    """Keep `inferd_gateway_wallet_wei{chain_id}` fresh for every chain of a started chain backend.
+
+    One `wallet-<chain id>` loop per chain on the backend's `Supervisor` (`loops`), reading the
+    balance of the link's sender every `interval_s`. A backend without chain links (tests' fakes)
+    gets nothing. An RPC error is logged at debug level and retried at the next interval.
+    """
+    loops = getattr(backend, "loops", None)
+    links = getattr(backend, "links", None)
+    if not isinstance(loops, Supervisor) or not isinstance(links, dict):
+        return
+    for chain_id, link in links.items():
+        gauge = metrics.wallet_wei.labels(chain_id=str(chain_id))
+
+        def failed(exc: BaseException, chain_id: int = chain_id) -> None:
+            log.debug("wallet_balance_failed", chain_id=chain_id, error=describe(exc))
+
+        loops.spawn(
+            f"wallet-{chain_id}",
+            functools.partial(
+                watch_balance,
+                link.hub.w3,
+                link.sender.address,
+                gauge.set,
+                on_error=failed,
+                interval_s=interval_s,
+            ),
+        )
+
+
+__all__ = ["GatewayMetrics", "watch_wallets"]
