@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, JsonValue, SecretStr
 from pydantic_settings import (
     BaseSettings,
     NestedSecretsSettingsSource,
@@ -70,6 +70,13 @@ class EngineSettings(BaseModel):
     """vLLM's tool-call parser for this model (`hermes`, `llama3_json`, `mistral`, `qwen3_coder`,
     `pythonic` ...); `auto` picks one from the chat template, hermes by default. gpt-oss always
     uses harmony. Every miner serving a model must use the same value: it shapes the output."""
+    vllm_args: dict[str, JsonValue] = Field(default_factory=dict)
+    """Passed to vLLM's `AsyncEngineArgs` unchanged (`quantization`, `kv_cache_dtype`,
+    `pipeline_parallel_size`, `distributed_executor_backend`, ...); checked at start, see
+    `node.engine.engine_args`. Output-affecting ones become part of the engine class."""
+    allow_nondeterministic: bool = False
+    """Allow `vllm_args` that make outputs batch-dependent (prefix caching, chunked prefill,
+    speculative decoding); the engine class then says `batch_invariant=0`."""
 
 
 class StreamSettings(BaseModel):

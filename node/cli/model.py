@@ -1,4 +1,4 @@
-"""`inferd model ...`: fetch the default model, and an operator's smoke test of the engine."""
+"""`inferd model ...`: fetch the default model, print the engine class, and an operator's smoke test."""
 
 from __future__ import annotations
 
@@ -102,6 +102,35 @@ def fetch(
         raise fail(str(exc), 1) from exc
     typer.echo(settings_lines(model), err=True)  # unwrapped, to paste into inferd.toml
     typer.echo(str(model.path))
+
+
+@app.command("class")
+def class_(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"text", "id"} as JSON.')] = False,
+) -> None:
+    """Print the engine class (text, then its bytes32 id) of the configured engine, without starting it.
+
+    The id is what `inferd hub register-model --engine-class` takes; the text says what it covers
+    (weights, vLLM/torch build, device family, dtype, batch invariance, output-affecting settings).
+    Run it on a machine like the miners': the build and the device are this machine's.
+    """
+    from node.engine.engine import EngineError, resolve_model_path
+    from node.engine.engine_args import VllmArgsError
+    from node.engine.engine_class import EngineClassError, engine_class
+
+    settings = settings_from(ctx)
+    stdout = machine_stdout() if as_json else None
+    try:
+        ec = engine_class(settings.engine, resolve_model_path(settings.engine))
+    except (EngineError, EngineClassError, VllmArgsError) as exc:
+        raise fail(str(exc), 1) from exc
+    if stdout is not None:
+        stdout.write(json.dumps(ec.to_json()) + "\n")
+        stdout.flush()
+    else:
+        typer.echo(ec.text)
+        typer.echo("0x" + ec.id.hex())
 
 
 async def _try(settings: Settings, doc: dict[str, Any]) -> Any:

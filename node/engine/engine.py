@@ -7,8 +7,9 @@ whose task is cancelled is aborted inside vLLM (AsyncLLM aborts on `CancelledErr
 Determinism is the point: the same input must give the same output bytes on every honest miner
 with the same engine build. So the seed comes from the input digest when the user gives none, the
 prompt never sees the clock, tool-call ids are hashes, the CPU runs float32 (vLLM's CPU bf16 kernels
-are not batch-invariant), GPUs get `VLLM_BATCH_INVARIANT=1`, and `system_fingerprint` names the
-inferd and vLLM versions, the weights' hash, the device, the dtype and the batch-invariance mode.
+are not batch-invariant), GPUs get `VLLM_BATCH_INVARIANT=1`, and `system_fingerprint` is the text of
+the engine class (`engine_class`: weights, build, device, dtype, batch invariance, output-affecting
+settings). vLLM's arguments, inferd's and `engine.vllm_args`, are built in `engine_args`.
 
 Bad inputs (invalid document, out-of-range or unhonourable parameters, a prompt longer than the
 context, anything the tokenizer, the chat template or vLLM refuses for this request) produce an
@@ -32,7 +33,6 @@ import asyncio
 import contextlib
 import functools
 import gc
-import hashlib
 import itertools
 import json
 import math
@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from node import __version__
 from node.config import EngineSettings
 from node.content.cid import cid_to_digest, digest_of
 from node.content.documents import (
@@ -74,7 +73,21 @@ from node.content.documents import (
 )
 from node.content.errors import ContentError, DocumentError, DocumentTooLarge
 from node.engine import chat, tool_parsers
-from node.engine.model_fetch import DEFAULT_MODEL_NAME, default_model_dir, read_manifest, sha256_file
+from node.engine.engine_args import (
+    VllmArgsError,
+    batch_invariant_mode,
+    check_vllm_args,
+    effective_dtype,
+    engine_args,
+)
+from node.engine.engine_class import (
+    EngineClass,
+    EngineClassError,
+    check_engine_class,
+    engine_class,
+    weights_hash,
+)
+from node.engine.model_fetch import DEFAULT_MODEL_NAME, default_model_dir
 from node.engine.params import (
     CONTEXT_EXCEEDED,
     ParamError,
@@ -89,7 +102,6 @@ from node.engine.params import (
 from node.log import get_logger
 
 MIN_LOGPROB = -9999.0  # documents reject -inf; vLLM's OpenAI server clamps the same way
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 FIM_SPELLINGS = (
     ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
     ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
@@ -140,88 +152,10 @@ def resolve_model_path(settings: EngineSettings, cache_root: Path | None = None)
     return settings.model
 
 
-def weights_hash(model_path: str) -> str:
-    """sha256 over the weight files' sha256s (from the fetch manifest when there is one).
-
-    A name that is not a local folder (a hub id vLLM resolves itself) hashes the name, which the
-    fingerprint then only identifies, not verifies.
-    """
-    path = Path(model_path)
-    files: dict[str, str] = {}
-    manifest = read_manifest(path) if path.is_dir() else None
-    if manifest and isinstance(manifest.get("files"), dict):
-        files = {str(k): str(v) for k, v in manifest["files"].items() if str(k).endswith(WEIGHT_SUFFIXES)}
-    elif path.is_dir():
-        files = {p.name: sha256_file(p) for p in sorted(path.iterdir()) if p.name.endswith(WEIGHT_SUFFIXES)}
-    if not files:
-        return hashlib.sha256(f"name:{model_path}".encode()).hexdigest()
-    lines = "".join(f"{name}\t{files[name]}\n" for name in sorted(files))
-    return hashlib.sha256(lines.encode()).hexdigest()
-
-
-def _vllm_version() -> str:
-    import vllm
-
-    return str(getattr(vllm, "__version__", "unknown"))
-
-
 def _is_cpu_platform() -> bool:
     from vllm.platforms import current_platform
 
     return bool(current_platform.is_cpu())
-
-
-def effective_dtype(settings: EngineSettings, on_cpu: bool) -> str:
-    """`auto` means float32 on the CPU (batch-invariant there) and bfloat16 on GPUs."""
-    if settings.dtype != "auto":
-        return settings.dtype
-    return "float32" if on_cpu else "bfloat16"
-
-
-def fingerprint(
-    *, vllm_version: str, weights_sha256: str, device: str, dtype: str, batch_invariant: bool
-) -> str:
-    """`system_fingerprint`: what must match for two miners to produce the same bytes."""
-    mode = "bi" if batch_invariant else "nbi"
-    return f"inferd-{__version__}_vllm-{vllm_version}_w-{weights_sha256[:12]}_{device}-{dtype}-{mode}"
-
-
-def engine_args(
-    settings: EngineSettings, model_path: str, *, on_cpu: bool, dtype: str, batch_invariant: bool
-) -> Any:
-    """vLLM's `AsyncEngineArgs` for these settings (shared with the engine benchmark).
-
-    Chunked prefill and prefix caching are off in batch-invariant mode: a prompt split across
-    steps, or partly served from another request's cache, is computed in different shapes, so
-    its output would depend on what else the miner was running. (On the CPU, chunked prefill of a
-    seeded request also crashes vLLM 0.32: "CPU Generator does not use offset".)
-
-    Structured outputs (forced tool calls) use xgrammar only: with vLLM's `auto` a schema xgrammar
-    refuses falls back to llguidance, where `{"minItems": 1000000000}` took 17 GiB in the miner's
-    own process (OOM-killed). A schema xgrammar cannot compile is refused (`refusal`). JSON is
-    generated compact (`disable_any_whitespace`): a small model under a grammar that allows any
-    whitespace can spend its whole budget on newlines, and compact output is one spelling.
-    """
-    from vllm.config import StructuredOutputsConfig
-    from vllm.engine.arg_utils import AsyncEngineArgs
-
-    strict = batch_invariant or on_cpu
-    return AsyncEngineArgs(
-        model=model_path,
-        served_model_name=[settings.model],
-        dtype=dtype,
-        max_model_len=settings.max_model_len,
-        max_num_seqs=settings.max_num_seqs,
-        gpu_memory_utilization=settings.gpu_memory_utilization,
-        tensor_parallel_size=settings.tensor_parallel_size,
-        seed=settings.seed,
-        enforce_eager=on_cpu,  # torch.compile on a small CPU costs minutes and buys little
-        enable_chunked_prefill=not strict,
-        enable_prefix_caching=not strict,
-        max_num_batched_tokens=max(settings.max_model_len, 2048) if strict else None,
-        disable_log_stats=True,
-        structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
-    )
 
 
 def _clamp(logprob: float) -> float:
@@ -278,14 +212,17 @@ class Engine:
         *,
         model_name: str,
         model_path: str,
-        system_fingerprint: str,
+        engine_class: EngineClass | None = None,
+        system_fingerprint: str | None = None,
         harmony: Any = None,
         tool_parser: str = tool_parsers.AUTO,
     ) -> None:
+        """`engine_class` is what `start` computed; a bare `system_fingerprint` is for test stubs."""
         self._llm = llm
         self.model_name = model_name
         self.model_path = model_path
-        self.system_fingerprint = system_fingerprint
+        self.engine_class = engine_class
+        self.system_fingerprint = engine_class.text if engine_class is not None else system_fingerprint or ""
         self._harmony = harmony
         self._tokenizer = llm.get_tokenizer()
         self.max_model_len: int = int(llm.model_config.max_model_len)
@@ -311,24 +248,44 @@ class Engine:
     # ----------------------------------------------------------------------- lifecycle
 
     @classmethod
-    async def start(cls, settings: EngineSettings, *, cache_root: Path | None = None) -> Engine:
+    async def start(
+        cls, settings: EngineSettings, *, cache_root: Path | None = None, expected_class: bytes | None = None
+    ) -> Engine:
         """Load the model into an in-process AsyncLLM (blocks the loop while loading: ~30 s on CPU).
 
+        The engine class is computed first (bad `engine.vllm_args` fail here, before any loading)
+        and, with `expected_class` (the model's on-chain bytes32), checked: `EngineClassMismatch`
+        before vLLM starts. A hub model not yet on this machine is classed after vLLM fetched it.
+
         Environment set here (before vLLM reads it): `VLLM_CPU_KVCACHE_SPACE` from
-        `cpu_kvcache_gib` unless already set, `VLLM_BATCH_INVARIANT=1` on GPUs when
-        `batch_invariant` is on. The caller's entry point needs a `__main__` guard: vLLM spawns
-        its engine-core process.
+        `cpu_kvcache_gib` unless already set, `VLLM_BATCH_INVARIANT=1` on GPUs in batch-invariant
+        mode. The caller's entry point needs a `__main__` guard: vLLM spawns its engine-core process.
         """
         model_path = resolve_model_path(settings, cache_root)
         on_cpu = _is_cpu_platform()
         dtype = effective_dtype(settings, on_cpu)
+        batch_invariant = batch_invariant_mode(settings, on_cpu)
+
+        def classify() -> EngineClass:
+            try:
+                ec = engine_class(settings, model_path, on_cpu=on_cpu)
+            except (VllmArgsError, EngineClassError) as exc:
+                raise EngineError(str(exc)) from exc
+            if expected_class is not None:
+                check_engine_class(expected_class, ec)  # EngineClassMismatch propagates as itself
+            return ec
+
+        local = Path(model_path).is_dir()  # noqa: ASYNC240 (one stat before a blocking load)
+        ec = classify() if local else None
+        if not local:  # a hub model vLLM fetches while starting: arguments checked now, class later
+            try:
+                check_vllm_args(settings.vllm_args, allow_nondeterministic=settings.allow_nondeterministic)
+            except VllmArgsError as exc:
+                raise EngineError(str(exc)) from exc
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(settings.cpu_kvcache_gib))))
-            batch_invariant = dtype == "float32"
-        else:
-            batch_invariant = settings.batch_invariant
-            if batch_invariant:
-                os.environ["VLLM_BATCH_INVARIANT"] = "1"
+        elif batch_invariant:
+            os.environ["VLLM_BATCH_INVARIANT"] = "1"
         from vllm.v1.engine.async_llm import AsyncLLM
         from vllm.v1.metrics.loggers import PrometheusStatLogger
 
@@ -340,30 +297,28 @@ class Engine:
             llm = AsyncLLM.from_engine_args(args, stat_loggers=[PrometheusStatLogger])
         except Exception as exc:
             raise EngineError(f"vLLM failed to start with {model_path}: {exc}") from exc
-        harmony = None
-        if _model_type(model_path) == "gpt_oss":
-            from node.engine.harmony import HarmonyFormat
-
-            harmony = HarmonyFormat.load(cache_root.parent / "tiktoken" if cache_root else None)
-        fp = fingerprint(
-            vllm_version=_vllm_version(),
-            weights_sha256=weights_hash(model_path),
-            device="cpu" if on_cpu else "gpu",
-            dtype=dtype,
-            batch_invariant=batch_invariant,
-        )
         try:
+            if ec is None:
+                ec = classify()
+            harmony = None
+            if _model_type(model_path) == "gpt_oss":
+                from node.engine.harmony import HarmonyFormat
+
+                harmony = HarmonyFormat.load(cache_root.parent / "tiktoken" if cache_root else None)
             return cls(
                 llm,
                 model_name=settings.model,
                 model_path=model_path,
-                system_fingerprint=fp,
+                engine_class=ec,
                 harmony=harmony,
                 tool_parser=settings.tool_parser,
             )
         except tool_parsers.ToolParserError as exc:
             llm.shutdown()
             raise EngineError(str(exc)) from exc
+        except BaseException:
+            llm.shutdown()
+            raise
 
     def shutdown(self) -> None:
         """Stop vLLM's engine-core process (idempotent)."""
@@ -379,6 +334,13 @@ class Engine:
     def alive(self) -> bool:
         """False once shut down or once vLLM's engine core has died (`AsyncLLM.errored`)."""
         return self._llm is not None and not bool(getattr(self._llm, "errored", False))
+
+    @property
+    def vllm_config(self) -> Any:
+        """vLLM's resolved `VllmConfig` of the running engine (what `engine_args` turned into)."""
+        if self._llm is None:
+            raise EngineError("the engine is shut down")
+        return self._llm.vllm_config
 
     def unfinished_requests(self) -> int:
         """Requests vLLM still holds (0 when idle; cancelled jobs must not linger)."""
@@ -953,7 +915,6 @@ __all__ = [
     "StreamItem",
     "effective_dtype",
     "engine_args",
-    "fingerprint",
     "resolve_model_path",
     "weights_hash",
 ]

@@ -60,7 +60,8 @@ async def test_capital_of_france_greedy(engine: Engine) -> None:
     (choice,) = chat_choices(out)
     assert "Paris" in (choice.message.content or "")
     assert out.object == "chat.completion"
-    assert out.system_fingerprint.startswith("inferd-") and "vllm-" in out.system_fingerprint
+    assert engine.engine_class is not None and out.system_fingerprint == engine.engine_class.text
+    assert out.system_fingerprint.startswith("inferd-ec1;weights=sha256:")
     assert out.usage is not None and out.usage.completion_tokens > 0
 
 

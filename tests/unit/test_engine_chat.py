@@ -10,7 +10,7 @@ from node.config import EngineSettings
 from node.content.documents import ChatInputDocument, NamedToolChoice, Tool
 from node.engine import chat
 from node.engine.bench_prompts import bench_prompts
-from node.engine.engine import effective_dtype, fingerprint, weights_hash
+from node.engine.engine_args import effective_dtype
 from node.engine.model_fetch import MANIFEST, WEIGHTS_SHA256, verify_model_dir
 
 SMOL_TEMPLATE = (
@@ -158,29 +158,10 @@ def test_tool_call_ids_are_deterministic() -> None:
     assert calls is not None and calls[0].id == chat.tool_call_id(digest, 2, 0)
 
 
-def test_fingerprint_and_dtype() -> None:
-    fp = fingerprint(
-        vllm_version="0.32.0", weights_sha256="ab" * 32, device="cpu", dtype="float32", batch_invariant=True
-    )
-    assert (
-        fp.startswith("inferd-")
-        and "vllm-0.32.0" in fp
-        and "w-abababababab" in fp
-        and fp.endswith("cpu-float32-bi")
-    )
+def test_effective_dtype() -> None:
     assert effective_dtype(EngineSettings(), on_cpu=True) == "float32"
     assert effective_dtype(EngineSettings(), on_cpu=False) == "bfloat16"
     assert effective_dtype(EngineSettings(dtype="bfloat16"), on_cpu=True) == "bfloat16"
-
-
-def test_weights_hash_uses_the_manifest_or_the_files(tmp_path: Path) -> None:
-    (tmp_path / "model.safetensors").write_bytes(b"w")
-    (tmp_path / "tokenizer.json").write_text("{}")
-    direct = weights_hash(str(tmp_path))
-    sha = hashlib.sha256(b"w").hexdigest()
-    (tmp_path / MANIFEST).write_text(json.dumps({"files": {"model.safetensors": sha, "tokenizer.json": "x"}}))
-    assert weights_hash(str(tmp_path)) == direct
-    assert weights_hash("org/some-model") != direct
 
 
 def test_verify_model_dir_rejects_wrong_weights(tmp_path: Path) -> None:
