@@ -46,6 +46,12 @@ compose: venv
 	@PIP=$(PIP) bash deploy/tools/install-compose-plugin.sh >/dev/null || \
 		echo "compose plugin not installed: tests/unit/test_deploy.py will skip the compose checks"
 
+# promtool checks and unit-tests deploy/alerts.yml (tests/unit/test_alerts.py fails without it):
+# unpacked from Debian's `prometheus` package, which itself is not installed.
+promtool: venv
+	@SUDO="$(SUDO)" bash deploy/tools/install-promtool.sh $(VENV)/bin >/dev/null || \
+		echo "promtool not installed: tests/unit/test_alerts.py will fail"
+
 model: venv
 	@if $(INFERD) model --help >/dev/null 2>&1; then $(INFERD) model fetch-default; fi
 
