@@ -26,10 +26,16 @@ $(STAMPS)/venv-$(EXTRA): pyproject.toml
 	@if [ "$(EXTRA)" = cpu ]; then $(PIP) uninstall --quiet -y torchvision torchaudio torchcodec || true; fi
 	@touch $@
 
-npm: $(STAMPS)/npm
+npm: $(STAMPS)/npm $(STAMPS)/npm-js
 $(STAMPS)/npm: contracts/package.json contracts/package-lock.json
 	@mkdir -p $(STAMPS)
 	cd contracts && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# tests/js: the JavaScript verifier of tests/integration/test_js_rebuild.py (RFC 8785 `canonicalize`, `multiformats`).
+$(STAMPS)/npm-js: tests/js/package.json tests/js/package-lock.json
+	@mkdir -p $(STAMPS)
+	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 mosquitto:
