@@ -294,7 +294,12 @@ class RedisSpendLedger:
                                               TOTAL: str(int(spent[1] or 0) + paid)})  # fmt: skip
                 pipe.expire(spent_key, SPEND_TTL_S)
 
-        await self._transact("settle", [spent_key], body)
+        try:
+            await self._transact("settle", [spent_key], body)
+        except SharedStateUnavailable:
+            # The transaction is out and paid: the call still answers. Its reservation stays counted
+            # until its lease ends; what was paid is in the log for the operator to reconcile.
+            log.error("shared_spend_unsettled", key_id=key_id, wei=paid)
 
     async def aspent(self, key_id: str) -> int:
         value = await _guard("spent", lambda: self._client.hget(self._spent_key(), key_id))
@@ -302,7 +307,10 @@ class RedisSpendLedger:
 
     async def arecord_owner(self, chain_id: int, request_id: int, key_id: str) -> None:
         key = f"{self._prefix}:owner:{chain_id}:{request_id}"
-        await _guard("owner", lambda: self._client.set(key, key_id, ex=OWNER_TTL_S))
+        try:
+            await _guard("owner", lambda: self._client.set(key, key_id, ex=OWNER_TTL_S))
+        except SharedStateUnavailable:  # the call still answers; only its record stays admin-only
+            log.error("shared_owner_unrecorded", key_id=key_id, chain_id=chain_id, request_id=request_id)
 
     async def aowner(self, chain_id: int, request_id: int) -> str | None:
         key = f"{self._prefix}:owner:{chain_id}:{request_id}"

@@ -9,6 +9,7 @@ from a secrets file (`INFERD_SECRETS_DIR`), as an operator would hand it a passw
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -297,3 +298,26 @@ async def test_unreachable_redis_is_503_or_refuses_to_start(tmp_path: Path) -> N
     assert reply.status_code == 503
     assert reply.json()["error"]["code"] == "shared_state_unavailable"
     assert "127.0.0.1" not in reply.text
+
+
+def test_keys_cli_manages_keys_in_redis(
+    redis_server: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from node.cli.gateway import app as gateway_cli
+
+    monkeypatch.setenv("INFERD_GATEWAY__REDIS_URL", redis_server.url)
+    monkeypatch.setenv("INFERD_GATEWAY__REDIS_PREFIX", prefix)
+    runner = CliRunner()
+    added = runner.invoke(gateway_cli, ["keys", "add", "--name", "ops", "--admin", "--json"])
+    assert added.exit_code == 0, added.output
+    info = json.loads(added.output)
+    store = RedisKeyStore(redis_server.url, prefix)  # what every gateway on this Redis reads
+    (record,) = store.list()
+    assert record.id == info["id"] and record.admin and info["key"] not in str(record.model_dump())
+    assert runner.invoke(gateway_cli, ["keys", "revoke", info["id"]]).exit_code == 0
+    assert store.list()[0].revoked
+    monkeypatch.setenv("INFERD_GATEWAY__REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    down = runner.invoke(gateway_cli, ["keys", "list"])
+    assert down.exit_code == 2 and "cannot reach Redis" in down.output
