@@ -61,6 +61,7 @@ from node.devnet.processes import (
     free_port,
     mosquitto_process,
 )
+from node.devnet.progress import Progress, waiting_line
 from node.devnet.service import Service, child_env, env_names, inferd_command
 from node.stream.access import GATEWAY_PREFIX, gateway_login, miner_login
 
@@ -253,6 +254,7 @@ class Devnet:
         self._taken: set[int] = set()
         self.restart_policy = RestartPolicy()
         self.restarts: dict[str, RestartTracker] = {}
+        self.progress = Progress()  # the waiting line on stderr while the parts start
 
     # ---------------------------------------------------------------- signals and run.json
 
@@ -556,27 +558,34 @@ class Devnet:
         return key
 
     def _await_healthy(self) -> None:
+        """Wait until every part answers its health check, showing what is still awaited on stderr."""
         pending = {svc.name: svc for svc in self.services}
         deadline = time.monotonic() + self.opts.ready_timeout_s
-        while pending:
-            self._check_stop()
-            for name, svc in list(pending.items()):
-                code = svc.exited()
-                if code is not None:
+        try:
+            while pending:
+                self._check_stop()
+                for name, svc in list(pending.items()):
+                    code = svc.exited()
+                    if code is not None:
+                        raise DevnetError(
+                            f"{name} exited with code {code} while starting; last lines of {svc.log_path}:\n"
+                            + svc.log_tail()
+                        )
+                    if svc.healthy():
+                        self.progress.clear()
+                        self.say(f"healthy    {name} (after {time.monotonic() - self._t0:.1f} s)")
+                        del pending[name]
+                if pending and time.monotonic() > deadline:
                     raise DevnetError(
-                        f"{name} exited with code {code} while starting; last lines of {svc.log_path}:\n"
-                        + svc.log_tail()
+                        f"not healthy after {self.opts.ready_timeout_s:.0f} s: {', '.join(pending)} "
+                        f"(see {self.layout.logs})"
                     )
-                if svc.healthy():
-                    self.say(f"healthy    {name} (after {time.monotonic() - self._t0:.1f} s)")
-                    del pending[name]
-            if pending and time.monotonic() > deadline:
-                raise DevnetError(
-                    f"not healthy after {self.opts.ready_timeout_s:.0f} s: {', '.join(pending)} "
-                    f"(see {self.layout.logs})"
-                )
-            if pending:
-                self._stop.wait(0.5)
+                if pending:
+                    loading = not self.opts.fake_engine and any(n.startswith("miner") for n in pending)
+                    self.progress.update(waiting_line(list(pending), time.monotonic() - self._t0, loading))
+                    self._stop.wait(0.5)
+        finally:
+            self.progress.clear()
 
     def _watch(self) -> int:
         """Keep the parts up until a signal (exit 0) or until anvil dies (exit 1)."""
@@ -754,12 +763,15 @@ def up_detached(opts: UpOptions, config_file: Path | None, say: Callable[[str], 
         f"devnet supervisor started (pid {proc.pid}); waiting until every part is healthy "
         f"(progress in {layout.supervisor_log})"
     )
-    deadline = time.monotonic() + opts.ready_timeout_s + 60
+    started = time.monotonic()
+    deadline = started + opts.ready_timeout_s + 60
+    progress = Progress()
     while time.monotonic() < deadline:
         run = read_json(layout.run_json) or {}
         if run.get("pid") == proc.pid and run.get("phase") == PHASE_READY:
             info = read_json(layout.devnet_json) or {}
             if info.get("pid") == proc.pid:
+                progress.clear()
                 say(banner(info))
                 say(
                     f"detached: `inferd devnet status --data-dir {layout.root}` shows its health, "
@@ -767,12 +779,18 @@ def up_detached(opts: UpOptions, config_file: Path | None, say: Callable[[str], 
                 )
                 return 0
         if proc.poll() is not None:
+            progress.clear()
             say(
                 f"the devnet failed to start (exit {proc.returncode}); last lines of {layout.supervisor_log}:"
             )
             say("\n".join(layout.supervisor_log.read_text(errors="replace").splitlines()[-30:]))
             return 1
+        progress.update(
+            f"waiting    for the devnet supervisor ({run.get('phase') or 'starting'})  "
+            f"{time.monotonic() - started:.0f} s"
+        )
         time.sleep(0.5)
+    progress.clear()
     say("the devnet did not become healthy in time; stopping it")
     down(layout)
     return 1
