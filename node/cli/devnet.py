@@ -163,8 +163,18 @@ def bootstrap_cmd(
     model: Annotated[str | None, typer.Option(help="Model to register (default: engine.model).")] = None,
     stake_eth: Annotated[float, typer.Option(help="Stake per miner, in ETH.")] = 1.0,
     redundancy: Annotated[int, typer.Option(help="Miners per request for a newly registered model.")] = 1,
+    engine_class: Annotated[
+        str | None,
+        typer.Option(help="The model's engine class (0x bytes32; default: computed from engine.*)."),
+    ] = None,
+    fake_engine: Annotated[
+        bool, typer.Option("--fake-engine", help="Register the fake engine's fixed class.")
+    ] = False,
 ) -> None:
     """On an anvil chain: deploy the hub (if missing), register the model, stake this node's key.
+
+    The model is registered (and the key staked) for the engine class this node's engine settings
+    give (`inferd model class`), unless --engine-class or --fake-engine says otherwise.
 
     For docker compose's `anvil` profile: the miner key comes from the settings
     (`INFERD_CHAIN__PRIVATE_KEY`); anvil's dev account 0 deploys and owns the hub, so on a fresh
@@ -172,14 +182,25 @@ def bootstrap_cmd(
     """
     from node.devnet.chain import ETH, ChainPlan, bootstrap
     from node.devnet.processes import anvil_private_keys
+    from node.devnet.up import DevnetError, miner_engine_class
 
     settings = settings_from(ctx)
     key = settings.chain.private_key
+    try:
+        if engine_class is not None:
+            class_id = bytes.fromhex(engine_class.removeprefix("0x"))
+            if len(class_id) != 32:
+                raise ValueError("an engine class is 32 bytes")
+        else:
+            class_id = miner_engine_class(settings.engine.model_dump(), fake=fake_engine)
+    except (ValueError, DevnetError) as exc:
+        raise fail(f"--engine-class: {exc}" if engine_class is not None else str(exc), 2) from exc
     plan = ChainPlan(
         rpc_url=rpc_url or settings.chain.rpc_url,
         model=model or settings.engine.model,
         owner_key=anvil_private_keys(1)[0],
         miner_keys=[key.get_secret_value()] if key is not None else [],
+        engine_class=class_id,
         redundancy=redundancy,
         stake=int(stake_eth * ETH),
         hub_address=settings.chain.hub_address,

@@ -2,6 +2,14 @@
 
 Idempotent, so a devnet restarted on its saved anvil state (or compose's bootstrap container run
 on every `up`) only does what is missing. Uses `node.chain.hub.HubClient` for every hub call.
+
+Protocol v2: the model is registered with the engine class its miners run (the caller computes it
+from the miners' engine settings, `node.engine.engine_class`; the fake engine has a fixed one) and
+with prices that make cheating lose money at the devnet's stake: for r = 1 the hub requires
+`auditBps * minStake >= 2 * (10000 - auditBps) * (baseFee + perTokenFee * 65536)`, and the defaults
+(1 ETH stake, 0.001 ETH base fee, 100 gwei per token, 5% audits) meet it about 3.5 times over.
+Miners register with the same class; a saved chain whose model has another class is refused with
+the way out (`--fresh`), since an engine upgrade is a new model entry on chain.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from eth_account import Account
 from web3 import AsyncWeb3
 
 from node.chain.hub import HubClient, model_id
+from node.gateway.work import audit_inequality_holds
 from node.log import get_logger
 
 log = get_logger("inferd.devnet.chain")
@@ -20,7 +29,10 @@ log = get_logger("inferd.devnet.chain")
 ETH = 10**18
 # Devnet economics: small, round numbers that make slashing and fees visible in `miner status`.
 DEFAULT_MIN_STAKE = 1 * ETH
-DEFAULT_MIN_FEE = 10**15  # 0.001 ETH
+DEFAULT_BASE_FEE = 10**15  # 0.001 ETH
+DEFAULT_PER_TOKEN_FEE = 10**11  # 100 gwei: 65536 tokens = 0.0066 ETH
+DEFAULT_AUDIT_BPS = 500  # 5% of r = 1 results re-executed by an auditor
+DEFAULT_MIN_FEE = DEFAULT_BASE_FEE  # v1 name, kept for callers
 DEFAULT_TIMEOUT_BLOCKS = 300
 GAS_RESERVE = ETH // 10  # what a miner keeps beyond its stake for submit transactions
 
@@ -37,14 +49,27 @@ class ChainPlan:
     model: str
     owner_key: str
     miner_keys: list[str]
+    engine_class: bytes
+    """The bytes32 class of the miners' engine (`EngineClass.id`, or the fake engine's)."""
     redundancy: int = 1
     stake: int = DEFAULT_MIN_STAKE
     min_stake: int = DEFAULT_MIN_STAKE
-    min_fee: int = DEFAULT_MIN_FEE
+    base_fee: int = DEFAULT_BASE_FEE
+    per_token_fee: int = DEFAULT_PER_TOKEN_FEE
+    audit_bps: int = DEFAULT_AUDIT_BPS
     timeout_blocks: int = DEFAULT_TIMEOUT_BLOCKS
     hub_address: str | None = None  # reuse this hub when it has code; deploy otherwise
     fund_keys: list[str] = field(default_factory=list)  # other accounts to top up (the gateway's)
     check_redundancy: bool = True  # refuse a model whose redundancy exceeds len(miner_keys)
+
+    def __post_init__(self) -> None:
+        if self.redundancy == 1 and not audit_inequality_holds(
+            self.min_stake, self.base_fee, self.per_token_fee, self.audit_bps
+        ):
+            raise BootstrapError(
+                "the devnet's prices fail the hub's audit rule for r = 1 (auditBps x minStake >= "
+                "2 x (10000 - auditBps) x max price): raise the stake or the audit rate"
+            )
 
 
 @dataclass(frozen=True)
@@ -57,8 +82,12 @@ class ChainState:
     model_id: str
     redundancy: int
     min_fee: int
+    """The model's base fee (what the cheapest request costs)."""
     miners: list[str]
     deployed: bool
+    per_token_fee: int = 0
+    engine_class: str = ""
+    audit_bps: int = 0
 
 
 async def _balance(w3: AsyncWeb3[Any], address: str) -> int:
@@ -111,10 +140,20 @@ async def bootstrap(plan: ChainPlan) -> ChainState:
     mid = model_id(plan.model)
     if mid not in await hub.model_ids():
         await hub.register_model(
-            plan.model, plan.min_stake, plan.min_fee, plan.timeout_blocks, plan.redundancy
-        )
-        log.info("devnet_model_registered", model=plan.model, redundancy=plan.redundancy)
+            plan.model, plan.engine_class, plan.min_stake, plan.base_fee, plan.per_token_fee,
+            plan.timeout_blocks, plan.redundancy, plan.audit_bps,
+        )  # fmt: skip
+        log.info(
+            "devnet_model_registered", model=plan.model, redundancy=plan.redundancy,
+            engine_class="0x" + plan.engine_class.hex(), audit_bps=plan.audit_bps,
+        )  # fmt: skip
     info = await hub.get_model(mid)
+    if info.engine_class != plan.engine_class:
+        raise BootstrapError(
+            f"model {plan.model} is registered on this chain for engine class 0x{info.engine_class.hex()}, "
+            f"but the devnet's miners run 0x{plan.engine_class.hex()} (another engine build, device, "
+            "model files or --fake-engine): start over with --fresh"
+        )
     if plan.check_redundancy and info.redundancy > len(plan.miner_keys):
         raise BootstrapError(
             f"model {plan.model} was registered with redundancy {info.redundancy} but the devnet "
@@ -130,7 +169,7 @@ async def bootstrap(plan: ChainPlan) -> ChainState:
         if current.model_id is None:
             stake = max(plan.stake, info.min_stake)
             await _ensure_funds(w3, plan.owner_key, address, stake + GAS_RESERVE)
-            await client.register_miner(mid, stake)
+            await client.register_miner(mid, plan.engine_class, stake)
             log.info("devnet_miner_registered", miner=address, stake=stake)
         elif current.model_id != mid:
             raise BootstrapError(f"{address} is registered for another model; start over with --fresh")
@@ -144,9 +183,12 @@ async def bootstrap(plan: ChainPlan) -> ChainState:
         model=plan.model,
         model_id="0x" + mid.hex(),
         redundancy=info.redundancy,
-        min_fee=info.min_fee,
+        min_fee=info.base_fee,
         miners=miners,
         deployed=deployed,
+        per_token_fee=info.per_token_fee,
+        engine_class="0x" + info.engine_class.hex(),
+        audit_bps=info.audit_bps,
     )
 
 

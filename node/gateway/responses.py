@@ -21,7 +21,15 @@ def completion_id(kind: str, sub: Submission) -> str:
 
 
 def onchain_data(sub: Submission, result: VerifiedResult | None = None) -> dict[str, Any]:
-    """The evidence; `document_version` is the output document's `v`, which fixes its encoding."""
+    """The evidence; `document_version` is the output document's `v`, which fixes its encoding.
+
+    `verification` says how far the chain has checked the result (protocol v2,
+    `node.chain.hub.VerificationState`: `final`, `audited` or `disputed` once answered) and
+    `phase` the request's phase when it was answered; `max_tokens` and `fee_wei` are what the
+    request declared and paid; `engine_class` the bytes32 class its miners run (the output's
+    `system_fingerprint` is its text).
+    """
+    extra = result.extra if result else {}
     return {
         "chain_id": sub.chain_id,
         "hub": sub.hub,
@@ -32,6 +40,12 @@ def onchain_data(sub: Submission, result: VerifiedResult | None = None) -> dict[
         "input_cid": sub.input_cid,
         "output_cid": result.output_cid if result else None,
         "document_version": result.output.v if result else None,
+        # a VerifiedResult matched a finalized digest: final unless the chain said more
+        "verification": extra.get("verification", "final" if result else "pending"),
+        "phase": extra.get("phase", "final" if result else None),
+        "max_tokens": sub.max_tokens or None,
+        "fee_wei": str(sub.fee),
+        "engine_class": sub.engine_class,
     }
 
 

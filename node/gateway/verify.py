@@ -5,8 +5,16 @@ A response carries the output document's content (choices, usage, model, created
 (`onchain_data.document_version`: 3 is RFC 8785; 1 when absent, as in answers written before
 version 3) and hashed, and that digest must equal the one the hub finalized for `request_id`, whose
 CID must be `output_cid`. The input CID must match the on-chain input digest, and the signature must
-recover (EIP-712) to one of the request's assignees. Any changed character in the answer changes the
+recover (EIP-712, domain `{name: "inferd", version: "2"}`, checked against the hub's own
+`domainSeparator()`) to one of the request's seats. Any changed character in the answer changes the
 digest, so it fails.
+
+Protocol v2 results are verified in stages, and the verdict explains which one a request reached
+(`verification`): `submitted` (the assignee committed, not revealed), `audit_pending` (a sampled
+auditor is re-executing it), `audited` (final, and an independent auditor got the same digest),
+`disputed` (auditor and assignee disagreed: a committee of three, maybe an escalation vote, decides),
+`final` (final, not drawn for audit) or `refunded`. Only a final result (final, audited, or final
+after a dispute) is valid: before that the digest it would be checked against can still change.
 """
 
 from __future__ import annotations
@@ -17,8 +25,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from node.chain.errors import ChainError
-from node.chain.hub import HubClient, RequestInfo, RequestStatus
-from node.chain.signing import SignatureError, recover_result_signer
+from node.chain.hub import UNAVAILABLE, HubClient, Phase, RequestInfo, VerificationState
+from node.chain.signing import DOMAIN_VERSION, SignatureError, recover_result_signer, result_signable
 from node.content.cid import cid_to_digest, digest_of, digest_to_cid
 from node.content.documents import (
     DOCUMENT_VERSION,
@@ -45,6 +53,8 @@ class Verdict:
 
     request_id: int | None = None
     chain_id: int | None = None
+    verification: str | None = None
+    """The request's verification state on chain (`node.chain.hub.VerificationState`)."""
     checks: list[Check] = field(default_factory=list)
 
     @property
@@ -61,6 +71,7 @@ class Verdict:
             "valid": self.valid,
             "request_id": self.request_id,
             "chain_id": self.chain_id,
+            "verification": self.verification,
             "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
         }
 
@@ -111,6 +122,28 @@ def output_document_from_response(response: dict[str, Any]) -> OutputDocument:
         raise ResponseFormatError(f"cannot rebuild the output document: {where}: {first['msg']}") from None
 
 
+_EXPLAIN: dict[VerificationState, str] = {
+    VerificationState.PENDING: "paid; its seats are drawn from the next block on (not assigned yet)",
+    VerificationState.ASSIGNED: "assigned; no result committed yet",
+    VerificationState.SUBMITTED: "the assignee committed its result (commit-reveal); not revealed yet",
+    VerificationState.AUDIT_PENDING: "drawn for audit: an independent auditor is re-executing the input",
+    VerificationState.AUDITED: "final, and audited: an independent auditor re-executed the input and "
+    "revealed the same digest",
+    VerificationState.DISPUTED: "disputed: the auditor and the assignee disagreed, so a committee of three "
+    "re-executed it (the outvoted side may escalate to a vote of all miners)",
+    VerificationState.FINAL: "final; not drawn for audit this time (audits are sampled at auditBps)",
+    VerificationState.REFUNDED: "refunded: nobody could be assigned, or nobody answered in time",
+}
+
+
+def explain(info: RequestInfo) -> str:
+    """One sentence on where request `info` stands, for people."""
+    state = info.verification_state
+    if state == VerificationState.DISPUTED and info.phase == Phase.FINAL:
+        return "final after a dispute: a committee (and any escalation vote) settled on this digest"
+    return _EXPLAIN[state]
+
+
 async def _check_onchain(
     verdict: Verdict, hub: HubClient, request_id: int, output_digest: bytes | None
 ) -> RequestInfo | None:
@@ -119,10 +152,19 @@ async def _check_onchain(
     except (ChainError, OSError) as exc:
         verdict.add("on-chain status", False, f"cannot read request {request_id}: {exc}")
         return None
-    if info.status != RequestStatus.FINALIZED or info.output_digest is None:
-        verdict.add("on-chain status", False, f"request {request_id} is {info.status.name}, not FINALIZED")
+    verdict.verification = str(info.verification_state)
+    verdict.add("verification", None, f"{info.verification_state}: {explain(info)}")
+    if info.phase != Phase.FINAL or info.output_digest is None:
+        verdict.add(
+            "on-chain status", False, f"request {request_id} is in phase {info.phase.name}, not FINAL"
+        )
         return info
-    verdict.add("on-chain status", True, f"request {request_id} is FINALIZED")
+    if info.output_digest == UNAVAILABLE:
+        verdict.add(
+            "on-chain status", False, f"request {request_id} finalized as UNAVAILABLE (input not fetchable)"
+        )
+        return info
+    verdict.add("on-chain status", True, f"request {request_id} is FINAL ({info.verification_state})")
     if output_digest is not None:
         ok = info.output_digest == output_digest
         verdict.add(
@@ -132,6 +174,23 @@ async def _check_onchain(
             + ("== on-chain digest" if ok else f"!= on-chain 0x{info.output_digest.hex()}"),
         )
     return info
+
+
+async def _check_domain(verdict: Verdict, hub: HubClient, chain_id: int) -> None:
+    """The hub's EIP-712 domain must be the v2 one this verifier signs-checks under."""
+    try:
+        onchain = await hub.domain_separator()
+    except (ChainError, OSError) as exc:
+        verdict.add("signature domain", False, f"cannot read the hub's domainSeparator(): {exc}")
+        return
+    local = bytes(result_signable(chain_id, hub.address, 0, bytes(32), bytes(32)).header)
+    ok = onchain == local
+    verdict.add(
+        "signature domain",
+        ok,
+        f'EIP-712 domain {{name: "inferd", version: "{DOMAIN_VERSION}"}} '
+        + ("matches the hub's" if ok else f"differs from the hub's 0x{onchain.hex()} (not a v2 hub?)"),
+    )
 
 
 def _check_signature(
@@ -144,12 +203,12 @@ def _check_signature(
     output_digest: bytes,
 ) -> None:
     if not signature:
-        submitted = [a for a, d in zip(info.assignees, info.submitted, strict=False) if d == output_digest]
+        revealed = [a for a in info.seats if info.revealed_digest(a) == output_digest]
         verdict.add(
             "signature",
             None,
-            "no miner signature in the response (the gateway had no broker); the result was submitted "
-            f"on chain by assignee(s) {', '.join(submitted) or '?'}",
+            "no miner signature in the response (the gateway had no broker); the result was revealed "
+            f"on chain by seat(s) {', '.join(revealed) or '?'}",
         )
         return
     try:
@@ -164,12 +223,13 @@ def _check_signature(
     except SignatureError as exc:
         verdict.add("signature", False, str(exc))
         return
-    ok = signer in info.assignees
+    ok = signer in info.seats
+    role = "an assignee" if signer in info.assignees else "a seat (auditor / committee)"
     verdict.add(
         "signature",
         ok,
         f"EIP-712 signature recovers to {signer}, "
-        + ("an assignee of the request" if ok else f"not among assignees {', '.join(info.assignees)}"),
+        + (f"{role} of the request" if ok else f"not among its seats {', '.join(info.seats)}"),
     )
 
 
@@ -194,6 +254,7 @@ async def verify_response(response: dict[str, Any], hub: HubClient) -> Verdict:
         )
         return verdict
     verdict.add("chain", True, f"chain {chain_id}, hub {hub.address}")
+    await _check_domain(verdict, hub, chain_id)
     data = to_canonical_bytes(doc)
     digest = digest_of(data)
     cid = digest_to_cid(digest)

@@ -43,6 +43,18 @@ def declared_max_tokens(doc: InputDocument, max_model_len: int | None = None) ->
     return max(1, min(MAX_DECLARED_TOKENS, per_sequence * sequences))
 
 
+AUDIT_MARGIN = 2
+"""`InferenceHub.AUDIT_MARGIN`: how many times over an audit must make cheating lose money."""
+
+
+def audit_inequality_holds(min_stake: int, base_fee: int, per_token_fee: int, audit_bps: int) -> bool:
+    """`registerModel`'s rule for r = 1 models: with audits at `audit_bps`, a cheater loses more
+    (`min_stake`, when caught) than it gains (at most the largest price) by `AUDIT_MARGIN` times:
+    `auditBps * minStake >= AUDIT_MARGIN * (10_000 - auditBps) * (baseFee + perTokenFee * 65536)`."""
+    max_price = base_fee + per_token_fee * MAX_DECLARED_TOKENS
+    return audit_bps > 0 and audit_bps * min_stake >= AUDIT_MARGIN * (10_000 - audit_bps) * max_price
+
+
 def request_price(base_fee: int, per_token_fee: int, max_tokens: int) -> int:
     """`InferenceHub.price`: what a request declaring `max_tokens` must pay, exactly."""
     if not 1 <= max_tokens <= MAX_DECLARED_TOKENS:
@@ -50,4 +62,10 @@ def request_price(base_fee: int, per_token_fee: int, max_tokens: int) -> int:
     return base_fee + per_token_fee * max_tokens
 
 
-__all__ = ["MAX_DECLARED_TOKENS", "declared_max_tokens", "request_price"]
+__all__ = [
+    "AUDIT_MARGIN",
+    "MAX_DECLARED_TOKENS",
+    "audit_inequality_holds",
+    "declared_max_tokens",
+    "request_price",
+]
