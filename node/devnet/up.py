@@ -1,7 +1,9 @@
 """`inferd devnet up`: the whole network on one machine, supervised by one process.
 
 The supervisor starts, in order: anvil (saved state under the data dir), mosquitto, the chain
-bootstrap (hub, model, staked miners — in this process, through `HubClient`), an API key, then the
+bootstrap (hub, the model registered for the engine class its miners run — computed here from the
+miners' engine settings, as each miner computes it; `--fake-engine` has a fixed class — and staked
+miners, in this process, through `HubClient`), an API key, then the
 gateway and every miner as `inferd --config <part>/inferd.toml gateway serve|miner run` child
 processes, and waits until each answers its health check. It then writes devnet.json, prints
 ready-to-paste examples, and waits: Ctrl-C (or SIGTERM from `inferd devnet down`) stops the
@@ -372,6 +374,7 @@ class Devnet:
         self.say(f"mosquitto  {self.broker.url}")
 
         # 3. the chain: hub, model, staked miners (reused when the saved state has them).
+        engine_class = miner_engine_class(self._engine_settings(opts.model), fake=opts.fake_engine)
         previous_hub = previous.get("hub") if previous.get("chain_id") == opts.chain_id else None
         chain = asyncio.run(
             bootstrap(
@@ -380,6 +383,7 @@ class Devnet:
                     model=opts.model,
                     owner_key=owner_key,
                     miner_keys=miner_keys,
+                    engine_class=engine_class,
                     redundancy=opts.effective_redundancy,
                     hub_address=previous_hub if isinstance(previous_hub, str) else None,
                     fund_keys=[gateway_key],
@@ -477,6 +481,9 @@ class Devnet:
             "model_id": chain.model_id,
             "redundancy": chain.redundancy,
             "min_fee_wei": chain.min_fee,
+            "per_token_fee_wei": chain.per_token_fee,
+            "audit_bps": chain.audit_bps,
+            "engine_class": chain.engine_class,
             "broker_url": self.broker.url,
             "block_time": opts.block_time,
             "miners": miners_info,
@@ -796,6 +803,26 @@ def up_detached(opts: UpOptions, config_file: Path | None, say: Callable[[str], 
     return 1
 
 
+def miner_engine_class(engine: dict[str, Any], *, fake: bool = False) -> bytes:
+    """The engine class id the devnet's miners will run: the fake engine's fixed class, or the real
+    engine's computed from `engine` (over the environment, as a miner's settings are) without
+    starting vLLM. DevnetError when it cannot be computed (e.g. the model is not fetched yet)."""
+    if fake:
+        from node.miner.testing import FAKE_ENGINE_CLASS
+
+        return FAKE_ENGINE_CLASS
+    from node.config import load_settings
+    from node.engine.engine import EngineError, resolve_model_path
+    from node.engine.engine_args import VllmArgsError
+    from node.engine.engine_class import EngineClassError, engine_class
+
+    settings = load_settings(engine=engine).engine
+    try:
+        return engine_class(settings, resolve_model_path(settings)).id
+    except (EngineError, EngineClassError, VllmArgsError) as exc:
+        raise DevnetError(f"cannot compute the miners' engine class: {exc}") from exc
+
+
 def run_foreground(opts: UpOptions, say: Callable[[str], None] = print) -> int:
     """`inferd devnet up` without --detach."""
     return Devnet(opts, say).run()
@@ -810,6 +837,7 @@ __all__ = [
     "down",
     "dump_toml",
     "examples",
+    "miner_engine_class",
     "run_foreground",
     "up_detached",
 ]
