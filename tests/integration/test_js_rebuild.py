@@ -279,3 +279,15 @@ async def test_a_javascript_verifier_rebuilds_what_the_real_engine_wrote(engine:
         docs[f"engine output {i}"] = to_canonical_bytes(out)
         assert b'"logprob' in docs[f"engine output {i}"]  # generated floats, not just text
     assert_js_rebuilds(docs)
+
+
+@pytest.mark.engine
+async def test_the_real_engine_answers_in_the_output_version_of_its_input(engine: Engine) -> None:
+    v1 = parse_chat_request(
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    )
+    legacy = json.loads(v1.document_bytes) | {"v": 1}
+    for raw, want in ((v1.document_bytes, 3), (json.dumps(legacy).encode(), 1), (b'{"v":1,"type":', 3)):
+        out = await engine.generate(raw, request_id=1, input_cid=cid_for_bytes(raw), created=0)
+        assert out.v == want, (raw[:40], out.error)
+        assert to_canonical_bytes(parse_output_document(to_canonical_bytes(out))) == to_canonical_bytes(out)
