@@ -86,10 +86,10 @@ from node.supervise import Supervisor, wait_task
 log = get_logger("gateway.chain")
 
 MODEL_CACHE_S = 2.0
-ASSIGN_BATCH = 8
+ASSIGN_BATCH = 4
 """Requests one `assign` transaction may materialise (ours and any due before it)."""
 ASSIGN_WAIT_S = 30.0
-"""How long `submit` waits for the block after its request before leaving assignment to the watcher."""
+"""How long `submit` keeps trying to assign its request before leaving that to the watcher."""
 WATCHED_EVENTS = (
     "InferenceAssigned",
     "ResultCommitted",
@@ -458,7 +458,7 @@ class ChainBackend:
         pending = self.registry.register(sub)
         pending.result_future.add_done_callback(lambda f: self._remember(f, pending.submission))
         self._on_receipt_events(chain_id, events)
-        await self._ensure_assigned(link, pending, request_block)
+        await self._ensure_assigned(link, pending)
         if link.follower is not None:
             link.follower.wake()
         return pending
@@ -469,11 +469,14 @@ class ChainBackend:
             if isinstance(ev, InferenceAssigned | InferenceRefunded):
                 self._on_event(chain_id, ev)
 
-    async def _ensure_assigned(self, link: ChainLink, pending: PendingInference, request_block: int) -> None:
-        """Materialise the request's seats once the block after it exists, unless someone did.
+    async def _ensure_assigned(self, link: ChainLink, pending: PendingInference) -> None:
+        """Materialise the request's seats with `assign`, unless its own receipt already showed them.
 
-        Gas the gateway pays for `assign` is added to the submission's `gas_cost`. Gives up after
-        `ASSIGN_WAIT_S` (slow chain, RPC trouble): the watcher still delivers `InferenceAssigned`.
+        A transaction sent after the request's receipt is mined in a later block, where the
+        request's block hash (its seed) exists: on an automining chain the `assign` is that next
+        block. When another request or party materialised it first, the request view gives the
+        seats. Gas the gateway pays for `assign` is added to the submission's `gas_cost`. Gives up
+        after `ASSIGN_WAIT_S` (RPC trouble): the watcher still delivers `InferenceAssigned`.
         """
         rid = pending.request_id
         give_up = time.monotonic() + ASSIGN_WAIT_S
@@ -483,20 +486,20 @@ class ChainBackend:
                 if time.monotonic() > give_up:
                     log.warning("assign_wait_gave_up", request_id=rid, chain_id=link.chain_id)
                     return
-                if int(await link.hub.w3.eth.block_number) > request_block:
-                    view = await link.hub.get_request(rid)
-                    if view.phase == Phase.REFUNDED:
-                        self.registry.on_failed(link.chain_id, rid, _refunded(rid))
-                    elif view.phase != Phase.PENDING:
-                        self.registry.on_assigned(link.chain_id, rid, view.assignees)
-                    else:
-                        receipt = await self._send_assign(link)
-                        pending.submission = replace(
-                            pending.submission, gas_cost=pending.submission.gas_cost + _gas_cost(receipt)
-                        )
-                        self._on_receipt_events(link.chain_id, decode_logs(receipt["logs"]))
-                    continue
-                await asyncio.sleep(poll)
+                receipt = await self._send_assign(link)
+                pending.submission = replace(
+                    pending.submission, gas_cost=pending.submission.gas_cost + _gas_cost(receipt)
+                )
+                self._on_receipt_events(link.chain_id, decode_logs(receipt["logs"]))
+                if pending.assigned or pending.done():
+                    return
+                view = await link.hub.get_request(rid)
+                if view.phase == Phase.REFUNDED:
+                    self.registry.on_failed(link.chain_id, rid, _refunded(rid))
+                elif view.phase != Phase.PENDING:
+                    self.registry.on_assigned(link.chain_id, rid, view.assignees)
+                else:  # the batch went to requests due before it: assign again
+                    await asyncio.sleep(poll)
         except (ChainError, TxError, OSError) as exc:
             # the request is paid for; anyone (the next request, a miner, the watcher) can assign it
             log.warning("assign_failed", request_id=rid, chain_id=link.chain_id, error=str(exc))

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from eth_account import Account
 
 from node.chain.hub import HubClient
 from node.chain.sender import TxFeeCapExceeded, TxSender
@@ -34,7 +35,9 @@ from tests.unit.test_gateway_http import CHAT, MODEL, Gateway, assert_envelope
 
 pytestmark = pytest.mark.timeout(180)
 
-FEE = 10**12  # the fake backend's model min fee
+FEE = 10**12  # the fake backend's model min fee; the chain model's base fee
+PER_TOKEN = 10**6
+PRICE = FEE + 8 * PER_TOKEN  # CHAT declares max_tokens 8
 
 
 @pytest.fixture(autouse=True)
@@ -221,8 +224,9 @@ async def test_healthz_is_states_only(make_gw: Any) -> None:
 
 async def _chain_gateway(anvil: Anvil, anvil_keys: list[str], data_dir: Path, **gateway: Any) -> Any:
     hub = await deploy_dev_hub(
-        anvil.rpc_url, anvil_keys[0], [anvil_keys[5]], model_name=MODEL, timeout_blocks=1000, min_fee=FEE
-    )
+        anvil.rpc_url, anvil_keys[0], [anvil_keys[5]], model_name=MODEL, timeout_blocks=200, base_fee=FEE,
+        per_token_fee=PER_TOKEN,
+    )  # fmt: skip
     settings = load_settings(
         data_dir=data_dir,
         chain={"rpc_url": anvil.rpc_url, "hub_address": hub.owner.address, "private_key": anvil_keys[9],
@@ -233,40 +237,52 @@ async def _chain_gateway(anvil: Anvil, anvil_keys: list[str], data_dir: Path, **
     keys = KeyStore(data_dir / "gateway" / "api_keys.json")
     server = GatewayServer(create_app(settings))
     await server.start()
-    return server, keys, hub.owner
+    return server, keys, hub
 
 
-async def _last_tx_cost(w3: Any) -> tuple[int, int]:
-    block = await w3.eth.get_block("latest")
-    receipt = await w3.eth.get_transaction_receipt(block["transactions"][-1])
-    return int(block["number"]), int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
+async def _gas_since(w3: Any, block: int, wallet: str) -> tuple[int, int, int]:
+    """(head, transactions, wei paid in gas) of `wallet`'s transactions in blocks after `block`."""
+    head, count, wei = int(await w3.eth.block_number), 0, 0
+    for number in range(block + 1, head + 1):
+        for tx in (await w3.eth.get_block(number, full_transactions=True))["transactions"]:
+            if tx["from"] == wallet:
+                receipt = await w3.eth.get_transaction_receipt(tx["hash"])
+                count, wei = count + 1, wei + int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
+    return head, count, wei
 
 
 async def test_chain_spend_counts_fee_plus_gas_paid(
     anvil: Anvil, anvil_keys: list[str], tmp_path: Path
 ) -> None:
-    server, keys, owner = await _chain_gateway(anvil, anvil_keys, tmp_path)
+    server, keys, hub = await _chain_gateway(anvil, anvil_keys, tmp_path)
+    owner = hub.owner
     st = state(server.app)
     w3 = owner.w3
+    wallet = Account.from_key(anvil_keys[9]).address
     try:
         key, record = keys.add("payer")
         async with httpx.AsyncClient(base_url=server.url, headers=auth(key), timeout=30) as http:
+            start = int(await w3.eth.block_number)
             reply = await http.post("/v1/chat/completions", json=CHAT)
             assert_envelope(reply, 504, code="timeout")  # no miner runs: the request stays open
-            block, gas = await _last_tx_cost(w3)
-            assert gas > 0
-            assert await st.ledger.aspent(record.id) == FEE + gas == await st.ledger.aspent(TOTAL)
+            block, sent, gas = await _gas_since(w3, start, wallet)
+            assert sent == 2 and gas > 0  # requestInference, then assign in the next block
+            assert await st.ledger.aspent(record.id) == PRICE + gas == await st.ledger.aspent(TOTAL)
             rid = reply.headers["X-Inferd-Request-Id"]
-            assert (await http.get(f"/v1/inferences/{rid}")).json()["fee_wei"] == str(FEE)
+            inference = (await http.get(f"/v1/inferences/{rid}")).json()
+            assert inference["fee_wei"] == str(PRICE)  # baseFee + perTokenFee x max_tokens 8
+            assert inference["verification"] == "assigned" and inference["phase"] == "assigned"
+            assert inference["assignment_addresses"] == hub.miners  # the gateway's assign drew them
             stranger, _ = keys.add("stranger")
             theirs = await http.get(f"/v1/inferences/{rid}", headers=auth(stranger))
             assert_envelope(theirs, 404, code="not_found")
 
-            tight, _ = keys.add("tight", daily_budget_wei=FEE + gas + FEE)  # one more fee, not its gas
+            tight, _ = keys.add("tight", daily_budget_wei=PRICE + gas + PRICE)  # one more price, not its gas
             assert_envelope(await http.post("/v1/chat/completions", json=CHAT, headers=auth(tight)), 504)
+            block = int(await w3.eth.block_number)
             reply = await http.post("/v1/chat/completions", json=CHAT, headers=auth(tight))
             assert_envelope(reply, 429, code="insufficient_quota")
-            assert int(await w3.eth.block_number) == block + 1  # the refused call sent nothing
+            assert int(await w3.eth.block_number) == block  # the refused call sent nothing
 
             health = (await http.get("/healthz")).json()
             text = str(health).lower()
@@ -281,7 +297,8 @@ async def test_chain_spend_counts_fee_plus_gas_paid(
 async def test_gas_price_cap_refuses_before_signing(
     anvil: Anvil, anvil_keys: list[str], tmp_path: Path
 ) -> None:
-    server, keys, owner = await _chain_gateway(anvil, anvil_keys, tmp_path)
+    server, keys, hub = await _chain_gateway(anvil, anvil_keys, tmp_path)
+    owner = hub.owner
     st = state(server.app)
     try:
         key, record = keys.add("payer")
