@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from node.chain.hub import model_id
@@ -156,7 +157,8 @@ class FakeHub:
         self.stake += amount
         return self._tx("addStake", amount)
 
-    async def register_miner(self, mid: bytes, stake: int) -> Tx:
+    async def register_miner(self, mid: bytes, *rest: Any) -> Tx:  # (mid, stake) or v2 (mid, class, stake)
+        stake = int(rest[-1])
         self.registered, self.stake = True, stake
         return self._tx("registerMiner", stake)
 
@@ -179,8 +181,20 @@ def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeHub:
     return fake
 
 
+def _register_extra() -> list[str]:
+    """Protocol v2's `register --engine-class`, given so that the class is not computed from the
+    model's weights (tens of seconds) in a test about amounts and confirmation."""
+    params = typer.main.get_command(miner_cli.app).commands["register"].params  # type: ignore[attr-defined]
+    if any("--engine-class" in getattr(p, "opts", []) for p in params):
+        return ["--engine-class", "0x" + "11" * 32]
+    return []
+
+
 def cli(*args: str, input: str | None = None) -> Any:
-    return CliRunner().invoke(miner_cli.app, list(args), input=input)
+    argv = list(args)
+    if argv and argv[0] == "register":
+        argv += _register_extra()
+    return CliRunner().invoke(miner_cli.app, argv, input=input)
 
 
 # ------------------------------------------------------------------------------------ confirmation
