@@ -129,11 +129,39 @@ def register(
             help="Stake in ETH, e.g. 1.5 (default: the model's minimum).",
         ),
     ] = None,
+    engine_class_hex: Annotated[
+        str | None,
+        typer.Option(
+            "--engine-class",
+            metavar="0xID",
+            help="bytes32 engine class this miner runs (default: this machine's, as `inferd model class`).",
+        ),
+    ] = None,
     yes: Yes = False,
 ) -> None:
-    """Register this key as a miner of a model, staking ETH (asks first)."""
+    """Register this key as a miner of a model, staking ETH (asks first).
+
+    The hub refuses an engine class other than the model's (EngineClassMismatch): miners of one
+    model must produce the same bytes.
+    """
     settings = settings_from(ctx)
-    from node.chain.hub import model_id
+    from node.chain.hub import model_id, to_digest
+
+    if engine_class_hex is not None:
+        try:
+            engine_class = to_digest(engine_class_hex)
+        except ValueError as exc:
+            raise fail(f"--engine-class: {exc}", 2) from exc
+    else:
+        from node.engine.engine import EngineError, resolve_model_path
+        from node.engine.engine_args import VllmArgsError
+        from node.engine.engine_class import EngineClassError
+        from node.engine.engine_class import engine_class as compute_class
+
+        try:
+            engine_class = compute_class(settings.engine, resolve_model_path(settings.engine)).id
+        except (EngineError, EngineClassError, VllmArgsError) as exc:
+            raise fail(f"{exc} (or pass --engine-class)", 1) from exc
 
     async def go(hub: Any) -> None:
         mid = model_id(model or settings.engine.model)
@@ -144,7 +172,7 @@ def register(
                 f"a stake of {_eth(stake)} is below {info.name}'s minimum of {_eth(info.min_stake)}", 2
             )
         confirm_funds(_funds(f"register for {info.name}, staking {_eth(stake)}", hub, settings), yes=yes)
-        tx = await hub.register_miner(mid, stake)
+        tx = await hub.register_miner(mid, engine_class, stake)
         console.print(f"registered {hub.sender} for {info.name} with {_eth(stake)} (tx {tx.tx_hash})")
 
     _on_hub(settings, go)

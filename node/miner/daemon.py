@@ -1,10 +1,24 @@
-"""The miner daemon: watch → journal → fetch → infer → upload → submit → confirm.
+"""The miner daemon: watch → journal → fetch → infer → upload → commit → reveal → confirm.
 
 Wiring and policy live here; each step is its own module (watcher, journal, pipeline, submitter,
-stream publisher, metrics). Crash safety comes from the journal: on start every unfinished job is
-resumed from its last durable state, and the submitter checks the chain before sending anything.
-Graceful shutdown (SIGTERM): stop taking jobs, give in-flight work `grace_s` to finish, leave the
-rest journaled for the next start.
+stream publisher, metrics, money). Crash safety comes from the journal: on start every unfinished
+job is resumed from its last durable state, and the submitter checks the chain before sending
+anything, so a commit and a reveal are each broadcast once. Graceful shutdown (SIGTERM): stop taking
+jobs, give in-flight work `grace_s` to finish, leave the rest journaled for the next start.
+
+Work (protocol v2) is a seat: `InferenceAssigned` naming us, `AuditOpened` with us as auditor, or
+`CommitteeOpened` with us among the members. All three mean "run this input document, commit to the
+output digest, reveal it when the reveal window opens". `InferenceRequested` (one block earlier)
+is kept for what it declared: the max tokens the fee paid for, and the request block's time that
+every seat's output document carries. An input still unfetchable `unavailable_margin_blocks` before
+the commit deadline is committed and revealed as `UNAVAILABLE` rather than left silent.
+
+Start-up refuses an engine whose class differs from the model's on-chain `engineClass` (its outputs
+would disagree with every other miner's), and a key that is not registered for a model.
+
+A sweeper also collects what the miner is owed: a request it holds a seat on whose phase deadline
+has passed (a provisional outcome's escalation window, a silent auditor or seat) is moved on with
+`timeoutMany`, which finalizes and pays it.
 
 Nothing dies of one task: every long-lived loop (watcher, sweeper, submitter, MQTT publisher) runs
 under a `node.supervise.Supervisor`. An event whose handling raises is logged, counted and skipped;
@@ -24,18 +38,29 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 
 from node import __version__
-from node.chain.events import InferenceExpired, InferenceFinalized, InferenceRequested, ResultSubmitted
-from node.chain.hub import HubClient, RequestStatus
+from node.chain.events import (
+    AuditOpened,
+    CommitteeOpened,
+    InferenceAssigned,
+    InferenceFinalized,
+    InferenceRefunded,
+    InferenceRequested,
+    ResultCommitted,
+    ResultRevealed,
+    RevealOpened,
+)
+from node.chain.hub import MAX_BATCH, HubClient, ModelInfo, Phase, RequestFlag, RequestInfo
 from node.chain.sender import TxSender
 from node.chain.watcher import LogBatch, LogFollower, Reorg
 from node.content.errors import InputUnavailable
 from node.content.store import ContentStore
 from node.log import bound, get_logger
-from node.miner.hubview import HubView, MinerEvent
-from node.miner.journal import OPEN, TERMINAL, UNFINISHED, Job, JobState, Journal
+from node.miner.hubview import TIMEOUT_PHASES, HubView, MinerEvent
+from node.miner.journal import OPEN, TERMINAL, UNFINISHED, Job, JobState, Journal, Role
 from node.miner.metrics import MinerMetrics, OpsServer
+from node.miner.money import refresh_money
 from node.miner.pipeline import EngineLike, Pipeline
-from node.miner.submitter import Submitter
+from node.miner.submitter import COMMIT_STATES, REVEAL_STATES, Submitter
 from node.stream.publisher import StreamPublisher
 from node.supervise import Supervisor, describe, wait_task
 
@@ -60,6 +85,26 @@ class DaemonConfig:
     grace_s: float = 30.0
     stuck_after_s: float = 30.0
     sweep_interval_s: float = 2.0
+    unavailable_margin_blocks: int = 3
+    """Commit UNAVAILABLE for an input still unfetchable this many blocks before the commit deadline."""
+    recheck_s: float = 5.0
+    """How often a seat waiting on other seats (committed, not revealable yet) is re-checked on chain."""
+    money_interval_s: float = 15.0
+    engine_class: bytes | None = None
+    """The engine's class id when the engine does not carry one (`engine.engine_class.id`)."""
+
+
+class MinerStartError(RuntimeError):
+    """The daemon must not start: not registered, or an engine of another class than the model's."""
+
+
+def engine_class_id(engine: object) -> bytes | None:
+    """The engine's bytes32 class: `engine.engine_class.id` (node.engine) or `engine.engine_class_id`."""
+    ec = getattr(engine, "engine_class", None)
+    if ec is not None and hasattr(ec, "id"):
+        return bytes(ec.id)
+    raw = getattr(engine, "engine_class_id", None)
+    return bytes(raw) if raw is not None else None
 
 
 def _lean_middleware(w3: Any) -> None:
@@ -119,7 +164,7 @@ class MinerDaemon:
             sender=self.sender,
             miner=self.address,
             metrics=self.metrics,
-            batch_max=config.batch_max,
+            batch_max=min(config.batch_max, MAX_BATCH),
             batch_wait_s=config.batch_wait_s,
         )
         self.follower: LogFollower[MinerEvent] | None = None
@@ -128,6 +173,9 @@ class MinerDaemon:
         self._producing: dict[int, asyncio.Task[None]] = {}
         self._job_crashes: dict[int, int] = {}
         self._accepting = True
+        self._unfetched: set[int] = set()  # request ids whose input could not be fetched (yet)
+        self._last_recheck = 0.0
+        self.model: ModelInfo | None = None
         self._head = 0
         self._started_at = time.time()
         self._last_chain_ok = 0.0
@@ -188,6 +236,7 @@ class MinerDaemon:
                 log.info("job_interrupted", note="stays journaled, resumes on next start")
                 raise
             except InputUnavailable as exc:  # not a crash: the input is not fetchable yet
+                self._unfetched.add(request_id)
                 log.info("input_unavailable", reason=exc.reason, retry_in_s=round(exc.retry_after_s, 1))
                 await self._retry_later(request_id, exc.retry_after_s)
             except Exception as exc:
@@ -223,12 +272,17 @@ class MinerDaemon:
                 self.journal.mark(request_id, JobState.DROPPED, "deadline passed before work began")
                 self.metrics.jobs_done.labels("dropped").inc()
                 return
+            if job.max_tokens is None or job.created == 0:
+                job = await self._request_meta(job)
+                if job is None:
+                    return
             deltas = None
             if self.publisher is not None:
                 deltas = functools.partial(self.publisher.publish_delta, request_id)
 
             self.metrics.in_flight.set(len(self._producing))
             produced = await self.pipeline.produce(job, deltas=deltas)
+            self._unfetched.discard(request_id)
             self.metrics.stage_latency.labels("fetch").observe(produced.fetch_s)
             self.metrics.stage_latency.labels("infer").observe(produced.infer_s)
             self.metrics.stage_latency.labels("upload").observe(produced.upload_s)
@@ -237,12 +291,12 @@ class MinerDaemon:
             now = self.journal.get(request_id)
             if now is None or now.state != JobState.NEW:
                 return  # settled meanwhile (finalized by others, expired, dropped)
-            if (now.block_hash, now.created, now.input_digest) != (
-                job.block_hash,
+            if (now.created, now.input_digest, now.max_tokens) != (
                 job.created,
                 job.input_digest,
+                job.max_tokens,
             ):
-                continue  # re-assigned from another block while we worked (reorg): redo
+                continue  # the request changed under us (reorg): redo
             self.journal.mark_uploaded(request_id, produced.output_digest, produced.signature)
             log.info(
                 "job_uploaded", output_cid=produced.output_cid, generated=produced.completion_tokens,
@@ -255,55 +309,90 @@ class MinerDaemon:
 
     # ------------------------------------------------------------------ chain events
 
+    async def _request_meta(self, job: Job) -> Job | None:
+        """Fill in the declared max tokens and request time of a seat whose request we did not see."""
+        ev = await self.view.requested(job.request_id)
+        if ev is None:
+            log.warning("request_unknown", request_id=job.request_id, note="no InferenceRequested on chain")
+            self.journal.mark(job.request_id, JobState.DROPPED, "no InferenceRequested on chain (reorg?)")
+            return None
+        block = await self.hub.w3.eth.get_block(ev.log.block_number)
+        return self.journal.set_request_meta(
+            job.request_id, max_tokens=ev.max_tokens, created=int(block["timestamp"])
+        )
+
     def _on_event(self, ev: MinerEvent, timestamps: dict[int, int]) -> None:
         me = self.address
         if isinstance(ev, InferenceRequested):
-            if me not in ev.assignees:
+            if self.model is None or ev.model_id == self.model.model_id:
+                self.journal.record_request(
+                    ev.id, max_tokens=ev.max_tokens, block_number=ev.log.block_number,
+                    created=timestamps.get(ev.log.block_number, 0),
+                )  # fmt: skip
+            return
+        if isinstance(ev, InferenceAssigned):
+            if me in ev.assignees:
+                self._seat(ev.id, Role.ASSIGNEE, ev.input_digest, ev.deadline, ev)
                 return
-            self._assign(
-                ev.id, ev.input_digest, ev.deadline, ev.log.block_number, ev.log.block_hash, timestamps
-            )
+            job = self.journal.get(ev.id)
+            if job is not None and job.role == Role.ASSIGNEE and job.state in OPEN:
+                self._close(ev.id, JobState.EXPIRED, "reassigned to other miners")
+            return
+        if isinstance(ev, AuditOpened):
+            if ev.auditor == me:
+                self._seat(ev.id, Role.AUDITOR, ev.input_digest, ev.deadline, ev)
+            return
+        if isinstance(ev, CommitteeOpened):
+            if me in ev.members:
+                self._seat(ev.id, Role.COMMITTEE, ev.input_digest, ev.deadline, ev)
             return
         job = self.journal.get(ev.id)
-        if isinstance(ev, InferenceExpired):
-            if ev.reassigned and me in ev.assignees:
-                self._assign(
-                    ev.id, ev.input_digest, ev.deadline, ev.log.block_number, ev.log.block_hash, timestamps
-                )
-            elif job is not None and job.state in OPEN:
-                reason = "reassigned to other miners" if ev.reassigned else "expired and refunded"
-                log.warning("job_expired", request_id=ev.id, reason=reason)
-                self._cancel(ev.id)
-                self.journal.mark(ev.id, JobState.EXPIRED, reason)
-                self.metrics.jobs_done.labels("expired").inc()
-            return
         if job is None:
             return
-        if isinstance(ev, ResultSubmitted):
-            if ev.miner == me and job.state in (JobState.UPLOADED, JobState.SUBMITTING):
-                self.journal.mark_submitted(ev.id, ev.log.block_number)
+        if isinstance(ev, ResultCommitted):
+            if ev.miner == me and job.state in COMMIT_STATES:
+                self.journal.mark_committed(ev.id, ev.log.block_number)
+                self.submitter.enqueue(ev.id)
+            return
+        if isinstance(ev, RevealOpened):
+            if job.state in REVEAL_STATES:
+                self.submitter.enqueue(ev.id)
+            return
+        if isinstance(ev, ResultRevealed):
+            if ev.miner == me and job.state in REVEAL_STATES:
+                self.journal.mark_revealed(ev.id, ev.log.block_number)
             return
         if isinstance(ev, InferenceFinalized) and job.state in OPEN:
-            ours = job.output_digest == ev.output_digest and job.state in (
-                JobState.SUBMITTING,
-                JobState.SUBMITTED,
-            )
-            if job.state != JobState.SUBMITTED:
-                self._cancel(ev.id)
-            self.journal.mark(ev.id, JobState.FINALIZED, None if ours else "finalized by other miners")
-            self.metrics.jobs_done.labels("finalized").inc()
+            if job.state == JobState.REVEALED:
+                self.journal.mark(ev.id, JobState.FINALIZED)
+                self.metrics.jobs_done.labels("finalized").inc()
+            elif job.state in REVEAL_STATES:
+                self.submitter.enqueue(ev.id)  # revealed in the same block? the chain check settles it
+            else:
+                self._close(ev.id, JobState.EXPIRED, "finalized without our result")
+            return
+        if isinstance(ev, InferenceRefunded) and job.state in OPEN:
+            self._close(ev.id, JobState.EXPIRED, "refunded")
 
-    def _assign(
-        self, rid: int, input_digest: bytes, deadline: int, block: int, block_hash: str, ts: dict[int, int]
-    ) -> None:
+    def _close(self, rid: int, state: JobState, reason: str) -> None:
+        log.warning("job_closed", request_id=rid, state=state.value, reason=reason)
+        self._cancel(rid)
+        self.journal.mark(rid, state, reason)
+        self.metrics.jobs_done.labels(state.value).inc()
+
+    def _seat(self, rid: int, role: Role, input_digest: bytes, deadline: int, ev: MinerEvent) -> None:
         job, changed = self.journal.assign(
-            rid, input_digest=input_digest, deadline=deadline, block_number=block,
-            block_hash=block_hash, created=ts.get(block, 0),
+            rid, input_digest=input_digest, deadline=deadline, block_number=ev.log.block_number,
+            block_hash=ev.log.block_hash, role=role,
         )  # fmt: skip
         if changed:
-            log.info("job_assigned", request_id=rid, deadline=deadline, block=block, state=job.state.value)
+            log.info(
+                "job_assigned", request_id=rid, role=role.value, deadline=deadline, state=job.state.value
+            )
         if job.state == JobState.NEW:
             self.schedule(rid)
+        elif changed and job.state == JobState.UPLOADED:
+            self.submitter.enqueue(rid)
 
     def _cancel(self, rid: int) -> None:
         task = self._producing.get(rid)
@@ -316,17 +405,21 @@ class MinerDaemon:
         fork = reorg.fork_block
         touched = [
             j for j in self.journal.jobs()
-            if j.block_number >= fork or (j.submit_block is not None and j.submit_block >= fork)
+            if j.block_number >= fork
+            or (j.commit_block is not None and j.commit_block >= fork)
+            or (j.reveal_block is not None and j.reveal_block >= fork)
         ]  # fmt: skip
         for job in touched:
-            if job.state in (JobState.NEW, JobState.FAILED):
+            if job.state in (JobState.NEW, JobState.FAILED) or job.output_digest is None:
                 continue
-            if job.output_digest is not None and job.state != JobState.UPLOADED:
-                self.journal.mark(
-                    job.request_id, JobState.UPLOADED, f"re-check after reorg at {reorg.fork_block}"
-                )
-            if job.output_digest is not None:
-                self.submitter.enqueue(job.request_id)
+            back = (
+                JobState.COMMITTED
+                if job.commit_block is not None and job.commit_block < fork
+                else JobState.UPLOADED
+            )
+            if job.state != back:
+                self.journal.mark(job.request_id, back, f"re-check after reorg at {reorg.fork_block}")
+            self.submitter.enqueue(job.request_id)
         log.warning("reorg_handled", fork_block=reorg.fork_block, depth=reorg.depth, rechecked=len(touched))
 
     async def _watch(self) -> None:
@@ -353,7 +446,8 @@ class MinerDaemon:
     # ------------------------------------------------------------------ housekeeping
 
     async def _sweep(self) -> None:
-        """Drop jobs whose deadline passed before we could submit; keep gauges fresh."""
+        """Drop seats whose deadline passed, answer UNAVAILABLE in time, re-check waiting seats,
+        collect timeouts; keep gauges fresh."""
         while True:
             await asyncio.sleep(self.config.sweep_interval_s)
             try:
@@ -364,17 +458,75 @@ class MinerDaemon:
             for job in self.journal.jobs([JobState.NEW]):
                 with self.loops.guard("sweeper", request_id=job.request_id):
                     self._sweep_job(job)
+            now = time.monotonic()
+            if now - self._last_recheck >= self.config.recheck_s:
+                self._last_recheck = now
+                for job in self.journal.jobs([JobState.COMMITTED]):
+                    self.submitter.enqueue(job.request_id)
+                with self.loops.guard("sweeper", step="timeouts"):
+                    await self._collect_timeouts()
             self._refresh_gauges()
 
     def _sweep_job(self, job: Job) -> None:
-        if job.request_id in self._producing:
-            return
+        rid = job.request_id
         if self._head + 1 > job.deadline:
-            log.warning("job_dropped", request_id=job.request_id, reason=f"deadline {job.deadline} passed")
-            self.journal.mark(job.request_id, JobState.DROPPED, "deadline passed")
+            self._cancel(rid)
+            log.warning("job_dropped", request_id=rid, reason=f"deadline {job.deadline} passed")
+            self.journal.mark(rid, JobState.DROPPED, "deadline passed")
             self.metrics.jobs_done.labels("dropped").inc()
-        else:
-            self.schedule(job.request_id)
+        elif rid in self._unfetched and self._head + self.config.unavailable_margin_blocks >= job.deadline:
+            self._cancel(rid)
+            self._unfetched.discard(rid)
+            digest, signature = self.pipeline.unavailable_result(job)
+            log.warning("input_unavailable_answered", request_id=rid, deadline=job.deadline, head=self._head)
+            self.journal.mark_uploaded(rid, digest, signature)
+            self.submitter.enqueue(rid, fresh=True)
+        elif rid not in self._producing:
+            self.schedule(rid)
+
+    def _timeout_due(self, info: RequestInfo) -> bool:
+        """Whether `timeout(id)` would move this request on now (its phase deadline has passed)."""
+        if info.phase not in TIMEOUT_PHASES or self.model is None:
+            return False
+        if info.phase == Phase.VOTE:
+            return False  # the escalation's own deadline: left to `timeout` callers that read it
+        due = info.mark
+        if info.phase == Phase.REVEAL and info.redundancy == 1 and RequestFlag.AUDITED not in info.flags:
+            due += self.model.timeout_blocks
+        return self._head > due
+
+    async def _collect_timeouts(self) -> None:
+        """`timeoutMany` for the requests we hold a seat on whose phase deadline passed (we are owed
+        money there, e.g. a provisional outcome whose escalation window ended)."""
+        due: list[int] = []
+        for job in self.journal.jobs([JobState.COMMITTED, JobState.REVEALED]):
+            try:
+                info = await self.view.get_request(job.request_id)
+            except Exception:
+                self.metrics.rpc_errors.labels("sweeper").inc()
+                continue
+            if info is not None and self._timeout_due(info):
+                due.append(job.request_id)
+        for start in range(0, len(due), MAX_BATCH):
+            ids = due[start : start + MAX_BATCH]
+            try:
+                receipt = await self.sender.send(self.hub.address, self.view.timeout_calldata(ids))
+            except Exception as exc:  # a race (someone else timed it out) or an RPC error: next sweep
+                log.info("timeout_failed", ids=ids, error=describe(exc))
+                continue
+            self._handle_receipt(receipt)
+            log.info("timeouts_sent", ids=ids, block=int(receipt["blockNumber"]))
+
+    def _handle_receipt(self, receipt: Any) -> None:
+        """Apply the events of our own transaction now (the watcher sees them again, idempotently)."""
+        for ev in self.view.decode_receipt(receipt):
+            with self.loops.guard("sweeper", request_id=getattr(ev, "id", None)):
+                self._on_event(ev, {})
+
+    async def _money(self) -> None:
+        await refresh_money(
+            self.hub, self.address, self.metrics, engine=self.engine, interval_s=self.config.money_interval_s
+        )
 
     async def _publish(self) -> None:
         """The MQTT publisher's own task, watched: if it dies it is started afresh (by the supervisor)."""
@@ -390,7 +542,7 @@ class MinerDaemon:
 
     async def _resume(self) -> None:
         """Pick up every unfinished job from its last durable state."""
-        jobs = self.journal.jobs(UNFINISHED | {JobState.SUBMITTED})
+        jobs = self.journal.jobs(OPEN)
         counts: dict[str, int] = {}
         for job in jobs:
             counts[job.state.value] = counts.get(job.state.value, 0) + 1
@@ -402,16 +554,17 @@ class MinerDaemon:
     async def _resume_job(self, job: Job) -> None:
         if job.state == JobState.NEW:
             self.schedule(job.request_id)
-        elif job.state == JobState.SUBMITTING:
-            await self._resolve_submitting(job)
-        elif job.state == JobState.UPLOADED:
+        elif job.state in (JobState.COMMITTING, JobState.REVEALING):
+            await self._resolve_sending(job)
+        elif job.state in (JobState.UPLOADED, JobState.COMMITTED):
             self.submitter.enqueue(job.request_id)
-        elif job.state == JobState.SUBMITTED:
-            await self._check_submitted(job)
+        elif job.state == JobState.REVEALED:
+            await self._check_revealed(job)
 
-    async def _resolve_submitting(self, job: Job) -> None:
+    async def _resolve_sending(self, job: Job) -> None:
         """A crash after recording a tx hash: did any of those transactions land?"""
-        for tx_hash in reversed(job.tx_hashes):
+        committing = job.state == JobState.COMMITTING
+        for tx_hash in reversed(job.commit_txs if committing else job.reveal_txs):
             try:
                 receipt = await self.hub.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
             except Exception as exc:
@@ -420,17 +573,22 @@ class MinerDaemon:
             if receipt is None or int(receipt["status"]) != 1:
                 continue
             events = self.view.decode_receipt(receipt)
+            kind = ResultCommitted if committing else ResultRevealed
             if any(
-                isinstance(e, ResultSubmitted) and e.id == job.request_id and e.miner == self.address
-                for e in events
+                isinstance(e, kind) and e.id == job.request_id and e.miner == self.address for e in events
             ):
-                self.journal.mark_submitted(job.request_id, int(receipt["blockNumber"]))
-                if any(isinstance(e, InferenceFinalized) and e.id == job.request_id for e in events):
-                    self.journal.mark(job.request_id, JobState.FINALIZED)
-                return
-        self.submitter.enqueue(job.request_id)  # the chain check decides: resubmit or settle
+                block = int(receipt["blockNumber"])
+                if committing:
+                    self.journal.mark_committed(job.request_id, block)
+                else:
+                    self.journal.mark_revealed(job.request_id, block)
+                    if any(isinstance(e, InferenceFinalized) and e.id == job.request_id for e in events):
+                        self.journal.mark(job.request_id, JobState.FINALIZED)
+                        return
+                break
+        self.submitter.enqueue(job.request_id)  # the chain check decides: send again, wait or settle
 
-    async def _check_submitted(self, job: Job) -> None:
+    async def _check_revealed(self, job: Job) -> None:
         try:
             info = await self.view.get_request(job.request_id)
         except Exception:
@@ -438,10 +596,37 @@ class MinerDaemon:
         if info is None:
             self.journal.mark(job.request_id, JobState.UPLOADED, "request vanished (reorg)")
             self.submitter.enqueue(job.request_id)
-        elif info.status == RequestStatus.FINALIZED:
+        elif info.phase == Phase.FINAL:
             self.journal.mark(job.request_id, JobState.FINALIZED)
-        elif info.status == RequestStatus.REFUNDED:
+        elif info.phase == Phase.REFUNDED:
             self.journal.mark(job.request_id, JobState.EXPIRED, "refunded")
+
+    async def _check_start(self) -> None:
+        """Refuse to run unregistered, or with an engine of another class than the model's."""
+        info = await self.hub.get_miner(self.address)
+        if info.model_id is None:
+            raise MinerStartError(
+                f"{self.address} is not registered on hub {self.hub.address}: "
+                "`inferd miner register --stake AMOUNT` first"
+            )
+        self.model = await self.hub.get_model(info.model_id)
+        mine = engine_class_id(self.engine) or self.config.engine_class
+        required = self.model.engine_class
+        if mine is None:
+            raise MinerStartError("the engine has no engine class: it cannot be checked against the model's")
+        if mine != required:
+            ec = getattr(self.engine, "engine_class", None)
+            if ec is not None and hasattr(ec, "text"):
+                from node.engine.engine_class import check_engine_class
+
+                try:
+                    check_engine_class(required, ec)
+                except Exception as exc:  # EngineClassMismatch: its message names the class text
+                    raise MinerStartError(str(exc)) from exc
+            raise MinerStartError(
+                f"this engine's class 0x{mine.hex()} is not model {self.model.name!r}'s on-chain engine "
+                f"class 0x{required.hex()}: its outputs would not match the other miners' (and be slashed)"
+            )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -452,6 +637,7 @@ class MinerDaemon:
             return
         self._head = head
         self._last_chain_ok = time.time()
+        await self._check_start()
         start = max(0, head - self.config.lookback_blocks)
         self.follower = LogFollower(
             self.hub.w3,
@@ -474,6 +660,7 @@ class MinerDaemon:
             self.loops.spawn("publisher", self._publish)
         self.loops.spawn("submitter", self.submitter.run)
         self.loops.spawn("sweeper", self._sweep)
+        self.loops.spawn("money", self._money)
         await self._resume()
         self.loops.spawn("watcher", self._watch)
         self.ready.set()
@@ -532,4 +719,4 @@ class MinerDaemon:
         return TERMINAL
 
 
-__all__ = ["DaemonConfig", "MinerDaemon"]
+__all__ = ["DaemonConfig", "MinerDaemon", "MinerStartError", "engine_class_id"]

@@ -1,41 +1,58 @@
-"""The miner's narrow view of the InferenceHub: the events it follows, request checks, submit calldata.
+"""The miner's narrow view of the InferenceHub: the events it follows, request checks, calldata.
 
 Built on `node.chain.hub.HubClient` (views) and `node.chain.events` (decoding); adds only what the
-pipeline needs to check the chain before submitting.
+daemon and the submitter need: which events mean work (`InferenceAssigned` for an assignee seat,
+`AuditOpened` for an auditor, `CommitteeOpened` for a committee member, all three "run this input
+and commit to the output"), which move a seat on (`ResultCommitted`, `RevealOpened`,
+`ResultRevealed`) or settle it (`InferenceFinalized`, `InferenceRefunded`), and the calldata of the
+miner's own transactions (commit, reveal, openAudit, timeout).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from eth_utils.address import to_checksum_address
 
 from node.chain.errors import HubError
 from node.chain.events import (
-    InferenceExpired,
+    AuditOpened,
+    CommitteeOpened,
+    EscalationOpened,
+    InferenceAssigned,
     InferenceFinalized,
+    InferenceRefunded,
     InferenceRequested,
-    ResultSubmitted,
+    InferenceResolved,
+    ResultCommitted,
+    ResultRevealed,
+    RevealOpened,
     decode_log,
     event_topic,
 )
-from node.chain.hub import HubClient, RequestInfo, RequestStatus
+from node.chain.hub import HubClient, Phase, RequestInfo, commitment
 
-MinerEvent = InferenceRequested | ResultSubmitted | InferenceFinalized | InferenceExpired
-EVENT_NAMES = ("InferenceRequested", "ResultSubmitted", "InferenceFinalized", "InferenceExpired")
+MinerEvent = (
+    InferenceRequested | InferenceAssigned | AuditOpened | CommitteeOpened | ResultCommitted | RevealOpened
+    | ResultRevealed | InferenceResolved | EscalationOpened | InferenceFinalized | InferenceRefunded
+)  # fmt: skip
+_TYPES = (
+    InferenceRequested, InferenceAssigned, AuditOpened, CommitteeOpened, ResultCommitted, RevealOpened,
+    ResultRevealed, InferenceResolved, EscalationOpened, InferenceFinalized, InferenceRefunded,
+)  # fmt: skip
+EVENT_NAMES = tuple(t.__name__ for t in _TYPES)
 
-
-def submitted_by(info: RequestInfo, miner: str) -> bytes | None:
-    """The digest `miner` has on chain for this request (None: not an assignee or not submitted)."""
-    miner = to_checksum_address(miner)
-    for who, digest in zip(info.assignees, info.submitted, strict=False):
-        if who == miner and digest:
-            return digest
-    return None
+COMMIT_PHASES = {Phase.ASSIGNED, Phase.AUDIT, Phase.COMMITTEE}
+REVEAL_PHASES = {Phase.REVEAL, Phase.AUDIT_REVEAL, Phase.COMMITTEE_REVEAL}
+TIMEOUT_PHASES = {
+    Phase.ASSIGNED, Phase.REVEAL, Phase.AUDIT, Phase.AUDIT_REVEAL, Phase.COMMITTEE, Phase.COMMITTEE_REVEAL,
+    Phase.RESOLVED, Phase.VOTE,
+}  # fmt: skip
 
 
 class HubView:
-    """Decoding and checks for one deployed hub."""
+    """Decoding, checks and calldata for one deployed hub."""
 
     def __init__(self, hub: HubClient) -> None:
         self.hub = hub
@@ -43,14 +60,14 @@ class HubView:
 
     @property
     def topics(self) -> list[list[str]]:
-        """A getLogs topic filter matching the four events the miner follows."""
+        """A getLogs topic filter matching the events the miner follows."""
         return [[event_topic(name) for name in EVENT_NAMES]]
 
     @staticmethod
     def decode(entry: Any) -> MinerEvent | None:
         """A typed event for one raw log; None for hub events the miner does not follow."""
         ev = decode_log(entry)
-        if isinstance(ev, InferenceRequested | ResultSubmitted | InferenceFinalized | InferenceExpired):
+        if isinstance(ev, _TYPES):
             return ev
         return None
 
@@ -73,12 +90,58 @@ class HubView:
                 return None
             raise
 
-    def submit_calldata(self, ids: list[int], digests: list[bytes]) -> str:
-        """Calldata for `submitResult` (one) or `submitResults` (many)."""
+    async def audit_drawn(self, request_id: int) -> bool:
+        """Whether our committed r = 1 result must be audited first (on the pending block)."""
+        return await self.hub.audit_drawn(request_id)
+
+    async def requested(self, request_id: int) -> InferenceRequested | None:
+        """The request's `InferenceRequested` (its id is indexed: one cheap getLogs), None if absent."""
+        logs = await self.hub.w3.eth.get_logs(
+            {
+                "address": self.address,
+                "fromBlock": 0,
+                "toBlock": "latest",
+                "topics": [event_topic("InferenceRequested"), "0x" + request_id.to_bytes(32, "big").hex()],
+            }
+        )
+        for entry in logs:
+            ev = decode_log(entry)
+            if isinstance(ev, InferenceRequested) and ev.id == request_id:
+                return ev
+        return None
+
+    # ------------------------------------------------------------------ calldata
+
+    def commit_calldata(self, miner: str, ids: Sequence[int], digests: Sequence[bytes]) -> str:
+        """`commit` (one) or `commitMany` (many) of `commitment(digest, miner, id)`."""
+        c = self.hub.contract
+        values = [commitment(d, miner, i) for i, d in zip(ids, digests, strict=True)]
+        if len(ids) == 1:
+            return str(c.encode_abi("commit", args=[ids[0], values[0]]))
+        return str(c.encode_abi("commitMany", args=[list(ids), values]))
+
+    def reveal_calldata(self, ids: Sequence[int], digests: Sequence[bytes]) -> str:
         c = self.hub.contract
         if len(ids) == 1:
-            return str(c.encode_abi("submitResult", args=[ids[0], digests[0]]))
-        return str(c.encode_abi("submitResults", args=[ids, digests]))
+            return str(c.encode_abi("reveal", args=[ids[0], digests[0]]))
+        return str(c.encode_abi("revealMany", args=[list(ids), list(digests)]))
+
+    def open_audit_calldata(self, request_id: int) -> str:
+        return str(self.hub.contract.encode_abi("openAudit", args=[request_id]))
+
+    def timeout_calldata(self, ids: Sequence[int]) -> str:
+        c = self.hub.contract
+        if len(ids) == 1:
+            return str(c.encode_abi("timeout", args=[ids[0]]))
+        return str(c.encode_abi("timeoutMany", args=[list(ids)]))
 
 
-__all__ = ["EVENT_NAMES", "HubView", "MinerEvent", "RequestInfo", "RequestStatus", "submitted_by"]
+__all__ = [
+    "COMMIT_PHASES",
+    "EVENT_NAMES",
+    "REVEAL_PHASES",
+    "TIMEOUT_PHASES",
+    "HubView",
+    "MinerEvent",
+    "RequestInfo",
+]

@@ -1,23 +1,31 @@
 """The miner's job journal: SQLite in WAL mode with `synchronous=FULL`, the source of crash safety.
 
-A job's state advances only after its effect is durable:
+A job is one seat of this miner on one request (protocol v2): an assignee seat (`InferenceAssigned`),
+an audit (`AuditOpened`) or a committee seat (`CommitteeOpened`). Every role does the same work (run
+the input document, commit to the output's digest, reveal it), and a job's state advances only after
+its effect is durable:
 
-    new ──▶ uploaded ──▶ submitting ──▶ submitted ──▶ finalized
-     │         │             │              └──────▶ expired   (deadline passed without quorum)
-     └─────────┴─────────────┴─────────────────────▶ dropped   (deadline passed before we submitted,
-                                                                reassigned away, or reorged out)
-                                                     failed    (unrecoverable, with the reason)
+    new ─▶ uploaded ─▶ committing ─▶ committed ─▶ revealing ─▶ revealed ─▶ finalized
+     │        │            │             │            │            └─────▶ expired (refunded, or the
+     │        │            │             │            │                     outcome went on without us)
+     └────────┴────────────┴─────────────┴────────────┴─────────────────▶ dropped / expired
+                                                                         failed (unrecoverable)
 
-* `new`: the assignment (request id, input digest, deadline, request block) is on disk.
+* `new`: the seat (request id, role, input digest, commit deadline, the request's declared max tokens
+  and block timestamp) is on disk.
 * Fetching and inference have no durable effect of their own, so they are not journaled states: a
   crash there simply redoes them (the output is deterministic, so the redo writes the same bytes).
-* `uploaded`: the output document is stored under its CID and its digest and signature are here.
-* `submitting`: the signed transaction's hash is recorded *before* it is broadcast, so after a crash
-  the daemon looks that hash up (and the request on chain) instead of blindly sending again.
-* `submitted`: a receipt shows our result on chain; `finalized`: InferenceFinalized was seen.
+* `uploaded`: the output document is stored under its CID and its digest and signature are here (or
+  the digest is `UNAVAILABLE`: the input could not be fetched before the deadline's margin).
+* `committing` / `revealing`: the signed transaction's hash is recorded *before* it is broadcast, so
+  after a crash the daemon looks that hash up (and the request on chain) instead of sending again.
+  Commit and reveal each have their own list of hashes: each is broadcast once across crashes.
+* `committed` / `revealed`: a receipt or an event shows our commitment / digest on chain.
+* `finalized`: InferenceFinalized was seen (whatever the outcome: money moves are the hub's events).
 
-The same database keeps the chain watcher's cursor and recent block hashes (reorg detection), so
-"job recorded" and "cursor advanced" live in one file with one durability story.
+The same database keeps the chain watcher's cursor and recent block hashes (reorg detection), and a
+small `requests` table of what `InferenceRequested` declared (max tokens, block timestamp): a seat is
+drawn in a later block than the request, and the output's `created` is the request block's time.
 """
 
 from __future__ import annotations
@@ -39,32 +47,46 @@ class JobState(StrEnum):
 
     NEW = "new"
     UPLOADED = "uploaded"
-    SUBMITTING = "submitting"
-    SUBMITTED = "submitted"
+    COMMITTING = "committing"
+    COMMITTED = "committed"
+    REVEALING = "revealing"
+    REVEALED = "revealed"
     FINALIZED = "finalized"
     EXPIRED = "expired"
     DROPPED = "dropped"
     FAILED = "failed"
 
 
-UNFINISHED = frozenset({JobState.NEW, JobState.UPLOADED, JobState.SUBMITTING})
+class Role(StrEnum):
+    """Why this miner holds a seat on the request."""
+
+    ASSIGNEE = "assignee"
+    AUDITOR = "auditor"
+    COMMITTEE = "committee"
+
+
+UNFINISHED = frozenset(
+    {JobState.NEW, JobState.UPLOADED, JobState.COMMITTING, JobState.COMMITTED, JobState.REVEALING}
+)
 """States in which this miner still owes work; every one of them is resumed on restart."""
-OPEN = UNFINISHED | {JobState.SUBMITTED}
+OPEN = UNFINISHED | {JobState.REVEALED}
 """States in which the request is not settled yet (we still follow its events)."""
 TERMINAL = frozenset({JobState.FINALIZED, JobState.EXPIRED, JobState.DROPPED, JobState.FAILED})
+SENDING = {JobState.COMMITTING: "commit_txs", JobState.REVEALING: "reveal_txs"}
 
+_S = JobState
 _ALLOWED: dict[JobState, frozenset[JobState]] = {
-    JobState.NEW: frozenset({JobState.UPLOADED, JobState.SUBMITTED, JobState.FINALIZED} | TERMINAL),
-    JobState.UPLOADED: frozenset({JobState.SUBMITTING, JobState.SUBMITTED, JobState.NEW} | TERMINAL),
-    JobState.SUBMITTING: frozenset(
-        {JobState.SUBMITTING, JobState.SUBMITTED, JobState.UPLOADED, JobState.NEW} | TERMINAL
-    ),
-    JobState.SUBMITTED: frozenset({JobState.UPLOADED, JobState.NEW} | TERMINAL),
-    # Back from a settled state only after a reorg (re-checked against the chain) or a reassignment.
-    JobState.FINALIZED: frozenset({JobState.NEW, JobState.UPLOADED, JobState.SUBMITTED}),
-    JobState.EXPIRED: frozenset({JobState.NEW, JobState.UPLOADED}),
-    JobState.DROPPED: frozenset({JobState.NEW, JobState.UPLOADED, JobState.SUBMITTED, JobState.FINALIZED}),
-    JobState.FAILED: frozenset({JobState.NEW}),
+    _S.NEW: frozenset({_S.UPLOADED, _S.COMMITTED} | TERMINAL),
+    _S.UPLOADED: frozenset({_S.COMMITTING, _S.COMMITTED, _S.NEW} | TERMINAL),
+    _S.COMMITTING: frozenset({_S.COMMITTING, _S.COMMITTED, _S.UPLOADED, _S.NEW} | TERMINAL),
+    _S.COMMITTED: frozenset({_S.REVEALING, _S.REVEALED, _S.UPLOADED, _S.NEW} | TERMINAL),
+    _S.REVEALING: frozenset({_S.REVEALING, _S.REVEALED, _S.COMMITTED, _S.UPLOADED} | TERMINAL),
+    _S.REVEALED: frozenset({_S.COMMITTED, _S.UPLOADED, _S.NEW} | TERMINAL),
+    # Back from a settled state only after a reorg (re-checked against the chain) or a new seat.
+    _S.FINALIZED: frozenset({_S.NEW, _S.UPLOADED, _S.COMMITTED, _S.REVEALED}),
+    _S.EXPIRED: frozenset({_S.NEW, _S.UPLOADED, _S.COMMITTED, _S.REVEALED, _S.FINALIZED}),
+    _S.DROPPED: frozenset({_S.NEW, _S.UPLOADED, _S.COMMITTED, _S.REVEALED, _S.FINALIZED}),
+    _S.FAILED: frozenset({_S.NEW}),
 }
 
 
@@ -85,19 +107,28 @@ class Job:
 
     request_id: int
     input_digest: bytes
-    deadline: int
-    block_number: int
+    deadline: int  # the seat's commit deadline (block)
+    block_number: int  # of the event that gave us the seat
     block_hash: str
-    created: int
+    created: int  # the request block's timestamp (output documents' `created`); 0: not known yet
     state: JobState
+    role: Role = Role.ASSIGNEE
+    max_tokens: int | None = None  # declared on chain by the requester; None: not known yet
     output_digest: bytes | None = None
     signature: str | None = None
-    tx_hashes: tuple[str, ...] = ()
-    submit_block: int | None = None
+    commit_txs: tuple[str, ...] = ()
+    commit_block: int | None = None
+    reveal_txs: tuple[str, ...] = ()
+    reveal_block: int | None = None
     reason: str | None = None
     attempts: int = 0
     assigned_at: float = 0.0
     updated_at: float = 0.0
+
+    @property
+    def tx_hashes(self) -> tuple[str, ...]:
+        """Every transaction hash recorded for this job (commits, then reveals)."""
+        return self.commit_txs + self.reveal_txs
 
 
 _SCHEMA = """
@@ -109,28 +140,59 @@ CREATE TABLE IF NOT EXISTS jobs (
     block_hash    TEXT NOT NULL,
     created       INTEGER NOT NULL,
     state         TEXT NOT NULL,
+    role          TEXT NOT NULL,
+    max_tokens    INTEGER,
     output_digest BLOB,
     signature     TEXT,
-    tx_hashes     TEXT NOT NULL DEFAULT '[]',
-    submit_block  INTEGER,
+    commit_txs    TEXT NOT NULL DEFAULT '[]',
+    commit_block  INTEGER,
+    reveal_txs    TEXT NOT NULL DEFAULT '[]',
+    reveal_block  INTEGER,
     reason        TEXT,
     attempts      INTEGER NOT NULL DEFAULT 0,
     assigned_at   REAL NOT NULL,
     updated_at    REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS requests (
+    request_id    INTEGER PRIMARY KEY,
+    max_tokens    INTEGER NOT NULL,
+    block_number  INTEGER NOT NULL,
+    created       INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS block_hashes (number INTEGER PRIMARY KEY, hash TEXT NOT NULL);
 """
 _COLUMNS = (
-    "request_id, input_digest, deadline, block_number, block_hash, created, state, output_digest, "
-    "signature, tx_hashes, submit_block, reason, attempts, assigned_at, updated_at"
+    "request_id, input_digest, deadline, block_number, block_hash, created, state, role, max_tokens, "
+    "output_digest, signature, commit_txs, commit_block, reveal_txs, reveal_block, reason, attempts, "
+    "assigned_at, updated_at"
 )
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 
 def _row_to_job(row: Any) -> Job:
-    (rid, inp, deadline, bn, bh, created, state, out, sig, txs, sb, reason, attempts, at, ut) = row
+    (
+        rid,
+        inp,
+        deadline,
+        bn,
+        bh,
+        created,
+        state,
+        role,
+        mt,
+        out,
+        sig,
+        ctx,
+        cb,
+        rtx,
+        rb,
+        reason,
+        attempts,
+        at,
+        ut,
+    ) = row
     return Job(
         request_id=int(rid),
         input_digest=bytes(inp),
@@ -139,10 +201,14 @@ def _row_to_job(row: Any) -> Job:
         block_hash=str(bh),
         created=int(created),
         state=JobState(str(state)),
+        role=Role(str(role)),
+        max_tokens=int(mt) if mt is not None else None,
         output_digest=bytes(out) if out is not None else None,
         signature=str(sig) if sig is not None else None,
-        tx_hashes=tuple(json.loads(str(txs))),
-        submit_block=int(sb) if sb is not None else None,
+        commit_txs=tuple(json.loads(str(ctx))),
+        commit_block=int(cb) if cb is not None else None,
+        reveal_txs=tuple(json.loads(str(rtx))),
+        reveal_block=int(rb) if rb is not None else None,
         reason=str(reason) if reason is not None else None,
         attempts=int(attempts),
         assigned_at=float(at),
@@ -176,6 +242,12 @@ class Journal:
     def _check_scope(self) -> None:
         """Refuse a journal written for another chain/hub/miner: its jobs and cursor mean nothing here."""
         stored = self.get_meta("scope")
+        schema = self.get_meta("schema")
+        if stored is not None and schema != SCHEMA_VERSION:
+            raise JournalError(
+                f"journal {self.path} was written by an older miner (schema {schema}, protocol v1); "
+                "move it away to start fresh (its jobs belong to an old hub)"
+            )
         if stored is None:
             self.set_meta("scope", self.scope)
             self.set_meta("schema", SCHEMA_VERSION)
@@ -269,6 +341,36 @@ class Journal:
             out[JobState(state)] = int(n)
         return out
 
+    # ------------------------------------------------------------------ requests (InferenceRequested)
+
+    def record_request(self, request_id: int, *, max_tokens: int, block_number: int, created: int) -> None:
+        """What the request declared, kept until a seat on it comes (idempotent; a reorg overwrites)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO requests(request_id, max_tokens, block_number, created) "
+                "VALUES (?, ?, ?, ?)",
+                (request_id, max_tokens, block_number, created),
+            )
+            db.execute(
+                "UPDATE jobs SET max_tokens = ?, created = ? WHERE request_id = ? AND state IN ('new')",
+                (max_tokens, created, request_id),
+            )
+
+    def request_meta(self, request_id: int) -> tuple[int, int] | None:
+        """(max tokens, request block timestamp) from `InferenceRequested`, None when not seen."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT max_tokens, created FROM requests WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def forget_requests(self, before_block: int) -> None:
+        """Drop request records older than `before_block` that no open job needs (bounded size)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM requests WHERE block_number < ?", (before_block,))
+
+    # ------------------------------------------------------------------ seats
+
     def assign(
         self,
         request_id: int,
@@ -277,42 +379,76 @@ class Journal:
         deadline: int,
         block_number: int,
         block_hash: str,
-        created: int,
+        role: Role = Role.ASSIGNEE,
+        created: int | None = None,
+        max_tokens: int | None = None,
     ) -> tuple[Job, bool]:
-        """Record an assignment; returns (job, changed). Idempotent for a re-seen event.
+        """Record a seat; returns (job, changed). Idempotent for a re-seen event.
 
-        A job that already exists from the same request block is left alone. One from another block
-        (the request was re-mined after a reorg, or reassigned to us after an expiry) restarts from
-        `new` unless our result is already on chain for it (`submitted`/`finalized`): the daemon
-        re-checks those against the chain.
+        `created` / `max_tokens` default to what `record_request` kept. A job that already exists
+        from the same event block is left alone. From another block (a reorg re-mined it, or a new
+        seat: reassignment, audit, committee) the job keeps its output when the input is the same
+        (the output depends only on request id, input and request time), and restarts from where
+        the chain will tell: `committed`/`revealed` stay (the submitter re-checks them), a settled
+        job reopens as `uploaded` (or `new` without output).
         """
         now = time.time()
+        meta = self.request_meta(request_id)
+        if meta is not None:
+            max_tokens = max_tokens if max_tokens is not None else meta[0]
+            created = created if created is not None else meta[1]
         with self._tx() as db:
             row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE request_id = ?", (request_id,)).fetchone()  # noqa: S608 - column list is a constant
             if row is not None:
                 job = _row_to_job(row)
-                same = job.block_hash == block_hash and job.input_digest == input_digest
-                if same and job.deadline == deadline:
+                same_input = job.input_digest == input_digest
+                if (
+                    same_input
+                    and job.block_hash == block_hash
+                    and job.deadline == deadline
+                    and job.role == role
+                ):
                     return job, False
-                restart = job.state not in (JobState.SUBMITTED, JobState.FINALIZED) or not same
-                new_state = JobState.NEW if restart else job.state
+                keep = same_input and job.output_digest is not None
+                if not keep:
+                    state = JobState.NEW
+                elif job.state in TERMINAL or job.state == JobState.NEW:
+                    state = JobState.UPLOADED
+                else:
+                    state = job.state
+                if role != job.role and keep:  # a new seat on the same request: commit afresh
+                    state = JobState.UPLOADED
                 db.execute(
-                    "UPDATE jobs SET input_digest=?, deadline=?, block_number=?, block_hash=?, created=?, "
-                    "state=?, output_digest=CASE WHEN ? THEN NULL ELSE output_digest END, "
-                    "signature=CASE WHEN ? THEN NULL ELSE signature END, reason=NULL, updated_at=? "
+                    "UPDATE jobs SET input_digest=?, deadline=?, block_number=?, block_hash=?, role=?, "
+                    "created=COALESCE(?, created), max_tokens=COALESCE(?, max_tokens), state=?, "
+                    "output_digest=CASE WHEN ? THEN output_digest ELSE NULL END, "
+                    "signature=CASE WHEN ? THEN signature ELSE NULL END, reason=NULL, updated_at=? "
                     "WHERE request_id=?",
-                    (input_digest, deadline, block_number, block_hash, created, new_state.value,
-                     restart, restart, now, request_id),
+                    (input_digest, deadline, block_number, block_hash, role.value, created, max_tokens,
+                     state.value, keep, keep, now, request_id),
                 )  # fmt: skip
             else:
                 db.execute(
                     "INSERT INTO jobs(request_id, input_digest, deadline, block_number, block_hash, created, "
-                    "state, assigned_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (request_id, input_digest, deadline, block_number, block_hash, created,
-                     JobState.NEW.value, now, now),
+                    "state, role, max_tokens, assigned_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (request_id, input_digest, deadline, block_number, block_hash, created or 0,
+                     JobState.NEW.value, role.value, max_tokens, now, now),
                 )  # fmt: skip
             row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE request_id = ?", (request_id,)).fetchone()  # noqa: S608 - column list is a constant
         return _row_to_job(row), True
+
+    def set_request_meta(self, request_id: int, *, max_tokens: int, created: int) -> Job:
+        """Fill in a seat's declared max tokens and request time (looked up after the seat came)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET max_tokens = ?, created = ?, updated_at = ? WHERE request_id = ?",
+                (max_tokens, created, time.time(), request_id),
+            )
+        job = self.get(request_id)
+        if job is None:
+            raise JournalError(f"job {request_id} is not in the journal")
+        return job
 
     def _advance(
         self, request_id: int, new: JobState, sets: str = "", params: tuple[object, ...] = ()
@@ -333,40 +469,53 @@ class Journal:
         return _row_to_job(out)
 
     def mark_uploaded(self, request_id: int, output_digest: bytes, signature: str) -> Job:
-        """The output document is stored under its CID: record its digest and our signature."""
+        """The output document is stored under its CID (or the digest is UNAVAILABLE): record it."""
         return self._advance(
             request_id, JobState.UPLOADED, "output_digest = ?, signature = ?", (output_digest, signature)
         )
 
-    def mark_submitting(self, request_ids: Iterable[int], tx_hash: str) -> None:
-        """Record a signed transaction's hash before it is broadcast (all jobs in its batch)."""
+    def mark_sending(self, request_ids: Iterable[int], tx_hash: str, state: JobState) -> None:
+        """Record a signed commit (`COMMITTING`) or reveal (`REVEALING`) transaction's hash before it
+        is broadcast, for every job in its batch."""
+        column = SENDING[state]
+        before = JobState.UPLOADED if state == JobState.COMMITTING else JobState.COMMITTED
         with self._tx() as db:
             for rid in request_ids:
-                row = db.execute("SELECT state, tx_hashes FROM jobs WHERE request_id = ?", (rid,)).fetchone()
+                row = db.execute(f"SELECT state, {column} FROM jobs WHERE request_id = ?", (rid,)).fetchone()  # noqa: S608 - column from a constant table
                 if row is None:
                     raise JournalError(f"job {rid} is not in the journal")
                 old = JobState(row[0])
-                if old not in (JobState.UPLOADED, JobState.SUBMITTING):
-                    raise InvalidTransition(rid, old, JobState.SUBMITTING)
+                if old not in (before, state):
+                    raise InvalidTransition(rid, old, state)
                 hashes = json.loads(row[1])
                 if tx_hash not in hashes:
                     hashes.append(tx_hash)
                 db.execute(
-                    "UPDATE jobs SET state = ?, tx_hashes = ?, attempts = attempts + 1, updated_at = ? "
+                    f"UPDATE jobs SET state = ?, {column} = ?, attempts = attempts + 1, updated_at = ? "  # noqa: S608
                     "WHERE request_id = ?",
-                    (JobState.SUBMITTING.value, json.dumps(hashes), time.time(), rid),
+                    (state.value, json.dumps(hashes), time.time(), rid),
                 )
 
-    def mark_submitted(self, request_id: int, block: int | None) -> Job:
-        return self._advance(request_id, JobState.SUBMITTED, "submit_block = ?", (block,))
+    def mark_committing(self, request_ids: Iterable[int], tx_hash: str) -> None:
+        self.mark_sending(request_ids, tx_hash, JobState.COMMITTING)
+
+    def mark_revealing(self, request_ids: Iterable[int], tx_hash: str) -> None:
+        self.mark_sending(request_ids, tx_hash, JobState.REVEALING)
+
+    def mark_committed(self, request_id: int, block: int | None) -> Job:
+        return self._advance(request_id, JobState.COMMITTED, "commit_block = ?", (block,))
+
+    def mark_revealed(self, request_id: int, block: int | None) -> Job:
+        return self._advance(request_id, JobState.REVEALED, "reveal_block = ?", (block,))
 
     def mark(self, request_id: int, state: JobState, reason: str | None = None) -> Job:
-        """Any other transition (finalized, expired, dropped, failed, back to new/uploaded)."""
+        """Any other transition (finalized, expired, dropped, failed, back to new/uploaded/committed)."""
         return self._advance(request_id, state, "reason = ?", (reason,))
 
 
 __all__ = [
     "OPEN",
+    "SENDING",
     "TERMINAL",
     "UNFINISHED",
     "InvalidTransition",
@@ -374,4 +523,5 @@ __all__ = [
     "JobState",
     "Journal",
     "JournalError",
+    "Role",
 ]

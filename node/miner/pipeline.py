@@ -8,15 +8,24 @@ submitted. Its text depends only on the input, so honest miners refusing it agre
 Nothing from the input crashes the job or loops it: only `EngineError` (the engine is dead or shut
 down) is raised, and the job is retried.
 
-An input that cannot be fetched is *not* answered: not found, a backend down, bytes that do not
-match the CID. None of these is a property of the input, and a requester who makes an input
-reachable for some assignees only (or only later) would otherwise get honest miners to disagree and
-be slashed. `produce` raises `InputUnavailable` instead, holding the job's concurrency slot only for
-a short first try (`first_fetch_s`), then for one store read per attempt with a per-input backoff
-(`retry_after_s`): the daemon keeps the job `new` and retries it until its deadline passes.
+An input that cannot be fetched gets no output document: not found, a backend down, bytes that do
+not match the CID. None of these is a property of the input, and a requester who makes an input
+reachable for some seats only (or only later) would otherwise get honest miners to disagree and be
+slashed. `produce` raises `InputUnavailable` instead, holding the job's concurrency slot only for a
+short first try (`first_fetch_s`), then for one store read per attempt with a per-input backoff
+(`retry_after_s`): the daemon keeps the job `new` and retries it until its deadline's margin.
 
-The step is deterministic for a given (request id, input, request block timestamp), so redoing it
-after a crash writes the very same bytes under the very same CID.
+The requester declares on chain how many tokens the request may generate (`maxTokens`, which its
+fee pays for). A document that asks for more (`declared_tokens`: sequences × max_tokens, or the
+protocol's default budget without max_tokens) is answered with the error document
+`max_tokens_exceeds_declared` before the engine runs: the fee only paid for the declared amount, and
+every honest seat refuses it byte for byte.
+
+Then the seat commits and reveals `UNAVAILABLE` instead of staying silent (the daemon decides when;
+see `unavailable_result`): never slashed as fraud, paid the base fee.
+
+The step is deterministic for a given (request id, input, declared max tokens, request block
+timestamp), so redoing it after a crash writes the very same bytes under the very same CID.
 """
 
 from __future__ import annotations
@@ -28,14 +37,17 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from node.chain.hub import UNAVAILABLE
 from node.chain.signing import sign_result
 from node.content.cid import digest_of, digest_to_cid
 from node.content.documents import (
     InputDocument,
     OutputDocument,
     OutputError,
+    default_max_tokens,
     output_version,
     parse_input_document,
+    sequence_count,
     to_canonical_bytes,
 )
 from node.content.errors import BackendUnavailable, ContentError, DocumentTooLarge, InputUnavailable
@@ -45,6 +57,30 @@ from node.engine.params import ParamError
 from node.log import get_logger
 
 log = get_logger("inferd.miner.pipeline")
+
+MAX_TOKENS_EXCEEDS_DECLARED = "max_tokens_exceeds_declared"
+
+
+def declared_tokens(doc: InputDocument) -> int:
+    """The most tokens `doc` may generate: sequences × (max_tokens, or the protocol's default budget).
+
+    What a requester must declare on chain (`requestInference(..., maxTokens)`) for the document;
+    the gateway computes its `maxTokens` with this very function.
+    """
+    per_sequence = doc.params.max_tokens if doc.params.max_tokens is not None else default_max_tokens(doc)
+    return sequence_count(doc) * per_sequence
+
+
+def over_declared(doc: InputDocument, declared: int) -> ParamError | None:
+    """The refusal of a document asking for more tokens than its request declared (None: fits)."""
+    wanted = declared_tokens(doc)
+    if wanted <= declared:
+        return None
+    return ParamError(
+        MAX_TOKENS_EXCEEDS_DECLARED,
+        f"the document may generate up to {wanted} tokens (sequences x max_tokens), more than the "
+        f"{declared} its request declared on chain (maxTokens, which the fee pays for)",
+    )
 
 
 @runtime_checkable
@@ -92,6 +128,8 @@ class JobInput(Protocol):
     def input_digest(self) -> bytes: ...
     @property
     def created(self) -> int: ...
+    @property
+    def max_tokens(self) -> int | None: ...
 
 
 class Pipeline:
@@ -197,11 +235,17 @@ class Pipeline:
             job, input_cid, give_up_at if give_up_at is not None else t0 + self.first_fetch_s
         )
         t1 = time.monotonic()
+        refusal = None
+        if not isinstance(fetched, ContentError) and job.max_tokens is not None:
+            refusal = over_declared(fetched, job.max_tokens)
         if isinstance(fetched, ContentError):
             log.info(
                 "input_refused", request_id=job.request_id, input_cid=input_cid, error=str(fetched)[:300]
             )
             out = self._error_doc(job, input_cid, fetched)
+        elif refusal is not None:
+            log.info("input_refused", request_id=job.request_id, input_cid=input_cid, error=refusal.code)
+            out = self._error_doc(job, input_cid, refusal, input_version=fetched.v)
         else:
             out = await self._answer(fetched, job, input_cid, deltas)
         t2 = time.monotonic()
@@ -235,6 +279,18 @@ class Pipeline:
             infer_s=t2 - t1,
             upload_s=t3 - t2,
         )
+
+    def unavailable_result(self, job: JobInput) -> tuple[bytes, str]:
+        """(UNAVAILABLE, our signature over it): what a seat commits when the input never came."""
+        signature = sign_result(
+            self._key,
+            chain_id=self.chain_id,
+            hub=self.hub,
+            request_id=job.request_id,
+            input_digest=job.input_digest,
+            output_digest=UNAVAILABLE,
+        )
+        return UNAVAILABLE, signature
 
     async def _answer(
         self, doc: InputDocument, job: JobInput, input_cid: str, deltas: DeltaSink | None
@@ -302,4 +358,13 @@ def _as_delta(item: Any) -> tuple[int, dict[str, Any]]:
     return choice, dict(delta or {})
 
 
-__all__ = ["DeltaSink", "EngineLike", "JobInput", "Pipeline", "Produced"]
+__all__ = [
+    "MAX_TOKENS_EXCEEDS_DECLARED",
+    "DeltaSink",
+    "EngineLike",
+    "JobInput",
+    "Pipeline",
+    "Produced",
+    "declared_tokens",
+    "over_declared",
+]

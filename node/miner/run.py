@@ -1,5 +1,9 @@
 """Build a `MinerDaemon` from `Settings` and run it until SIGTERM/SIGINT (what `inferd miner run` does).
 
+Before the engine loads, the model's on-chain engine class is read and handed to it: an engine of
+another class (other weights, build, device family, dtype, ...) refuses to start, as does a key
+that is not registered (`MinerStartError`).
+
 `--fake-engine` answers with made-up text that is still signed and submitted: on a real chain that
 is a staked miner publishing garbage (and being slashed for it). It runs only on the devnet's chain
 id (anvil's 31337); anywhere else `FakeEngineRefused` stops the miner before it loads anything.
@@ -18,7 +22,7 @@ from node.chain.hub import HubClient
 from node.config import Settings
 from node.content.factory import open_store
 from node.log import get_logger
-from node.miner.daemon import DaemonConfig, MinerDaemon
+from node.miner.daemon import DaemonConfig, MinerDaemon, MinerStartError
 from node.miner.journal import Journal
 from node.miner.keys import load_account
 from node.miner.pipeline import EngineLike
@@ -53,16 +57,47 @@ def check_fake_engine_chain(chain_id: int, where: str) -> None:
         raise FakeEngineRefused(chain_id, where)
 
 
-async def open_engine(settings: Settings, fake: bool = False) -> tuple[EngineLike, Any]:
-    """The engine (and a closer). `fake` uses the deterministic FakeEngine (devnet without vLLM)."""
+async def open_engine(
+    settings: Settings, fake: bool = False, expected_class: bytes | None = None
+) -> tuple[EngineLike, Any]:
+    """The engine (and a closer). `fake` uses the deterministic FakeEngine (devnet without vLLM).
+
+    `expected_class`: the model's on-chain engine class; a real engine of another class raises
+    `EngineClassMismatch` before vLLM loads anything.
+    """
     if fake:
         from node.miner.testing import FakeEngine
 
         return FakeEngine(model_name=settings.engine.model), None
     from node.engine.engine import Engine  # heavy: vLLM
 
-    engine = await Engine.start(settings.engine)
+    engine = await Engine.start(settings.engine, expected_class=expected_class)
     return engine, engine.shutdown
+
+
+async def required_engine_class(settings: Settings, account: LocalAccount) -> bytes | None:
+    """The engine class of the model this key is registered for, read before the engine starts.
+
+    None when the chain cannot be read yet (the daemon checks again once it is reachable).
+    Raises `MinerStartError` when the key is not registered.
+    """
+    chain = settings.chain
+    if not chain.hub_address:
+        raise MinerConfigError("chain.hub_address is not set: pass the deployed InferenceHub address")
+    hub = HubClient(HubClient.web3(chain.rpc_url, timeout=chain.rpc_timeout_s), chain.hub_address)
+    try:
+        info = await hub.get_miner(str(account.address))
+        if info.model_id is None:
+            raise MinerStartError(
+                f"{account.address} is not registered on hub {hub.address}: "
+                "`inferd miner register --stake AMOUNT` first"
+            )
+        return (await hub.get_model(info.model_id)).engine_class
+    except MinerStartError:
+        raise
+    except Exception as exc:
+        log.warning("engine_class_unread", error=f"{type(exc).__name__}: {exc}", note="checked at start")
+        return None
 
 
 async def build_daemon(
@@ -131,10 +166,21 @@ async def run_miner(settings: Settings, *, fake_engine: bool = False) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    engine, close = await open_engine(settings, fake=fake_engine)
+    try:
+        expected = await required_engine_class(settings, account)
+        engine, close = await open_engine(settings, fake=fake_engine, expected_class=expected)
+    except MinerStartError as exc:
+        raise MinerConfigError(str(exc)) from exc
+    except Exception as exc:
+        if type(exc).__name__ == "EngineClassMismatch":  # node.engine's, without importing vLLM here
+            raise MinerConfigError(str(exc)) from exc
+        raise
     try:
         daemon = await build_daemon(settings, engine, account, fake_engine=fake_engine)
-        await daemon.run(stop)
+        try:
+            await daemon.run(stop)
+        except MinerStartError as exc:
+            raise MinerConfigError(str(exc)) from exc
         daemon.journal.close()
     finally:
         if close is not None:
@@ -150,5 +196,6 @@ __all__ = [
     "build_daemon",
     "check_fake_engine_chain",
     "open_engine",
+    "required_engine_class",
     "run_miner",
 ]

@@ -1,44 +1,59 @@
-"""Submit results on chain: batch ready jobs through `submitResults`, check the chain first.
+"""Put results on chain: commit in batches (`commitMany`), then reveal (`revealMany`); check first.
 
-A batch is collected until `batch_max` results are ready or `batch_wait_s` passed since the first
-one; several batches may be in flight at once (the sender hands out consecutive nonces). Before a
-job goes into a transaction the chain is asked whether it still can: the request must exist, be
-open, be assigned to us, not be past its deadline and not already carry our result. That check is
-what makes resubmission after a crash or reorg safe; the journal records the signed transaction's
-hash before broadcast, and the contract rejects a second result from the same miner anyway.
+Every seat (assignee, auditor, committee member) does the same two steps. A job that reached
+`uploaded` is queued for its commit, one that is `committed` for its reveal; a batch is collected
+until `batch_max` jobs are ready or `batch_wait_s` passed since the first one, and split into one
+commit and one reveal transaction. Several batches may be in flight at once (the sender hands out
+consecutive nonces).
 
-`submitResults` is atomic, so a batch whose estimate reverts (a race with a deadline) is split
-into single submissions.
+Before a job goes into a transaction the chain is asked what it may do now (`verdict`): commit while
+its seat's commit window is open and nothing of ours is on chain; reveal once the reveal window is
+open. For an r = 1 assignee the reveal comes in a later block than the commit, and only if the
+result was not drawn for audit (`auditDrawn`, evaluated on the pending block): when it was,
+`openAudit` is sent instead and the reveal waits for the auditor's commit (`RevealOpened`). That
+check is what makes resending after a crash or reorg safe; the journal records each signed
+transaction's hash before broadcast, and the contract rejects a second commit or reveal anyway.
+
+`commitMany`/`revealMany` are atomic, so a batch whose estimate reverts (a race with a deadline) is
+split into single transactions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from node.chain.events import InferenceFinalized, ResultSubmitted
+from node.chain.events import InferenceFinalized, ResultCommitted, ResultRevealed
+from node.chain.hub import Phase, RequestFlag
 from node.chain.sender import TxError, TxReverted, TxSender, TxWouldRevert
 from node.log import get_logger
-from node.miner.hubview import HubView, RequestStatus, submitted_by
+from node.miner.hubview import COMMIT_PHASES, REVEAL_PHASES, HubView
 from node.miner.journal import TERMINAL, Job, JobState, Journal
 from node.miner.metrics import MinerMetrics
 from node.miner.money import receipt_fee_wei
 
 log = get_logger("inferd.miner.submitter")
 
+COMMIT_STATES = (JobState.UPLOADED, JobState.COMMITTING)
+REVEAL_STATES = (JobState.COMMITTED, JobState.REVEALING)
+
 
 @dataclass(frozen=True)
 class Verdict:
-    """What the chain says about submitting one job now."""
+    """What the chain says about one job now.
 
-    action: str  # "submit" | "submitted" | "finalized" | "dropped" | "expired" | "wait"
+    action: "commit" | "reveal" | "open_audit" | "wait" | "committed" | "revealed" | "finalized"
+    | "expired" | "dropped" | "recommit".
+    """
+
+    action: str
     reason: str = ""
 
 
 class Submitter:
-    """Owns the queue of uploaded jobs and turns them into (batched) transactions."""
+    """Owns the queue of jobs with something to send and turns them into (batched) transactions."""
 
     def __init__(
         self,
@@ -51,7 +66,6 @@ class Submitter:
         batch_max: int,
         batch_wait_s: float,
         max_in_flight: int = 4,
-        head: Callable[[], int] | None = None,
         on_settled: Callable[[Job], None] | None = None,
     ) -> None:
         self.journal = journal
@@ -66,15 +80,15 @@ class Submitter:
         self._queued: set[int] = set()
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._stopping = False
         self._fresh: set[int] = set()
+        self._audits_opened: set[int] = set()
 
     def enqueue(self, request_id: int, *, fresh: bool = False) -> None:
-        """A job reached `uploaded` (or must be re-checked): submit it soon.
+        """A job reached `uploaded` or `committed` (or must be re-checked): act on it soon.
 
-        `fresh`: uploaded by this process from an assignment it saw itself, and never sent: the full
-        chain check is skipped (the gas estimate still catches a closed request, which then goes
-        through the check). Resumed, reorged and retried jobs are always checked.
+        `fresh`: uploaded by this process from a seat it saw itself, and never sent: the chain check
+        before the commit is skipped (the gas estimate still catches a closed window, which then
+        goes through the check). Resumed, reorged, retried and reveal jobs are always checked.
         """
         if fresh:
             self._fresh.add(request_id)
@@ -126,44 +140,71 @@ class Submitter:
     # ------------------------------------------------------------------ checks
 
     async def verdict(self, job: Job, head: int) -> Verdict:
-        """Ask the chain whether `job` may be submitted now (see the module docstring)."""
+        """Ask the chain what `job` may do now (see the module docstring)."""
         info = await self.hub.get_request(job.request_id)
         if info is None:
             return Verdict("dropped", "request unknown on chain (reorged out?)")
-        mine = submitted_by(info, self.miner)
-        if mine is not None:
-            if info.status == RequestStatus.FINALIZED:
-                return Verdict("finalized", "our result is on chain")
-            return Verdict("submitted", "our result is on chain")
-        if info.status == RequestStatus.FINALIZED:
-            return Verdict("finalized", "finalized without our result")
-        if info.status == RequestStatus.REFUNDED:
-            return Verdict("expired", "request refunded")
-        if self.miner not in info.assignees:
-            return Verdict("dropped", "no longer assigned to us")
         if info.input_digest != job.input_digest:
             return Verdict("dropped", "input digest changed on chain (reorg)")
-        if head + 1 > info.deadline:
-            return Verdict("dropped", f"deadline {info.deadline} passed (head {head})")
-        return Verdict("submit")
+        me = self.miner
+        if info.phase == Phase.FINAL:
+            if info.has_revealed(me):
+                return Verdict("finalized", "our result is on chain")
+            return Verdict("expired", "finalized without our result")
+        if info.phase == Phase.REFUNDED:
+            return Verdict("expired", "request refunded")
+        if info.seat_of(me) is None:
+            return Verdict("dropped", "no longer seated (reassigned)")
+        if info.has_revealed(me):
+            return Verdict("revealed", "our digest is on chain")
+        if not info.has_committed(me):
+            if job.state in REVEAL_STATES:
+                return Verdict("recommit", "our commitment is not on chain (reorg)")
+            if info.phase not in COMMIT_PHASES:
+                return Verdict("dropped", f"commit window closed (phase {info.phase.name})")
+            if head + 1 > info.mark:
+                return Verdict("dropped", f"deadline {info.mark} passed (head {head})")
+            return Verdict("commit")
+        if job.state in COMMIT_STATES:
+            return Verdict("committed", "our commitment is on chain")
+        ph = info.phase
+        if ph == Phase.REVEAL and info.redundancy == 1 and RequestFlag.AUDITED not in info.flags:
+            if await self.hub.audit_drawn(job.request_id):
+                return Verdict("open_audit", "drawn for audit")
+            return Verdict("reveal")
+        if ph in REVEAL_PHASES:
+            if head + 1 > info.mark:
+                return Verdict("expired", f"reveal window closed at {info.mark} (head {head})")
+            return Verdict("reveal")
+        if ph in (Phase.RESOLVED, Phase.VOTE):
+            return Verdict("expired", "resolved without our reveal")
+        return Verdict("wait", f"phase {ph.name}: other seats are committing")
 
     def _settle(self, job: Job, v: Verdict, block: int | None = None) -> None:
-        """Apply a non-submit verdict to the journal."""
+        """Apply a verdict that sends nothing to the journal."""
         rid = job.request_id
         current = self.journal.get(rid)
         if current is None or current.state in TERMINAL:
             return
-        if v.action in ("submitted", "finalized") and current.state in (
-            JobState.UPLOADED,
-            JobState.SUBMITTING,
-        ):
-            current = self.journal.mark_submitted(rid, block)
+        if v.action == "recommit":
+            self.journal.mark(rid, JobState.UPLOADED, v.reason)
+            self.enqueue(rid)
+            return
+        if v.action in ("committed", "revealed", "finalized") and current.state in COMMIT_STATES:
+            current = self.journal.mark_committed(rid, block)
+            if v.action == "committed":
+                self.enqueue(rid)  # on to the reveal
+                return
+        if v.action in ("revealed", "finalized") and current.state in REVEAL_STATES:
+            current = self.journal.mark_revealed(rid, block)
         if v.action == "finalized":
             current = self.journal.mark(rid, JobState.FINALIZED, v.reason)
         elif v.action in ("dropped", "expired"):
             state = JobState.DROPPED if v.action == "dropped" else JobState.EXPIRED
-            log.warning("job_dropped", request_id=rid, reason=v.reason)
+            log.warning("job_closed", request_id=rid, state=state.value, reason=v.reason)
             current = self.journal.mark(rid, state, v.reason)
+        else:
+            return
         self.metrics.jobs_done.labels(current.state.value).inc()
         if self.on_settled is not None:
             self.on_settled(current)
@@ -172,15 +213,16 @@ class Submitter:
 
     async def _submit_batch(self, ids: list[int]) -> None:
         head = int(await self._retry_head())
-        ready: list[Job] = []
+        commits: list[Job] = []
+        reveals: list[Job] = []
         for rid in ids:
             job = self.journal.get(rid)
             fresh = rid in self._fresh
             self._fresh.discard(rid)
-            if job is None or job.state not in (JobState.UPLOADED, JobState.SUBMITTING):
+            if job is None or job.state not in COMMIT_STATES + REVEAL_STATES:
                 continue
             if fresh and job.state == JobState.UPLOADED and head + 1 <= job.deadline:
-                ready.append(job)
+                commits.append(job)
                 continue
             try:
                 v = await self.verdict(job, head)
@@ -189,14 +231,22 @@ class Submitter:
                 self.metrics.rpc_errors.labels("submitter").inc()
                 self._requeue_later([rid])
                 continue
-            if v.action == "submit":
-                if job.state == JobState.SUBMITTING:
-                    job = self.journal.mark(rid, JobState.UPLOADED, "resubmitting")
-                ready.append(job)
-            else:
+            if v.action == "commit":
+                if job.state == JobState.COMMITTING:
+                    job = self.journal.mark(rid, JobState.UPLOADED, "committing again")
+                commits.append(job)
+            elif v.action == "reveal":
+                if job.state == JobState.REVEALING:
+                    job = self.journal.mark(rid, JobState.COMMITTED, "revealing again")
+                reveals.append(job)
+            elif v.action == "open_audit":
+                await self._open_audit(job)
+            elif v.action != "wait":
                 self._settle(job, v)
-        if ready:
-            await self._send(ready)
+        if commits:
+            await self._send(commits, JobState.COMMITTING)
+        if reveals:
+            await self._send(reveals, JobState.REVEALING)
 
     async def _retry_head(self) -> int:
         delay = 0.2
@@ -213,43 +263,69 @@ class Submitter:
         for rid in ids:
             loop.call_later(delay, self.enqueue, rid)
 
-    async def _send(self, jobs: list[Job]) -> None:
+    async def _open_audit(self, job: Job) -> None:
+        """Seat the auditor of our drawn result (once per process; the chain check guards restarts)."""
+        rid = job.request_id
+        if rid in self._audits_opened:
+            self._requeue_later([rid], 1.0)
+            return
+        self._audits_opened.add(rid)
+        try:
+            receipt = await self.sender.send(self.hub.address, self.hub.open_audit_calldata(rid))
+        except (TxError, Exception) as exc:
+            self._audits_opened.discard(rid)
+            self.metrics.txs.labels("error").inc()
+            log.warning("open_audit_failed", request_id=rid, error=f"{type(exc).__name__}: {exc}")
+            self._requeue_later([rid], 2.0)
+            return
+        self.metrics.txs.labels("ok").inc()
+        self.metrics.gas_spent_wei.inc(receipt_fee_wei(receipt))
+        log.info("audit_opened", request_id=rid, block=int(receipt["blockNumber"]))
+        self._requeue_later([rid], 0.5)  # no auditor eligible: reveal now; else wait for RevealOpened
+
+    async def _send(self, jobs: list[Job], state: JobState) -> None:
+        committing = state == JobState.COMMITTING
         ids = [j.request_id for j in jobs]
         digests = [j.output_digest or b"" for j in jobs]
-        data = self.hub.submit_calldata(ids, digests)
+        if committing:
+            data = self.hub.commit_calldata(self.miner, ids, digests)
+        else:
+            data = self.hub.reveal_calldata(ids, digests)
+        what = "commit" if committing else "reveal"
         started = time.monotonic()
 
         def on_signed(tx_hash: str) -> None:
-            self.journal.mark_submitting(ids, tx_hash)
+            self.journal.mark_sending(ids, tx_hash, state)
 
         try:
             receipt = await self.sender.send(self.hub.address, data, on_signed=on_signed)
         except TxWouldRevert as exc:
             self.metrics.txs.labels("would_revert").inc()
             if len(jobs) > 1:
-                log.info("batch_would_revert_splitting", size=len(jobs), error=str(exc))
+                log.info("batch_would_revert_splitting", action=what, size=len(jobs), error=str(exc))
                 for job in jobs:
-                    await self._send([job])
+                    await self._send([job], state)
                 return
-            # A single job: let the chain check decide (deadline, already submitted, ...).
+            # A single job: let the chain check decide (deadline, already on chain, audit drawn, ...).
             job = jobs[0]
-            log.warning("submit_would_revert", request_id=job.request_id, error=str(exc))
-            head = await self._retry_head()
-            v = await self.verdict(job, head)
-            if v.action == "submit":
+            log.warning(f"{what}_would_revert", request_id=job.request_id, error=str(exc))
+            v = await self.verdict(job, await self._retry_head())
+            if v.action in ("commit", "reveal"):
                 self._requeue_later(ids, 2.0)
-            else:
+            elif v.action == "open_audit":
+                await self._open_audit(job)
+            elif v.action != "wait":
                 self._settle(job, v)
             return
         except TxReverted as exc:
             self.metrics.txs.labels("reverted").inc()
             self.metrics.gas_spent_wei.inc(receipt_fee_wei(exc.receipt))  # a revert pays gas too
-            log.warning("submit_reverted", ids=ids, tx_hash=exc.tx_hash)
+            log.warning(f"{what}_reverted", ids=ids, tx_hash=exc.tx_hash)
             self._requeue_later(ids, 0.5)  # the chain check sorts out each job
             return
         except (TxError, Exception) as exc:
             self.metrics.txs.labels("error").inc()
-            log.warning("submit_failed", ids=ids, error=f"{type(exc).__name__}: {exc}")
+            log.warning(f"{what}_failed", ids=ids, error=f"{type(exc).__name__}: {exc}")
             self._requeue_later(ids, 2.0)
             return
         block = int(receipt["blockNumber"])
@@ -259,29 +335,42 @@ class Submitter:
         self.metrics.gas_spent_wei.inc(receipt_fee_wei(receipt))
         self.metrics.batch_size.observe(len(jobs))
         events = self.hub.decode_receipt(receipt)
-        submitted = {e.id for e in events if isinstance(e, ResultSubmitted) and e.miner == self.miner}
-        finalized = {e.id for e in events if isinstance(e, InferenceFinalized)}
-        log.info(
-            "results_submitted",
-            count=len(jobs),
-            block=block,
-            gas=gas,
-            tx_s=round(time.monotonic() - started, 3),
-        )
+        log.info("results_committed" if committing else "results_revealed", count=len(jobs), block=block,
+                 gas=gas, tx_s=round(time.monotonic() - started, 3))  # fmt: skip
+        if committing:
+            self._after_commit(jobs, events, block)
+        else:
+            self._after_reveal(jobs, events, block)
+
+    def _after_commit(self, jobs: list[Job], events: Sequence[object], block: int) -> None:
+        done = {e.id for e in events if isinstance(e, ResultCommitted) and e.miner == self.miner}
         for job in jobs:
             rid = job.request_id
-            if rid not in submitted:
+            if rid not in done:
                 self._requeue_later([rid], 0.5)
                 continue
             current = self.journal.get(rid) or job
-            if current.state in (JobState.UPLOADED, JobState.SUBMITTING):
-                current = self.journal.mark_submitted(rid, block)
+            if current.state in COMMIT_STATES:
+                self.journal.mark_committed(rid, block)
+            self.enqueue(rid)  # the reveal: the chain check says when (now, or after RevealOpened)
+
+    def _after_reveal(self, jobs: list[Job], events: Sequence[object], block: int) -> None:
+        done = {e.id for e in events if isinstance(e, ResultRevealed) and e.miner == self.miner}
+        finalized = {e.id for e in events if isinstance(e, InferenceFinalized)}
+        for job in jobs:
+            rid = job.request_id
+            if rid not in done:
+                self._requeue_later([rid], 0.5)
+                continue
+            current = self.journal.get(rid) or job
+            if current.state in REVEAL_STATES:
+                current = self.journal.mark_revealed(rid, block)
             self.metrics.job_latency.observe(max(0.0, time.time() - job.assigned_at))
-            if rid in finalized and current.state == JobState.SUBMITTED:
+            if rid in finalized and current.state == JobState.REVEALED:
                 current = self.journal.mark(rid, JobState.FINALIZED)
-            self.metrics.jobs_done.labels(current.state.value).inc()
+                self.metrics.jobs_done.labels(current.state.value).inc()
             if self.on_settled is not None:
                 self.on_settled(current)
 
 
-__all__ = ["Submitter", "Verdict"]
+__all__ = ["COMMIT_STATES", "REVEAL_STATES", "Submitter", "Verdict"]

@@ -147,6 +147,26 @@ async def deploy_dev_hub(
     return DevHub(owner=owner, model=mid, model_name=model_name, miners=addresses, engine_class=engine_class)
 
 
+async def dev_request(
+    requester: HubClient, model: bytes, data: bytes, *, max_tokens: int | None = None, assign: bool = True
+) -> int:
+    """Pay for the input document `data` (already stored) as the gateway does: declare its
+    `declared_tokens` (or `max_tokens`), pay the exact price, then `assign` it in the next block."""
+    from node.content.cid import digest_of
+    from node.content.documents import parse_input_document
+    from node.miner.pipeline import declared_tokens
+
+    if max_tokens is None:
+        try:
+            max_tokens = declared_tokens(parse_input_document(data))
+        except Exception:
+            max_tokens = 16  # not a valid document: any declaration
+    rid = (await requester.request_inference(model, digest_of(data), max_tokens)).id
+    if assign:
+        await requester.assign(4)
+    return rid
+
+
 def local_daemon(
     *,
     hub: HubClient,
@@ -177,4 +197,4 @@ def local_daemon(
     return daemon
 
 
-__all__ = ["FAKE_ENGINE_CLASS", "DevHub", "FakeEngine", "deploy_dev_hub", "local_daemon"]
+__all__ = ["FAKE_ENGINE_CLASS", "DevHub", "FakeEngine", "deploy_dev_hub", "dev_request", "local_daemon"]

@@ -1,10 +1,11 @@
 """What an address actually signed and got mined: its transactions to the hub, decoded from calldata.
 
-Events are not enough to show that a miner never submitted a result twice: the contract refuses a
-second submission (the transaction reverts and emits nothing), so the events look the same either
-way. These helpers read the blocks themselves (`eth_getBlockByNumber` with full transactions), keep
-the transactions sent from one address, decode `submitResult` / `submitResults` calldata into the
-(request id, output digest) pairs they carried, and pair each with its receipt's status.
+Events are not enough to show that a miner never committed or revealed twice: the contract refuses
+a second commit or reveal (the transaction reverts and emits nothing), so the events look the same
+either way. These helpers read the blocks themselves (`eth_getBlockByNumber` with full
+transactions), keep the transactions sent from one address, decode `commit`/`commitMany` and
+`reveal`/`revealMany` calldata into the (request id, commitment or digest) pairs they carried, and
+pair each with its receipt's status.
 """
 
 from __future__ import annotations
@@ -25,14 +26,22 @@ class SentTx:
     nonce: int
     ok: bool  # receipt status 1
     function: str  # the hub function called, or "" for anything that is not a hub call
-    results: tuple[tuple[int, bytes], ...]  # (request id, output digest) pairs it submitted
+    commits: tuple[tuple[int, bytes], ...]  # (request id, commitment) pairs it committed
+    reveals: tuple[tuple[int, bytes], ...]  # (request id, output digest) pairs it revealed
+
+    @property
+    def results(self) -> tuple[tuple[int, bytes], ...]:
+        """The (request id, output digest) results it put on chain: its reveals."""
+        return self.reveals
 
 
-def _submitted(name: str, args: dict[str, Any]) -> tuple[tuple[int, bytes], ...]:
-    if name == "submitResult":
-        return ((int(args["id"]), bytes(args["outputDigest"])),)
-    if name == "submitResults":
-        return tuple((int(i), bytes(d)) for i, d in zip(args["ids"], args["outputDigests"], strict=True))
+def _pairs(
+    name: str, args: dict[str, Any], one: str, many: str, value: str, values: str
+) -> tuple[tuple[int, bytes], ...]:
+    if name == one:
+        return ((int(args["id"]), bytes(args[value])),)
+    if name == many:
+        return tuple((int(i), bytes(d)) for i, d in zip(args["ids"], args[values], strict=True))
     return ()
 
 
@@ -50,27 +59,33 @@ async def sent_by(w3: Any, hub: Any, sender: str, first: int = 0, last: int | No
                 continue
             receipt = await w3.eth.get_transaction_receipt(tx["hash"])
             name = ""
-            results: tuple[tuple[int, bytes], ...] = ()
+            commits: tuple[tuple[int, bytes], ...] = ()
+            reveals: tuple[tuple[int, bytes], ...] = ()
             if tx.get("to") is not None and str(tx["to"]).lower() == str(hub.address).lower():
                 fn, args = hub.decode_function_input(tx["input"])
                 name = str(fn.fn_name)
-                results = _submitted(name, dict(args))
+                commits = _pairs(name, dict(args), "commit", "commitMany", "commitment", "commitments")
+                reveals = _pairs(name, dict(args), "reveal", "revealMany", "outputDigest", "outputDigests")
             out.append(
                 SentTx(
-                    number,
-                    "0x" + bytes(tx["hash"]).hex(),
-                    int(tx["nonce"]),
-                    receipt["status"] == 1,
-                    name,
-                    results,
+                    number, "0x" + bytes(tx["hash"]).hex(), int(tx["nonce"]), receipt["status"] == 1, name,
+                    commits, reveals,
                 )
-            )
+            )  # fmt: skip
     return out
 
 
-def submissions_per_request(txs: list[SentTx]) -> Counter[int]:
-    """How many mined transactions (successful or not) carried a result for each request id."""
-    return Counter(rid for tx in txs for rid, _ in tx.results)
+def commits_per_request(txs: list[SentTx]) -> Counter[int]:
+    """How many mined transactions (successful or not) carried a commitment for each request id."""
+    return Counter(rid for tx in txs for rid, _ in tx.commits)
+
+
+def reveals_per_request(txs: list[SentTx]) -> Counter[int]:
+    """How many mined transactions (successful or not) carried a reveal for each request id."""
+    return Counter(rid for tx in txs for rid, _ in tx.reveals)
+
+
+submissions_per_request = reveals_per_request
 
 
 async def receipt_or_none(w3: Any, tx_hash: str) -> Any:

@@ -1,16 +1,20 @@
 """The miner on real anvil + mosquitto + local content store + the real CPU engine (SmolLM2).
 
 What each test proves:
-* e2e: 50 on-chain requests all finalize; every output document is fetchable by the CID derived from
-  the on-chain digest, hashes to it, and carries an EIP-712 signature recovering to the miner; the
-  MQTT result topic carries the same signed document.
-* bad inputs: malformed JSON and an oversized document each get an error output document submitted
-  on chain, and the daemon keeps serving a good request afterwards; an unknown CID and a tampered
-  block get no answer until the real bytes can be read (then a normal one).
+* e2e: 50 on-chain requests (protocol v2: assigned in a later block, committed, then revealed) all
+  finalize; each was committed once and revealed once by the miner (its own transactions, decoded);
+  every output document is fetchable by the CID derived from the on-chain digest, hashes to it, and
+  carries an EIP-712 signature recovering to the miner; the MQTT result topic carries the same
+  signed document.
+* bad inputs: malformed JSON, an oversized document and a document asking for more tokens than its
+  request declared on chain each get an error output document (`max_tokens_exceeds_declared` for the
+  last), and the daemon keeps serving a good request afterwards; an unknown CID and a tampered block
+  get no answer until the real bytes can be read (then a normal one); an input still unfetchable
+  near its deadline is committed and revealed as UNAVAILABLE.
 * reorg: an `anvil_reorg` back to the block of the latest requests, whose transactions are re-mined
-  in one block with the miner's first, so its submissions land before the requests they answer and
-  revert: each reverted submission (by tx hash) is resubmitted by a later transaction carrying the
-  same result, no request is lost, and there is exactly one ResultSubmitted per request.
+  in one block with the miner's first, so its commits and reveals land before the requests they
+  answer and revert: each reverted reveal (by tx hash) is sent again by a later transaction carrying
+  the same request, no request is lost, and there is exactly one ResultRevealed per request.
 * outages: the RPC (a TCP proxy in front of anvil) unreachable for 10 s and the broker stopped for
   10 s during a run; every request still finalizes.
 """
@@ -30,8 +34,8 @@ import aiomqtt
 import pytest
 from eth_account import Account
 
-from node.chain.events import ResultSubmitted, decode_logs
-from node.chain.hub import HubClient, RequestStatus
+from node.chain.events import ResultRevealed, decode_logs
+from node.chain.hub import UNAVAILABLE, HubClient, Phase
 from node.chain.signing import recover_result_signer
 from node.content.cid import cid_for_bytes, digest_of, digest_to_cid
 from node.content.documents import (
@@ -40,16 +44,18 @@ from node.content.documents import (
     CompletionInputDocument,
     CompletionParams,
     UserMessage,
+    parse_input_document,
     parse_output_document,
     to_canonical_bytes,
 )
 from node.content.local import LocalStore
 from node.devnet.processes import Anvil, Mosquitto, free_port
-from node.miner.daemon import DaemonConfig, MinerDaemon
+from node.miner.daemon import DaemonConfig, MinerDaemon, engine_class_id
 from node.miner.journal import UNFINISHED, Journal
+from node.miner.pipeline import MAX_TOKENS_EXCEEDS_DECLARED, declared_tokens
 from node.miner.testing import DevHub, deploy_dev_hub
 from node.stream.publisher import StreamPublisher
-from tests.integration.chain_audit import receipt_or_none, sent_by
+from tests.integration.chain_audit import commits_per_request, receipt_or_none, reveals_per_request, sent_by
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
 MODEL = "SmolLM2-135M-Instruct"
@@ -132,10 +138,18 @@ class Net:
     task: asyncio.Task[None] | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def request(self, data: bytes, *, store: bool = True) -> int:
+    async def request(self, data: bytes, *, store: bool = True, max_tokens: int | None = None) -> int:
+        """Pay for `data` declaring its `declared_tokens` (as the gateway does), then assign it."""
         if store:
             await self.store.put(data)
-        return (await self.requester.request_inference(self.hub.model, digest_of(data), 10**12)).id
+        if max_tokens is None:
+            try:
+                max_tokens = declared_tokens(parse_input_document(data))
+            except Exception:
+                max_tokens = 16  # not a document: any declaration
+        rid = (await self.requester.request_inference(self.hub.model, digest_of(data), max_tokens)).id
+        await self.requester.assign(4)  # seats are drawn from the request block's hash, in a later block
+        return rid
 
     def start(self, engine: Any, rpc_url: str | None = None, **cfg: Any) -> MinerDaemon:
         config = DaemonConfig(chain_id=31337, poll_interval_s=0.2, batch_wait_s=0.3, sweep_interval_s=0.5,
@@ -165,7 +179,7 @@ class Net:
                     self.task.result()
                     raise AssertionError("miner stopped early")
                 infos = [await hub.get_request(i) for i in ids]
-                if all(i.status == RequestStatus.FINALIZED for i in infos):
+                if all(i.phase == Phase.FINAL for i in infos):
                     return
                 await asyncio.sleep(0.5)
 
@@ -174,17 +188,19 @@ class Net:
         if self.task is not None:
             await self.task
 
-    async def submissions(self) -> list[ResultSubmitted]:
+    async def submissions(self) -> list[ResultRevealed]:
         logs = await self.hub.owner.w3.eth.get_logs({"address": self.hub.owner.address, "fromBlock": 0})
-        return [e for e in decode_logs(logs) if isinstance(e, ResultSubmitted)]  # type: ignore[arg-type]
+        return [e for e in decode_logs(logs) if isinstance(e, ResultRevealed)]  # type: ignore[arg-type]
 
 
 @pytest.fixture()
 async def net(
-    anvil: Anvil, mosquitto: Mosquitto, anvil_keys: list[str], data_dir: Path
+    anvil: Anvil, mosquitto: Mosquitto, anvil_keys: list[str], data_dir: Path, miner_engine: Any
 ) -> AsyncIterator[Net]:
+    ec = engine_class_id(miner_engine)
+    assert ec is not None
     hub = await deploy_dev_hub(
-        anvil.rpc_url, anvil_keys[0], [anvil_keys[3]], model_name=MODEL, timeout_blocks=1000
+        anvil.rpc_url, anvil_keys[0], [anvil_keys[3]], model_name=MODEL, timeout_blocks=200, engine_class=ec
     )
     requester = HubClient(hub.owner.w3, hub.owner.address, anvil_keys[4])
     n = Net(anvil, mosquitto, hub, anvil_keys[3], requester, LocalStore(data_dir / "blocks"), data_dir)
@@ -200,7 +216,7 @@ async def check_outputs(net: Net, ids: list[int]) -> None:
     assert net.daemon is not None
     for rid in ids:
         info = await hub.get_request(rid)
-        assert info.status == RequestStatus.FINALIZED and info.output_digest is not None
+        assert info.phase == Phase.FINAL and info.output_digest is not None
         data = await net.store.get(digest_to_cid(info.output_digest))
         assert digest_of(data) == info.output_digest
         doc = parse_output_document(data)
@@ -236,6 +252,10 @@ async def test_e2e_50_requests(net: Net, miner_engine: Any) -> None:
     await check_outputs(net, ids)
     subs = await net.submissions()
     assert sorted(s.id for s in subs) == ids
+    sent = await sent_by(net.hub.owner.w3, net.hub.owner.contract, daemon.address)
+    assert commits_per_request(sent) == dict.fromkeys(ids, 1), "one commit broadcast per request"
+    assert reveals_per_request(sent) == dict.fromkeys(ids, 1), "one reveal broadcast per request"
+    assert all(tx.ok for tx in sent)
     await asyncio.sleep(0.5)
     listener.cancel()
     with contextlib.suppress(BaseException):
@@ -266,6 +286,7 @@ async def test_bad_inputs_get_error_documents(net: Net, miner_engine: Any) -> No
     ids = {
         "malformed": await net.request(b'{"v":1,"type":"chat",', store=True),
         "oversized": await net.request(big, store=False),
+        "over_declared": await net.request(chat_doc(5, max_tokens=8), max_tokens=7),
     }
     await net.wait_final(list(ids.values()), timeout=120)
     good = await net.request(chat_doc(1))
@@ -276,16 +297,28 @@ async def test_bad_inputs_get_error_documents(net: Net, miner_engine: Any) -> No
         info = await net.hub.owner.get_request(rid)
         doc = parse_output_document(await store.get(digest_to_cid(info.output_digest or b"")))
         codes[name] = doc.error.code if doc.error else None
-    assert codes == {"malformed": "invalid_request", "oversized": "input_too_large"}
+    assert codes == {
+        "malformed": "invalid_request",
+        "oversized": "input_too_large",
+        "over_declared": MAX_TOKENS_EXCEEDS_DECLARED,
+    }
     info = await net.hub.owner.get_request(good)
     assert parse_output_document(await store.get(digest_to_cid(info.output_digest or b""))).error is None
     # An input that cannot be fetched (unknown, or bytes not matching the CID) is never answered
     # with an error: it is retried, and answered once it can be read.
     for rid in unfetchable:
-        assert (await net.hub.owner.get_request(rid)).status == RequestStatus.OPEN
+        info = await net.hub.owner.get_request(rid)
+        assert info.phase == Phase.ASSIGNED and info.committed == 0
     await store.put(chat_doc(1000))
     await store.put(tampered)
     await net.wait_final(unfetchable, timeout=120)
+    # Still unfetchable close to the commit deadline: UNAVAILABLE, committed and revealed (not silence).
+    lost = await net.request(chat_doc(2000), store=False)
+    info = await net.hub.owner.get_request(lost)
+    assert info.phase == Phase.ASSIGNED
+    await net.hub.owner.mine(info.mark - int(await net.hub.owner.w3.eth.block_number) - 2)
+    await net.wait_final([lost], timeout=60)
+    assert (await net.hub.owner.get_request(lost)).output_digest == UNAVAILABLE
 
 
 async def _raw_txs(w3: Any, block: int) -> list[tuple[str, str]]:

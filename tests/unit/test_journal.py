@@ -7,15 +7,23 @@ from pathlib import Path
 
 import pytest
 
-from node.miner.journal import UNFINISHED, InvalidTransition, JobState, Journal, JournalError
+from node.miner.journal import UNFINISHED, InvalidTransition, JobState, Journal, JournalError, Role
 
 D1, D2, OUT = b"\x01" * 32, b"\x02" * 32, b"\x09" * 32
 
 
-def assign(j: Journal, rid: int = 1, block_hash: str = "0xaa", digest: bytes = D1, deadline: int = 100):
+def assign(
+    j: Journal,
+    rid: int = 1,
+    block_hash: str = "0xaa",
+    digest: bytes = D1,
+    deadline: int = 100,
+    role: Role = Role.ASSIGNEE,
+):
     return j.assign(
-        rid, input_digest=digest, deadline=deadline, block_number=5, block_hash=block_hash, created=7
-    )
+        rid, input_digest=digest, deadline=deadline, block_number=5, block_hash=block_hash, created=7,
+        max_tokens=32, role=role,
+    )  # fmt: skip
 
 
 def test_wal_and_full_sync(tmp_path: Path) -> None:
@@ -28,41 +36,78 @@ def test_happy_path_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     j = Journal(path, scope="s")
     job, changed = assign(j)
-    assert changed and job.state == JobState.NEW
+    assert changed and job.state == JobState.NEW and job.max_tokens == 32 and job.role == Role.ASSIGNEE
     j.mark_uploaded(1, OUT, "0xsig")
-    j.mark_submitting([1], "0xtx1")
-    j.mark_submitting([1], "0xtx2")  # a replacement
+    j.mark_committing([1], "0xc1")
+    j.mark_committing([1], "0xc2")  # a replacement
     j.close()
     j = Journal(path, scope="s")  # "restart"
     job2 = j.get(1)
-    assert job2 is not None and job2.state == JobState.SUBMITTING
-    assert job2.tx_hashes == ("0xtx1", "0xtx2") and job2.output_digest == OUT and job2.signature == "0xsig"
-    j.mark_submitted(1, 12)
+    assert job2 is not None and job2.state == JobState.COMMITTING
+    assert job2.commit_txs == ("0xc1", "0xc2") and job2.output_digest == OUT and job2.signature == "0xsig"
+    j.mark_committed(1, 12)
+    j.mark_revealing([1], "0xr1")
+    j.close()
+    j = Journal(path, scope="s")
+    job3 = j.get(1)
+    assert job3 is not None and job3.state == JobState.REVEALING and job3.commit_block == 12
+    assert job3.reveal_txs == ("0xr1",) and job3.tx_hashes == ("0xc1", "0xc2", "0xr1")
+    j.mark_revealed(1, 13)
+    assert j.jobs(UNFINISHED) == []
     j.mark(1, JobState.FINALIZED)
-    assert not j.jobs(UNFINISHED)
     assert j.counts()[JobState.FINALIZED] == 1
 
 
-def test_assign_is_idempotent_and_restarts_on_new_block(tmp_path: Path) -> None:
+def test_request_meta_fills_later_seats(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite")
+    j.record_request(4, max_tokens=64, block_number=3, created=1234)
+    assert j.request_meta(4) == (64, 1234) and j.request_meta(5) is None
+    job, _ = j.assign(4, input_digest=D1, deadline=50, block_number=4, block_hash="0x4", role=Role.AUDITOR)
+    assert (job.max_tokens, job.created, job.role) == (64, 1234, Role.AUDITOR)
+    job, _ = j.assign(5, input_digest=D1, deadline=50, block_number=4, block_hash="0x4")
+    assert job.max_tokens is None and job.created == 0  # looked up by the daemon before producing
+    assert j.set_request_meta(5, max_tokens=8, created=99).max_tokens == 8
+    j.forget_requests(before_block=4)
+    assert j.request_meta(4) is None
+
+
+def test_assign_is_idempotent_and_keeps_deterministic_output(tmp_path: Path) -> None:
     j = Journal(tmp_path / "j.sqlite")
     assign(j)
     j.mark_uploaded(1, OUT, "0xsig")
     job, changed = assign(j)  # the same event seen again (re-scan after a crash)
     assert not changed and job.state == JobState.UPLOADED
-    job, changed = assign(j, block_hash="0xbb")  # re-mined in another block after a reorg
+    job, changed = assign(j, block_hash="0xbb")  # re-mined in another block after a reorg, same input
+    assert changed and job.state == JobState.UPLOADED and job.output_digest == OUT
+    job, changed = assign(j, block_hash="0xcc", digest=D2)  # another input: start over
     assert changed and job.state == JobState.NEW and job.output_digest is None
+    j.mark(1, JobState.EXPIRED, "reassigned")
+    job, changed = assign(j, block_hash="0xdd", digest=D2, role=Role.COMMITTEE)
+    assert changed and job.state == JobState.NEW and job.role == Role.COMMITTEE
 
 
 def test_invalid_transitions_raise(tmp_path: Path) -> None:
     j = Journal(tmp_path / "j.sqlite")
     assign(j)
     with pytest.raises(InvalidTransition):
-        j.mark_submitting([1], "0xtx")  # never broadcast before the output is uploaded
+        j.mark_committing([1], "0xtx")  # never broadcast before the output is uploaded
+    j.mark_uploaded(1, OUT, "0xsig")
+    with pytest.raises(InvalidTransition):
+        j.mark_revealing([1], "0xtx")  # never reveal before the commit is on chain
     j.mark(1, JobState.DROPPED, "deadline passed")
     with pytest.raises(InvalidTransition):
-        j.mark_submitted(1, 3) if False else j.mark(1, JobState.SUBMITTING)
+        j.mark(1, JobState.COMMITTING)
     with pytest.raises(JournalError):
         j.mark(99, JobState.FINALIZED)
+
+
+def test_v1_journal_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    j = Journal(path, scope="s")
+    j.set_meta("schema", "1")
+    j.close()
+    with pytest.raises(JournalError, match="older miner"):
+        Journal(path, scope="s")
 
 
 def test_cursor_hashes_and_rewind(tmp_path: Path) -> None:

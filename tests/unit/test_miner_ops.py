@@ -18,7 +18,7 @@ from node.config import ChainSettings
 from node.devnet.processes import Anvil
 from node.miner.keys import MinerKeyError, load_account
 from node.miner.metrics import MinerMetrics, OpsServer
-from node.miner.testing import deploy_dev_hub
+from node.miner.testing import FAKE_ENGINE_CLASS, deploy_dev_hub
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,13 +75,14 @@ async def test_cli_register_status_exit_withdraw(
         assert result.exit_code == 0, result.output
         return result.output
 
-    await asyncio.to_thread(invoke, "register")
+    ec = "0x" + FAKE_ENGINE_CLASS.hex()
+    await asyncio.to_thread(invoke, "register", "--engine-class", ec, "--yes")
     out = await asyncio.to_thread(invoke, "status")
-    assert "stake" in out and "1.000000 ETH" in out and key.removeprefix("0x") not in out
-    await asyncio.to_thread(invoke, "exit")
-    await hub.owner.mine(5)
-    await asyncio.to_thread(invoke, "withdraw", "--stake")
+    assert "stake" in out and "1 ETH" in out and key.removeprefix("0x") not in out
+    await asyncio.to_thread(invoke, "exit", "--yes")
+    await hub.owner.mine(12 * 2 + 1)  # EXIT_COOLDOWN_TIMEOUTS x timeoutBlocks
+    await asyncio.to_thread(invoke, "withdraw", "--stake", "--yes")
     info = await HubClient(hub.owner.w3, hub.owner.address).get_miner(Account.from_key(key).address)
     assert info.stake == 0
-    failed = await asyncio.to_thread(runner.invoke, app, ["withdraw"])  # no credits: a clear error
+    failed = await asyncio.to_thread(runner.invoke, app, ["withdraw", "--yes"])  # no credits: a clear error
     assert failed.exit_code == 1 and "NothingToWithdraw" in failed.output

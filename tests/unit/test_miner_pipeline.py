@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from eth_account import Account
 
-from node.chain.events import ResultSubmitted
-from node.chain.hub import HubClient, RequestStatus
+from node.chain.events import ResultRevealed
+from node.chain.hub import HubClient, Phase
 from node.chain.signing import recover_result_signer
 from node.content.cid import cid_for_bytes, digest_of, digest_to_cid
 from node.content.documents import (
@@ -28,8 +28,8 @@ from node.devnet.processes import Anvil
 from node.engine.params import ParamError
 from node.miner.daemon import DaemonConfig, MinerDaemon
 from node.miner.journal import JobState, Journal
-from node.miner.pipeline import Pipeline
-from node.miner.testing import DevHub, FakeEngine, deploy_dev_hub
+from node.miner.pipeline import MAX_TOKENS_EXCEEDS_DECLARED, Pipeline, declared_tokens
+from node.miner.testing import DevHub, FakeEngine, deploy_dev_hub, dev_request
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -52,11 +52,10 @@ class Env:
     store: LocalStore
     data_dir: Path
 
-    async def request(self, data: bytes, *, store: bool = True) -> int:
+    async def request(self, data: bytes, *, store: bool = True, max_tokens: int | None = None) -> int:
         if store:
             await self.store.put(data)
-        res = await self.requester.request_inference(self.hub.model, digest_of(data), 10**12)
-        return res.id
+        return await dev_request(self.requester, self.hub.model, data, max_tokens=max_tokens)
 
     def daemon(self, engine: FakeEngine | None = None, **cfg: object) -> MinerDaemon:
         config = DaemonConfig(chain_id=31337, poll_interval_s=0.1, batch_wait_s=0.2, sweep_interval_s=0.5)
@@ -105,7 +104,7 @@ async def test_every_request_finalized_batched_and_verifiable(env: Env) -> None:
     miner = daemon.address
     for rid in ids:
         info = await hub.get_request(rid)
-        assert info.status == RequestStatus.FINALIZED
+        assert info.phase == Phase.FINAL
         assert info.output_digest is not None
         out = await env.store.get(digest_to_cid(info.output_digest))
         assert digest_of(out) == info.output_digest
@@ -131,6 +130,7 @@ async def test_bad_inputs_get_error_documents(env: Env) -> None:
         "deep": await env.request(b"[" * 200_000, store=True),
         "over_cap": await env.request(chat_doc(3).replace(b'"max_tokens":8', b'"max_tokens":8,"n":9')),
         "good": await env.request(good),
+        "over_declared": await env.request(chat_doc(4), max_tokens=7),
     }
     big = b'{"v":1,"type":"completion","model":"m","prompt":"' + b"x" * (1 << 20) + b'"}'
     env.store.path_for(cid_for_bytes(big)).parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +154,7 @@ async def test_bad_inputs_get_error_documents(env: Env) -> None:
         "deep": "invalid_request",
         "over_cap": "invalid_request",
         "good": None,
+        "over_declared": MAX_TOKENS_EXCEEDS_DECLARED,
         "oversized": "input_too_large",
     }
 
@@ -183,7 +184,7 @@ async def test_unfetchable_inputs_are_retried_never_answered(env: Env) -> None:
         for rid in ids:
             job = daemon.journal.get(rid)
             assert job is not None and job.state == JobState.NEW
-            assert (await env.hub.owner.get_request(rid)).status == RequestStatus.OPEN
+            assert (await env.hub.owner.get_request(rid)).phase == Phase.ASSIGNED
         await env.store.put(missing)  # the input shows up (and the corrupt copy is repaired)
         await env.store.put(tampered)
         async with asyncio.timeout(90):
@@ -201,7 +202,7 @@ async def test_unfetchable_inputs_are_retried_never_answered(env: Env) -> None:
         assert parse_output_document(await env.store.get(digest_to_cid(info.output_digest))).error is None
 
 
-async def test_exactly_one_submission_per_request(env: Env) -> None:
+async def test_exactly_one_reveal_per_request(env: Env) -> None:
     daemon = env.daemon()
     ids = [await env.request(chat_doc(i)) for i in range(5)]
 
@@ -212,7 +213,7 @@ async def test_exactly_one_submission_per_request(env: Env) -> None:
     logs = await env.hub.owner.w3.eth.get_logs({"address": env.hub.owner.address, "fromBlock": 0})
     from node.chain.events import decode_logs
 
-    subs = [e for e in decode_logs(logs) if isinstance(e, ResultSubmitted)]  # type: ignore[arg-type]
+    subs = [e for e in decode_logs(logs) if isinstance(e, ResultRevealed)]  # type: ignore[arg-type]
     assert sorted(e.id for e in subs) == ids
 
 
@@ -224,6 +225,21 @@ class _Job:
     request_id: int
     input_digest: bytes
     created: int = 1_700_000_000
+    max_tokens: int | None = None
+
+
+def test_declared_tokens() -> None:
+    from node.content.documents import CompletionInputDocument, CompletionParams, parse_input_document
+
+    assert declared_tokens(parse_input_document(chat_doc(1, max_tokens=8))) == 8
+    many = CompletionInputDocument(
+        model="m", prompt=["a", "b"], params=CompletionParams(max_tokens=5, n=2, best_of=3)
+    )
+    assert declared_tokens(many) == 2 * 3 * 5
+    bare = ChatInputDocument(
+        model="m", messages=[UserMessage(role="user", content="x")], params=ChatParams(n=2)
+    )
+    assert declared_tokens(bare) <= 65_536 and declared_tokens(bare) % 2 == 0
 
 
 class _CountingStore(LocalStore):

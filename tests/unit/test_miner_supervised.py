@@ -21,14 +21,13 @@ from eth_account import Account
 
 from node.chain.events import InferenceRequested
 from node.chain.hub import HubClient
-from node.content.cid import digest_of
 from node.content.documents import ChatInputDocument, ChatParams, UserMessage, to_canonical_bytes
 from node.content.local import LocalStore
 from node.devnet.processes import Anvil, Mosquitto, free_port
 from node.engine.engine import EngineError
 from node.miner.daemon import DaemonConfig, MinerDaemon
 from node.miner.journal import JobState, Journal
-from node.miner.testing import DevHub, FakeEngine, deploy_dev_hub, local_daemon
+from node.miner.testing import DevHub, FakeEngine, deploy_dev_hub, dev_request, local_daemon
 from node.supervise import LoopState
 
 pytestmark = pytest.mark.timeout(180)
@@ -54,7 +53,7 @@ class Env:
     async def request(self, i: int) -> int:
         data = chat_doc(i)
         await self.store.put(data)
-        return (await self.requester.request_inference(self.hub.model, digest_of(data), 10**12)).id
+        return await dev_request(self.requester, self.hub.model, data)
 
     def config(self) -> DaemonConfig:
         return DaemonConfig(
