@@ -3,8 +3,8 @@
 With `gateway.redis_url` set, every gateway process counts the same rate limits, in-flight slots,
 daily spend and API keys (the protocols of `node.gateway.stores`):
 
-- rate limits: `limits`' moving window in Redis (`limits` keeps its own connection): at most
-  `per_minute` calls of a key in any 60 s, whichever gateway took them;
+- rate limits: `limits`' moving window in Redis: at most `per_minute` calls of a key in any 60 s,
+  whichever gateway took them;
 - in-flight slots: one sorted set per key whose members are leases scored by their expiry, taken
   by a Lua script under Redis's clock; a gateway that dies holding slots frees them when their
   lease runs out (`stores.lease_seconds`), not never;
@@ -85,23 +85,20 @@ def connect(url: str) -> aredis.Redis:
     return client
 
 
-def _limits_uri(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    mapped = {"redis": "async+redis", "rediss": "async+rediss", "unix": "async+redis+unix"}.get(scheme)
-    if not sep or mapped is None:
-        raise ValueError("gateway.redis_url must start with redis://, rediss:// or unix://")
-    return f"{mapped}://{rest}"
-
-
 # ------------------------------------------------------------------ rate limits
 
 
 class RedisRateLimiter:
     """`RateLimits` in Redis: a moving window of 60 s per key (the `limits` library)."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, client: aredis.Redis, prefix: str) -> None:
+        # `limits` talks through this gateway's own pool (the URI then names only the driver).
         self._storage = RedisStorage(
-            _limits_uri(url), implementation="redispy", key_prefix=f"{prefix}:rate", wrap_exceptions=True
+            "async+redis://",
+            implementation="redispy",
+            key_prefix=f"{prefix}:rate",
+            wrap_exceptions=True,
+            connection_pool=client.connection_pool,  # type: ignore[arg-type]  # limits passes it on
         )
         self._limiter = MovingWindowRateLimiter(self._storage)
         self._items: dict[int, RateLimitItem] = {}

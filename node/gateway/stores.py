@@ -174,7 +174,7 @@ def open_stores(
     url, prefix, lease = gw.redis_url.get_secret_value(), gw.redis_prefix, lease_seconds(settings)
     client = connect(url)
     return GatewayStores(
-        limiter=limiter or RedisRateLimiter(url, prefix),
+        limiter=limiter or RedisRateLimiter(client, prefix),
         in_flight=RedisInFlight(client, prefix, lease),
         ledger=ledger or RedisSpendLedger(client, prefix, lease),
         keys=keys or RedisKeyStore(url, prefix, client),
