@@ -33,7 +33,7 @@ DEFAULT_BASE_FEE = 10**15  # 0.001 ETH
 DEFAULT_PER_TOKEN_FEE = 10**11  # 100 gwei: 65536 tokens = 0.0066 ETH
 DEFAULT_AUDIT_BPS = 500  # 5% of r = 1 results re-executed by an auditor
 DEFAULT_MIN_FEE = DEFAULT_BASE_FEE  # v1 name, kept for callers
-DEFAULT_TIMEOUT_BLOCKS = 300
+DEFAULT_TIMEOUT_BLOCKS = 200  # the hub allows at most 200
 GAS_RESERVE = ETH // 10  # what a miner keeps beyond its stake for submit transactions
 
 
