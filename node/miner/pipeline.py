@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from node.chain.hub import UNAVAILABLE
+from node.chain.hub import MAX_DECLARED_TOKENS, UNAVAILABLE
 from node.chain.signing import sign_result
 from node.content.cid import digest_of, digest_to_cid
 from node.content.documents import (
@@ -61,19 +61,24 @@ log = get_logger("inferd.miner.pipeline")
 MAX_TOKENS_EXCEEDS_DECLARED = "max_tokens_exceeds_declared"
 
 
-def declared_tokens(doc: InputDocument) -> int:
-    """The most tokens `doc` may generate: sequences × (max_tokens, or the protocol's default budget).
+def declared_tokens(doc: InputDocument, max_model_len: int | None = None) -> int:
+    """The most tokens `doc` may generate: sequences × per-sequence budget, within 1..65536.
 
-    What a requester must declare on chain (`requestInference(..., maxTokens)`) for the document;
-    the gateway computes its `maxTokens` with this very function.
+    The budget is `max_tokens`, or without it the protocol's default capped at the engine's
+    `max_model_len` (part of the engine class, so equal on every seat). The same rule as the
+    gateway's `declared_max_tokens` (what it declares on chain): keep the two in step.
     """
-    per_sequence = doc.params.max_tokens if doc.params.max_tokens is not None else default_max_tokens(doc)
-    return sequence_count(doc) * per_sequence
+    per_sequence = doc.params.max_tokens
+    if per_sequence is None:
+        per_sequence = default_max_tokens(doc)
+        if max_model_len is not None:
+            per_sequence = min(per_sequence, max_model_len)
+    return max(1, min(MAX_DECLARED_TOKENS, per_sequence * sequence_count(doc)))
 
 
-def over_declared(doc: InputDocument, declared: int) -> ParamError | None:
+def over_declared(doc: InputDocument, declared: int, max_model_len: int | None = None) -> ParamError | None:
     """The refusal of a document asking for more tokens than its request declared (None: fits)."""
-    wanted = declared_tokens(doc)
+    wanted = declared_tokens(doc, max_model_len)
     if wanted <= declared:
         return None
     return ParamError(
@@ -159,6 +164,10 @@ class Pipeline:
         self.fetch_retry_s = fetch_retry_s
         self.max_backoff_s = max_backoff_s
         self._unavailable: OrderedDict[str, tuple[float, float]] = OrderedDict()  # cid -> (next try, backoff)
+        ec = getattr(engine, "engine_class", None)
+        self.max_model_len: int | None = getattr(ec, "max_model_len", None) or getattr(
+            engine, "max_model_len", None
+        )
 
     def _error_doc(
         self,
@@ -237,7 +246,7 @@ class Pipeline:
         t1 = time.monotonic()
         refusal = None
         if not isinstance(fetched, ContentError) and job.max_tokens is not None:
-            refusal = over_declared(fetched, job.max_tokens)
+            refusal = over_declared(fetched, job.max_tokens, self.max_model_len)
         if isinstance(fetched, ContentError):
             log.info(
                 "input_refused", request_id=job.request_id, input_cid=input_cid, error=str(fetched)[:300]

@@ -1,11 +1,12 @@
 """Crash safety: `inferd miner run` as a separate process, SIGKILLed three times at random moments.
 
 Proves: after three SIGKILLs during a 30-request run (and restarts), every request is finalized and
-the miner never broadcast a result twice. The contract refuses a second submission, so its events
-would look the same either way; the test therefore reads what the miner signed: every transaction
-from its address in every block (calldata of `submitResult`/`submitResults` decoded), which must
-carry each request id exactly once, all succeeded, and account for its whole nonce (nothing sent
-that was not mined, nothing pending). No journal entry is left unfinished.
+the miner never broadcast a commit or a reveal twice. The contract refuses a second commit or reveal,
+so its events would look the same either way; the test therefore reads what the miner signed: every
+transaction from its address in every block (calldata of `commit`/`commitMany` and
+`reveal`/`revealMany` decoded), which must carry each request id exactly once as a commit and once
+as a reveal, all succeeded, and account for its whole nonce (nothing sent that was not mined,
+nothing pending). No journal entry is left unfinished.
 
 The kill moments come from a seed printed at the start (`INFERD_CRASH_SEED=<seed>` repeats a run).
 """
@@ -26,17 +27,38 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from node.chain.events import ResultSubmitted, decode_logs
-from node.chain.hub import HubClient, RequestStatus
-from node.content.cid import digest_of
+from node.chain.events import ResultRevealed, decode_logs
+from node.chain.hub import HubClient, Phase
 from node.content.documents import ChatInputDocument, ChatParams, UserMessage, to_canonical_bytes
 from node.content.local import LocalStore
 from node.devnet.processes import REPO_ROOT, Anvil, Mosquitto
-from node.miner.testing import deploy_dev_hub
-from tests.integration.chain_audit import sent_by, submissions_per_request
+from node.miner.testing import FAKE_ENGINE_CLASS, deploy_dev_hub, dev_request
+from tests.integration.chain_audit import commits_per_request, reveals_per_request, sent_by
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.timeout(900)]
 MODEL = "SmolLM2-135M-Instruct"
+MINER_FUNCTIONS = {
+    "registerMiner",
+    "commit",
+    "commitMany",
+    "reveal",
+    "revealMany",
+    "openAudit",
+    "timeout",
+    "timeoutMany",
+}
+
+
+def engine_class_for(fake_engine: bool) -> bytes:
+    """The class of the engine `inferd miner run` starts here (the model is registered with it)."""
+    if fake_engine:
+        return FAKE_ENGINE_CLASS
+    from node.config import EngineSettings
+    from node.engine.engine import resolve_model_path
+    from node.engine.engine_class import engine_class
+
+    settings = EngineSettings()
+    return engine_class(settings, resolve_model_path(settings)).id
 
 
 def doc(i: int) -> bytes:
@@ -95,8 +117,9 @@ async def test_sigkill_three_times(
     rng = random.Random(seed)
     miner_key = anvil_keys[5]
     hub = await deploy_dev_hub(
-        anvil.rpc_url, anvil_keys[0], [miner_key], model_name=MODEL, timeout_blocks=2000
-    )
+        anvil.rpc_url, anvil_keys[0], [miner_key], model_name=MODEL, timeout_blocks=200,
+        engine_class=engine_class_for(fake_engine),
+    )  # fmt: skip
     requester = HubClient(hub.owner.w3, hub.owner.address, anvil_keys[6])
     store = LocalStore(data_dir / "blocks")
     env = {
@@ -121,7 +144,7 @@ async def test_sigkill_three_times(
         for _ in range(n):
             data = doc(len(ids))
             await store.put(data)
-            ids.append((await requester.request_inference(hub.model, digest_of(data), 10**12)).id)
+            ids.append(await dev_request(requester, hub.model, data))
             await asyncio.sleep(rng.uniform(0.0, 0.15))
 
     miner.start()
@@ -136,7 +159,7 @@ async def test_sigkill_three_times(
     async with asyncio.timeout(300):
         while True:
             infos = [await hub.owner.get_request(i) for i in ids]
-            if all(i.status == RequestStatus.FINALIZED for i in infos):
+            if all(i.phase == Phase.FINAL for i in infos):
                 break
             assert miner.proc is not None and miner.proc.poll() is None
             await asyncio.sleep(0.5)
@@ -150,21 +173,24 @@ async def test_sigkill_three_times(
     w3 = hub.owner.w3
     miner_addr = Account.from_key(miner_key).address
     logs = await w3.eth.get_logs({"address": hub.owner.address, "fromBlock": 0})
-    subs = [e for e in decode_logs(logs) if isinstance(e, ResultSubmitted) and e.miner == miner_addr]  # type: ignore[arg-type]
-    assert sorted(e.id for e in subs) == sorted(ids), f"one ResultSubmitted per request (seed {seed})"
+    revealed = [e for e in decode_logs(logs) if isinstance(e, ResultRevealed) and e.miner == miner_addr]  # type: ignore[arg-type]
+    assert sorted(e.id for e in revealed) == sorted(ids), f"one ResultRevealed per request (seed {seed})"
     # What the miner signed and broadcast, from the blocks themselves (automine: broadcast = mined).
     sent = await sent_by(w3, hub.owner.contract, miner_addr)
-    submits = [tx for tx in sent if tx.results]
-    per_request = submissions_per_request(sent)
-    twice = {rid: n for rid, n in per_request.items() if n != 1}
-    assert not twice, f"results broadcast more than once: {twice} (seed {seed})"
-    assert sorted(per_request) == sorted(ids), f"a result was never broadcast (seed {seed})"
+    for what, per_request in (("commit", commits_per_request(sent)), ("reveal", reveals_per_request(sent))):
+        twice = {rid: n for rid, n in per_request.items() if n != 1}
+        assert not twice, f"{what}s broadcast more than once: {twice} (seed {seed})"
+        assert sorted(per_request) == sorted(ids), f"a {what} was never broadcast (seed {seed})"
     assert all(tx.ok for tx in sent), f"reverted miner transactions: {[tx for tx in sent if not tx.ok]}"
-    assert {tx.function for tx in sent if tx.function} <= {"registerMiner", "submitResult", "submitResults"}
+    assert {tx.function for tx in sent if tx.function} <= MINER_FUNCTIONS
     nonce = await w3.eth.get_transaction_count(miner_addr, "latest")
     assert [tx.nonce for tx in sent] == list(range(nonce)), "every nonce the key used is a mined tx"
     assert await w3.eth.get_transaction_count(miner_addr, "pending") == nonce, "nothing left pending"
-    print(f"miner: {len(submits)} submit transactions for {len(ids)} requests, nonce {nonce}, 3 kills")
+    commit_txs = sum(1 for tx in sent if tx.commits)
+    reveal_txs = sum(1 for tx in sent if tx.reveals)
+    print(
+        f"miner: {commit_txs} commit + {reveal_txs} reveal txs, {len(ids)} requests, nonce {nonce}, 3 kills"
+    )
     db = sqlite3.connect(data_dir / "journal.sqlite")
     states = dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
     db.close()

@@ -240,6 +240,7 @@ def test_declared_tokens() -> None:
         model="m", messages=[UserMessage(role="user", content="x")], params=ChatParams(n=2)
     )
     assert declared_tokens(bare) <= 65_536 and declared_tokens(bare) % 2 == 0
+    assert declared_tokens(bare, max_model_len=2048) == 2 * 2048  # the engine's context caps the default
 
 
 class _CountingStore(LocalStore):
