@@ -245,7 +245,9 @@ contract HubDisputes is HubStorage {
         if (_revealedSeat(q, seat)) {
             differs = stored != signedDigest;
         } else if (_committedSeat(q, seat)) {
-            differs = keccak256(abi.encode(signedDigest, miner, id)) != stored;
+            // `stored` is the commitment, or the revealed digest of a seat already punished by an
+            // overturning vote (its revealed bit is cleared): a signature over either is no proof.
+            differs = keccak256(abi.encode(signedDigest, miner, id)) != stored && stored != signedDigest;
         }
         if (!differs) revert NoEquivocation(id);
         _equivocations[key] = true;

@@ -373,7 +373,7 @@ abstract contract HubStorage {
             _credit(_seat(q, w), id, work, CREDIT_FEE);
             if (q.flags & FLAG_DISPUTE == 0) {
                 // Agreement (or the auditor alone revealed): the auditor's work is paid by the pool.
-                if (w == 0 && q.seats >= 2 && q.revealed & 2 != 0) {
+                if (w == 0 && q.seats >= 2 && q.revealed & 2 != 0 && q.digests[1] == win) {
                     uint256 reward = work < pool ? work : pool;
                     pool -= reward;
                     if (reward != 0) _credit(q.more[0], id, reward, CREDIT_AUDIT);
@@ -461,12 +461,17 @@ abstract contract HubStorage {
             for (uint256 i; i < r; ++i) {
                 old[i] = _seat(q, i);
             }
-            uint256 cutoff = q.mark > model.timeoutBlocks ? q.mark - model.timeoutBlocks : 0;
+            // Eligible: active since before the round was assigned. `mark` is the commit deadline
+            // (Assigned), the commit block (r = 1 Reveal) or the reveal deadline (r > 1 Reveal, at
+            // most 2 * timeoutBlocks after assignment), so these cut-offs never fall after it.
+            uint256 back = r > 1 && q.phase == Phase.Reveal ? 2 * uint256(model.timeoutBlocks) : model.timeoutBlocks;
+            uint256 cutoff = q.mark > back ? q.mark - back : 0;
             (address[] memory fresh, uint256 got) = _pick(
                 modelId, r, uint256(keccak256(abi.encode(q.inputDigest, id, q.assignee0, "reassign"))), cutoff, old
             );
             if (got == r) {
-                q.flags |= FLAG_REASSIGNED;
+                // A fresh seat gets a fresh audit draw (the old round's "no audit" does not carry over).
+                q.flags = (q.flags | FLAG_REASSIGNED) & ~FLAG_NO_AUDIT;
                 q.committed = 0;
                 q.revealed = 0;
                 q.winner = 0;

@@ -51,11 +51,16 @@ contract InferenceHub is HubStorage {
 
     /// @notice Everything HubDisputes implements (openAudit, escalate, commitVote, revealVote,
     ///         claimVote, proveEquivocation, domainSeparator, getEscalation, ...), under the lock.
+    ///         The module's views (domainSeparator, getEscalation) skip the lock: a lock write is
+    ///         refused under STATICCALL, so taking it would make them unreadable to contracts.
     fallback() external payable {
-        if (_locked) revert Reentrancy();
-        _locked = true;
+        bool isView = msg.sig == HubDisputes.domainSeparator.selector || msg.sig == HubDisputes.getEscalation.selector;
+        if (!isView) {
+            if (_locked) revert Reentrancy();
+            _locked = true;
+        }
         bytes memory ret = _delegate(msg.data);
-        _locked = false;
+        if (!isView) _locked = false;
         assembly {
             return(add(ret, 32), mload(ret))
         }
