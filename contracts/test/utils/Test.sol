@@ -3,6 +3,21 @@ pragma solidity ^0.8.28;
 
 /// @dev The few Foundry cheatcodes these tests use (npm's forge-std is too old to use here).
 interface Vm {
+    struct Log {
+        bytes32[] topics;
+        bytes data;
+        address emitter;
+    }
+
+    function sign(uint256 privateKey, bytes32 digest) external pure returns (uint8 v, bytes32 r, bytes32 s);
+    function recordLogs() external;
+    function getRecordedLogs() external returns (Log[] memory logs);
+    function expectEmit(bool checkTopic1, bool checkTopic2, bool checkTopic3, bool checkData, address emitter)
+        external;
+    function getBlockNumber() external view returns (uint256);
+    function envOr(string calldata name, bool defaultValue) external view returns (bool);
+    function chainId(uint256 newChainId) external;
+    function setBlockhash(uint256 blockNumber, bytes32 blockHash) external;
     function deal(address who, uint256 newBalance) external;
     function prank(address sender) external;
     function startPrank(address sender) external;
@@ -24,6 +39,16 @@ interface Vm {
     function assertTrue(bool condition, string calldata err) external pure;
     function assertLe(uint256 left, uint256 right, string calldata err) external pure;
     function assertGe(uint256 left, uint256 right, string calldata err) external pure;
+}
+
+/// @dev forge's console (decoded and printed with -vv); only the shapes these tests use.
+library console {
+    address internal constant CONSOLE = 0x000000000000000000636F6e736F6c652e6c6f67;
+
+    function log(string memory label, uint256 value) internal view {
+        (bool ok,) = CONSOLE.staticcall(abi.encodeWithSignature("log(string,uint256)", label, value));
+        ok;
+    }
 }
 
 /// @dev Minimal test base: cheatcodes, assertions, fuzz bounding, invariant targeting.

@@ -1,0 +1,247 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.28;
+
+import {HubBase} from "./utils/HubBase.sol";
+import {InferenceHub} from "../src/InferenceHub.sol";
+import {HubStorage} from "../src/HubStorage.sol";
+
+/// @dev Exact prices, batches, and assignment from the seed block's hash in a later block.
+contract RequestsTest is HubBase {
+    function setUp() public override {
+        super.setUp();
+        _registerN(m1, 4);
+    }
+
+    function test_price_exactFeeOnly() public {
+        uint256 p = hub.price(m1, 100);
+        assertEq(p, BASE_FEE + 100 * PER_TOKEN);
+        vm.startPrank(alice);
+        vm.expectRevert(abi.encodeWithSelector(HubStorage.WrongFee.selector, p, p + 1));
+        hub.requestInference{value: p + 1}(m1, IN, 100);
+        vm.expectRevert(abi.encodeWithSelector(HubStorage.WrongFee.selector, p, p - 1));
+        hub.requestInference{value: p - 1}(m1, IN, 100);
+        vm.expectEmit(true, true, true, true, address(hub));
+        emit HubStorage.InferenceRequested(1, alice, m1, IN, p, 100);
+        uint256 id = hub.requestInference{value: p}(m1, IN, 100);
+        vm.stopPrank();
+        assertEq(id, 1);
+        assertEq(hub.getRequest(id).fee, p);
+        assertEq(address(hub).balance, 4 * MIN_STAKE + p);
+    }
+
+    function test_maxTokens_bounds() public {
+        vm.startPrank(alice);
+        vm.expectRevert(abi.encodeWithSelector(HubStorage.BadMaxTokens.selector, 0));
+        hub.requestInference{value: BASE_FEE}(m1, IN, 0);
+        uint256 over = BASE_FEE + 65_537 * PER_TOKEN;
+        vm.expectRevert(abi.encodeWithSelector(HubStorage.BadMaxTokens.selector, 65_537));
+        hub.requestInference{value: over}(m1, IN, 65_537);
+        hub.requestInference{value: BASE_FEE + PER_TOKEN}(m1, IN, 1);
+        hub.requestInference{value: BASE_FEE + 65_536 * PER_TOKEN}(m1, IN, 65_536);
+        vm.stopPrank();
+        assertEq(hub.requestCount(), 2);
+    }
+
+    function test_request_guards() public {
+        vm.startPrank(alice);
+        vm.expectRevert(HubStorage.UnknownModel.selector);
+        hub.requestInference{value: _fee()}(keccak256("nope"), IN, MAX_TOKENS);
+        vm.expectRevert(HubStorage.ZeroDigest.selector);
+        hub.requestInference{value: _fee()}(m1, bytes32(0), MAX_TOKENS);
+        vm.expectRevert(abi.encodeWithSelector(HubStorage.NotEnoughMiners.selector, 3, 0));
+        hub.requestInference{value: _fee()}(m3, IN, MAX_TOKENS);
+        vm.stopPrank();
+    }
+
+    function test_requestInferences_batch() public {
+        bytes32[] memory d = new bytes32[](3);
+        uint32[] memory t = new uint32[](3);
+        uint256 total;
+        for (uint256 i; i < 3; ++i) {
+            d[i] = keccak256(abi.encode("in", i));
+            t[i] = uint32(10 + i);
+            total += hub.price(m1, t[i]);
+        }
+        vm.startPrank(alice);
+        vm.expectRevert(abi.encodeWithSelector(HubStorage.WrongFee.selector, total, total + 1));
+        hub.requestInferences{value: total + 1}(m1, d, t);
+        vm.expectRevert(abi.encodeWithSelector(HubStorage.WrongFee.selector, hub.price(m1, t[2]), hub.price(m1, t[2]) - 1));
+        hub.requestInferences{value: total - 1}(m1, d, t);
+        vm.expectRevert(HubStorage.LengthMismatch.selector);
+        hub.requestInferences{value: total}(m1, d, new uint32[](2));
+        vm.expectRevert(HubStorage.BadBatch.selector);
+        hub.requestInferences{value: 0}(m1, new bytes32[](0), new uint32[](0));
+        vm.expectRevert(HubStorage.BadBatch.selector);
+        hub.requestInferences{value: 0}(m1, new bytes32[](65), new uint32[](65));
+        vm.expectEmit(true, true, true, true, address(hub));
+        emit HubStorage.InferenceRequested(2, alice, m1, d[1], hub.price(m1, 11), 11);
+        uint256 first = hub.requestInferences{value: total}(m1, d, t);
+        vm.stopPrank();
+        assertEq(first, 1);
+        assertEq(hub.requestCount(), 3);
+        for (uint256 i; i < 3; ++i) {
+            InferenceHub.RequestView memory v = hub.getRequest(first + i);
+            assertEq(v.inputDigest, d[i]);
+            assertEq(v.fee, hub.price(m1, t[i]));
+            assertEq(uint8(v.phase), uint8(HubStorage.Phase.Pending));
+        }
+        _roll(1);
+        assertEq(hub.assign(64), 3);
+        for (uint256 i; i < 3; ++i) assertEq(_phase(first + i), uint8(HubStorage.Phase.Assigned));
+    }
+
+    /// @dev In the request's own block its seed does not exist: nothing is assigned, nobody is seated.
+    function test_assign_onlyInALaterBlock() public {
+        vm.prank(alice);
+        uint256 id = hub.requestInference{value: _fee()}(m1, IN, MAX_TOKENS);
+        assertEq(hub.assign(64), 0);
+        InferenceHub.RequestView memory v = hub.getRequest(id);
+        assertEq(uint8(v.phase), uint8(HubStorage.Phase.Pending));
+        assertEq(v.seats.length, 0);
+        assertEq(hub.nextAssign(), 1);
+        vm.expectRevert(abi.encodeWithSelector(HubStorage.WrongPhase.selector, id, HubStorage.Phase.Pending));
+        hub.timeout(id);
+
+        _roll(1);
+        vm.expectEmit(true, true, false, false, address(hub));
+        emit HubStorage.InferenceAssigned(id, m1, IN, 0, new address[](0));
+        assertEq(hub.assign(64), 1);
+        v = hub.getRequest(id);
+        assertEq(uint8(v.phase), uint8(HubStorage.Phase.Assigned));
+        assertEq(v.seats.length, 1);
+        assertEq(uint256(v.mark), block.number + TIMEOUT);
+        assertEq(hub.nextAssign(), 2);
+        assertEq(hub.assign(64), 0);
+    }
+
+    /// @dev Every request materialises up to AUTO_ASSIGN due requests of any model.
+    function test_assign_byLaterRequests() public {
+        _registerFrom(m3, 4, 3);
+        vm.startPrank(alice);
+        uint256 a = hub.requestInference{value: _fee()}(m1, IN, MAX_TOKENS);
+        uint256 b = hub.requestInference{value: _fee()}(m3, IN, MAX_TOKENS);
+        uint256 c = hub.requestInference{value: _fee()}(m1, IN, MAX_TOKENS);
+        _roll(1);
+        uint256 d = hub.requestInference{value: _fee()}(m1, IN, MAX_TOKENS);
+        vm.stopPrank();
+        assertEq(_phase(a), uint8(HubStorage.Phase.Assigned));
+        assertEq(_phase(b), uint8(HubStorage.Phase.Assigned));
+        assertEq(_seats(b).length, 3);
+        assertEq(_phase(c), uint8(HubStorage.Phase.Pending)); // only two per request
+        assertEq(_phase(d), uint8(HubStorage.Phase.Pending)); // its own block
+        vm.prank(alice);
+        hub.requestInference{value: _fee()}(m1, IN, MAX_TOKENS); // same block: c is due, d is not
+        assertEq(_phase(c), uint8(HubStorage.Phase.Assigned));
+        assertEq(_phase(d), uint8(HubStorage.Phase.Pending));
+        assertEq(hub.nextAssign(), d);
+    }
+
+    /// @dev A contract that requests cannot see (and so cannot revert on) its assignees: inside its
+    ///      transaction the request is Pending with no seats, even after calling `assign` itself.
+    function test_helperContract_cannotKnowAssignees() public {
+        Grinder g = new Grinder(hub);
+        vm.deal(address(g), 1 ether);
+        (uint256 id, uint256 seatsSeen, uint8 phaseSeen) = g.requestAndLook{value: _fee()}(m1, IN, MAX_TOKENS);
+        assertEq(seatsSeen, 0);
+        assertEq(phaseSeen, uint8(HubStorage.Phase.Pending));
+        _roll(1);
+        hub.assign(1);
+        assertEq(_seats(id).length, 1);
+    }
+
+    /// @dev Miners activated in (or after) the seed block are never drawn.
+    function test_lateMiners_neverDrawn() public {
+        bytes32 mx = hub.registerModel("mx", CLASS, MIN_STAKE, BASE_FEE, PER_TOKEN, TIMEOUT, 1, AUDIT_BPS);
+        _register(miners[4], mx);
+        _roll(1);
+        bytes32[] memory d = new bytes32[](32);
+        uint32[] memory t = new uint32[](32);
+        for (uint256 i; i < 32; ++i) {
+            d[i] = keccak256(abi.encode(i));
+            t[i] = MAX_TOKENS;
+        }
+        for (uint256 i = 5; i < 10; ++i) _register(miners[i], mx); // same block as the requests
+        vm.prank(alice);
+        uint256 first = hub.requestInferences{value: 32 * _fee()}(mx, d, t);
+        _roll(1);
+        for (uint256 i = 10; i < 15; ++i) {
+            address late = makeAddr(string(abi.encode("late", i)));
+            vm.deal(late, 10 ether);
+            _register(late, mx); // after the seed block
+        }
+        hub.assign(64);
+        for (uint256 i; i < 32; ++i) assertEq(_seats(first + i)[0], miners[4]);
+
+        // r = 3 with one eligible miner: refunded, not drawn from the late ones
+        bytes32 my = hub.registerModel("my", CLASS, MIN_STAKE, BASE_FEE, PER_TOKEN, TIMEOUT, 3, 0);
+        address[] memory ms = new address[](3);
+        for (uint256 i; i < 3; ++i) {
+            ms[i] = makeAddr(string(abi.encode("y", i)));
+            vm.deal(ms[i], 10 ether);
+        }
+        _register(ms[0], my);
+        _roll(1);
+        _register(ms[1], my);
+        _register(ms[2], my);
+        vm.prank(alice);
+        uint256 id = hub.requestInference{value: _fee()}(my, IN, MAX_TOKENS);
+        _roll(1);
+        vm.expectEmit(true, false, false, false, address(hub));
+        emit HubStorage.InferenceRefunded(id);
+        hub.assign(1);
+        assertEq(_phase(id), uint8(HubStorage.Phase.Refunded));
+        assertEq(hub.creditsOf(alice), _fee());
+    }
+
+    /// @dev Materialised more than 256 blocks after its seed block: the hash is gone, the fee is refunded.
+    function test_blockhashExpired_refund() public {
+        vm.prank(alice);
+        uint256 id = hub.requestInference{value: _fee()}(m1, IN, MAX_TOKENS);
+        _roll(256);
+        vm.prank(alice);
+        uint256 id2 = hub.requestInference{value: _fee()}(m1, IN, MAX_TOKENS); // 256 back: still known
+        assertEq(_phase(id), uint8(HubStorage.Phase.Assigned));
+        _roll(257);
+        vm.expectEmit(true, true, false, true, address(hub));
+        emit HubStorage.Credited(alice, id2, _fee(), 2);
+        vm.expectEmit(true, false, false, false, address(hub));
+        emit HubStorage.InferenceRefunded(id2);
+        hub.assign(64);
+        assertEq(_phase(id2), uint8(HubStorage.Phase.Refunded));
+        assertEq(hub.creditsOf(alice), _fee());
+        assertEq(address(hub).balance, 4 * MIN_STAKE + 2 * _fee());
+    }
+
+    function test_assignment_distinctAndReproducible() public {
+        _registerFrom(m3, 4, 10);
+        vm.prank(alice);
+        uint256 id = hub.requestInference{value: _fee()}(m3, IN, MAX_TOKENS);
+        uint256 seedBlock = block.number;
+        _roll(1);
+        hub.assign(1);
+        address[] memory s = _seats(id);
+        assertEq(s.length, 3);
+        assertTrue(s[0] != s[1] && s[1] != s[2] && s[0] != s[2], "seats not distinct");
+        assertTrue(blockhash(seedBlock) != bytes32(0));
+    }
+}
+
+/// @dev Requests, forces assignment in the same transaction and looks at the seats.
+contract Grinder {
+    InferenceHub internal immutable hub;
+
+    constructor(InferenceHub h) {
+        hub = h;
+    }
+
+    function requestAndLook(bytes32 modelId, bytes32 digest, uint32 maxTokens)
+        external
+        payable
+        returns (uint256 id, uint256 seats, uint8 phase)
+    {
+        id = hub.requestInference{value: msg.value}(modelId, digest, maxTokens);
+        hub.assign(64);
+        InferenceHub.RequestView memory v = hub.getRequest(id);
+        return (id, v.seats.length, uint8(v.phase));
+    }
+}
