@@ -165,7 +165,11 @@ def bootstrap_cmd(
     redundancy: Annotated[int, typer.Option(help="Miners per request for a newly registered model.")] = 1,
     engine_class: Annotated[
         str | None,
-        typer.Option(help="The model's engine class (0x bytes32; default: computed from engine.*)."),
+        typer.Option(
+            envvar="INFERD_ENGINE_CLASS",
+            help="The model's engine class, 0x bytes32 (`inferd model class` on a miner machine); "
+            "default: computed from this machine's engine.* settings.",
+        ),
     ] = None,
     fake_engine: Annotated[
         bool, typer.Option("--fake-engine", help="Register the fake engine's fixed class.")
@@ -193,8 +197,14 @@ def bootstrap_cmd(
                 raise ValueError("an engine class is 32 bytes")
         else:
             class_id = miner_engine_class(settings.engine.model_dump(), fake=fake_engine)
-    except (ValueError, DevnetError) as exc:
-        raise fail(f"--engine-class: {exc}" if engine_class is not None else str(exc), 2) from exc
+    except ValueError as exc:
+        raise fail(f"--engine-class: {exc}", 2) from exc
+    except DevnetError as exc:
+        raise fail(
+            f"{exc}. Where the model is not here (compose's bootstrap container), run `inferd model "
+            "class` on the miner machine and pass its id: --engine-class or INFERD_ENGINE_CLASS",
+            2,
+        ) from exc
     plan = ChainPlan(
         rpc_url=rpc_url or settings.chain.rpc_url,
         model=model or settings.engine.model,

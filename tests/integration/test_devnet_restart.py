@@ -39,7 +39,7 @@ def status_of(data_dir: Path) -> tuple[int, dict[str, dict[str, Any]]]:
 def test_a_killed_miner_comes_back_and_every_request_finalizes(devnet_dir: Path) -> None:
     from openai import OpenAI
 
-    from node.chain.hub import HubClient, RequestStatus
+    from node.chain.hub import HubClient, Phase
 
     args = ("up", "--detach", "--fake-engine", "--miners", "1", "--data-dir", str(devnet_dir))
     out = devnet(*args, timeout=300)
@@ -64,10 +64,10 @@ def test_a_killed_miner_comes_back_and_every_request_finalizes(devnet_dir: Path)
     assert len(set(ids)) == len(wave)
     hub = HubClient.connect(info["rpc_url"], info["hub"])
 
-    async def statuses() -> list[RequestStatus]:
-        return [(await hub.get_request(rid)).status for rid in ids]
+    async def phases() -> list[Phase]:
+        return [(await hub.get_request(rid)).phase for rid in ids]
 
-    assert asyncio.run(statuses()) == [RequestStatus.FINALIZED] * len(ids)
+    assert asyncio.run(phases()) == [Phase.FINAL] * len(ids)
 
     part = miner_part(devnet_dir)
     assert part["pid"] != first_pid and part["restarts"] == 1 and part["last_exit"] == "signal SIGKILL"
