@@ -7,12 +7,12 @@ uses is fixed by its version, forever: a stored document keeps its CID whatever 
 
 * **Version 3** (what gateways and miners write now, `CURRENT_VERSION`) is **RFC 8785, the JSON
   Canonicalization Scheme** (JCS), encoded by the `rfc8785` package so that any language's JCS
-  library (npm `canonicalize`, Go `github.com/cyberphone/json-canonicalization`) rebuilds the exact
+  library (npm `canonicalize`, Go `github.com/gowebpki/jcs`, Python `rfc8785`) rebuilds the exact
   bytes from the parsed JSON: object keys sorted by their UTF-16 code units; no whitespace; strings
   as UTF-8 with only `"`, `\\` and the control characters escaped (`\\n`, `\\u001f`); numbers as
   ECMAScript writes them: the shortest round-trip digits, integral values with no `.0` (`1.0` is
-  `1`, a logprob of `-9999.0` is `-9999`), exponents from 1e21 up and below 1e-6 (`1e+21`, `1e-7`),
-  `-0` as `0`. Every number must lie within ±(2^53 − 1) (`MAX_SAFE_INTEGER`, I-JSON): beyond that
+  `1`, a logprob of `-9999.0` is `-9999`), an exponent only below 1e-6 (`1e-7`, not `1e-07`), `-0`
+  as `0`. Every number must lie within ±(2^53 − 1) (`MAX_SAFE_INTEGER`, I-JSON): beyond that
   a double holds integers only approximately, so a JavaScript verifier would parse a different
   value and hash different bytes (`2^60` reads back as `1152921504606847000`), and JCS writes a large
   integral float as an integer (`1e20` as `100000000000000000000`), which Python reads back as an
