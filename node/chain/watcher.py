@@ -2,8 +2,14 @@
 reorg detection by block hash, and backoff on RPC errors.
 
 One path serves live following, catch-up after downtime and reorg re-scans: new blocks are learned
-by polling `eth_blockNumber` (or an external `wake()`, e.g. from a newHeads subscription), logs are
-always read with `eth_getLogs` over `[cursor+1, min(head-confirmations, cursor+range)]`.
+by polling `eth_blockNumber` (or an external `wake()`), logs are always read with `eth_getLogs` over
+`[cursor+1, min(head-confirmations, cursor+range)]`.
+
+With `ws_url` the follower also runs a `node.chain.heads.HeadSubscription` while `follow()` runs:
+each new head only wakes this same loop, so push changes latency, never what is read or when the
+cursor moves. While the socket is up an idle follower polls every `push_poll_interval_s` (a safety
+net for a subscription gone silent); while it is down, or when the HTTP node is behind the head the
+socket announced, it polls every `poll_interval_s` as without one.
 
 The cursor only advances after the consumer has handled a batch (the generator resumes), so a crash
 re-reads at most one batch: consumers must be idempotent (the miner's journal is). Block hashes of
@@ -27,6 +33,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from eth_utils.address import to_checksum_address
 from web3 import AsyncWeb3
 
+from node.chain.heads import HeadSubscription
 from node.log import get_logger
 
 T = TypeVar("T")
@@ -123,6 +130,8 @@ class LogFollower(Generic[T]):
         max_backoff_s: float = 10.0,
         on_rpc_error: Callable[[BaseException], None] | None = None,
         reorg_check_s: float = 2.0,
+        ws_url: str | None = None,
+        push_poll_interval_s: float = 15.0,
     ) -> None:
         self.w3 = w3
         self.address = to_checksum_address(address)
@@ -141,10 +150,26 @@ class LogFollower(Generic[T]):
         self._wake = asyncio.Event()
         self._stopped = False
         self._pending_save: tuple[int, dict[int, str]] = (-1, {})
+        self.push_poll_interval_s = push_poll_interval_s
+        self._pushed_head = -1
+        self.heads: HeadSubscription | None = None
+        if ws_url:
+            self.heads = HeadSubscription(ws_url, on_head=self._on_head, on_change=lambda _up: self.wake())
 
     def wake(self) -> None:
-        """Look for new blocks now (call from a newHeads subscription)."""
+        """Look for new blocks now (e.g. an MQTT result says a transaction is about to be mined)."""
         self._wake.set()
+
+    def _on_head(self, number: int) -> None:
+        self._pushed_head = max(self._pushed_head, number)
+        self._wake.set()
+
+    def _idle_interval(self) -> float:
+        """How long to wait when there is nothing to read: long only while pushed heads are trusted."""
+        heads = self.heads
+        if heads is None or not heads.stats.connected or self.stats.head < self._pushed_head:
+            return self.poll_interval_s
+        return max(self.poll_interval_s, self.push_poll_interval_s)
 
     def stop(self) -> None:
         self._stopped = True
@@ -252,30 +277,37 @@ class LogFollower(Generic[T]):
 
     async def follow(self) -> AsyncIterator[LogBatch[T] | Reorg]:
         """The event stream; the cursor advances when the consumer asks for the next item."""
+        pusher = asyncio.create_task(self.heads.run(), name="ws-heads") if self.heads is not None else None
         delay = 0.1
-        while not self._stopped:
-            try:
-                item = await self._step()
-                delay = 0.1
-            except Exception as exc:
-                self.stats.rpc_errors += 1
-                if self.on_rpc_error is not None:
-                    self.on_rpc_error(exc)
-                log.warning("rpc_error", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
-                await self._sleep(delay)
-                delay = min(delay * 2, self.max_backoff_s)
-                continue
-            if item is None:
-                await self._sleep(self.poll_interval_s)
-                continue
-            yield item
-            if isinstance(item, LogBatch):
-                to, hashes = self._pending_save
-                self.cursor.save_cursor(to, hashes)
-                self.stats.cursor = to
-                self.stats.batches += 1
-                if item.to_block < item.head - self.confirmations:
-                    continue  # catching up: no pause between ranges
+        try:
+            while not self._stopped:
+                try:
+                    item = await self._step()
+                    delay = 0.1
+                except Exception as exc:
+                    self.stats.rpc_errors += 1
+                    if self.on_rpc_error is not None:
+                        self.on_rpc_error(exc)
+                    log.warning("rpc_error", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
+                    await self._sleep(delay)
+                    delay = min(delay * 2, self.max_backoff_s)
+                    continue
+                if item is None:
+                    await self._sleep(self._idle_interval())
+                    continue
+                yield item
+                if isinstance(item, LogBatch):
+                    to, hashes = self._pending_save
+                    self.cursor.save_cursor(to, hashes)
+                    self.stats.cursor = to
+                    self.stats.batches += 1
+                    if item.to_block < item.head - self.confirmations:
+                        continue  # catching up: no pause between ranges
+        finally:
+            if pusher is not None:
+                pusher.cancel()
+                with contextlib.suppress(BaseException):
+                    await pusher
         log.info("follower_stopped", cursor=self.stats.cursor)
 
 

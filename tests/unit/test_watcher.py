@@ -47,14 +47,14 @@ async def test_bounded_ranges_and_persisted_cursor(anvil: Anvil, anvil_keys: lis
     client, model = await setup(anvil, anvil_keys)
     start = int(await client.w3.eth.block_number)
     for i in range(5):
-        await client.request_inference(model, bytes([i + 1]) * 32, 10**12)
+        await client.request_inference(model, bytes([i + 1]) * 32, 16)
     cursor = MemoryCursor()
     f = follower(client, cursor, start_block=start, range_blocks=2)
     items = await collect(f, lambda it: len(requested(it)) == 5)
     assert requested(items) == [1, 2, 3, 4, 5][: len(requested(items))]
     assert all(b.to_block - b.from_block < 2 for b in items if isinstance(b, LogBatch))
     # A new follower on the same cursor continues after it: nothing acknowledged comes twice.
-    await client.request_inference(model, b"\x09" * 32, 10**12)
+    await client.request_inference(model, b"\x09" * 32, 16)
     f2 = follower(client, cursor, start_block=start)
     items2 = await collect(f2, lambda it: 6 in requested(it))
     assert requested(items2) == [6]
@@ -62,7 +62,7 @@ async def test_bounded_ranges_and_persisted_cursor(anvil: Anvil, anvil_keys: lis
 
 async def test_confirmations_hold_back_recent_blocks(anvil: Anvil, anvil_keys: list[str]) -> None:
     client, model = await setup(anvil, anvil_keys)
-    await client.request_inference(model, b"\x01" * 32, 10**12)
+    await client.request_inference(model, b"\x01" * 32, 16)
     head = int(await client.w3.eth.block_number)
     f = follower(client, MemoryCursor(head - 1), confirmations=3)
     task = asyncio.create_task(collect(f, lambda it: len(requested(it)) == 1))
@@ -77,7 +77,7 @@ async def test_reorg_is_detected_and_rescanned(anvil: Anvil, anvil_keys: list[st
     client, model = await setup(anvil, anvil_keys)
     start = int(await client.w3.eth.block_number)
     for i in range(4):
-        await client.request_inference(model, bytes([i + 1]) * 32, 10**12)
+        await client.request_inference(model, bytes([i + 1]) * 32, 16)
     cursor = MemoryCursor()
     f = follower(client, cursor, start_block=start)
     await collect(f, lambda it: len(requested(it)) == 4)
@@ -85,7 +85,7 @@ async def test_reorg_is_detected_and_rescanned(anvil: Anvil, anvil_keys: list[st
     # Replace the last 3 blocks by empty ones (their requests vanish), then add new requests.
     await client.w3.provider.make_request("anvil_reorg", [3, []])  # type: ignore[arg-type]
     for i in range(2):
-        await client.request_inference(model, bytes([0x20 + i]) * 32, 10**12)
+        await client.request_inference(model, bytes([0x20 + i]) * 32, 16)
     f2 = follower(client, cursor, start_block=start)
     items = await collect(f2, lambda it: 3 in requested(it))
     reorgs = [i for i in items if isinstance(i, Reorg)]
@@ -98,7 +98,7 @@ async def test_an_undecodable_log_is_skipped_not_retried_forever(anvil: Anvil, a
     client, model = await setup(anvil, anvil_keys)
     start = int(await client.w3.eth.block_number)
     for i in range(3):
-        await client.request_inference(model, bytes([i + 1]) * 32, 10**12)
+        await client.request_inference(model, bytes([i + 1]) * 32, 16)
 
     def decode(entry: Any) -> Any:
         event = decode_log(entry)

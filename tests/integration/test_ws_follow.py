@@ -1,0 +1,118 @@
+"""`chain.ws_url` end to end on real anvil: new logs reach the follower by push, and when the
+WebSocket is cut mid-run no event is lost (the follower polls), then push resumes when it is back.
+
+The follower polls every 0.2 s while the socket is down and only every hour while it is up, so
+events seen while it is up can only have come from a pushed head; the assertions are on the set of
+request ids seen (each exactly once), never on how long anything took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from node.chain.events import InferenceRequested, decode_log
+from node.chain.hub import HubClient
+from node.chain.watcher import LogBatch, LogFollower, MemoryCursor
+from node.devnet.processes import Anvil
+from node.miner.testing import deploy_dev_hub
+from tests.loopback_proxy import LoopbackProxy
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def until(cond: Callable[[], bool], what: str, timeout: float = 20) -> None:  # noqa: ASYNC109
+    """Wait for `cond` (a guard against hanging, not a timing assertion)."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not cond():  # noqa: ASYNC110 - state set by callbacks in other tasks
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"never happened: {what}") from None
+
+
+async def test_push_then_cut_socket_then_push_again_loses_no_event(
+    anvil: Anvil, anvil_keys: list[str]
+) -> None:
+    hub = await deploy_dev_hub(anvil.rpc_url, anvil_keys[0], [anvil_keys[1]])
+    client = HubClient(hub.owner.w3, hub.owner.address, anvil_keys[3])
+    proxy = LoopbackProxy(anvil.port)  # only the WebSocket goes through it; HTTP reads go to anvil
+    await proxy.start()
+    start = int(await client.w3.eth.block_number) + 1
+    f: LogFollower[Any] = LogFollower(
+        client.w3, address=client.address, decode=decode_log, cursor=MemoryCursor(), start_block=start,
+        confirmations=1, poll_interval_s=0.2, push_poll_interval_s=3600, ws_url=proxy.ws_url,
+    )  # fmt: skip
+    heads = f.heads
+    assert heads is not None
+    seen: list[int] = []
+
+    async def consume() -> None:
+        async for item in f.follow():
+            if isinstance(item, LogBatch):
+                seen.extend(e.id for e in item.events if isinstance(e, InferenceRequested))
+
+    async def request(n: int) -> set[int]:
+        ids = {
+            (await client.request_inference(hub.model, bytes([len(seen) + i + 1]) * 32, 16)).id
+            for i in range(n)
+        }
+        await client.mine(1)  # the last request's confirmation
+        return ids
+
+    task = asyncio.create_task(consume())
+    try:
+        await until(lambda: heads.stats.connected, "subscribed")
+        # The first poll ran before the socket was up; from here on only a pushed head wakes it.
+        pushed = await request(3)
+        await until(lambda: pushed <= set(seen), "requests seen by push")
+        assert heads.stats.heads >= 1
+
+        await proxy.cut()
+        in_the_gap = await request(2)  # mined at once, maybe before the drop is even noticed
+        await until(lambda: not heads.stats.connected, "the drop noticed")
+        polled = in_the_gap | await request(3)
+        await until(lambda: polled <= set(seen), "requests seen by polling while the socket is down")
+        assert not heads.stats.connected
+
+        await proxy.restore()
+        await until(lambda: heads.stats.connected, "subscribed again")
+        heads_before = heads.stats.heads
+        pushed_again = await request(3)
+        await until(lambda: pushed_again <= set(seen), "requests seen by push after the reconnect")
+        assert heads.stats.heads > heads_before and heads.stats.reconnects == 1
+    finally:
+        f.stop()
+        await asyncio.wait_for(task, 10)
+        await proxy.cut()
+    every = pushed | polled | pushed_again
+    assert len(every) == 11
+    assert sorted(seen) == sorted(every) and len(seen) == len(set(seen))  # all of them, each once
+    assert seen == sorted(seen)  # in chain order
+    assert not heads.stats.connected  # the subscription ended with the follower
+
+
+async def test_without_a_reachable_socket_the_follower_polls_as_before(
+    anvil: Anvil, anvil_keys: list[str]
+) -> None:
+    hub = await deploy_dev_hub(anvil.rpc_url, anvil_keys[0], [anvil_keys[1]])
+    client = HubClient(hub.owner.w3, hub.owner.address, anvil_keys[4])
+    proxy = LoopbackProxy(anvil.port)  # never started: connection refused
+    start = int(await client.w3.eth.block_number) + 1
+    f: LogFollower[Any] = LogFollower(
+        client.w3, address=client.address, decode=decode_log, cursor=MemoryCursor(), start_block=start,
+        poll_interval_s=0.1, push_poll_interval_s=3600, ws_url=proxy.ws_url,
+    )  # fmt: skip
+    ids = {(await client.request_inference(hub.model, bytes([i + 1]) * 32, 16)).id for i in range(3)}
+    seen: list[int] = []
+    async with asyncio.timeout(20):
+        async for item in f.follow():
+            if isinstance(item, LogBatch):
+                seen.extend(e.id for e in item.events if isinstance(e, InferenceRequested))
+            if ids <= set(seen):
+                f.stop()
+    assert sorted(seen) == sorted(ids)
+    assert f.heads is not None and f.heads.stats.connects == 0 and f.heads.stats.last_error is not None
