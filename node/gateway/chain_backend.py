@@ -243,6 +243,7 @@ class ChainBackend:
                 confirmations=cs.confirmations,
                 range_blocks=cs.log_range_blocks,
                 poll_interval_s=cs.poll_interval_s,
+                ws_url=cs.ws_url,
             )
             link.task = self.loops.spawn(f"watcher-{chain_id}", functools.partial(self._follow, link))
             self.links[chain_id] = link

@@ -2,7 +2,8 @@
 
 The wallet's money (`inferd_gateway_wallet_wei`, `inferd_gateway_gas_spent_wei_total`, by chain)
 is what deploy/alerts.yml watches: a gateway whose wallet runs dry cannot put requests on chain.
-`watch_wallets` starts one supervised balance loop per chain on the chain backend's supervisor.
+`watch_wallets` starts one supervised balance loop per chain on the chain backend's supervisor, and
+exports each chain's WebSocket heads (`inferd_gateway_ws_connected`, `_ws_reconnects_total`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from node.chain.heads import HeadsCollector
 from node.log import get_logger
 from node.miner.metrics import build_info
 from node.miner.money import DEFAULT_INTERVAL_S, watch_balance
@@ -97,6 +99,8 @@ def watch_wallets(backend: Any, metrics: GatewayMetrics, interval_s: float = DEF
     links = getattr(backend, "links", None)
     if not isinstance(loops, Supervisor) or not isinstance(links, dict):
         return
+    heads = {cid: getattr(getattr(link, "follower", None), "heads", None) for cid, link in links.items()}
+    metrics.registry.register(HeadsCollector("inferd_gateway", lambda: heads))  # inferd_gateway_ws_*
     for chain_id, link in links.items():
         gauge = metrics.wallet_wei.labels(chain_id=str(chain_id))
 

@@ -92,6 +92,8 @@ class DaemonConfig:
     money_interval_s: float = 15.0
     engine_class: bytes | None = None
     """The engine's class id when the engine does not carry one (`engine.engine_class.id`)."""
+    ws_url: str | None = None
+    """`chain.ws_url`: new heads pushed over it wake the watcher (`node.chain.heads`); None: poll only."""
 
 
 class MinerStartError(RuntimeError):
@@ -147,6 +149,7 @@ class MinerDaemon:
         self.metrics = metrics or MinerMetrics()
         self.loops = Supervisor("miner")
         self.metrics.track_loops(self.loops)
+        self.metrics.track_heads(lambda: {config.chain_id: self.follower.heads if self.follower else None})
         self.sender = TxSender(
             hub.w3, account, chain_id=config.chain_id, gas_margin=config.gas_margin,
             stuck_after_s=config.stuck_after_s,
@@ -650,6 +653,7 @@ class MinerDaemon:
             range_blocks=self.config.log_range_blocks,
             poll_interval_s=self.config.poll_interval_s,
             on_rpc_error=lambda exc: self.metrics.rpc_errors.labels("watcher").inc(),
+            ws_url=self.config.ws_url,
         )
         if self.config.metrics_port is not None:
             self.ops = OpsServer(

@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import json
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from node.chain.heads import HeadsCollector, HeadSubscription
 from node.log import get_logger
 from node.supervise import LoopCollector, Supervisor
 
@@ -145,6 +146,11 @@ class MinerMetrics:
         """Export the daemon's loops, by loop (watcher, sweeper, submitter, publisher):
         `inferd_miner_loop_restarts_total`, `inferd_miner_loop_event_errors_total`, `inferd_miner_loop_up`."""
         self.registry.register(LoopCollector(loops, "inferd_miner"))
+
+    def track_heads(self, heads: Callable[[], Mapping[int, HeadSubscription | None]]) -> None:
+        """Export the watcher's WebSocket heads (`chain.ws_url`), by chain: `inferd_miner_ws_connected`,
+        `inferd_miner_ws_reconnects_total`, `inferd_miner_ws_heads_total` (none without ws_url)."""
+        self.registry.register(HeadsCollector("inferd_miner", heads))
 
     def render(self) -> bytes:
         own = bytes(generate_latest(self.registry))

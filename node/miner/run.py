@@ -124,6 +124,7 @@ async def build_daemon(
         batch_wait_s=miner.batch_wait_s,
         confirmations=chain.confirmations,
         poll_interval_s=chain.poll_interval_s,
+        ws_url=chain.ws_url,
         log_range_blocks=chain.log_range_blocks,
         gas_margin=chain.gas_margin,
         metrics_host=miner.metrics_host,

@@ -10,15 +10,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from eth_account import Account
 
 from node.chain.events import InferenceRequested, decode_log
 from node.chain.hub import HubClient
 from node.chain.watcher import LogBatch, LogFollower, MemoryCursor
+from node.config import load_settings
+from node.content.local import LocalStore
 from node.devnet.processes import Anvil
-from node.miner.testing import deploy_dev_hub
+from node.gateway.app import create_app
+from node.gateway.chain_backend import ChainBackend
+from node.gateway.server import GatewayServer
+from node.miner.daemon import DaemonConfig, MinerDaemon
+from node.miner.journal import Journal
+from node.miner.testing import FakeEngine, deploy_dev_hub
 from tests.loopback_proxy import LoopbackProxy
 
 pytestmark = pytest.mark.timeout(120)
@@ -116,3 +126,52 @@ async def test_without_a_reachable_socket_the_follower_polls_as_before(
                 f.stop()
     assert sorted(seen) == sorted(ids)
     assert f.heads is not None and f.heads.stats.connects == 0 and f.heads.stats.last_error is not None
+
+
+async def test_miner_and_gateway_follow_heads_over_chain_ws_url(
+    anvil: Anvil, anvil_keys: list[str], tmp_path: Path
+) -> None:
+    """The wiring: `chain.ws_url` reaches the miner's and the gateway's followers and their /metrics."""
+    hub = await deploy_dev_hub(anvil.rpc_url, anvil_keys[0], [anvil_keys[5]])
+    miner_key = anvil_keys[5]
+    account = Account.from_key(miner_key)
+    miner_hub = HubClient(HubClient.web3(anvil.rpc_url), hub.owner.address, miner_key)
+    daemon = MinerDaemon(
+        config=DaemonConfig(chain_id=31337, poll_interval_s=0.1, ws_url=anvil.ws_url),
+        hub=miner_hub, account=account, engine=FakeEngine(), store=LocalStore(tmp_path / "blocks"),
+        journal=Journal(tmp_path / "journal.sqlite", scope=f"31337:{miner_hub.address}:{account.address}"),
+    )  # fmt: skip
+    settings = load_settings(
+        data_dir=tmp_path,
+        chain={"rpc_url": anvil.rpc_url, "ws_url": anvil.ws_url, "hub_address": hub.owner.address,
+               "private_key": anvil_keys[8]},
+        stream={"enabled": False},
+    )  # fmt: skip
+    store = LocalStore(tmp_path / "gateway-blocks")
+    backend = ChainBackend.from_settings(settings, store)
+    server = GatewayServer(create_app(settings, backend=backend, store=store))
+    stop = asyncio.Event()
+    miner = asyncio.create_task(daemon.run(stop))
+    await server.start()
+    try:
+        await until(
+            lambda: daemon.follower is not None and daemon.follower.heads is not None, "miner started"
+        )
+        assert daemon.follower is not None and daemon.follower.heads is not None
+        miner_heads = daemon.follower.heads
+        gateway_heads = backend.links[31337].follower.heads if backend.links[31337].follower else None
+        assert gateway_heads is not None
+        await until(lambda: miner_heads.stats.connected and gateway_heads.stats.connected, "both subscribed")
+        await hub.owner.mine(1)
+        await until(lambda: miner_heads.stats.heads > 0 and gateway_heads.stats.heads > 0, "heads pushed")
+        miner_metrics = daemon.metrics.render().decode()
+        assert 'inferd_miner_ws_connected{chain_id="31337"} 1.0' in miner_metrics
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            text = (await http.get("/metrics")).text
+        assert 'inferd_gateway_ws_connected{chain_id="31337"} 1.0' in text
+        assert 'inferd_gateway_ws_reconnects_total{chain_id="31337"} 0.0' in text
+    finally:
+        stop.set()
+        await asyncio.wait_for(miner, 30)
+        await server.stop()
+    assert not miner_heads.stats.connected and not gateway_heads.stats.connected  # closed with their owners
