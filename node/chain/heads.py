@@ -12,8 +12,13 @@ polls only as a slow safety net; with it down or not configured it polls exactly
 arrives on a new connection) and never raises into its caller: the worst it can do is not wake
 anyone. Each change between connected and not connected also calls `on_change`, so the follower
 switches between its push and poll intervals at once. It uses web3.py's own `WebSocketProvider`
-with pings every `ping_s` so that a silently dead connection is noticed, and logs only the
-endpoint's scheme, host and port (WebSocket URLs of RPC providers often carry an API key).
+with pings every `ping_s` so that a silently dead connection is noticed.
+
+WebSocket URLs of RPC providers often carry an API key in their path: our lines name only the
+endpoint's scheme, host and port; the URL's path, query and password are registered with `node.log`
+as secrets (web3 puts the URL in its own messages); and web3's per-connection chatter (INFO
+"Connecting to: <url>" on every retry, ERROR "Stopping message stream" on every drop, both said
+better by our own lines) is kept out of the logs.
 
 `HeadsCollector` exports `<prefix>_ws_connected`, `<prefix>_ws_reconnects_total` and
 `<prefix>_ws_heads_total` by chain, for each configured subscription (none when `ws_url` is unset).
@@ -22,6 +27,7 @@ endpoint's scheme, host and port (WebSocket URLs of RPC providers often carry an
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,10 +37,25 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from web3 import AsyncWeb3, WebSocketProvider
 
-from node.log import get_logger
+from node.log import get_logger, register_secret
 
 log = get_logger("inferd.chain.heads")
 Sleep = Callable[[float], Awaitable[Any]]
+
+
+class _DropStreamEnd(logging.Filter):
+    """Drops web3's ERROR "Stopping message stream" (a drop we handle and log ourselves)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Stopping message stream")
+
+
+def _quiet_web3_socket_logs() -> None:
+    for name in ("web3.providers.WebSocketProvider", "web3.providers.persistent.subscription_manager"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    manager = logging.getLogger("web3.manager.RequestManager")
+    if not any(isinstance(f, _DropStreamEnd) for f in manager.filters):
+        manager.addFilter(_DropStreamEnd())
 
 
 class HeadStreamEnded(ConnectionError):
@@ -56,7 +77,7 @@ class HeadStats:
     connects: int = 0  # subscriptions established (the first one included)
     heads: int = 0  # notifications received
     last_head: int = -1
-    last_error: str | None = None  # the type of the last connection error, never its message
+    last_error: str | None = None  # the type of the last connection error (and its cause's), never a message
     retry_in_s: float | None = None
 
     @property
@@ -83,6 +104,11 @@ class HeadSubscription:
             raise ValueError(f"chain.ws_url must start with ws:// or wss://, got {endpoint_label(url)!r}")
         self.url = url
         self.endpoint = endpoint_label(url)
+        parts = urlsplit(url)
+        for secret in (parts.password, parts.path.strip("/"), parts.query):
+            if secret:
+                register_secret(secret)  # (only those of 8 characters or more)
+        _quiet_web3_socket_logs()
         self.on_head = on_head
         self.on_change = on_change
         self.first_backoff_s = first_backoff_s
@@ -139,7 +165,8 @@ class HeadSubscription:
                 self._set_connected(False)
                 raise
             except Exception as exc:
-                self.stats.last_error = type(exc).__name__
+                cause = exc.__cause__ or exc.__context__
+                self.stats.last_error = type(exc).__name__ + (f"({type(cause).__name__})" if cause else "")
                 if self.stats.heads > heads_before:
                     delay = self.first_backoff_s  # that connection worked: start the backoff over
                 was_connected = self.stats.connected

@@ -4,6 +4,7 @@ socket is noticed and re-subscribed with backoff, an unreachable endpoint never 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ from node.chain.heads import HeadsCollector, HeadSubscription, endpoint_label
 from node.chain.hub import HubClient
 from node.chain.watcher import LogFollower, MemoryCursor
 from node.devnet.processes import Anvil, free_port
+from node.log import redact_text
 from tests.loopback_proxy import LoopbackProxy
 
 pytestmark = pytest.mark.timeout(60)
@@ -104,10 +106,15 @@ async def test_an_unreachable_endpoint_backs_off_and_never_raises() -> None:
     assert sub.endpoint == f"ws://127.0.0.1:{sub.url.split(':')[2].split('/')[0]}"  # no path: no key in logs
 
 
-def test_only_websocket_urls_are_accepted() -> None:
+def test_only_websocket_urls_are_accepted_and_their_keys_stay_out_of_logs() -> None:
     with pytest.raises(ValueError, match="ws://"):
         HeadSubscription("http://127.0.0.1:8545/key", on_head=lambda _n: None)
     assert endpoint_label("wss://user:pw@rpc.example.org/ws/v3/KEY?x=1") == "wss://rpc.example.org"
+    HeadSubscription("wss://rpc.example.org/v3/0123abcdAPIKEY", on_head=lambda _n: None)
+    assert "0123abcdAPIKEY" not in redact_text("Connecting to: wss://rpc.example.org/v3/0123abcdAPIKEY")
+    assert "0123abcdAPIKEY" not in redact_text("GET /v3/0123abcdAPIKEY")
+    # web3's own per-connection lines ("Connecting to: <url>") are below the level that gets out.
+    assert not logging.getLogger("web3.providers.WebSocketProvider").isEnabledFor(logging.INFO)
 
 
 def test_collector_exports_configured_subscriptions_only() -> None:
