@@ -19,7 +19,7 @@ from eth_account import Account
 
 from node.chain.events import InferenceRequested, decode_log
 from node.chain.hub import HubClient
-from node.chain.watcher import LogBatch, LogFollower, MemoryCursor
+from node.chain.watcher import LogBatch, LogFollower, MemoryCursor, Reorg
 from node.config import load_settings
 from node.content.local import LocalStore
 from node.devnet.processes import Anvil
@@ -175,3 +175,49 @@ async def test_miner_and_gateway_follow_heads_over_chain_ws_url(
         await asyncio.wait_for(miner, 30)
         await server.stop()
     assert not miner_heads.stats.connected and not gateway_heads.stats.connected  # closed with their owners
+
+
+async def test_a_reorg_is_rescanned_while_heads_come_by_push(anvil: Anvil, anvil_keys: list[str]) -> None:
+    """The same reorg handling as polling (tests/unit/test_watcher.py), woken by pushed heads only."""
+    hub = await deploy_dev_hub(anvil.rpc_url, anvil_keys[0], [anvil_keys[1]])
+    client = HubClient(hub.owner.w3, hub.owner.address, anvil_keys[6])
+    start = int(await client.w3.eth.block_number) + 1
+    f: LogFollower[Any] = LogFollower(
+        client.w3, address=client.address, decode=decode_log, cursor=MemoryCursor(), start_block=start,
+        poll_interval_s=0.1, push_poll_interval_s=3600, ws_url=anvil.ws_url,
+    )  # fmt: skip
+    heads = f.heads
+    assert heads is not None
+    items: list[Any] = []
+
+    def requested() -> list[int]:
+        return [
+            e.id
+            for b in items
+            if isinstance(b, LogBatch)
+            for e in b.events
+            if isinstance(e, InferenceRequested)
+        ]
+
+    async def consume() -> None:
+        async for item in f.follow():
+            items.append(item)
+
+    task = asyncio.create_task(consume())
+    try:
+        await until(lambda: heads.stats.connected, "subscribed")
+        for i in range(4):
+            await client.request_inference(hub.model, bytes([i + 1]) * 32, 16)
+        await until(lambda: requested() == [1, 2, 3, 4], "four requests seen")
+        head = int(await client.w3.eth.block_number)
+        await client.w3.provider.make_request("anvil_reorg", [3, []])  # type: ignore[arg-type]
+        for i in range(2):
+            await client.request_inference(hub.model, bytes([0x20 + i]) * 32, 16)
+        await until(lambda: requested().count(3) == 2, "the re-scan after the reorg")
+    finally:
+        f.stop()
+        await asyncio.wait_for(task, 10)
+    reorgs = [i for i in items if isinstance(i, Reorg)]
+    assert len(reorgs) == 1 and reorgs[0].fork_block == head - 2
+    assert requested() == [1, 2, 3, 4, 2, 3]  # 2..4 were reorged out; the new requests reuse ids 2 and 3
+    assert heads.stats.connects == 1  # push the whole time
