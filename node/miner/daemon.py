@@ -496,7 +496,10 @@ class MinerDaemon:
         due = info.mark
         if info.phase == Phase.REVEAL and info.redundancy == 1 and RequestFlag.AUDITED not in info.flags:
             due += self.model.timeout_blocks
-        return self._head > due
+        # Every seat may call it; seat k waits 2k blocks more, so the seats do not all pay for a
+        # transaction that only the first can land (the others revert).
+        seat = info.seat_of(self.address)
+        return self._head > due + 2 * (seat or 0)
 
     async def _collect_timeouts(self) -> None:
         """`timeoutMany` for the requests we hold a seat on whose phase deadline passed (we are owed

@@ -82,6 +82,7 @@ class Submitter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._fresh: set[int] = set()
         self._audits_opened: set[int] = set()
+        self._busy: set[int] = set()  # ids in a batch being checked or sent: never two at once
 
     def enqueue(self, request_id: int, *, fresh: bool = False) -> None:
         """A job reached `uploaded` or `committed` (or must be re-checked): act on it soon.
@@ -212,6 +213,17 @@ class Submitter:
     # ------------------------------------------------------------------ sending
 
     async def _submit_batch(self, ids: list[int]) -> None:
+        busy = [rid for rid in ids if rid in self._busy]
+        if busy:  # another batch is checking or sending these: look again once it is done
+            self._requeue_later(busy, 0.5)
+        ids = [rid for rid in ids if rid not in self._busy]
+        self._busy.update(ids)
+        try:
+            await self._check_and_send(ids)
+        finally:
+            self._busy.difference_update(ids)
+
+    async def _check_and_send(self, ids: list[int]) -> None:
         head = int(await self._retry_head())
         commits: list[Job] = []
         reveals: list[Job] = []

@@ -1,0 +1,210 @@
+"""Several miner daemons on one real anvil (fake engine): the protocol v2 seats end to end.
+
+- every result audited (auditBps 10000): the assignee's daemon opens the audit instead of revealing,
+  the auditor's daemon runs the same input (from `AuditOpened`), commits, and both reveal after
+  `RevealOpened`; every request ends final and audited, with the honest digest;
+- one lying miner among five: wherever it sits (assignee, auditor or committee member) the
+  committee's daemons (from `CommitteeOpened`) outvote it, the provisional outcome's escalation
+  window passes, and the honest daemons' sweeper calls `timeout` to finalize what they are owed;
+- r = 3: three daemons commit, reveal when the window opens, and agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+
+from node.chain.events import Slashed, SlashReason, decode_logs
+from node.chain.hub import HubClient, Phase, RequestFlag, RequestInfo
+from node.content.documents import (
+    ChatInputDocument,
+    ChatParams,
+    InputDocument,
+    UserMessage,
+    to_canonical_bytes,
+)
+from node.content.local import LocalStore
+from node.devnet.processes import Anvil
+from node.miner.daemon import DaemonConfig, MinerDaemon
+from node.miner.journal import JobState, Journal
+from node.miner.testing import FakeEngine, deploy_dev_hub, dev_request
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def chat_doc(i: int) -> bytes:
+    doc = ChatInputDocument(
+        model="fake-model",
+        messages=[UserMessage(role="user", content=f"seat question {i}")],
+        params=ChatParams(max_tokens=4, seed=i),
+    )
+    return to_canonical_bytes(doc)
+
+
+class LyingEngine(FakeEngine):
+    """Answers with other words than every honest miner."""
+
+    def _words(self, input_doc: InputDocument) -> list[str]:
+        return ["lie"] * 4
+
+
+def _daemon(
+    anvil: Anvil, hub_address: str, key: str, store: LocalStore, path: Path, engine: FakeEngine
+) -> MinerDaemon:
+    account = Account.from_key(key)
+    hub = HubClient(HubClient.web3(anvil.rpc_url), hub_address, key)
+    config = DaemonConfig(
+        chain_id=31337, poll_interval_s=0.1, batch_wait_s=0.1, sweep_interval_s=0.3, recheck_s=0.5,
+        unavailable_margin_blocks=0,
+    )  # fmt: skip
+    journal = Journal(
+        path / f"journal-{account.address}.sqlite", scope=f"31337:{hub.address}:{account.address}"
+    )
+    return MinerDaemon(config=config, hub=hub, account=account, engine=engine, store=store, journal=journal)
+
+
+class Miners:
+    def __init__(self, daemons: list[MinerDaemon]) -> None:
+        self.daemons = daemons
+        self.stop = asyncio.Event()
+        self.tasks = [asyncio.create_task(d.run(self.stop)) for d in daemons]
+
+    async def close(self) -> None:
+        self.stop.set()
+        for t in self.tasks:
+            await t
+
+    async def until_final(self, owner: HubClient, ids: list[int], timeout: float = 120) -> None:  # noqa: ASYNC109
+        """Wait for every request to be final, mining a block now and then (windows end by height)."""
+        infos: list[RequestInfo] = []
+        try:
+            await self._until_final(owner, ids, timeout, infos)
+        except TimeoutError:
+            stuck = [(i.id, i.phase.name, i.flags, i.seats) for i in infos if i.phase != Phase.FINAL]
+            jobs = [
+                (d.address[:8], d.journal.get(i.id))
+                for i in infos
+                if i.phase != Phase.FINAL
+                for d in self.daemons
+            ]
+            raise AssertionError(
+                f"not final: {stuck}; jobs: {[(a, j.state, j.role) for a, j in jobs if j]}"
+            ) from None
+
+    async def _until_final(
+        self,
+        owner: HubClient,
+        ids: list[int],
+        limit_s: float,
+        infos: list[RequestInfo],
+    ) -> None:
+        async with asyncio.timeout(limit_s):
+            while True:
+                for t in self.tasks:
+                    assert not t.done(), t.exception() if not t.cancelled() else "cancelled"
+                infos[:] = [await owner.get_request(i) for i in ids]
+                if all(i.phase == Phase.FINAL for i in infos):
+                    return
+                await owner.mine(1)
+                await asyncio.sleep(0.3)
+
+
+@pytest.fixture()
+async def store(data_dir: Path) -> AsyncIterator[LocalStore]:
+    yield LocalStore(data_dir / "blocks")
+
+
+async def test_every_result_audited(
+    anvil: Anvil, anvil_keys: list[str], data_dir: Path, store: LocalStore
+) -> None:
+    keys = anvil_keys[1:4]
+    hub = await deploy_dev_hub(anvil.rpc_url, anvil_keys[0], keys, timeout_blocks=30, audit_bps=10_000)
+    requester = HubClient(hub.owner.w3, hub.owner.address, anvil_keys[8])
+    miners = Miners([_daemon(anvil, hub.owner.address, k, store, data_dir, FakeEngine()) for k in keys])
+    try:
+        ids = []
+        for i in range(3):
+            data = chat_doc(i)
+            await store.put(data)
+            ids.append(await dev_request(requester, hub.model, data))
+        await miners.until_final(hub.owner, ids)
+    finally:
+        await miners.close()
+    roles: dict[str, int] = {}
+    for rid in ids:
+        info = await hub.owner.get_request(rid)
+        assert RequestFlag.AUDITED in info.flags and RequestFlag.DISPUTED not in info.flags
+        assert info.revealed == 0b11 and info.digests[0] == info.digests[1] == info.output_digest
+        for d in miners.daemons:
+            job = d.journal.get(rid)
+            if job is not None:
+                assert job.state == JobState.FINALIZED and job.output_digest == info.output_digest
+                roles[job.role.value] = roles.get(job.role.value, 0) + 1
+    assert roles == {"assignee": 3, "auditor": 3}
+
+
+async def test_a_liar_is_outvoted_by_the_committee(
+    anvil: Anvil, anvil_keys: list[str], data_dir: Path, store: LocalStore
+) -> None:
+    keys = anvil_keys[1:6]
+    hub = await deploy_dev_hub(anvil.rpc_url, anvil_keys[0], keys, timeout_blocks=20, audit_bps=10_000)
+    requester = HubClient(hub.owner.w3, hub.owner.address, anvil_keys[8])
+    engines = [LyingEngine()] + [FakeEngine() for _ in keys[1:]]
+    liar = Account.from_key(keys[0]).address
+    miners = Miners(
+        [_daemon(anvil, hub.owner.address, k, store, data_dir, e) for k, e in zip(keys, engines, strict=True)]
+    )
+    try:
+        ids = []
+        for i in range(6):
+            data = chat_doc(100 + i)
+            await store.put(data)
+            ids.append(await dev_request(requester, hub.model, data))
+        await miners.until_final(hub.owner, ids, timeout=180)
+    finally:
+        await miners.close()
+    disputed = 0
+    for rid in ids:
+        info = await hub.owner.get_request(rid)
+        honest = {j.output_digest for d in miners.daemons[1:] if (j := d.journal.get(rid)) is not None}
+        assert honest == {info.output_digest}, "the outcome is what every honest seat computed"
+        if liar in info.seats[:2]:  # assignee or auditor: the two disagreed, a committee decided
+            assert RequestFlag.DISPUTED in info.flags and info.revealed_digest(liar) != info.output_digest
+            disputed += 1
+        for d in miners.daemons[1:]:
+            job = d.journal.get(rid)
+            assert job is None or job.state == JobState.FINALIZED
+    logs = await hub.owner.w3.eth.get_logs({"address": hub.owner.address, "fromBlock": 0})
+    fraud = {e.miner for e in decode_logs(logs) if isinstance(e, Slashed) and e.reason == SlashReason.FRAUD}
+    assert fraud == ({liar} if disputed else set())
+    print(f"\n{disputed} of {len(ids)} requests had the liar as assignee or auditor")
+
+
+async def test_r3_three_daemons_agree(
+    anvil: Anvil, anvil_keys: list[str], data_dir: Path, store: LocalStore
+) -> None:
+    keys = anvil_keys[1:4]
+    hub = await deploy_dev_hub(
+        anvil.rpc_url, anvil_keys[0], keys, timeout_blocks=30, redundancy=3, audit_bps=0
+    )
+    requester = HubClient(hub.owner.w3, hub.owner.address, anvil_keys[8])
+    miners = Miners([_daemon(anvil, hub.owner.address, k, store, data_dir, FakeEngine()) for k in keys])
+    try:
+        ids = []
+        for i in range(3):
+            data = chat_doc(200 + i)
+            await store.put(data)
+            ids.append(await dev_request(requester, hub.model, data))
+        await miners.until_final(hub.owner, ids)
+    finally:
+        await miners.close()
+    for rid in ids:
+        info = await hub.owner.get_request(rid)
+        assert info.revealed == 0b111 and len(set(info.digests)) == 1
+        for d in miners.daemons:
+            job = d.journal.get(rid)
+            assert job is not None and job.state == JobState.FINALIZED
