@@ -1,8 +1,11 @@
 """`inferd verify` and `inferd replay`: check a gateway answer against the chain, without trusting
 the gateway.
 
-`verify RESPONSE.json` rebuilds the output document from the saved response, hashes it, and checks
-it against the hub's finalized digest, the CIDs, the assignees and the miner's EIP-712 signature;
+`verify RESPONSE.json` rebuilds the output document from the saved response (encoded as its
+`document_version` requires), hashes it, and checks it against the hub's finalized digest, the
+CIDs, the assignees and the miner's EIP-712 signature (domain version "2", checked against the
+hub's `domainSeparator()`), and says which verification state the request reached (submitted,
+audit pending, audited, disputed, final; `node.gateway.verify.explain`);
 `verify --request-id N` checks a request by id (its output fetched by CID from the content store or
 `--gateway`). `replay --request-id N` re-runs the input on the local engine and compares digests.
 Exit 0 means valid / reproduced, 1 invalid / different, 2 a usage or connection problem.
@@ -105,7 +108,7 @@ def verify(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
 ) -> None:
-    """Check a gateway answer: signature, CIDs against the on-chain digests, on-chain status."""
+    """Check a gateway answer: signature, CIDs against the on-chain digests, verification state."""
     from node.gateway.verify import verify_request_id, verify_response
 
     if (response is None) == (request_id is None):
