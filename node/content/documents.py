@@ -1,34 +1,27 @@
 """The input and output documents, shared by gateway and miner: their shapes, versions and limits.
 
-A document's CID (and the digest on chain) is the sha2-256 of its canonical bytes, so every
-producer must write the same document as the same bytes. The bytes are `node.content.canonical`'s
-concern (`to_canonical_bytes`, re-exported here, picks the encoding by the document's `v`: RFC 8785
-for version 3, the original encoder for 1 and 2); this module decides *what* is encoded:
+A document's CID (and the digest on chain) is the sha2-256 of its canonical bytes; the bytes are
+`node.content.canonical`'s concern (`to_canonical_bytes`, re-exported here, encodes by the document's
+own `v`). This module decides *what* is encoded:
 
-* **None means "not given" and is omitted**: a model field whose value is None is left out of the
-  encoding, so `{"temperature": null}` and `{}` are the same document.
-  The only fields written as `null` are those a reader must always see: `OutputDocument.error`
-  (null on success) and `AssistantOutput.content` (null when the model only called tools).
-  Nulls *inside* free-form JSON (a tool's `parameters` schema) are data and are kept.
-  Defaults that are not None (`v`, `params` as `{}`) are always written.
+* **None means "not given" and is omitted**, so `{"temperature": null}` and `{}` are the same
+  document. Only fields a reader must always see are written as `null`: `OutputDocument.error`
+  (null on success) and `AssistantOutput.content` (null when the model only called tools). Nulls
+  *inside* free-form JSON (a tool's `parameters` schema) are data and are kept; defaults that are
+  not None (`v`, `params` as `{}`) are always written.
 * **Parse, then encode**: a document received as bytes is parsed into its model and re-encoded
-  with `to_canonical_bytes`; a hand-written document with a different key order or `null`s
-  therefore gets the canonical CID only after that round trip.
+  with `to_canonical_bytes`; a hand-written document gets the canonical CID only after that.
 
 **Versions.** `"v": 1` is every document written before version 2, unchanged (same bytes, same
 CID). Version 2 adds three chat parameters (`V2_PARAMS`): `response_format` (`json_object`, or
 `json_schema` with `name`, `schema`, `strict`, `description`; OpenAI's default `text` is never
-written), `parallel_tool_calls` (only `false` is written: `true` is the default) and
-`reasoning_effort` (`low` / `medium` / `high`). For versions 1 and 2 the version rule keeps one
-request one document: a chat document uses a v2 parameter if and only if it is `"v": 2` (a v1
-document carrying one, or a v2 document carrying none, is a `DocumentError` naming the field);
-completion documents are v1. Version 3 (`CURRENT_VERSION`) changes only the encoding (RFC 8785, so
-verifiers in any language rebuild the bytes) and may carry every parameter of its type, chat or
-completion; its numbers must lie within ±(2^53 - 1) (`MAX_SAFE_INTEGER`: a larger `seed` or schema
-number is a `DocumentError` naming the field). Readers accept all three versions and re-encode each
-by its own `v`; gateways and miners write version 3. An output document's `v` follows its input
-(`output_version`): 1 for a readable v1 or v2 input (so replaying an old request rebuilds its old
-bytes), 3 for a v3 input and for an input that could not be read or validated.
+written), `parallel_tool_calls` (only `false`) and `reasoning_effort` (`low` / `medium` / `high`);
+a v1/v2 chat document uses one if and only if it is `"v": 2` (else a `DocumentError` naming the
+field), and completion documents are v1. Version 3 (`CURRENT_VERSION`, what gateways and miners
+write) is RFC 8785 bytes, carries every parameter of its type, and holds numbers within
+±(2^53 - 1) only (`MAX_SAFE_INTEGER`; a larger `seed` is a `DocumentError` naming it). Readers
+accept all three. An output document's `v` follows its input (`output_version`): 1 for a readable
+v1/v2 input (a replay rebuilds the old bytes), 3 for a v3 input or one that could not be read.
 
 Validation (`parse_input_document`, `validate_input_document`) follows OpenAI's ranges where OpenAI
 enforces them and raises `DocumentError(field, message)` naming the field as a dotted path
