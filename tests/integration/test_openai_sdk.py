@@ -39,7 +39,7 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 from typer.testing import CliRunner
 
-from node.chain.hub import HubClient, RequestStatus, model_id
+from node.chain.hub import HubClient, Phase, model_id
 from node.chain.signing import sign_result
 from node.cli.verify import replay, verify
 from node.config import Settings, load_settings
@@ -57,8 +57,8 @@ from node.gateway.app import create_app
 from node.gateway.auth import KeyStore
 from node.gateway.replay import replay_request
 from node.gateway.server import GatewayServer
-from node.miner.daemon import DaemonConfig
-from node.miner.testing import deploy_dev_hub, local_daemon
+from node.miner.daemon import DaemonConfig, engine_class_id
+from node.miner.testing import FAKE_ENGINE_CLASS, deploy_dev_hub, local_daemon
 from node.stream.topics import result_topic
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
@@ -120,11 +120,15 @@ async def open_devnet(
     """A fresh hub with the real-engine miner daemon and the gateway (also used by the workflow and
     framework tests, which start their own on the session's anvil, broker and engine)."""
     owner_key, miner_key, gateway_key, manual_key = anvil_keys[0], anvil_keys[6], anvil_keys[7], anvil_keys[8]
-    hub = await deploy_dev_hub(anvil.rpc_url, owner_key, [miner_key], model_name=MODEL, timeout_blocks=1000)
+    real_class = engine_class_id(engine)  # the model is registered for the real engine's class
+    assert real_class is not None
+    hub = await deploy_dev_hub(
+        anvil.rpc_url, owner_key, [miner_key], model_name=MODEL, timeout_blocks=200, engine_class=real_class
+    )
     owner = hub.owner
-    await owner.register_model(MANUAL, 10**18, 10**12, 3, 1)
+    await owner.register_model(MANUAL, FAKE_ENGINE_CLASS, 10**18, 10**12, 0, 3, 1, 1)
     manual = HubClient(owner.w3, owner.address, manual_key)
-    await manual.register_miner(model_id(MANUAL), 10**18)
+    await manual.register_miner(model_id(MANUAL), FAKE_ENGINE_CLASS, 10**18)
 
     # the miner daemon (real engine), sharing the gateway's block store like a one-box devnet
     store = LocalStore(data_dir / "blocks")
@@ -183,7 +187,8 @@ async def assert_matches_chain(net: Devnet, body: dict[str, Any]) -> None:
     od = body["onchain_data"]
     assert od["chain_id"] == 31337 and od["hub"] == net.hub
     info = await net.owner.get_request(od["request_id"])
-    assert info.status == RequestStatus.FINALIZED and info.output_digest is not None
+    assert info.phase == Phase.FINAL and info.output_digest is not None
+    assert od["verification"] in ("final", "audited") and od["fee_wei"] == str(info.fee)
     assert digest_to_cid(info.output_digest) == od["output_cid"]
     assert digest_to_cid(info.input_digest) == od["input_cid"]
     assert od["assignment_addresses"] == list(info.assignees)
@@ -408,8 +413,19 @@ async def _next_request_id(net: Devnet, before: int) -> int:
     return count
 
 
+async def _commit_reveal(net: Devnet, rid: int, digest: bytes) -> None:
+    """The manual miner's r = 1 result: commit, then reveal in a later block (no auditor exists for
+    MANUAL, so a drawn audit only needs opening to be waived)."""
+    await net.manual.commit(rid, digest)
+    if await net.manual.audit_drawn(rid):
+        await net.manual.open_audit(rid)
+    await net.manual.reveal(rid, digest)
+
+
 async def _manual_output(net: Devnet, rid: int, content: str) -> tuple[bytes, Any]:
-    info = await net.owner.get_request(rid)
+    async with asyncio.timeout(30):  # the gateway assigns its request right after it is mined
+        while (info := await net.owner.get_request(rid)).phase == Phase.PENDING:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
     block = await net.owner.w3.eth.get_block("latest")
     doc = OutputDocument(
         request_id=rid,
@@ -446,7 +462,7 @@ async def test_tampered_mqtt_result_is_rejected_honest_one_answered(devnet: Devn
     await _publish_result(devnet, rid, tampered, forged, str(devnet.manual.sender))
     await devnet.store.put(honest)
     await asyncio.sleep(0.3)
-    await devnet.manual.submit_result(rid, digest_of(honest))
+    await _commit_reveal(devnet, rid, digest_of(honest))
     chat = await asyncio.wait_for(call, 60)
     assert chat.choices[0].message.content == "The honest answer."
     assert "HACKED" not in chat.model_dump_json()
@@ -467,7 +483,7 @@ async def test_bad_signature_and_no_document_is_never_answered_504(devnet: Devne
         )  # fmt: skip
         # On the assignee's own topic (the only one a broker ACL lets it use), a stranger's signature.
         await _publish_result(devnet, rid, honest, sig, str(devnet.manual.sender))
-        await devnet.manual.submit_result(rid, digest_of(honest))  # on chain, but never uploaded
+        await _commit_reveal(devnet, rid, digest_of(honest))  # on chain, but never uploaded
         with pytest.raises(openai.APIStatusError) as info_exc:
             await asyncio.wait_for(call, 30)
     finally:
@@ -554,13 +570,16 @@ async def test_expired_request_is_502_with_request_id(devnet: Devnet) -> None:
     before = await devnet.owner.request_count()
     call = asyncio.create_task(devnet.client().chat.completions.create(model=MANUAL, messages=USER))
     rid = await _next_request_id(devnet, before)
-    await devnet.owner.mine(5)  # past the 3-block deadline with no result
-    await devnet.owner.expire(rid)
+    async with asyncio.timeout(30):
+        while (await devnet.owner.get_request(rid)).phase == Phase.PENDING:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    await devnet.owner.mine(5)  # past the 3-block commit deadline with no result
+    await devnet.owner.timeout(rid)  # the silent seat is slashed below the stake: nobody to reassign
     with pytest.raises(openai.APIStatusError) as exc:
         await asyncio.wait_for(call, 30)
     assert exc.value.status_code == 502
     body: Any = exc.value.body
-    assert body["code"] == "expired" and body["request_id"] == str(rid)
+    assert body["code"] == "refunded" and body["request_id"] == str(rid)
     started = time.monotonic()
     info = await devnet.owner.get_request(rid)
-    assert info.status == RequestStatus.REFUNDED and time.monotonic() - started < 5
+    assert info.phase == Phase.REFUNDED and time.monotonic() - started < 5
