@@ -13,6 +13,9 @@ is kept for what it declared: the max tokens the fee paid for, and the request b
 every seat's output document carries. An input still unfetchable `unavailable_margin_blocks` before
 the commit deadline is committed and revealed as `UNAVAILABLE` rather than left silent.
 
+An `EscalationOpened` on our model, where we hold no seat and were active before it, is a vote:
+the same re-execution, then `commitVote`/`revealVote` of our digest and `claimVote` when it won.
+
 Start-up refuses an engine whose class differs from the model's on-chain `engineClass` (its outputs
 would disagree with every other miner's), and a key that is not registered for a model.
 
@@ -41,6 +44,7 @@ from node import __version__
 from node.chain.events import (
     AuditOpened,
     CommitteeOpened,
+    EscalationOpened,
     InferenceAssigned,
     InferenceFinalized,
     InferenceRefunded,
@@ -48,6 +52,8 @@ from node.chain.events import (
     ResultCommitted,
     ResultRevealed,
     RevealOpened,
+    VoteCommitted,
+    VoteRevealed,
 )
 from node.chain.hub import MAX_BATCH, HubClient, ModelInfo, Phase, RequestFlag, RequestInfo
 from node.chain.sender import TxSender
@@ -121,6 +127,17 @@ def _lean_middleware(w3: Any) -> None:
             w3.middleware_onion.remove(name)
 
 
+def _by(ev: object, me: str, committing: bool) -> bool:
+    """Whether `ev` is our commit (`committing`) or reveal, of a seat or of a vote."""
+    if committing:
+        return (isinstance(ev, ResultCommitted) and ev.miner == me) or (
+            isinstance(ev, VoteCommitted) and ev.voter == me
+        )
+    return (isinstance(ev, ResultRevealed) and ev.miner == me) or (
+        isinstance(ev, VoteRevealed) and ev.voter == me
+    )
+
+
 class MinerDaemon:
     """One miner: one key, one hub, one engine, one journal."""
 
@@ -177,6 +194,7 @@ class MinerDaemon:
         self._job_crashes: dict[int, int] = {}
         self._accepting = True
         self._unfetched: set[int] = set()  # request ids whose input could not be fetched (yet)
+        self._voting: set[int] = set()  # escalations being looked at
         self._last_recheck = 0.0
         self.model: ModelInfo | None = None
         self._head = 0
@@ -349,8 +367,20 @@ class MinerDaemon:
             if me in ev.members:
                 self._seat(ev.id, Role.COMMITTEE, ev.input_digest, ev.deadline, ev)
             return
+        if isinstance(ev, EscalationOpened):
+            if ev.challenger != me and ev.id not in self._voting:
+                self._voting.add(ev.id)
+                task = asyncio.create_task(self._consider_vote(ev), name=f"vote-{ev.id}")
+                task.add_done_callback(lambda t: self._voting.discard(ev.id))
+            return
         job = self.journal.get(ev.id)
         if job is None:
+            return
+        if isinstance(ev, VoteCommitted | VoteRevealed):
+            if ev.voter == me and isinstance(ev, VoteCommitted) and job.state in COMMIT_STATES:
+                self.journal.mark_committed(ev.id, ev.log.block_number)
+            elif ev.voter == me and isinstance(ev, VoteRevealed) and job.state in REVEAL_STATES:
+                self.journal.mark_revealed(ev.id, ev.log.block_number)
             return
         if isinstance(ev, ResultCommitted):
             if ev.miner == me and job.state in COMMIT_STATES:
@@ -366,7 +396,9 @@ class MinerDaemon:
                 self.journal.mark_revealed(ev.id, ev.log.block_number)
             return
         if isinstance(ev, InferenceFinalized) and job.state in OPEN:
-            if job.state == JobState.REVEALED:
+            if job.role == Role.VOTER:
+                self.submitter.enqueue(ev.id)  # claim a won vote, or settle
+            elif job.state == JobState.REVEALED:
                 self.journal.mark(ev.id, JobState.FINALIZED)
                 self.metrics.jobs_done.labels("finalized").inc()
             elif job.state in REVEAL_STATES:
@@ -376,6 +408,33 @@ class MinerDaemon:
             return
         if isinstance(ev, InferenceRefunded) and job.state in OPEN:
             self._close(ev.id, JobState.EXPIRED, "refunded")
+
+    async def _consider_vote(self, ev: EscalationOpened) -> None:
+        """Vote on an escalation of our model: re-execute the input, then commit/reveal our digest.
+
+        Eligible: an active miner of the model since before the escalation, not seated on it.
+        """
+        me = self.address
+        try:
+            info = await self.view.get_request(ev.id)
+            mine = await self.hub.get_miner(me)
+        except Exception as exc:
+            log.warning("vote_check_failed", request_id=ev.id, error=describe(exc))
+            return
+        if self.model is None or info is None or info.model_id != self.model.model_id:
+            return
+        if info.seat_of(me) is not None or not mine.active or mine.active_since >= ev.log.block_number:
+            return
+        job, changed = self.journal.assign(
+            ev.id, input_digest=info.input_digest, deadline=ev.commit_end, block_number=ev.log.block_number,
+            block_hash=ev.log.block_hash, role=Role.VOTER,
+        )  # fmt: skip
+        if changed:
+            log.info("vote_joined", request_id=ev.id, commit_end=ev.commit_end, reveal_end=ev.reveal_end)
+        if job.state == JobState.NEW:
+            self.schedule(ev.id)
+        elif job.state in COMMIT_STATES + REVEAL_STATES:
+            self.submitter.enqueue(ev.id)
 
     def _close(self, rid: int, state: JobState, reason: str) -> None:
         log.warning("job_closed", request_id=rid, state=state.value, reason=reason)
@@ -487,13 +546,11 @@ class MinerDaemon:
         elif rid not in self._producing:
             self.schedule(rid)
 
-    def _timeout_due(self, info: RequestInfo) -> bool:
+    def _timeout_due(self, info: RequestInfo, vote_end: int | None = None) -> bool:
         """Whether `timeout(id)` would move this request on now (its phase deadline has passed)."""
         if info.phase not in TIMEOUT_PHASES or self.model is None:
             return False
-        if info.phase == Phase.VOTE:
-            return False  # the escalation's own deadline: left to `timeout` callers that read it
-        due = info.mark
+        due = info.mark if vote_end is None else vote_end
         if info.phase == Phase.REVEAL and info.redundancy == 1 and RequestFlag.AUDITED not in info.flags:
             due += self.model.timeout_blocks
         # Every seat may call it; seat k waits 2k blocks more, so the seats do not all pay for a
@@ -511,7 +568,16 @@ class MinerDaemon:
             except Exception:
                 self.metrics.rpc_errors.labels("sweeper").inc()
                 continue
-            if info is not None and self._timeout_due(info):
+            if info is None:
+                continue
+            vote_end = None
+            if info.phase == Phase.VOTE:
+                try:
+                    vote_end = (await self.hub.get_escalation(job.request_id)).reveal_end
+                except Exception:
+                    self.metrics.rpc_errors.labels("sweeper").inc()
+                    continue
+            if self._timeout_due(info, vote_end):
                 due.append(job.request_id)
         for start in range(0, len(due), MAX_BATCH):
             ids = due[start : start + MAX_BATCH]
@@ -579,9 +645,8 @@ class MinerDaemon:
             if receipt is None or int(receipt["status"]) != 1:
                 continue
             events = self.view.decode_receipt(receipt)
-            kind = ResultCommitted if committing else ResultRevealed
             if any(
-                isinstance(e, kind) and e.id == job.request_id and e.miner == self.address for e in events
+                _by(e, self.address, committing) and getattr(e, "id", None) == job.request_id for e in events
             ):
                 block = int(receipt["blockNumber"])
                 if committing:

@@ -28,6 +28,8 @@ from node.chain.events import (
     ResultCommitted,
     ResultRevealed,
     RevealOpened,
+    VoteCommitted,
+    VoteRevealed,
     decode_log,
     event_topic,
 )
@@ -35,11 +37,13 @@ from node.chain.hub import HubClient, Phase, RequestInfo, commitment
 
 MinerEvent = (
     InferenceRequested | InferenceAssigned | AuditOpened | CommitteeOpened | ResultCommitted | RevealOpened
-    | ResultRevealed | InferenceResolved | EscalationOpened | InferenceFinalized | InferenceRefunded
+    | ResultRevealed | InferenceResolved | EscalationOpened | VoteCommitted | VoteRevealed
+    | InferenceFinalized | InferenceRefunded
 )  # fmt: skip
 _TYPES = (
     InferenceRequested, InferenceAssigned, AuditOpened, CommitteeOpened, ResultCommitted, RevealOpened,
-    ResultRevealed, InferenceResolved, EscalationOpened, InferenceFinalized, InferenceRefunded,
+    ResultRevealed, InferenceResolved, EscalationOpened, VoteCommitted, VoteRevealed, InferenceFinalized,
+    InferenceRefunded,
 )  # fmt: skip
 EVENT_NAMES = tuple(t.__name__ for t in _TYPES)
 
@@ -125,6 +129,15 @@ class HubView:
         if len(ids) == 1:
             return str(c.encode_abi("reveal", args=[ids[0], digests[0]]))
         return str(c.encode_abi("revealMany", args=[list(ids), list(digests)]))
+
+    def vote_calldata(self, action: str, miner: str, request_id: int, digest: bytes) -> str:
+        """`commitVote` (action "commit") / `revealVote` ("reveal") / `claimVote` ("claim")."""
+        c = self.hub.contract
+        if action == "commit":
+            return str(c.encode_abi("commitVote", args=[request_id, commitment(digest, miner, request_id)]))
+        if action == "reveal":
+            return str(c.encode_abi("revealVote", args=[request_id, digest]))
+        return str(c.encode_abi("claimVote", args=[request_id]))
 
     def open_audit_calldata(self, request_id: int) -> str:
         return str(self.hub.contract.encode_abi("openAudit", args=[request_id]))

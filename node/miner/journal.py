@@ -1,9 +1,10 @@
 """The miner's job journal: SQLite in WAL mode with `synchronous=FULL`, the source of crash safety.
 
 A job is one seat of this miner on one request (protocol v2): an assignee seat (`InferenceAssigned`),
-an audit (`AuditOpened`) or a committee seat (`CommitteeOpened`). Every role does the same work (run
-the input document, commit to the output's digest, reveal it), and a job's state advances only after
-its effect is durable:
+an audit (`AuditOpened`) or a committee seat (`CommitteeOpened`), or a vote on an escalated request
+(`EscalationOpened`; voters hold no seat). Every role does the same work (run the input document,
+commit to the output's digest, reveal it), and a job's state advances only after its effect is
+durable:
 
     new ─▶ uploaded ─▶ committing ─▶ committed ─▶ revealing ─▶ revealed ─▶ finalized
      │        │            │             │            │            └─────▶ expired (refunded, or the
@@ -63,6 +64,7 @@ class Role(StrEnum):
     ASSIGNEE = "assignee"
     AUDITOR = "auditor"
     COMMITTEE = "committee"
+    VOTER = "voter"  # not a seat: an escalation vote (commitVote / revealVote / claimVote)
 
 
 UNFINISHED = frozenset(

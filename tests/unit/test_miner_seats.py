@@ -6,19 +6,22 @@
 - one lying miner among five: wherever it sits (assignee, auditor or committee member) the
   committee's daemons (from `CommitteeOpened`) outvote it, the provisional outcome's escalation
   window passes, and the honest daemons' sweeper calls `timeout` to finalize what they are owed;
-- r = 3: three daemons commit, reveal when the window opens, and agree.
+- r = 3: three daemons commit, reveal when the window opens, and agree;
+- an escalation: two daemons without a seat re-execute the input, vote (commit, reveal), overturn a
+  wrong majority and claim their share.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from eth_account import Account
 
-from node.chain.events import Slashed, SlashReason, decode_logs
+from node.chain.events import Credited, CreditReason, InferenceResolved, Slashed, SlashReason, decode_logs
 from node.chain.hub import HubClient, Phase, RequestFlag, RequestInfo
 from node.content.documents import (
     ChatInputDocument,
@@ -30,7 +33,9 @@ from node.content.documents import (
 from node.content.local import LocalStore
 from node.devnet.processes import Anvil
 from node.miner.daemon import DaemonConfig, MinerDaemon
+from node.miner.hubview import HubView
 from node.miner.journal import JobState, Journal
+from node.miner.pipeline import Pipeline
 from node.miner.testing import FakeEngine, deploy_dev_hub, dev_request
 
 pytestmark = pytest.mark.timeout(240)
@@ -43,6 +48,14 @@ def chat_doc(i: int) -> bytes:
         params=ChatParams(max_tokens=4, seed=i),
     )
     return to_canonical_bytes(doc)
+
+
+@dataclass
+class _JobIn:
+    request_id: int
+    input_digest: bytes
+    created: int
+    max_tokens: int | None
 
 
 class LyingEngine(FakeEngine):
@@ -208,3 +221,64 @@ async def test_r3_three_daemons_agree(
         for d in miners.daemons:
             job = d.journal.get(rid)
             assert job is not None and job.state == JobState.FINALIZED
+
+
+async def test_daemons_vote_on_an_escalation(
+    anvil: Anvil, anvil_keys: list[str], data_dir: Path, store: LocalStore
+) -> None:
+    """Two of three seats reveal a wrong digest; the honest seat escalates; two daemons that hold no
+    seat re-execute the input, vote for the honest digest, overturn the outcome and claim their share."""
+    seat_keys, voter_keys = anvil_keys[1:4], anvil_keys[4:6]
+    hub = await deploy_dev_hub(
+        anvil.rpc_url, anvil_keys[0], seat_keys, timeout_blocks=20, redundancy=3, audit_bps=0
+    )
+    owner = hub.owner
+    requester = HubClient(owner.w3, owner.address, anvil_keys[8])
+    data = chat_doc(300)
+    await store.put(data)
+    rid = await dev_request(requester, hub.model, data)
+    voters = [HubClient(owner.w3, owner.address, k) for k in voter_keys]
+    for v in voters:  # active after the request was drawn, before the escalation: voters, not seats
+        await v.register_miner(hub.model, hub.engine_class, 10**18)
+    # What an honest engine answers (the daemons' own pipeline, on the fake engine).
+    requested = await HubView(owner).requested(rid)
+    assert requested is not None
+    created = int((await owner.w3.eth.get_block(requested.log.block_number))["timestamp"])
+    job = _JobIn(rid, requested.input_digest, created, requested.max_tokens)
+    pipe = Pipeline(
+        engine=FakeEngine(), store=store, private_key=anvil_keys[7], chain_id=31337, hub=owner.address
+    )
+    good = (await pipe.produce(job)).output_digest
+    bad = b"\xba" * 32
+    seats = {str(c.sender): c for c in (HubClient(owner.w3, owner.address, k) for k in seat_keys)}
+    info = await owner.get_request(rid)
+    liars, honest = [seats[a] for a in info.seats[:2]], seats[info.seats[2]]
+    for c in liars:
+        await c.commit(rid, bad)
+    await honest.commit(rid, good)
+    for c in liars:
+        await c.reveal(rid, bad)
+    assert (await honest.reveal(rid, good)).of(InferenceResolved)[0].output_digest == bad
+    miners = Miners([_daemon(anvil, owner.address, k, store, data_dir, FakeEngine()) for k in voter_keys])
+    try:
+        await asyncio.sleep(0.5)
+        await honest.escalate(rid)
+        await miners.until_final(owner, [rid], timeout=90)
+        info = await owner.get_request(rid)
+        assert info.output_digest == good, "the vote overturned the provisional outcome"
+        async with asyncio.timeout(30):  # the voters claim once final
+            for _ in iter(int, 1):
+                jobs = [d.journal.get(rid) for d in miners.daemons]
+                if all(j is not None and j.state == JobState.FINALIZED for j in jobs):
+                    break
+                await asyncio.sleep(0.2)
+    finally:
+        await miners.close()
+    esc = await owner.get_escalation(rid)
+    assert esc.overturned and esc.votes_against == 2 and esc.voter_share > 0
+    logs = await owner.w3.eth.get_logs({"address": owner.address, "fromBlock": 0})
+    events = decode_logs(logs)
+    paid = {e.account for e in events if isinstance(e, Credited) and e.reason == CreditReason.VOTE}
+    assert paid == {v.sender for v in voters}
+    fraud = {e.miner for e in events if isinstance(e, Slashed) and e.reason == SlashReason.FRAUD}
+    assert fraud == {c.sender for c in liars}
