@@ -15,7 +15,8 @@ import pytest
 
 from node.content.cid import cid_for_bytes
 from node.content.documents import canonical_json, to_canonical_bytes
-from node.engine.engine import Engine
+from node.engine.engine import Engine, EngineError
+from node.engine.engine_class import EngineClassMismatch
 from tests.integration.conftest import ENGINE_TEST_SETTINGS
 
 pytestmark = pytest.mark.engine
@@ -82,3 +83,12 @@ async def test_two_engines_of_one_class_agree_bit_for_bit_on_200_requests(engine
     mismatched = [i for i, (a, b) in enumerate(zip(first, second, strict=True)) if a != b]
     assert not mismatched, f"{len(mismatched)} of 200 outputs differ: requests {mismatched[:20]}"
     assert len(set(first)) == 200  # 200 distinct answers, not one repeated
+
+
+async def test_a_wrong_class_or_a_bad_vllm_arg_is_refused_before_vllm_loads() -> None:
+    """Both checks run before AsyncLLM starts (no engine process is left behind to shut down)."""
+    with pytest.raises(EngineClassMismatch, match="not the model's on-chain engine class 0x0000"):
+        await Engine.start(ENGINE_TEST_SETTINGS, expected_class=bytes(32))
+    bad = ENGINE_TEST_SETTINGS.model_copy(update={"vllm_args": {"max_num_batched_tokenz": 4096}})
+    with pytest.raises(EngineError, match=r"engine\.vllm_args\.max_num_batched_tokenz is not an argument"):
+        await Engine.start(bad)
