@@ -95,7 +95,7 @@ class MinerProcess:
             if self.log_path.read_text(errors="replace").count('"miner_started"') >= self.starts:
                 return
             await asyncio.sleep(0.2)
-        raise TimeoutError("miner did not start")
+        raise TimeoutError(f"miner did not start: {self.log_path.read_text(errors='replace')[-3000:]}")
 
     def kill(self) -> None:
         """SIGKILL the miner and its vLLM engine-core children (the whole box "loses power")."""

@@ -32,7 +32,7 @@ from node.content.documents import (
 )
 from node.content.local import LocalStore
 from node.devnet.processes import Anvil
-from node.miner.daemon import DaemonConfig, MinerDaemon
+from node.miner.daemon import DaemonConfig, MinerDaemon, MinerStartError
 from node.miner.hubview import HubView
 from node.miner.journal import JobState, Journal
 from node.miner.pipeline import Pipeline
@@ -282,3 +282,16 @@ async def test_daemons_vote_on_an_escalation(
     assert paid == {v.sender for v in voters}
     fraud = {e.miner for e in events if isinstance(e, Slashed) and e.reason == SlashReason.FRAUD}
     assert fraud == {c.sender for c in liars}
+
+
+async def test_start_refuses_another_engine_class_or_an_unregistered_key(
+    anvil: Anvil, anvil_keys: list[str], data_dir: Path, store: LocalStore
+) -> None:
+    hub = await deploy_dev_hub(anvil.rpc_url, anvil_keys[0], [anvil_keys[1]], engine_class=b"\x01" * 32)
+    other = _daemon(anvil, hub.owner.address, anvil_keys[1], store, data_dir, FakeEngine())
+    with pytest.raises(MinerStartError, match="engine class") as err:
+        await other.run(asyncio.Event())
+    assert "0x" + "01" * 32 in str(err.value)
+    stranger = _daemon(anvil, hub.owner.address, anvil_keys[2], store, data_dir, FakeEngine())
+    with pytest.raises(MinerStartError, match="not registered"):
+        await stranger.run(asyncio.Event())
