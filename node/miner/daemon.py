@@ -332,7 +332,7 @@ class MinerDaemon:
 
     async def _request_meta(self, job: Job) -> Job | None:
         """Fill in the declared max tokens and request time of a seat whose request we did not see."""
-        ev = await self.view.requested(job.request_id)
+        ev = await self.view.requested(job.request_id, near_block=job.block_number)
         if ev is None:
             log.warning("request_unknown", request_id=job.request_id, note="no InferenceRequested on chain")
             self.journal.mark(job.request_id, JobState.DROPPED, "no InferenceRequested on chain (reorg?)")

@@ -47,6 +47,9 @@ _TYPES = (
 )  # fmt: skip
 EVENT_NAMES = tuple(t.__name__ for t in _TYPES)
 
+REQUEST_LOOKBACK = 10_000
+"""Blocks before a seat's event searched for its request (seats come within a few timeouts of it)."""
+
 COMMIT_PHASES = {Phase.ASSIGNED, Phase.AUDIT, Phase.COMMITTEE}
 REVEAL_PHASES = {Phase.REVEAL, Phase.AUDIT_REVEAL, Phase.COMMITTEE_REVEAL}
 TIMEOUT_PHASES = {
@@ -98,13 +101,18 @@ class HubView:
         """Whether our committed r = 1 result must be audited first (on the pending block)."""
         return await self.hub.audit_drawn(request_id)
 
-    async def requested(self, request_id: int) -> InferenceRequested | None:
-        """The request's `InferenceRequested` (its id is indexed: one cheap getLogs), None if absent."""
+    async def requested(self, request_id: int, near_block: int | None = None) -> InferenceRequested | None:
+        """The request's `InferenceRequested` (its id is indexed: one cheap getLogs), None if absent.
+
+        `near_block`: a block at or after the request (the seat's event); the search covers the
+        `REQUEST_LOOKBACK` blocks before it (RPC providers cap getLogs ranges), else the whole chain.
+        """
+        start = 0 if near_block is None else max(0, near_block - REQUEST_LOOKBACK)
         logs = await self.hub.w3.eth.get_logs(
             {
                 "address": self.address,
-                "fromBlock": 0,
-                "toBlock": "latest",
+                "fromBlock": start,
+                "toBlock": "latest" if near_block is None else near_block,
                 "topics": [event_topic("InferenceRequested"), "0x" + request_id.to_bytes(32, "big").hex()],
             }
         )
