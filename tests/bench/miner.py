@@ -28,7 +28,7 @@ from typing import Any
 
 from eth_account import Account
 
-from node.chain.hub import HubClient, RequestStatus
+from node.chain.hub import HubClient, Phase
 from node.config import EngineSettings
 from node.content.cid import digest_of, digest_to_cid
 from node.content.documents import (
@@ -42,9 +42,9 @@ from node.content.documents import (
 from node.content.local import LocalStore
 from node.devnet.processes import anvil_private_keys, anvil_process
 from node.engine.bench_prompts import BENCH_MAX_TOKENS, bench_prompts
-from node.miner.daemon import DaemonConfig, MinerDaemon
+from node.miner.daemon import DaemonConfig, MinerDaemon, engine_class_id
 from node.miner.journal import JobState, Journal
-from node.miner.testing import deploy_dev_hub
+from node.miner.testing import deploy_dev_hub, dev_request
 
 MODEL = "SmolLM2-135M-Instruct"
 
@@ -94,13 +94,19 @@ async def miner_phase(engine: Any, docs: list[bytes], work: Path) -> tuple[int, 
     anvil.start()
     try:
         keys = anvil_private_keys(4)
-        hub = await deploy_dev_hub(anvil.rpc_url, keys[0], [keys[1]], model_name=MODEL, timeout_blocks=5000)
+        ec = engine_class_id(engine)
+        assert ec is not None
+        hub = await deploy_dev_hub(
+            anvil.rpc_url, keys[0], [keys[1]], model_name=MODEL, timeout_blocks=200, engine_class=ec
+        )
         requester = HubClient(hub.owner.w3, hub.owner.address, keys[2])
         store = LocalStore(work / "blocks")
         ids = []
         for d in docs:
             await store.put(d)
-            ids.append((await requester.request_inference(hub.model, digest_of(d), 10**12)).id)
+            ids.append(await dev_request(requester, hub.model, d, assign=False))
+        for _ in range(0, len(docs), 16):  # seats drawn in a later block, 16 requests a transaction
+            await requester.assign(16)
         account = Account.from_key(keys[1])
         client = HubClient(HubClient.web3(anvil.rpc_url), hub.owner.address, keys[1])
         journal = Journal(work / "journal.sqlite", scope="bench")
@@ -129,7 +135,7 @@ async def miner_phase(engine: Any, docs: list[bytes], work: Path) -> tuple[int, 
         stop.set()
         await task
         infos = [await hub.owner.get_request(i) for i in ids]
-        assert all(i.status == RequestStatus.FINALIZED for i in infos), "journal and chain disagree"
+        assert all(i.phase == Phase.FINAL for i in infos), "journal and chain disagree"
         tokens = 0
         for info in infos:
             out = parse_output_document(await store.get(digest_to_cid(info.output_digest or b"")))

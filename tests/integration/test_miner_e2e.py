@@ -371,7 +371,7 @@ async def test_reorg_reverts_submissions_then_the_miner_resubmits(net: Net, mine
     assert daemon.follower is not None and daemon.follower.stats.reorgs >= 1
     subs = await net.submissions()
     ours = sorted(s.id for s in subs if s.miner == daemon.address)
-    assert ours == sorted(ids + more), "one ResultSubmitted per request on the canonical chain"
+    assert ours == sorted(ids + more), "one ResultRevealed per request on the canonical chain"
     after = await sent_by(w3, hub, daemon.address)
     reverted = {h: await receipt_or_none(w3, h) for h in {tx.hash for tx in before}}
     for tx in before:
