@@ -77,6 +77,7 @@ contracts-check: npm
 	$(MAKE) -C contracts check
 
 bench: setup
+	$(PY) tests/bench/adversary.py
 	$(PY) tests/bench/gas.py
 	@for b in parser engine miner gateway; do \
 		if [ -f tests/bench/$$b.py ]; then $(PY) tests/bench/$$b.py || exit 1; fi; done
