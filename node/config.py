@@ -98,6 +98,9 @@ class MinerSettings(BaseModel):
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     journal_path: Path | None = None
+    envelope_urls: list[str] = Field(default_factory=list)
+    """Gateways whose `GET /envelope/{input_cid}` serves sealed private inputs (issue 16); empty:
+    `content.gateway_urls` (an inferd gateway's content server serves both)."""
 
 
 class GatewaySettings(BaseModel):
@@ -127,6 +130,9 @@ class GatewaySettings(BaseModel):
     """`redis://[:password@]host:port/db`: several gateways share rate limits, in-flight slots, spend
     and API keys there (`node.gateway.shared`); unset, each gateway keeps them itself (memory, SQLite)."""
     redis_prefix: str = Field(default="inferd:gw", pattern=r"^[A-Za-z0-9:_.-]{1,64}$")
+    private_by_default: bool = False
+    """Seal every request's input to its seats and its answer to this gateway (issue 16) unless the
+    request says `"private": false`; False: only requests that say `"private": true`."""
 
 
 class Settings(BaseSettings):

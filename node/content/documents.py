@@ -156,6 +156,10 @@ ToolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 TokenIdKey = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,10}$")]
 Bias = Annotated[float, Field(ge=-100, le=100)]
 TokenId = Annotated[int, Field(ge=0, lt=1 << 32)]
+Salt = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+"""A private document's salt (`node.content.salt`): 32 bytes as 64 lowercase hex digits."""
+PublicKeyHex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{128}$")]
+"""A requester's 64-byte secp256k1 public key (`node.chain.pubkeys` form), lowercase hex, no 0x."""
 
 
 class FunctionCall(_Doc):
@@ -416,11 +420,15 @@ class ChatInputDocument(_Doc):
     model: NonEmptyStr
     messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
     params: ChatParams = Field(default_factory=ChatParams)
+    # private documents (issue 16, v3 only): see `_check_private`
+    salt: Salt | None = None
+    reply_to: PublicKeyHex | None = None
 
     @model_validator(mode="after")
     def _bounded_work(self) -> ChatInputDocument:
         _check_work(1, self.params.n or 1, self.params.max_tokens, "params.n")
         _check_version(self.v, self.params.v2_fields())
+        _check_private(self.v, self.salt, self.reply_to)
         _check_safe(self.v, self.params.seed, "params.seed")
         return self
 
@@ -433,6 +441,21 @@ def _check_version(v: int, v2_fields: list[str]) -> None:
         )
     if v == DOCUMENT_VERSION_2 and not v2_fields:
         raise _FieldError("v", f"must be 1 or 3 for a document that uses none of {', '.join(V2_PARAMS)}")
+
+
+def _check_private(v: int, salt: str | None, reply_to: str | None) -> None:
+    """`salt` and `reply_to` mark a private input: version 3 only, and both or neither.
+
+    The salt keeps the digest on chain unguessable (`node.content.salt`); `reply_to` is the
+    requester's public key the miner seals its output to (`node.content.envelope`). Both are covered
+    by the input digest, so no relay can swap the reply key.
+    """
+    if (salt is not None or reply_to is not None) and v != DOCUMENT_VERSION_3:
+        raise _FieldError("salt" if salt is not None else "reply_to", 'needs "v": 3 (private documents)')
+    if (salt is None) != (reply_to is None):
+        raise _FieldError(
+            "reply_to" if salt is not None else "salt", "a private document sets both salt and reply_to"
+        )
 
 
 def _check_safe(v: int, value: int | None, field: str) -> None:
@@ -487,10 +510,13 @@ class CompletionInputDocument(_Doc):
     model: NonEmptyStr
     prompt: Prompt
     params: CompletionParams = Field(default_factory=CompletionParams)
+    salt: Salt | None = None
+    reply_to: PublicKeyHex | None = None
 
     @model_validator(mode="after")
     def _bounded_work(self) -> CompletionInputDocument:
         _check_safe(self.v, self.params.seed, "params.seed")
+        _check_private(self.v, self.salt, self.reply_to)
         prompts = prompt_count(self.prompt)
         if prompts > MAX_PROMPTS:
             raise _FieldError("prompt", f"at most {MAX_PROMPTS} prompts per request, got {prompts}")
@@ -647,6 +673,7 @@ _ERROR_CODES = {
     "DocumentTooLarge": "input_too_large",
     "ContentNotFound": "input_not_found",
     "IntegrityError": "input_integrity",
+    "InputTampered": "input_tampered",
 }
 _FIXED_MESSAGES = {
     "invalid_request": "the input document is invalid",
@@ -655,6 +682,10 @@ _FIXED_MESSAGES = {
     "input_integrity": "the input document's bytes do not match its CID",
     "output_too_large": f"the output document would be over the {MAX_DOCUMENT_BYTES}-byte limit",
     "input_unprocessable": "the engine could not process this input",
+    "input_tampered": (
+        "the private input's envelope does not open to the document whose digest is on chain "
+        "(changed after sealing, or sealed from another document)"
+    ),
 }
 
 
@@ -689,9 +720,13 @@ class OutputDocument(_Doc):
     choices: list[Choice] = Field(default_factory=list)
     usage: Usage | None = None
     error: OutputError | None = None
+    salt: Salt | None = None
+    """Private outputs only (v3): `node.content.salt.output_salt` of the input's salt."""
 
     @model_validator(mode="after")
     def _consistent(self) -> OutputDocument:
+        if self.salt is not None and self.v != DOCUMENT_VERSION_3:
+            raise _FieldError("salt", 'needs "v": 3 (private documents)')
         _check_safe(self.v, self.request_id, "request_id")
         _check_safe(self.v, self.created, "created")
         want = {"chat.completion": ChatChoice, "text_completion": CompletionChoice}.get(self.object)

@@ -426,7 +426,8 @@ class Devnet:
             settings = {
                 "data_dir": str(mdir),
                 **common,
-                "miner": {"metrics_host": "127.0.0.1", "metrics_port": port},
+                # sealed private inputs come from the gateway's /envelope route (issue 16)
+                "miner": {"metrics_host": "127.0.0.1", "metrics_port": port, "envelope_urls": [gateway_url]},
             }
             settings["chain"] = {**common["chain"], "private_key": key}
             login = self.broker.stream_login(Account.from_key(key).address)

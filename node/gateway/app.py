@@ -280,7 +280,7 @@ class _Inference:
             raise
         try:
             pending = await st.backend.submit(
-                chain_id, self.parsed.document, self.parsed.document_bytes, model
+                chain_id, self.parsed.document, self.parsed.document_bytes, model, private=self.parsed.private
             )
         except GatewayError as exc:
             await st.ledger.asettle(reservation, exc.spent_wei)
@@ -443,6 +443,11 @@ def create_app(
     from node.content.trustless import trustless_router
 
     app.include_router(trustless_router(content_store))
+    envelopes = getattr(state.backend, "envelopes", None)
+    if envelopes is not None:  # sealed private inputs for their seats (node.gateway.private)
+        from node.gateway.private import envelope_router
+
+        app.include_router(envelope_router(envelopes))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, who: Authenticated) -> Response:

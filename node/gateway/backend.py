@@ -29,9 +29,18 @@ class InferenceBackend(Protocol):
     async def get_model(self, chain_id: int, name: str) -> ModelInfo | None: ...
 
     async def submit(
-        self, chain_id: int, document: InputDocument, document_bytes: bytes, model: ModelInfo
+        self,
+        chain_id: int,
+        document: InputDocument,
+        document_bytes: bytes,
+        model: ModelInfo,
+        *,
+        private: bool | None = None,
     ) -> PendingInference:
-        """Store the input, send `requestInference`, and register for its result (one call)."""
+        """Store the input, send `requestInference`, and register for its result (one call).
+
+        `private` (None: the backend's default) seals the input to its seats (issue 16).
+        """
         ...
 
     async def get_inference(self, chain_id: int, request_id: int) -> dict[str, Any]:

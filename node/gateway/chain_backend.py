@@ -74,12 +74,14 @@ from node.gateway.errors import (
     ServiceUnavailable,
     UpstreamError,
 )
-from node.gateway.mqtt import Routed, Subscriber, request_topics
+from node.gateway.mqtt import Routed, Subscriber, delta_of, request_topics
 from node.gateway.pending import PendingInference, PendingRegistry, recover_submission_signer
+from node.gateway.private import EnvelopeBook, PrivateDesk, PublicKeys, make_private
 from node.gateway.records import ModelInfo, Submission, VerifiedResult
 from node.gateway.responses import build_response
 from node.gateway.work import declared_max_tokens
 from node.log import get_logger
+from node.miner.private import open_delta
 from node.stream.connection import credentials
 from node.supervise import Supervisor, wait_task
 
@@ -142,6 +144,8 @@ class ChainLink:
     follower: LogFollower[Any] | None = None
     task: asyncio.Task[None] | None = None
     models: dict[str, tuple[float, ModelInfo | None]] = field(default_factory=dict)
+    private: PrivateDesk | None = None
+    """Private requests sent with this chain's wallet (`node.gateway.private`)."""
 
     @property
     def hub_address(self) -> str:
@@ -161,6 +165,7 @@ class ChainBackend:
         grace_s: float = 0.5,
         max_fee_per_gas: int | None = None,
         max_fee_bumps: int | None = None,
+        private_by_default: bool = False,
     ) -> None:
         if not chains:
             raise GatewayConfigError("the gateway needs at least one chain")
@@ -176,6 +181,10 @@ class ChainBackend:
         self._recent: OrderedDict[tuple[int, int], VerifiedResult] = OrderedDict()
         self._nudges: set[asyncio.Task[None]] = set()
         self.loops = Supervisor("gateway")
+        self.private_by_default = private_by_default
+        self.envelopes = EnvelopeBook()
+        self.public_keys = PublicKeys()
+        self._sealing: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(
@@ -189,6 +198,7 @@ class ChainBackend:
             fee_wei=settings.gateway.fee_wei,
             max_fee_per_gas=settings.gateway.max_fee_per_gas_wei,
             max_fee_bumps=settings.gateway.max_fee_bumps,
+            private_by_default=settings.gateway.private_by_default,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -232,6 +242,9 @@ class ChainBackend:
                 max_replacements=self.max_fee_bumps,
             )
             link = ChainLink(settings=cs, chain_id=chain_id, hub=hub, sender=sender)
+            link.private = PrivateDesk(
+                self.store, "0x" + bytes(account.key).hex(), self.public_keys, self.envelopes
+            )
             head = int(await w3.eth.block_number)
             link.follower = LogFollower(
                 w3,
@@ -307,6 +320,7 @@ class ChainBackend:
         await wait_task(sub._task)
 
     def _on_event(self, chain_id: int, ev: HubEvent) -> None:
+        self._private_event(chain_id, ev)
         reg = self.registry
         if isinstance(ev, InferenceAssigned):
             reg.on_assigned(chain_id, ev.id, ev.assignees)
@@ -326,6 +340,53 @@ class ChainBackend:
         elif isinstance(ev, InferenceRefunded):
             reg.on_failed(chain_id, ev.id, _refunded(ev.id))
 
+    def _private_event(self, chain_id: int, ev: HubEvent) -> None:
+        """Seal a private input to seats the chain just named; forget it once the request ended."""
+        link = self.links.get(chain_id)
+        desk = link.private if link is not None else None
+        if desk is None or desk.get((chain_id, getattr(ev, "id", -1))) is None:
+            return
+        assert link is not None
+        if isinstance(ev, InferenceAssigned):
+            self._seal(link, ev.id, ev.assignees)
+        elif isinstance(ev, AuditOpened):
+            self._seal(link, ev.id, (ev.auditor,))
+        elif isinstance(ev, CommitteeOpened):
+            self._seal(link, ev.id, ev.members)
+        elif isinstance(ev, InferenceFinalized | InferenceRefunded):
+            desk.forget((chain_id, ev.id))
+
+    def _seal(self, link: ChainLink, request_id: int, seats: tuple[str, ...]) -> None:
+        assert link.private is not None
+        coro = link.private.add_seats((link.chain_id, request_id), seats, link.hub)
+        task = asyncio.get_running_loop().create_task(self._guarded(coro, request_id))
+        self._sealing.add(task)
+        task.add_done_callback(self._sealing.discard)
+
+    async def _guarded(self, coro: Any, request_id: int) -> None:
+        with self.loops.guard("private-seal", request_id=request_id):
+            await coro
+
+    def _open_private(self, msg: Routed) -> Routed | None:
+        """A private request's MQTT result or delta, opened (None: not ours to open, dropped)."""
+        link = self.links.get(msg.chain_id)
+        entry = link.private.get((msg.chain_id, msg.request_id)) if link and link.private else None
+        if entry is None or link is None or link.private is None:
+            return msg
+        if msg.result is not None:
+            plain = link.private.open_output(msg.result.output_bytes)
+            if plain is None:
+                return None
+            return replace(msg, result=replace(msg.result, output_bytes=plain))
+        if msg.delta is not None and msg.delta.sealed is not None:
+            d = msg.delta
+            try:
+                body = open_delta(entry.delta_key, msg.request_id, d.miner or "", d.seq, {"sealed": d.sealed})
+                return replace(msg, delta=delta_of(d.seq, d.choice, d.miner or "", body))
+            except (ContentError, ValueError):
+                return None
+        return None  # a plaintext delta for a private request: not from an honest seat
+
     def mqtt_drops(self) -> Counter[str]:
         """MQTT messages and buffered bytes dropped, by reason (subscriber and pending registry)."""
         total: Counter[str] = Counter(self.registry.drops)
@@ -337,6 +398,10 @@ class ChainBackend:
         link = self.links.get(msg.chain_id)
         if link is None or link.hub_address != msg.hub:
             return
+        opened = self._open_private(msg)
+        if opened is None:
+            return
+        msg = opened
         if msg.delta is not None:
             self.registry.on_delta(msg.chain_id, msg.request_id, msg.delta)
         elif msg.result is not None:
@@ -415,13 +480,24 @@ class ChainBackend:
     # ------------------------------------------------------------------ submit
 
     async def submit(
-        self, chain_id: int, document: InputDocument, document_bytes: bytes, model: ModelInfo
+        self,
+        chain_id: int,
+        document: InputDocument,
+        document_bytes: bytes,
+        model: ModelInfo,
+        *,
+        private: bool | None = None,
     ) -> PendingInference:
         link = self._link(chain_id)
-        try:
-            input_cid = await self.store.put(document_bytes)
-        except ContentError as exc:
-            raise ServiceUnavailable(f"Cannot store the input document: {exc}") from exc
+        desk = link.private if (self.private_by_default if private is None else private) else None
+        if desk is not None:  # never stored in plaintext: sealed to the seats once they are known
+            document, document_bytes = make_private(document, desk.public_key)
+            input_cid = digest_to_cid(digest_of(document_bytes))
+        else:
+            try:
+                input_cid = await self.store.put(document_bytes)
+            except ContentError as exc:
+                raise ServiceUnavailable(f"Cannot store the input document: {exc}") from exc
         digest = digest_of(document_bytes)
         max_tokens = declared_max_tokens(document)
         fee = model.price(max_tokens)
@@ -456,10 +532,15 @@ class ChainBackend:
             max_tokens=max_tokens,
             engine_class=model.engine_class,
         )
+        if desk is not None:
+            assert document.salt is not None
+            desk.register((chain_id, requested.id), input_cid, document_bytes, document.salt)
         pending = self.registry.register(sub)
         pending.result_future.add_done_callback(lambda f: self._remember(f, pending.submission))
         self._on_receipt_events(chain_id, events)
         await self._ensure_assigned(link, pending)
+        if desk is not None:
+            self._seal(link, requested.id, pending.submission.assignees)
         if link.follower is not None:
             link.follower.wake()
         return pending
@@ -467,6 +548,7 @@ class ChainBackend:
     def _on_receipt_events(self, chain_id: int, events: list[HubEvent]) -> None:
         """Assignments a receipt carries (a request materialises earlier ones; `assign` ours)."""
         for ev in events:
+            self._private_event(chain_id, ev)
             if isinstance(ev, InferenceAssigned | InferenceRefunded):
                 self._on_event(chain_id, ev)
 

@@ -98,9 +98,21 @@ def _delta(where: RequestTopic, body: dict[str, Any]) -> Routed:
     seq, choice, delta = body.get("seq"), body.get("choice", 0), body.get("delta")
     if type(seq) is not int or type(choice) is not int or seq < 0 or not 0 <= choice < 1024:
         raise Malformed("bad_delta")
+    routed_delta = delta_of(seq, choice, where.miner, delta)
+    return Routed(where.chain_id, where.hub, where.request_id, where.miner, delta=routed_delta)
+
+
+def delta_of(seq: int, choice: int, miner: str, delta: Any) -> Delta:
+    """A delta message's `delta` (text or an object) as a `Delta`; `Malformed` for bad tool calls.
+
+    A private request's delta is `{"sealed": base64}` and is kept as such for the gateway to open.
+    """
     text = ""
     fragments: tuple[ToolCallFragment, ...] = ()
     if isinstance(delta, dict):
+        sealed = delta.get("sealed")
+        if isinstance(sealed, str):
+            return Delta(seq=seq, choice=choice, text="", miner=miner, sealed=sealed)
         value = delta.get("content", delta.get("text"))
         text = value if isinstance(value, str) else ""
         calls = delta.get("tool_calls")
@@ -108,8 +120,7 @@ def _delta(where: RequestTopic, body: dict[str, Any]) -> Routed:
             fragments = _tool_call_fragments(calls)
     elif isinstance(delta, str):
         text = delta
-    routed_delta = Delta(seq=seq, choice=choice, text=text, miner=where.miner, tool_calls=fragments)
-    return Routed(where.chain_id, where.hub, where.request_id, where.miner, delta=routed_delta)
+    return Delta(seq=seq, choice=choice, text=text, miner=miner, tool_calls=fragments)
 
 
 def _tool_call_fragments(calls: Any) -> tuple[ToolCallFragment, ...]:

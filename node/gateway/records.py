@@ -111,11 +111,13 @@ class Delta:
     miner: str | None = None
     """Who published it (the MQTT topic's miner level); only an assignee's deltas are relayed."""
     tool_calls: tuple[ToolCallFragment, ...] = ()
+    sealed: str | None = None
+    """A private request's encrypted delta (`node.miner.private.seal_delta`), opened by the gateway."""
 
     @property
     def nbytes(self) -> int:
         """What buffering it costs: its text and its fragments' strings, in UTF-8 bytes."""
-        text = len(self.text.encode("utf-8", "surrogatepass"))
+        text = len(self.text.encode("utf-8", "surrogatepass")) + len(self.sealed or "")
         return text + sum(f.nbytes for f in self.tool_calls)
 
 

@@ -46,6 +46,8 @@ def onchain_data(sub: Submission, result: VerifiedResult | None = None) -> dict[
         "max_tokens": sub.max_tokens or None,
         "fee_wei": str(sub.fee),
         "engine_class": sub.engine_class,
+        # a private answer's output salt (issue 16): with it the requester rebuilds the digested bytes
+        **({"output_salt": result.output.salt} if result and result.output.salt else {}),
     }
 
 

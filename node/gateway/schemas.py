@@ -56,7 +56,7 @@ from node.gateway.errors import (
 
 Kind = Literal["chat", "completion"]
 
-_TRANSPORT = frozenset({"model", "stream", "stream_options", "chain_id"})
+_TRANSPORT = frozenset({"model", "stream", "stream_options", "chain_id", "private"})
 _CHAT_ONLY = frozenset({"messages", "max_completion_tokens"})
 _COMPLETION_ONLY = frozenset({"prompt"})
 
@@ -91,6 +91,8 @@ class ParsedRequest(BaseModel):
     stream: bool = False
     include_usage: bool = False
     chain_id: int | None = None
+    private: bool | None = None
+    """`"private": true|false` (OpenAI SDK: `extra_body`); None: the gateway's `private_by_default`."""
 
 
 async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
@@ -144,6 +146,13 @@ def _require_bool(body: dict[str, Any], name: str) -> bool:
         return False
     if not isinstance(value, bool):
         raise InvalidRequest(f"{name}: must be a boolean, got {type(value).__name__}", param=name)
+    return value
+
+
+def _private(body: dict[str, Any]) -> bool | None:
+    value = body.get("private")
+    if value is not None and not isinstance(value, bool):
+        raise InvalidRequest("private: must be a boolean", param="private")
     return value
 
 
@@ -339,6 +348,7 @@ def _build(kind: Kind, doc: dict[str, Any], body: dict[str, Any]) -> ParsedReque
         stream=stream,
         include_usage=include_usage,
         chain_id=chain_id,
+        private=_private(body),
     )
 
 

@@ -125,7 +125,13 @@ class FakeBackend:
         return self.models.get(name)
 
     async def submit(
-        self, chain_id: int, document: InputDocument, document_bytes: bytes, model: ModelInfo
+        self,
+        chain_id: int,
+        document: InputDocument,
+        document_bytes: bytes,
+        model: ModelInfo,
+        *,
+        private: bool | None = None,  # the fake network has no seats to seal to: always public
     ) -> PendingInference:
         assert self.registry is not None, "start() the backend first"
         request_id = self._next_id

@@ -113,6 +113,7 @@ def output_document_from_response(response: dict[str, Any]) -> OutputDocument:
         "choices": choices,
         "usage": response.get("usage"),
         "error": None,
+        "salt": od.get("output_salt"),  # private answers only (issue 16)
     }
     try:
         return OutputDocument.model_validate(_strip_nulls(doc, frozenset({"error"})), strict=True)

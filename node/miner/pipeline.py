@@ -31,6 +31,7 @@ timestamp), so redoing it after a crash writes the very same bytes under the ver
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -50,11 +51,18 @@ from node.content.documents import (
     sequence_count,
     to_canonical_bytes,
 )
-from node.content.errors import BackendUnavailable, ContentError, DocumentTooLarge, InputUnavailable
+from node.content.errors import (
+    BackendUnavailable,
+    ContentError,
+    ContentNotFound,
+    DocumentTooLarge,
+    InputUnavailable,
+)
 from node.content.store import ContentStore
 from node.engine.engine import UNPROCESSABLE, EngineError
 from node.engine.params import ParamError
 from node.log import get_logger
+from node.miner.private import EnvelopeSource, encode_private, fetch_private, is_private, sealed_deltas
 
 log = get_logger("inferd.miner.pipeline")
 
@@ -154,8 +162,11 @@ class Pipeline:
         first_fetch_s: float = 2.0,
         fetch_retry_s: float = 0.5,
         max_backoff_s: float = 30.0,
+        envelopes: EnvelopeSource | None = None,
     ) -> None:
         self.engine = engine
+        self.envelopes = envelopes
+        """Where sealed private inputs are found (`node.miner.private`); None: public inputs only."""
         self.store = store
         self._key = private_key
         self.chain_id = chain_id
@@ -218,6 +229,11 @@ class Pipeline:
                 self._unavailable.pop(input_cid, None)
                 return exc
             except ContentError as exc:  # not found, a backend down, bytes that do not match the CID
+                if self.envelopes is not None and isinstance(exc, ContentNotFound):
+                    opened = await fetch_private(self.envelopes, input_cid, job.input_digest, self._key)
+                    if opened is not None:  # a private input sealed to us (or a tampered envelope)
+                        self._unavailable.pop(input_cid, None)
+                        return opened
                 if known is not None or time.monotonic() + delay > give_up_at:
                     raise self._not_yet(input_cid, type(exc).__name__) from None
                 if isinstance(exc, BackendUnavailable):
@@ -244,6 +260,9 @@ class Pipeline:
             job, input_cid, give_up_at if give_up_at is not None else t0 + self.first_fetch_s
         )
         t1 = time.monotonic()
+        private = fetched if not isinstance(fetched, ContentError) and is_private(fetched) else None
+        if private is not None and deltas is not None:
+            deltas = sealed_deltas(deltas, private, job.request_id, self._key)
         refusal = None
         if not isinstance(fetched, ContentError) and job.max_tokens is not None:
             refusal = over_declared(fetched, job.max_tokens, self.max_model_len)
@@ -258,12 +277,17 @@ class Pipeline:
         else:
             out = await self._answer(fetched, job, input_cid, deltas)
         t2 = time.monotonic()
-        try:
-            data = to_canonical_bytes(out)
-        except ContentError as exc:  # e.g. an output over 1 MiB
-            out = self._error_doc(job, input_cid, exc, "output_too_large", out.v)
-            data = to_canonical_bytes(out)
-        cid = await self._upload(data, job)
+        if private is not None:  # signed: the salted plaintext; stored and sent: its envelope
+            too_large = functools.partial(self._error_doc, job, input_cid, code="output_too_large")
+            out, data, stored = encode_private(out, private, lambda e, v: too_large(e, input_version=v))
+        else:
+            try:
+                data = to_canonical_bytes(out)
+            except ContentError as exc:  # e.g. an output over 1 MiB
+                out = self._error_doc(job, input_cid, exc, "output_too_large", out.v)
+                data = to_canonical_bytes(out)
+            stored = data
+        cid = await self._upload(stored, job)
         digest = digest_of(data)
         t3 = time.monotonic()
         signature = sign_result(
@@ -277,7 +301,7 @@ class Pipeline:
         usage = out.usage
         return Produced(
             request_id=job.request_id,
-            output=data,
+            output=stored,
             output_cid=cid,
             output_digest=digest,
             signature=signature,

@@ -19,6 +19,7 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 
 from node.chain.hub import HubClient
+from node.chain.pubkeys import public_key_of
 from node.config import Settings
 from node.content.factory import open_store
 from node.log import get_logger
@@ -26,6 +27,7 @@ from node.miner.daemon import DaemonConfig, MinerDaemon, MinerStartError
 from node.miner.journal import Journal
 from node.miner.keys import load_account
 from node.miner.pipeline import EngineLike
+from node.miner.private import HttpEnvelopeSource
 from node.stream.connection import credentials
 from node.stream.publisher import StreamPublisher
 
@@ -152,8 +154,12 @@ async def build_daemon(
         journal=journal,
         publisher=publisher,
     )
+    envelope_urls = list(miner.envelope_urls) or list(settings.content.gateway_urls)
+    if envelope_urls:  # private inputs (issue 16): sealed envelopes from the requesters' gateways
+        daemon.pipeline.envelopes = HttpEnvelopeSource(envelope_urls)
     if publisher is not None:
-        publisher.heartbeat = daemon.heartbeat
+        public_key = public_key_of(bytes(account.key)).hex()  # self-authenticating (node.chain.pubkeys)
+        publisher.heartbeat = lambda: {**daemon.heartbeat(), "public_key": public_key}
     return daemon
 
 

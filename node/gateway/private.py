@@ -1,0 +1,254 @@
+"""The gateway's side of private requests (issue 16): seal inputs to seats, open answers and deltas.
+
+A private request's input document carries `salt` (random) and `reply_to` (this gateway's wallet
+public key, so answers are sealed to the requester). Its plaintext is never put in the content store:
+the gateway keeps it in memory (`PrivateDesk`) until the request ends and, whenever the chain names a
+seat (`InferenceAssigned`, `AuditOpened`'s auditor, `CommitteeOpened`'s members), seals it again to
+every seat so far (`node.content.envelope.seal`), stores the envelope and serves the newest one at
+`GET /envelope/{input_cid}` (`envelope_router`: ciphertext, no auth, bounded). The raw block route
+then answers 404 for the input CID, since the plaintext block does not exist anywhere.
+
+Seats' public keys (`PublicKeys`) are accepted from any source because they authenticate
+themselves (`node.chain.pubkeys`: keccak(key)[12:] == address): offered by a miner's MQTT heartbeat
+(`public_key`), else recovered from the transaction that activated the miner (the `MinerActivated`
+log at `getMiner(address).activeSince`: `registerMiner` or `addStake`, both signed by the miner).
+
+Answers: a miner's MQTT result for a private request carries the output envelope; `open_output`
+opens it with the wallet key and the pending registry then checks the plaintext's sha256 against the
+digest on chain as for any result. Deltas are AES-GCM under a key derived from the input salt
+(`node.miner.private`), opened here before they reach the stream. Nothing here logs document text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from fastapi import APIRouter, Response
+
+from node.chain.events import event_topic
+from node.chain.hub import HubClient
+from node.chain.pubkeys import WrongPublicKey, public_key_of, recover_public_key_from_tx, verify_public_key
+from node.content.cid import normalize_cid
+from node.content.documents import InputDocument, to_canonical_bytes
+from node.content.envelope import EnvelopeError, open_envelope, seal
+from node.content.errors import ContentError, InvalidCID
+from node.content.salt import private_salt
+from node.content.store import ContentStore
+from node.log import get_logger
+from node.miner.private import delta_key, own_address
+
+log = get_logger("inferd.gateway.private")
+
+MAX_PRIVATE_REQUESTS: Final = 4096
+"""Private requests whose plaintext input is held at once (oldest dropped; a request ends first)."""
+
+
+class PublicKeyUnavailable(Exception):
+    """No verified public key for a seat yet (no heartbeat, and its activation tx not readable)."""
+
+
+class PublicKeys:
+    """Verified secp256k1 public keys by (lowercase) address, from heartbeats or the chain."""
+
+    def __init__(self, max_entries: int = 16384) -> None:
+        self._keys: OrderedDict[str, bytes] = OrderedDict()
+        self.max_entries = max_entries
+
+    def offer(self, address: str, public_key: bytes | str) -> bool:
+        """Cache `public_key` for `address` if it is that address's key; False (ignored) otherwise."""
+        try:
+            key = verify_public_key(public_key, address)
+        except (WrongPublicKey, ValueError):
+            return False
+        self._keys[address.lower()] = key
+        self._keys.move_to_end(address.lower())
+        while len(self._keys) > self.max_entries:
+            self._keys.popitem(last=False)
+        return True
+
+    def cached(self, address: str) -> bytes | None:
+        return self._keys.get(address.lower())
+
+    async def get(self, address: str, hub: HubClient) -> bytes:
+        """The key of `address`: cached, else recovered from its activation transaction."""
+        key = self.cached(address)
+        if key is not None:
+            return key
+        try:
+            info = await hub.get_miner(address)
+            topic = "0x" + bytes(12).hex() + address.lower().removeprefix("0x")
+            logs = await hub.w3.eth.get_logs(
+                {
+                    "address": hub.address,
+                    "fromBlock": info.active_since,
+                    "toBlock": info.active_since,
+                    "topics": [event_topic("MinerActivated"), topic],
+                }
+            )
+            if not logs:
+                raise PublicKeyUnavailable(f"no MinerActivated log of {address} at its activeSince block")
+            tx = await hub.w3.eth.get_transaction(logs[0]["transactionHash"])
+            recovered = recover_public_key_from_tx(dict(tx))
+        except PublicKeyUnavailable:
+            raise
+        except Exception as exc:
+            raise PublicKeyUnavailable(f"cannot recover the public key of {address}: {exc}") from exc
+        if not self.offer(address, recovered):
+            raise PublicKeyUnavailable(f"the key recovered for {address} is not its own")
+        return recovered
+
+
+class EnvelopeBook:
+    """The newest envelope of each private input CID, served to seats (bounded, oldest dropped)."""
+
+    def __init__(self, max_entries: int = MAX_PRIVATE_REQUESTS) -> None:
+        self._envelopes: OrderedDict[str, bytes] = OrderedDict()
+        self.max_entries = max_entries
+
+    def put(self, input_cid: str, envelope: bytes) -> None:
+        self._envelopes[input_cid] = envelope
+        self._envelopes.move_to_end(input_cid)
+        while len(self._envelopes) > self.max_entries:
+            self._envelopes.popitem(last=False)
+
+    def get(self, input_cid: str) -> bytes | None:
+        return self._envelopes.get(input_cid)
+
+    def drop(self, input_cid: str) -> None:
+        self._envelopes.pop(input_cid, None)
+
+
+def envelope_router(book: EnvelopeBook) -> APIRouter:
+    """`GET /envelope/{input_cid}`: the newest envelope of a private input (404: none here)."""
+    router = APIRouter()
+
+    @router.get("/envelope/{cid}")
+    async def get_envelope(cid: str) -> Response:
+        try:
+            key = normalize_cid(cid)
+        except (InvalidCID, ContentError):
+            return Response("malformed CID\n", status_code=400, media_type="text/plain; charset=utf-8")
+        data = book.get(key)
+        if data is None:
+            return Response("no envelope for this input\n", status_code=404, media_type="text/plain")
+        return Response(data, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+    return router
+
+
+def make_private(document: InputDocument, reply_to: bytes) -> tuple[InputDocument, bytes]:
+    """`document` as a private document (fresh salt, `reply_to` = the requester's public key)."""
+    private = document.model_copy(update={"v": 3, "salt": private_salt(), "reply_to": reply_to.hex()})
+    private = type(document).model_validate(private.model_dump())  # re-run the cross-field checks
+    return private, to_canonical_bytes(private)
+
+
+@dataclass
+class PrivateEntry:
+    """One private request the gateway is holding the plaintext of."""
+
+    input_cid: str
+    plaintext: bytes
+    delta_key: bytes
+    seats: set[str] = field(default_factory=set)
+    sealed_to: frozenset[str] = frozenset()
+
+
+class PrivateDesk:
+    """Private requests in flight: seal inputs to seats, open outputs and deltas (module docstring)."""
+
+    def __init__(
+        self,
+        store: ContentStore,
+        wallet_key: str,
+        keys: PublicKeys | None = None,
+        book: EnvelopeBook | None = None,
+    ) -> None:
+        self.store = store
+        self._wallet_key = wallet_key
+        self.address = own_address(wallet_key)
+        self.public_key = public_key_of(wallet_key)
+        self.keys = keys or PublicKeys()
+        self.book = book or EnvelopeBook()
+        self._entries: OrderedDict[tuple[int, int], PrivateEntry] = OrderedDict()
+        self._locks: dict[tuple[int, int], asyncio.Lock] = {}
+
+    def register(self, key: tuple[int, int], input_cid: str, plaintext: bytes, salt: str) -> None:
+        self._entries[key] = PrivateEntry(input_cid, plaintext, delta_key(salt))
+        while len(self._entries) > MAX_PRIVATE_REQUESTS:
+            old_key, old = self._entries.popitem(last=False)
+            self.book.drop(old.input_cid)
+            self._locks.pop(old_key, None)
+
+    def get(self, key: tuple[int, int]) -> PrivateEntry | None:
+        return self._entries.get(key)
+
+    def forget(self, key: tuple[int, int]) -> None:
+        entry = self._entries.pop(key, None)
+        self._locks.pop(key, None)
+        if entry is not None:
+            self.book.drop(entry.input_cid)
+
+    async def add_seats(self, key: tuple[int, int], seats: tuple[str, ...], hub: HubClient) -> bool:
+        """Seal the input to every seat so far (plus new `seats`) and publish the envelope.
+
+        False when the request is not private here, nothing new, or a key is missing (logged; the
+        seat then sees its input as unavailable until a later event seals to it).
+        """
+        entry = self._entries.get(key)
+        if entry is None:
+            return False
+        entry.seats.update(s.lower() for s in seats)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            want = frozenset(entry.seats)
+            if want <= entry.sealed_to:
+                return False
+            recipients: dict[str, bytes] = {}
+            for seat in sorted(want):
+                try:
+                    recipients[seat] = await self.keys.get(seat, hub)
+                except PublicKeyUnavailable as exc:
+                    log.warning("private_seat_key_missing", request_id=key[1], seat=seat, error=str(exc))
+            if not recipients:
+                return False
+            envelope = seal(entry.plaintext, recipients)
+            try:
+                await self.store.put(envelope)
+            except ContentError as exc:  # served from memory anyway; the store copy is for other gateways
+                log.warning("private_envelope_store_failed", request_id=key[1], error=type(exc).__name__)
+            self.book.put(entry.input_cid, envelope)
+            entry.sealed_to = frozenset(recipients)
+            log.info("private_input_sealed", request_id=key[1], seats=len(recipients))
+            return True
+
+    def open_output(self, data: bytes) -> bytes | None:
+        """The plaintext output in an envelope sealed to this gateway; None if it does not open."""
+        try:
+            return open_envelope(data, self._wallet_key, self.address)
+        except (EnvelopeError, ValueError) as exc:
+            log.warning("private_output_unopened", error=type(exc).__name__)
+            return None
+
+    def heartbeat(self, address: str, body: dict[str, Any]) -> None:
+        """A miner heartbeat's `public_key` (hex), cached if it is that miner's key."""
+        key = body.get("public_key")
+        if isinstance(key, str) and len(key) <= 132:
+            try:
+                self.keys.offer(address, bytes.fromhex(key.removeprefix("0x")))
+            except ValueError:
+                return
+
+
+__all__ = [
+    "EnvelopeBook",
+    "PrivateDesk",
+    "PrivateEntry",
+    "PublicKeyUnavailable",
+    "PublicKeys",
+    "envelope_router",
+    "make_private",
+]

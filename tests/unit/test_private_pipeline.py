@@ -1,0 +1,226 @@
+"""Private requests (issue 16) without a chain: documents, the miner's sealed input and answer, deltas,
+the gateway's desk (seal to seats, envelope route, open answers), all with real crypto and stores."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from node.chain.pubkeys import public_key_of
+from node.content.canonical import jcs_json
+from node.content.cid import digest_of, digest_to_cid
+from node.content.documents import (
+    ChatInputDocument,
+    ChatParams,
+    UserMessage,
+    parse_input_document,
+    parse_output_document,
+    to_canonical_bytes,
+    validate_input_document,
+)
+from node.content.envelope import open_envelope, seal
+from node.content.errors import ContentError, DocumentError, InputUnavailable
+from node.content.local import LocalStore
+from node.content.salt import output_salt, private_salt
+from node.gateway.mqtt import delta_of
+from node.gateway.private import EnvelopeBook, PrivateDesk, PublicKeys, envelope_router, make_private
+from node.miner.pipeline import Pipeline
+from node.miner.private import (
+    INPUT_TAMPERED,
+    delta_key,
+    open_delta,
+    open_private_input,
+    seal_delta,
+)
+from node.miner.testing import FakeEngine
+
+MARKER = "zebra-marker-7731"
+MINER_A, MINER_B, OUTSIDER, REQUESTER = (
+    Account.from_key("0x" + f"{i:02x}" * 32) for i in (0x11, 0x12, 0x13, 0x14)
+)
+
+
+def _key(acct: object) -> str:
+    return "0x" + bytes(acct.key).hex()  # type: ignore[attr-defined]
+
+
+def _private_doc() -> tuple[ChatInputDocument, bytes]:
+    doc = ChatInputDocument(
+        model="fake-model",
+        messages=[UserMessage(role="user", content=f"repeat {MARKER}")],
+        params=ChatParams(max_tokens=8, seed=1),
+    )
+    private, data = make_private(doc, public_key_of(_key(REQUESTER)))
+    assert isinstance(private, ChatInputDocument)
+    return private, data
+
+
+def _sealed(plaintext: bytes, *accounts: object) -> bytes:
+    return seal(plaintext, {a.address: public_key_of(_key(a)) for a in accounts})  # type: ignore[attr-defined]
+
+
+@dataclass
+class _Job:
+    request_id: int
+    input_digest: bytes
+    created: int = 1_700_000_000
+    max_tokens: int | None = None
+
+
+class _Source:
+    def __init__(self, envelope: bytes | None) -> None:
+        self.value = envelope
+
+    async def envelope(self, input_cid: str) -> bytes | None:
+        return self.value
+
+
+def _pipeline(store: LocalStore, acct: object, envelope: bytes | None) -> Pipeline:
+    return Pipeline(
+        engine=FakeEngine(), store=store, private_key=_key(acct), chain_id=31337,
+        hub="0x" + "22" * 20, envelopes=_Source(envelope), first_fetch_s=0.01,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- documents
+
+
+def test_salt_and_reply_to_are_v3_and_together() -> None:
+    doc, data = _private_doc()
+    assert doc.v == 3 and doc.salt and doc.reply_to == public_key_of(_key(REQUESTER)).hex()
+    assert parse_input_document(data) == doc
+    base = {"type": "chat", "model": "m", "messages": [{"role": "user", "content": "x"}]}
+    with pytest.raises(DocumentError, match="reply_to"):
+        validate_input_document({**base, "v": 3, "salt": private_salt()})
+    with pytest.raises(DocumentError, match="salt"):
+        validate_input_document({**base, "v": 1, "salt": private_salt(), "reply_to": "ab" * 64})
+    with pytest.raises(DocumentError, match="salt"):
+        validate_input_document({**base, "v": 3, "salt": "XY" * 32, "reply_to": "ab" * 64})
+    public = validate_input_document({**base, "v": 3})
+    assert b"salt" not in to_canonical_bytes(public)  # a public document keeps its bytes
+
+
+# --------------------------------------------------------------------------- miner
+
+
+def test_only_a_recipient_opens_and_the_digest_is_checked() -> None:
+    _, data = _private_doc()
+    env = _sealed(data, MINER_A, MINER_B)
+    opened = open_private_input(env, private_key=_key(MINER_A), input_digest=digest_of(data))
+    assert not isinstance(opened, ContentError | type(None)) and opened.salt is not None
+    assert open_private_input(env, private_key=_key(OUTSIDER), input_digest=digest_of(data)) is None
+    wrong = open_private_input(env, private_key=_key(MINER_B), input_digest=bytes(32))
+    assert type(wrong).__name__ == "InputTampered"
+    body = json.loads(env)
+    raw = bytearray(base64.b64decode(body["ciphertext"]))
+    raw[0] ^= 1  # one bit of the ciphertext changed after sealing
+    body["ciphertext"] = base64.b64encode(bytes(raw)).decode()
+    flipped = jcs_json(body)
+    tampered = open_private_input(flipped, private_key=_key(MINER_A), input_digest=digest_of(data))
+    assert type(tampered).__name__ == "InputTampered"
+
+
+async def test_a_private_input_is_answered_sealed_to_the_requester(tmp_path: Path) -> None:
+    doc, data = _private_doc()
+    env = _sealed(data, MINER_A, MINER_B)
+    outputs = []
+    for acct in (MINER_A, MINER_B):
+        store = LocalStore(tmp_path / acct.address)
+        produced = await _pipeline(store, acct, env).produce(_Job(9, digest_of(data)))
+        stored = await store.get(produced.output_cid)
+        assert stored == produced.output and MARKER.encode() not in stored  # the envelope, only
+        plain = open_envelope(stored, _key(REQUESTER), REQUESTER.address)
+        assert digest_of(plain) == produced.output_digest  # the chain's digest is the plaintext's
+        out = parse_output_document(plain)
+        assert out.salt == output_salt(doc.salt or "") and out.error is None
+        outputs.append(produced.output_digest)
+        for path in (tmp_path / acct.address).rglob("*"):
+            assert not path.is_file() or MARKER.encode() not in path.read_bytes()
+    assert outputs[0] == outputs[1]  # quorum compares the salted plaintext digests
+
+
+async def test_a_tampered_envelope_is_an_error_document_and_an_outsider_waits(tmp_path: Path) -> None:
+    _, data = _private_doc()
+    _, other = _private_doc()  # sealed from another document: its digest is not the one on chain
+    store = LocalStore(tmp_path / "a")
+    produced = await _pipeline(store, MINER_A, _sealed(other, MINER_A)).produce(_Job(3, digest_of(data)))
+    out = parse_output_document(produced.output)
+    assert out.error is not None and out.error.code == INPUT_TAMPERED and out.salt is None
+    again = await _pipeline(LocalStore(tmp_path / "b"), MINER_B, _sealed(other, MINER_B)).produce(
+        _Job(3, digest_of(data))
+    )
+    assert again.output == produced.output  # the same refusal byte for byte on every seat
+    with pytest.raises(InputUnavailable):
+        await _pipeline(LocalStore(tmp_path / "c"), OUTSIDER, _sealed(data, MINER_A)).produce(
+            _Job(3, digest_of(data))
+        )
+
+
+def test_deltas_open_only_with_the_salt_and_their_own_position() -> None:
+    key = delta_key(private_salt())
+    sealed = seal_delta(key, 5, MINER_A.address, 0, {"content": MARKER})
+    assert MARKER not in str(sealed)
+    assert open_delta(key, 5, MINER_A.address, 0, sealed) == {"content": MARKER}
+    for args in (
+        (key, 5, MINER_A.address, 1),
+        (key, 6, MINER_A.address, 0),
+        (delta_key(private_salt()), 5, MINER_A.address, 0),
+    ):
+        with pytest.raises(DocumentError):
+            open_delta(*args, sealed)
+    routed = delta_of(0, 0, MINER_A.address, sealed)  # what the gateway's MQTT parser keeps
+    assert routed.sealed == sealed["sealed"] and routed.text == ""
+
+
+# --------------------------------------------------------------------------- gateway
+
+
+def test_public_keys_are_verified_against_their_address() -> None:
+    keys = PublicKeys()
+    assert not keys.offer(MINER_A.address, public_key_of(_key(MINER_B)))
+    assert keys.cached(MINER_A.address) is None
+    assert keys.offer(MINER_A.address, public_key_of(_key(MINER_A)))
+    assert keys.cached(MINER_A.address.lower()) == public_key_of(_key(MINER_A))
+
+
+async def test_the_desk_seals_to_each_new_seat_and_serves_the_newest_envelope(tmp_path: Path) -> None:
+    doc, data = _private_doc()
+    store = LocalStore(tmp_path / "gw")
+    book = EnvelopeBook()
+    keys = PublicKeys()
+    for acct in (MINER_A, MINER_B):
+        keys.offer(acct.address, public_key_of(_key(acct)))
+    desk = PrivateDesk(store, _key(REQUESTER), keys, book)
+    cid = digest_to_cid(digest_of(data))
+    desk.register((1, 4), cid, data, doc.salt or "")
+    assert await desk.add_seats((1, 4), (MINER_A.address,), hub=None)  # type: ignore[arg-type]
+    assert not await desk.add_seats((1, 4), (MINER_A.address,), hub=None)  # type: ignore[arg-type]
+    first = book.get(cid)
+    assert (
+        first is not None
+        and open_private_input(first, private_key=_key(MINER_B), input_digest=digest_of(data)) is None
+    )
+    assert await desk.add_seats((1, 4), (MINER_B.address,), hub=None)  # type: ignore[arg-type]  # an auditor
+    app = FastAPI()
+    app.include_router(envelope_router(book))
+    client = TestClient(app)
+    newest = client.get(f"/envelope/{cid}")
+    assert newest.status_code == 200
+    opened = open_private_input(newest.content, private_key=_key(MINER_B), input_digest=digest_of(data))
+    assert not isinstance(opened, ContentError | type(None))
+    assert client.get(f"/envelope/{digest_to_cid(bytes(32))}").status_code == 404
+    assert client.get("/envelope/not-a-cid").status_code == 400
+    with pytest.raises(ContentError):
+        await store.get(cid)  # the plaintext block exists nowhere
+    for path in (tmp_path / "gw").rglob("*"):
+        assert not path.is_file() or MARKER.encode() not in path.read_bytes()
+    answer = seal(b'{"x":1}', {REQUESTER.address: public_key_of(_key(REQUESTER))})
+    assert desk.open_output(answer) == b'{"x":1}'
+    assert desk.open_output(_sealed(b"y", MINER_A)) is None
