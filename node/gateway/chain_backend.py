@@ -76,7 +76,14 @@ from node.gateway.errors import (
 )
 from node.gateway.mqtt import Routed, Subscriber, delta_of, request_topics
 from node.gateway.pending import PendingInference, PendingRegistry, recover_submission_signer
-from node.gateway.private import EnvelopeBook, PrivateDesk, PublicKeys, make_private
+from node.gateway.private import (
+    EnvelopeBook,
+    PrivateDesk,
+    PublicKeys,
+    heartbeat_filter,
+    make_private,
+    offer_heartbeat,
+)
 from node.gateway.records import ModelInfo, Submission, VerifiedResult
 from node.gateway.responses import build_response
 from node.gateway.work import declared_max_tokens
@@ -265,9 +272,11 @@ class ChainBackend:
             topics = [
                 t for link in self.links.values() for t in request_topics(link.chain_id, link.hub_address)
             ]
+            topics += [heartbeat_filter(link.chain_id, link.hub_address) for link in self.links.values()]
             self.subscriber = Subscriber(
-                self.stream.broker_url, topics, self._on_mqtt, **credentials(self.stream)
-            )
+                self.stream.broker_url, topics, self._on_mqtt, **credentials(self.stream),
+                on_heartbeat=functools.partial(offer_heartbeat, self.public_keys),  # seats' public keys
+            )  # fmt: skip
             self.loops.spawn("mqtt", self._subscribe)
 
     async def wait_ready(self, timeout_s: float = 10.0) -> bool:

@@ -170,11 +170,14 @@ class Subscriber:
         username: str | None = None,
         password: str | None = None,
         max_backoff_s: float = 5.0,
+        on_heartbeat: Callable[[str, bytes], object] | None = None,
     ) -> None:
         self.broker = Broker.from_url(broker_url, username=username, password=password)
         self.host, self.port = self.broker.host, self.broker.port
         self.topics = topics
         self.on_message = on_message
+        self.on_heartbeat = on_heartbeat
+        """Retained miner heartbeats (`.../miner/{address}`), if `topics` subscribes to them."""
         self.username = username
         self.max_backoff_s = max_backoff_s
         self.connected = asyncio.Event()
@@ -200,6 +203,12 @@ class Subscriber:
         self.received += 1
         if not isinstance(payload, bytes | bytearray):
             self.drops["bad_payload"] += 1
+            return
+        if self.on_heartbeat is not None and "/miner/" in topic:
+            try:
+                self.on_heartbeat(topic, bytes(payload))
+            except Exception:  # a hostile heartbeat is dropped, never ends the subscription
+                self.drops["bad_heartbeat"] += 1
             return
         try:
             routed = route(topic, bytes(payload))

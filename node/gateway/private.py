@@ -24,8 +24,9 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
+from eth_utils.address import is_checksum_address, to_checksum_address
 from fastapi import APIRouter, Response
 
 from node.chain.events import event_topic
@@ -37,8 +38,10 @@ from node.content.envelope import EnvelopeError, open_envelope, seal
 from node.content.errors import ContentError, InvalidCID
 from node.content.salt import private_salt
 from node.content.store import ContentStore
+from node.gate import MQTT_LIMITS, UntrustedJSON, load_json_object
 from node.log import get_logger
 from node.miner.private import delta_key, own_address
+from node.stream.topics import PREFIX
 
 log = get_logger("inferd.gateway.private")
 
@@ -233,14 +236,32 @@ class PrivateDesk:
             log.warning("private_output_unopened", error=type(exc).__name__)
             return None
 
-    def heartbeat(self, address: str, body: dict[str, Any]) -> None:
-        """A miner heartbeat's `public_key` (hex), cached if it is that miner's key."""
-        key = body.get("public_key")
-        if isinstance(key, str) and len(key) <= 132:
-            try:
-                self.keys.offer(address, bytes.fromhex(key.removeprefix("0x")))
-            except ValueError:
-                return
+
+def heartbeat_filter(chain_id: int, hub: str) -> str:
+    """The MQTT filter of every miner's retained heartbeat on one hub (`node.stream.topics`)."""
+    return f"{PREFIX}/{int(chain_id)}/{to_checksum_address(hub)}/miner/+"
+
+
+def offer_heartbeat(keys: PublicKeys, topic: str, payload: bytes) -> bool:
+    """Cache the `public_key` of a heartbeat if it is the key of the miner its topic names.
+
+    The topic's miner level is what the broker's ACL checked; the key is checked against it here
+    anyway (self-authenticating), so a forged heartbeat can at worst be ignored.
+    """
+    parts = topic.split("/")
+    if len(parts) != 6 or parts[4] != "miner" or not is_checksum_address(parts[5]):
+        return False
+    try:
+        body = load_json_object(payload, MQTT_LIMITS)
+    except UntrustedJSON:
+        return False
+    key = body.get("public_key")
+    if not isinstance(key, str) or len(key) > 132:
+        return False
+    try:
+        return keys.offer(parts[5], bytes.fromhex(key.removeprefix("0x")))
+    except ValueError:
+        return False
 
 
 __all__ = [
@@ -250,5 +271,7 @@ __all__ = [
     "PublicKeyUnavailable",
     "PublicKeys",
     "envelope_router",
+    "heartbeat_filter",
     "make_private",
+    "offer_heartbeat",
 ]

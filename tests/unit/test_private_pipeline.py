@@ -29,8 +29,18 @@ from node.content.envelope import open_envelope, seal
 from node.content.errors import ContentError, DocumentError, InputUnavailable
 from node.content.local import LocalStore
 from node.content.salt import output_salt, private_salt
+from node.devnet.processes import Anvil
 from node.gateway.mqtt import delta_of
-from node.gateway.private import EnvelopeBook, PrivateDesk, PublicKeys, envelope_router, make_private
+from node.gateway.private import (
+    EnvelopeBook,
+    PrivateDesk,
+    PublicKeys,
+    PublicKeyUnavailable,
+    envelope_router,
+    heartbeat_filter,
+    make_private,
+    offer_heartbeat,
+)
 from node.miner.pipeline import Pipeline
 from node.miner.private import (
     INPUT_TAMPERED,
@@ -224,3 +234,28 @@ async def test_the_desk_seals_to_each_new_seat_and_serves_the_newest_envelope(tm
     answer = seal(b'{"x":1}', {REQUESTER.address: public_key_of(_key(REQUESTER))})
     assert desk.open_output(answer) == b'{"x":1}'
     assert desk.open_output(_sealed(b"y", MINER_A)) is None
+
+
+def test_heartbeats_offer_only_their_own_miners_key() -> None:
+    keys = PublicKeys()
+    hub = "0x" + "22" * 20
+    topic = heartbeat_filter(31337, hub).replace("+", MINER_A.address)
+    own = json.dumps({"online": True, "public_key": public_key_of(_key(MINER_A)).hex()}).encode()
+    other = json.dumps({"online": True, "public_key": public_key_of(_key(MINER_B)).hex()}).encode()
+    assert not offer_heartbeat(keys, topic, other) and keys.cached(MINER_A.address) is None
+    assert not offer_heartbeat(keys, topic.lower(), own)  # not the canonical (checksummed) miner level
+    assert not offer_heartbeat(keys, topic, b"[not json")
+    assert offer_heartbeat(keys, topic, own) and keys.cached(MINER_A.address) == public_key_of(_key(MINER_A))
+
+
+async def test_a_seats_key_is_recovered_from_its_activation_tx(anvil: Anvil, anvil_keys: list[str]) -> None:
+    from node.chain.hub import HubClient
+    from node.miner.testing import deploy_dev_hub
+
+    dev = await deploy_dev_hub(anvil.rpc_url, anvil_keys[0], [anvil_keys[1]])
+    hub = HubClient(dev.owner.w3, dev.owner.address)
+    miner = Account.from_key(anvil_keys[1])
+    keys = PublicKeys()
+    assert await keys.get(miner.address, hub) == public_key_of(anvil_keys[1])
+    with pytest.raises(PublicKeyUnavailable):
+        await PublicKeys().get(OUTSIDER.address, hub)  # never registered: no activation tx
