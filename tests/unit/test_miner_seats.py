@@ -34,7 +34,7 @@ from node.content.local import LocalStore
 from node.devnet.processes import Anvil
 from node.miner.daemon import DaemonConfig, MinerDaemon, MinerStartError
 from node.miner.hubview import HubView
-from node.miner.journal import JobState, Journal
+from node.miner.journal import TERMINAL, JobState, Journal
 from node.miner.pipeline import Pipeline
 from node.miner.testing import FakeEngine, deploy_dev_hub, dev_request
 
@@ -92,7 +92,8 @@ class Miners:
             await t
 
     async def until_final(self, owner: HubClient, ids: list[int], timeout: float = 120) -> None:  # noqa: ASYNC109
-        """Wait for every request to be final, mining a block now and then (windows end by height)."""
+        """Wait for every request to be final and every daemon's job on it settled, mining a block
+        now and then (windows end by height)."""
         infos: list[RequestInfo] = []
         try:
             await self._until_final(owner, ids, timeout, infos)
@@ -120,7 +121,9 @@ class Miners:
                 for t in self.tasks:
                     assert not t.done(), t.exception() if not t.cancelled() else "cancelled"
                 infos[:] = [await owner.get_request(i) for i in ids]
-                if all(i.phase == Phase.FINAL for i in infos):
+                jobs = [j for d in self.daemons for i in ids if (j := d.journal.get(i)) is not None]
+                settled = all(j.state in TERMINAL for j in jobs)  # the daemons saw the outcome too
+                if all(i.phase == Phase.FINAL for i in infos) and settled:
                     return
                 await owner.mine(1)
                 await asyncio.sleep(0.3)
