@@ -459,4 +459,20 @@ contract ResultsTest is HubBase {
         }
         assertEq(hub.creditsOf(miners[0]), n * (1e13 - 1e13 / 10_000));
     }
+
+    /// @dev A failed r = 3 round is reassigned only to miners active before its assignment: miners
+    ///      registered after it (when the reassignment seed is already known) are never drawn.
+    function test_r3_reassignment_excludesMinersActivatedAfterAssignment() public {
+        _registerN(m3, 3);
+        uint256 id = _request(m3);
+        address[] memory s = _seats(id);
+        _roll(1);
+        for (uint256 i = 3; i < 6; ++i) _register(miners[i], m3); // after the assignment
+        _roll(1);
+        for (uint256 i; i < 3; ++i) _commit(s[i], id, keccak256(abi.encode("digest", i)));
+        for (uint256 i; i < 3; ++i) _reveal(s[i], id, keccak256(abi.encode("digest", i)));
+        // no majority: the round fails; the only miners not yet seated arrived too late
+        assertEq(_phase(id), uint8(HubStorage.Phase.Refunded));
+        assertEq(hub.creditsOf(alice), _fee());
+    }
 }

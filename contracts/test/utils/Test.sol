@@ -18,6 +18,7 @@ interface Vm {
     function envOr(string calldata name, bool defaultValue) external view returns (bool);
     function chainId(uint256 newChainId) external;
     function setBlockhash(uint256 blockNumber, bytes32 blockHash) external;
+    function pauseGasMetering() external;
     function deal(address who, uint256 newBalance) external;
     function prank(address sender) external;
     function startPrank(address sender) external;
