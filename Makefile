@@ -12,9 +12,9 @@ EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/nu
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMPS := .stamps
 
-.PHONY: setup venv npm mosquitto redis compose model lint test pytest contracts contracts-test contracts-check bench devnet clean
+.PHONY: setup venv npm mosquitto redis promtool compose model lint test pytest contracts contracts-test contracts-check bench devnet clean
 
-setup: venv npm mosquitto redis compose model
+setup: venv npm mosquitto redis promtool compose model
 
 venv: $(STAMPS)/venv-$(EXTRA)
 $(STAMPS)/venv-$(EXTRA): pyproject.toml
