@@ -447,7 +447,7 @@ def create_app(
     if envelopes is not None:  # sealed private inputs for their seats (node.gateway.private)
         from node.gateway.private import envelope_router
 
-        app.include_router(envelope_router(envelopes))
+        app.include_router(envelope_router(envelopes, getattr(state.backend, "accept_private_output", None)))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, who: Authenticated) -> Response:

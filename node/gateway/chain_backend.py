@@ -433,7 +433,16 @@ class ChainBackend:
     # ------------------------------------------------------------------ verification hooks
 
     async def _fetch_output(self, cid: str) -> bytes:
+        for link in self.links.values():  # a private answer handed in by a seat (no MQTT)
+            if link.private is not None and (plain := link.private.outputs.get(cid)) is not None:
+                return plain
         return await self.store.get(cid)
+
+    def accept_private_output(self, envelope: bytes) -> bool:
+        """`POST /envelope/output`: a seat's sealed answer to one of our private requests."""
+        return any(
+            link.private is not None and link.private.accept_output(envelope) for link in self.links.values()
+        )
 
     # ------------------------------------------------------------------ models
 

@@ -23,18 +23,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
 from eth_utils.address import is_checksum_address, to_checksum_address
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from node.chain.events import event_topic
 from node.chain.hub import HubClient
 from node.chain.pubkeys import WrongPublicKey, public_key_of, recover_public_key_from_tx, verify_public_key
-from node.content.cid import normalize_cid
-from node.content.documents import InputDocument, to_canonical_bytes
-from node.content.envelope import EnvelopeError, open_envelope, seal
+from node.content.cid import digest_of, digest_to_cid, normalize_cid
+from node.content.documents import InputDocument, parse_output_document, to_canonical_bytes
+from node.content.envelope import ENVELOPE_LIMITS, EnvelopeError, open_envelope, seal
 from node.content.errors import ContentError, InvalidCID
 from node.content.salt import private_salt
 from node.content.store import ContentStore
@@ -124,9 +125,27 @@ class EnvelopeBook:
         self._envelopes.pop(input_cid, None)
 
 
-def envelope_router(book: EnvelopeBook) -> APIRouter:
-    """`GET /envelope/{input_cid}`: the newest envelope of a private input (404: none here)."""
+def envelope_router(book: EnvelopeBook, desk_for: Callable[[bytes], bool] | None = None) -> APIRouter:
+    """`GET /envelope/{input_cid}`: the newest envelope of a private input (404: none here).
+
+    `POST /envelope/output` (with `desk_for`): a seat hands in its sealed answer, the path that
+    works without the MQTT broker; `desk_for(envelope)` keeps it only if it opens with one of this
+    gateway's wallet keys to an output of a private request in flight here (202), else 422.
+    """
     router = APIRouter()
+
+    if desk_for is not None:
+        accept = desk_for
+
+        @router.post("/envelope/output")
+        async def post_output(request: Request) -> Response:
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > ENVELOPE_LIMITS.max_bytes:
+                    return Response("envelope too large\n", status_code=413, media_type="text/plain")
+            ok = accept(bytes(body))
+            return Response(b"", status_code=202 if ok else 422)
 
     @router.get("/envelope/{cid}")
     async def get_envelope(cid: str) -> Response:
@@ -178,6 +197,8 @@ class PrivateDesk:
         self.book = book or EnvelopeBook()
         self._entries: OrderedDict[tuple[int, int], PrivateEntry] = OrderedDict()
         self._locks: dict[tuple[int, int], asyncio.Lock] = {}
+        self.outputs: OrderedDict[str, bytes] = OrderedDict()
+        """Plaintext outputs handed in over HTTP (`accept_output`), by CID, for the registry's fetch."""
 
     def register(self, key: tuple[int, int], input_cid: str, plaintext: bytes, salt: str) -> None:
         self._entries[key] = PrivateEntry(input_cid, plaintext, delta_key(salt))
@@ -227,6 +248,33 @@ class PrivateDesk:
             entry.sealed_to = frozenset(recipients)
             log.info("private_input_sealed", request_id=key[1], seats=len(recipients))
             return True
+
+    def accept_output(self, envelope: bytes) -> bool:
+        """Keep a seat's sealed answer if it opens here and answers a private request in flight.
+
+        The registry still checks its digest against the chain before anyone sees it.
+        """
+        plain = self.open_output(envelope)
+        if plain is None:
+            return False
+        try:
+            doc = parse_output_document(plain)
+        except ContentError:
+            return False
+        entry = next(
+            (
+                e
+                for (_, rid), e in self._entries.items()
+                if rid == doc.request_id and e.input_cid == doc.input_cid
+            ),
+            None,
+        )
+        if entry is None:
+            return False
+        self.outputs[digest_to_cid(digest_of(plain))] = plain
+        while len(self.outputs) > MAX_PRIVATE_REQUESTS:
+            self.outputs.popitem(last=False)
+        return True
 
     def open_output(self, data: bytes) -> bytes | None:
         """The plaintext output in an envelope sealed to this gateway; None if it does not open."""

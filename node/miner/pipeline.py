@@ -62,7 +62,14 @@ from node.content.store import ContentStore
 from node.engine.engine import UNPROCESSABLE, EngineError
 from node.engine.params import ParamError
 from node.log import get_logger
-from node.miner.private import EnvelopeSource, encode_private, fetch_private, is_private, sealed_deltas
+from node.miner.private import (
+    EnvelopeSource,
+    deliver_output,
+    encode_private,
+    fetch_private,
+    is_private,
+    sealed_deltas,
+)
 
 log = get_logger("inferd.miner.pipeline")
 
@@ -288,6 +295,8 @@ class Pipeline:
                 data = to_canonical_bytes(out)
             stored = data
         cid = await self._upload(stored, job)
+        if private is not None and self.envelopes is not None:
+            await deliver_output(self.envelopes, stored)  # the requester's gateway, without MQTT too
         digest = digest_of(data)
         t3 = time.monotonic()
         signature = sign_result(

@@ -92,6 +92,19 @@ class HttpEnvelopeSource:
                 return reply.body
         return None
 
+    async def deliver(self, envelope: bytes) -> None:
+        """Hand a sealed answer to the gateways (`POST /envelope/output`): the path without MQTT.
+
+        Best effort: a gateway that is down or not the requester's answers an error, ignored.
+        """
+        for url in self.urls:
+            try:
+                await self._client.post(
+                    f"{url}/envelope/output", content=envelope, headers={"Content-Type": "application/json"}
+                )
+            except httpx.HTTPError as exc:
+                log.info("envelope_deliver_failed", url=url, error=type(exc).__name__)
+
     async def close(self) -> None:
         await self._client.aclose()
 
@@ -149,6 +162,13 @@ async def fetch_private(
     if isinstance(opened, InputTampered):
         log.warning("private_input_tampered", input_cid=input_cid, reason=str(opened))
     return opened
+
+
+async def deliver_output(source: EnvelopeSource, envelope: bytes) -> None:
+    """Hand a sealed answer to `source`'s gateways if it can (`HttpEnvelopeSource.deliver`)."""
+    deliver = getattr(source, "deliver", None)
+    if deliver is not None:
+        await deliver(envelope)
 
 
 def with_output_salt(out: OutputDocument, doc: InputDocument) -> OutputDocument:
@@ -240,6 +260,7 @@ __all__ = [
     "EnvelopeSource",
     "HttpEnvelopeSource",
     "InputTampered",
+    "deliver_output",
     "delta_key",
     "encode_private",
     "fetch_private",

@@ -259,3 +259,36 @@ async def test_a_seats_key_is_recovered_from_its_activation_tx(anvil: Anvil, anv
     assert await keys.get(miner.address, hub) == public_key_of(anvil_keys[1])
     with pytest.raises(PublicKeyUnavailable):
         await PublicKeys().get(OUTSIDER.address, hub)  # never registered: no activation tx
+
+
+class _Delivering(_Source):
+    def __init__(self, envelope: bytes | None) -> None:
+        super().__init__(envelope)
+        self.delivered: list[bytes] = []
+
+    async def deliver(self, envelope: bytes) -> None:
+        self.delivered.append(envelope)
+
+
+async def test_a_sealed_answer_handed_in_over_http_is_kept_only_for_our_private_request(
+    tmp_path: Path,
+) -> None:
+    doc, data = _private_doc()
+    source = _Delivering(_sealed(data, MINER_A))
+    pipeline = Pipeline(
+        engine=FakeEngine(), store=LocalStore(tmp_path / "m"), private_key=_key(MINER_A), chain_id=31337,
+        hub="0x" + "22" * 20, envelopes=source,
+    )  # fmt: skip
+    produced = await pipeline.produce(_Job(11, digest_of(data)))
+    assert source.delivered == [produced.output]  # the miner hands its sealed answer in
+    desk = PrivateDesk(LocalStore(tmp_path / "gw"), _key(REQUESTER), PublicKeys(), EnvelopeBook())
+    app = FastAPI()
+    app.include_router(envelope_router(desk.book, desk.accept_output))
+    client = TestClient(app)
+    assert client.post("/envelope/output", content=produced.output).status_code == 422  # not in flight here
+    desk.register((31337, 11), digest_to_cid(digest_of(data)), data, doc.salt or "")
+    assert client.post("/envelope/output", content=b"{}").status_code == 422
+    assert client.post("/envelope/output", content=produced.output).status_code == 202
+    assert desk.outputs[digest_to_cid(produced.output_digest)] == open_envelope(
+        produced.output, _key(REQUESTER), REQUESTER.address
+    )
