@@ -38,7 +38,6 @@ from node.log import configure_logging  # noqa: E402
 configure_logging("warning")  # before the miner modules bind their loggers: refusals are expected here
 
 from eth_utils.address import to_checksum_address  # noqa: E402
-from eth_utils.crypto import keccak  # noqa: E402
 
 from node.chain.errors import ChainError, HubError  # noqa: E402
 from node.chain.events import InferenceRequested  # noqa: E402
@@ -48,9 +47,21 @@ from node.content.cid import digest_of  # noqa: E402
 from node.content.documents import ChatInputDocument, ChatParams, UserMessage, to_canonical_bytes  # noqa: E402
 from node.content.local import LocalStore  # noqa: E402
 from node.devnet.processes import anvil_private_keys, anvil_process  # noqa: E402
-from tests.bench.adversary_sim import Env, Outcome, Policy, Sim, account, garbage, honest_pipeline  # noqa: E402
+from node.miner.daemon import DaemonConfig, MinerDaemon  # noqa: E402
+from node.miner.journal import Journal  # noqa: E402
+from node.miner.testing import FAKE_ENGINE_CLASS, FakeEngine  # noqa: E402
+from tests.bench.adversary_sim import (  # noqa: E402
+    Env,
+    Outcome,
+    Policy,
+    Sim,
+    account,
+    garbage,
+    honest_pipeline,
+    ledger_from_chain,
+)
 
-CLASS = keccak(text="inferd-bench-class")
+CLASS = FAKE_ENGINE_CLASS  # the class the fake engine declares: real daemons refuse any other
 MODEL = "bench-model"
 BASE_FEE = 10**15  # >= r x a seat's commit + reveal gas at the bench's gas price (about 1 gwei)
 PER_TOKEN = 10**9
@@ -65,8 +76,8 @@ HELPER = ROOT / "contracts" / "out" / "GrindHelper.sol" / "GrindHelper.json"
 class Bench:
     """Shared state: anvil env, the hub, the content store, model counter."""
 
-    def __init__(self, env: Env, hub: HubClient, store: LocalStore, chain_id: int) -> None:
-        self.env, self.hub, self.store, self.chain_id = env, hub, store, chain_id
+    def __init__(self, env: Env, hub: HubClient, store: LocalStore, chain_id: int, tmp: Path) -> None:
+        self.env, self.hub, self.store, self.chain_id, self.tmp = env, hub, store, chain_id, tmp
         self.models = 0
         self.findings: list[str] = []
         self.last_failures: list[str] = []
@@ -91,6 +102,55 @@ class Bench:
             *(m.register_miner(model.model_id, CLASS, stake or model.min_stake) for m in out)
         )
         return out
+
+    async def run_daemons(
+        self, sim: Sim, miners: list[HubClient], ids: list[int], limit_s: float = 120
+    ) -> None:
+        """Serve `ids` with real miner daemons (fake engine) for `miners` until every one is final or
+        refunded, mining a block every 150 ms (windows end by height; UNAVAILABLE is committed 10 blocks
+        before the deadline); their transactions go to the ledger from the chain."""
+        first = int(await self.env.w3.eth.block_number) + 1
+        await sim.assign(ids)  # the requester (its gateway) materialises its requests, as always
+        config = DaemonConfig(
+            chain_id=self.chain_id, poll_interval_s=0.1, batch_wait_s=0.1, sweep_interval_s=0.3,
+            recheck_s=0.5, unavailable_margin_blocks=10,
+        )  # fmt: skip
+        daemons = []
+        for c in miners:
+            acct = c._require_account()
+            hub = HubClient(HubClient.web3(self.env.rpc_url), self.hub.address, "0x" + bytes(acct.key).hex())
+            journal = Journal(
+                self.tmp / f"journal-{acct.address}.sqlite",
+                scope=f"{self.chain_id}:{hub.address}:{acct.address}",
+            )
+            engine = FakeEngine(model_name=MODEL)
+            daemons.append(
+                MinerDaemon(
+                    config=config, hub=hub, account=acct, engine=engine, store=self.store, journal=journal
+                )
+            )
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(d.run(stop)) for d in daemons]
+        infos: list[RequestInfo] = []
+        try:
+            async with asyncio.timeout(limit_s):
+                while True:
+                    for t in tasks:
+                        if t.done():
+                            t.result()  # a daemon that died raises here
+                    infos[:] = [await self.hub.get_request(i) for i in ids]
+                    if all(i.phase in (Phase.FINAL, Phase.REFUNDED) for i in infos):
+                        break
+                    await self.env.rpc("anvil_mine", ["0x1"])
+                    await asyncio.sleep(0.15)
+        except TimeoutError:
+            stuck = [(i.id, i.phase.name) for i in infos if i.phase not in (Phase.FINAL, Phase.REFUNDED)]
+            raise RuntimeError(f"the daemons did not settle within {limit_s:.0f} s: {stuck}") from None
+        finally:
+            stop.set()
+            for t in tasks:
+                await t
+        await ledger_from_chain(sim, [str(c.sender) for c in miners], first)
 
     def honest(self, c: HubClient) -> Policy:
         return Policy(c, honest_pipeline(c, self.store, self.chain_id, MODEL))
@@ -141,9 +201,10 @@ async def poison_input(b: Bench) -> Outcome:
     """Inputs that make the engine (or the parser) refuse: every seat answers the same error document
     and is paid, so the requester only buys refusals."""
     m = await b.model(1)
-    honest = [b.honest(c) for c in await b.miners(m, 4)]
+    mc = await b.miners(m, 4)
+    honest = [b.honest(c) for c in mc]
     attacker, keeper = b.env.take(b.hub, 2)
-    sim = await b.sim(m, honest, keeper)
+    sim = await b.sim(m, [], keeper)  # the honest seats are real daemons
     ok = await b.doc("fine", 64)
     poisons: list[tuple[bytes, int]] = [(ok[0], 8)]  # asks for 64 tokens, declares 8
     for raw in (b'{"v":1,"model":', b"[" * 5000 + b"]" * 5000, b'{"model":"x","messages":"no"}', b"\xff\xfe"):
@@ -152,27 +213,30 @@ async def poison_input(b: Bench) -> Outcome:
 
     async def run() -> list[list[int]]:
         ids = [(await sim.request(attacker, [p]))[0] for p in poisons * 2]
-        await sim.settle(ids)
+        await b.run_daemons(sim, mc, ids)
         return [[i] for i in ids]
 
     out = await measured(b, sim, addrs(honest, attacker, keeper), run, addrs(attacker))
     finals = [await b.hub.get_request(i) for i in sim.truth]
     paid = sum(1 for f in finals if f.phase == Phase.FINAL and f.output_digest == sim.truth[f.id])
-    out.notes.append(f"{paid}/{len(finals)} poisoned requests final with the honest error document")
+    out.notes.append(
+        f"real daemons: {paid}/{len(finals)} poisoned requests final with the honest error document"
+    )
     return out
 
 
 async def unfetchable_input(b: Bench) -> Outcome:
     """Inputs never published: seats reveal UNAVAILABLE, share the base fee; the rest is refunded."""
     m1, m3 = await b.model(1), await b.model(3, 0)
-    h1 = [b.honest(c) for c in await b.miners(m1, 4)]
-    h3 = [b.honest(c) for c in await b.miners(m3, 3)]
+    c1, c3 = await b.miners(m1, 4), await b.miners(m3, 3)
+    h1, h3 = [b.honest(c) for c in c1], [b.honest(c) for c in c3]
     attacker, keeper = b.env.take(b.hub, 2)
-    s1, s3 = await b.sim(m1, h1, keeper), await b.sim(m3, h3, keeper)
+    s1, s3 = await b.sim(m1, [], keeper), await b.sim(m3, [], keeper)  # the honest seats are real daemons
     before = await b.env.wealth(b.hub, addrs(h1, h3, attacker, keeper))
     ids1 = [(await s1.request(attacker, [(garbage(k, "never-published"), 256)]))[0] for k in range(6)]
+    await b.run_daemons(s1, c1, ids1)
     ids3 = [(await s3.request(attacker, [(garbage(k + 100, "never-published"), 256)]))[0] for k in range(3)]
-    await asyncio.gather(s1.settle(ids1), s3.settle(ids3))
+    await b.run_daemons(s3, c3, ids3)
     after = await b.env.wealth(b.hub, addrs(h1, h3, attacker, keeper))
     o1 = await account(s1, before, after, [str(attacker.sender)], [[i] for i in ids1])
     o3 = await account(s3, before, after, [str(attacker.sender)], [[i] for i in ids3])
@@ -191,7 +255,9 @@ async def unfetchable_input(b: Bench) -> Outcome:
     if led != sum(after.values()) - sum(before.values()):
         out.notes.append(f"ledger/balance mismatch: {led} vs {sum(after.values()) - sum(before.values())}")
     gas = max(s.ledger.gas_by_account[p.address] for s, pols in ((s1, h1), (s3, h3)) for p in pols)
-    out.notes.append(f"r=1 and r=3; most gas one honest seat spent over all its requests: {gas} wei")
+    out.notes.append(
+        f"real daemons; r=1 and r=3; most gas one honest seat spent over all its requests: {gas} wei"
+    )
     return out
 
 
@@ -709,7 +775,7 @@ async def run_all(rpc_url: str, keys: list[str], store: LocalStore, only: list[s
     env = Env(rpc_url, keys)
     hub = await env.deploy()
     chain_id = int(await env.w3.eth.chain_id)
-    b = Bench(env, hub, store, chain_id)
+    b = Bench(env, hub, store, chain_id, store.root.parent)
     results: dict[str, Outcome] = {}
     for name, attack in ATTACKS.items():
         if only and name not in only:

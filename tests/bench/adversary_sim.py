@@ -542,6 +542,39 @@ class Sim:
             await self.send(who, "timeout", [i], self.fast(who, who.contract.functions.timeout(i), 2_000_000))
 
 
+async def ledger_from_chain(sim: Sim, senders: Iterable[str], first_block: int) -> None:
+    """Add to `sim.ledger` every hub transaction `senders` mined since `first_block` (gas by the
+    request ids in its calldata, `Credited` / `Slashed` by id): for seats run by real daemons."""
+    who = set(senders)
+    w3 = sim.env.w3
+    for n in range(first_block, int(await w3.eth.block_number) + 1):
+        block = await w3.eth.get_block(n, full_transactions=True)
+        for tx in cast(Any, block["transactions"]):
+            if tx["from"] not in who or tx["to"] != sim.hub.address:
+                continue
+            receipt = await w3.eth.get_transaction_receipt(tx["hash"])
+            try:
+                _, args = sim.hub.contract.decode_function_input(tx["input"])
+            except ValueError:
+                args = {}
+            ids = [int(args["id"])] if "id" in args else [int(i) for i in args.get("ids", [])]
+            own = [lg for lg in receipt["logs"] if lg["address"] == sim.hub.address]
+            price = int(receipt["effectiveGasPrice"])
+            if receipt["status"] != 1:
+                trace = await sim.env.rpc(
+                    "debug_traceTransaction", ["0x" + bytes(tx["hash"]).hex(), {"tracer": "callTracer"}]
+                )
+                inner = [c.get("error") for c in trace.get("calls", []) if c.get("error")]
+                sim.failures.append(
+                    f"daemon tx {ids[:4]} by {str(tx['from'])[:10]} reverted: {trace.get('error')} {inner} "
+                    f"gas {receipt['gasUsed']} of {tx['gas']}"
+                )
+            res = TxResult("", n, int(receipt["gasUsed"]), price, decode_logs(cast(Any, own)))
+            sim.ledger.record(
+                str(tx["from"]), ids, res, {i: int(tx["value"]) for i in ids[:1] if tx["value"]}
+            )
+
+
 def _dispute_call(f: Any, kind: str, request_id: int, value: Any, voter: str) -> tuple[Any, int]:
     """(contract function, gas limit) of a one-request dispute-path call."""
     if kind == "open_audit":
