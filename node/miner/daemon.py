@@ -13,15 +13,13 @@ is kept for what it declared: the max tokens the fee paid for, and the request b
 every seat's output document carries. An input still unfetchable `unavailable_margin_blocks` before
 the commit deadline is committed and revealed as `UNAVAILABLE` rather than left silent.
 
-An `EscalationOpened` on our model, where we hold no seat and were active before it, is a vote:
-the same re-execution, then `commitVote`/`revealVote` of our digest and `claimVote` when it won.
+Disputes live in `node.miner.disputes`: escalating a provisional outcome our seat lost
+(`InferenceResolved` for another digest than ours; `miner.escalate`), voting on others' escalations
+(`EscalationOpened` on our model where we hold no seat), and the sweeper's `timeoutMany` for
+requests we are owed money on (a phase deadline passed).
 
 Start-up refuses an engine whose class differs from the model's on-chain `engineClass` (its outputs
 would disagree with every other miner's), and a key that is not registered for a model.
-
-A sweeper also collects what the miner is owed: a request it holds a seat on whose phase deadline
-has passed (a provisional outcome's escalation window, a silent auditor or seat) is moved on with
-`timeoutMany`, which finalizes and pays it.
 
 Nothing dies of one task: every long-lived loop (watcher, sweeper, submitter, MQTT publisher) runs
 under a `node.supervise.Supervisor`. An event whose handling raises is logged, counted and skipped;
@@ -44,7 +42,6 @@ from node import __version__
 from node.chain.events import (
     AuditOpened,
     CommitteeOpened,
-    EscalationOpened,
     InferenceAssigned,
     InferenceFinalized,
     InferenceRefunded,
@@ -55,13 +52,14 @@ from node.chain.events import (
     VoteCommitted,
     VoteRevealed,
 )
-from node.chain.hub import MAX_BATCH, HubClient, ModelInfo, Phase, RequestFlag, RequestInfo
+from node.chain.hub import MAX_BATCH, HubClient, ModelInfo, Phase
 from node.chain.sender import TxSender
 from node.chain.watcher import LogBatch, LogFollower, Reorg
 from node.content.errors import InputUnavailable
 from node.content.store import ContentStore
 from node.log import bound, get_logger
-from node.miner.hubview import TIMEOUT_PHASES, HubView, MinerEvent
+from node.miner.disputes import Disputes
+from node.miner.hubview import HubView, MinerEvent
 from node.miner.journal import OPEN, TERMINAL, UNFINISHED, Job, JobState, Journal, Role
 from node.miner.metrics import MinerMetrics, OpsServer
 from node.miner.money import refresh_money
@@ -100,6 +98,8 @@ class DaemonConfig:
     """The engine's class id when the engine does not carry one (`engine.engine_class.id`)."""
     ws_url: str | None = None
     """`chain.ws_url`: new heads pushed over it wake the watcher (`node.chain.heads`); None: poll only."""
+    escalate: bool = True
+    """`miner.escalate`: challenge (bond minStake) a provisional outcome our revealed seat lost."""
 
 
 class MinerStartError(RuntimeError):
@@ -194,15 +194,20 @@ class MinerDaemon:
         self._job_crashes: dict[int, int] = {}
         self._accepting = True
         self._unfetched: set[int] = set()  # request ids whose input could not be fetched (yet)
-        self._voting: set[int] = set()  # escalations being looked at
         self._last_recheck = 0.0
         self.model: ModelInfo | None = None
         self._head = 0
         self._started_at = time.time()
         self._last_chain_ok = 0.0
         self.ready = asyncio.Event()
+        self.disputes = Disputes(self)
 
     # ------------------------------------------------------------------ status
+
+    @property
+    def head(self) -> int:
+        """The latest block number seen (watcher batches, sweeper polls)."""
+        return self._head
 
     def heartbeat(self) -> dict[str, Any]:
         return {
@@ -367,20 +372,8 @@ class MinerDaemon:
             if me in ev.members:
                 self._seat(ev.id, Role.COMMITTEE, ev.input_digest, ev.deadline, ev)
             return
-        if isinstance(ev, EscalationOpened):
-            if ev.challenger != me and ev.id not in self._voting:
-                self._voting.add(ev.id)
-                task = asyncio.create_task(self._consider_vote(ev), name=f"vote-{ev.id}")
-                task.add_done_callback(lambda t: self._voting.discard(ev.id))
-            return
         job = self.journal.get(ev.id)
-        if job is None:
-            return
-        if isinstance(ev, VoteCommitted | VoteRevealed):
-            if ev.voter == me and isinstance(ev, VoteCommitted) and job.state in COMMIT_STATES:
-                self.journal.mark_committed(ev.id, ev.log.block_number)
-            elif ev.voter == me and isinstance(ev, VoteRevealed) and job.state in REVEAL_STATES:
-                self.journal.mark_revealed(ev.id, ev.log.block_number)
+        if self.disputes.on_event(ev, job) or job is None:
             return
         if isinstance(ev, ResultCommitted):
             if ev.miner == me and job.state in COMMIT_STATES:
@@ -408,33 +401,6 @@ class MinerDaemon:
             return
         if isinstance(ev, InferenceRefunded) and job.state in OPEN:
             self._close(ev.id, JobState.EXPIRED, "refunded")
-
-    async def _consider_vote(self, ev: EscalationOpened) -> None:
-        """Vote on an escalation of our model: re-execute the input, then commit/reveal our digest.
-
-        Eligible: an active miner of the model since before the escalation, not seated on it.
-        """
-        me = self.address
-        try:
-            info = await self.view.get_request(ev.id)
-            mine = await self.hub.get_miner(me)
-        except Exception as exc:
-            log.warning("vote_check_failed", request_id=ev.id, error=describe(exc))
-            return
-        if self.model is None or info is None or info.model_id != self.model.model_id:
-            return
-        if info.seat_of(me) is not None or not mine.active or mine.active_since >= ev.log.block_number:
-            return
-        job, changed = self.journal.assign(
-            ev.id, input_digest=info.input_digest, deadline=ev.commit_end, block_number=ev.log.block_number,
-            block_hash=ev.log.block_hash, role=Role.VOTER,
-        )  # fmt: skip
-        if changed:
-            log.info("vote_joined", request_id=ev.id, commit_end=ev.commit_end, reveal_end=ev.reveal_end)
-        if job.state == JobState.NEW:
-            self.schedule(ev.id)
-        elif job.state in COMMIT_STATES + REVEAL_STATES:
-            self.submitter.enqueue(ev.id)
 
     def _close(self, rid: int, state: JobState, reason: str) -> None:
         log.warning("job_closed", request_id=rid, state=state.value, reason=reason)
@@ -526,7 +492,7 @@ class MinerDaemon:
                 for job in self.journal.jobs([JobState.COMMITTED]):
                     self.submitter.enqueue(job.request_id)
                 with self.loops.guard("sweeper", step="timeouts"):
-                    await self._collect_timeouts()
+                    await self.disputes.collect_timeouts()
             self._refresh_gauges()
 
     def _sweep_job(self, job: Job) -> None:
@@ -546,50 +512,7 @@ class MinerDaemon:
         elif rid not in self._producing:
             self.schedule(rid)
 
-    def _timeout_due(self, info: RequestInfo, vote_end: int | None = None) -> bool:
-        """Whether `timeout(id)` would move this request on now (its phase deadline has passed)."""
-        if info.phase not in TIMEOUT_PHASES or self.model is None:
-            return False
-        due = info.mark if vote_end is None else vote_end
-        if info.phase == Phase.REVEAL and info.redundancy == 1 and RequestFlag.AUDITED not in info.flags:
-            due += self.model.timeout_blocks
-        # Every seat may call it; seat k waits 2k blocks more, so the seats do not all pay for a
-        # transaction that only the first can land (the others revert).
-        seat = info.seat_of(self.address)
-        return self._head > due + 2 * (seat or 0)
-
-    async def _collect_timeouts(self) -> None:
-        """`timeoutMany` for the requests we hold a seat on whose phase deadline passed (we are owed
-        money there, e.g. a provisional outcome whose escalation window ended)."""
-        due: list[int] = []
-        for job in self.journal.jobs([JobState.COMMITTED, JobState.REVEALED]):
-            try:
-                info = await self.view.get_request(job.request_id)
-            except Exception:
-                self.metrics.rpc_errors.labels("sweeper").inc()
-                continue
-            if info is None:
-                continue
-            vote_end = None
-            if info.phase == Phase.VOTE:
-                try:
-                    vote_end = (await self.hub.get_escalation(job.request_id)).reveal_end
-                except Exception:
-                    self.metrics.rpc_errors.labels("sweeper").inc()
-                    continue
-            if self._timeout_due(info, vote_end):
-                due.append(job.request_id)
-        for start in range(0, len(due), MAX_BATCH):
-            ids = due[start : start + MAX_BATCH]
-            try:
-                receipt = await self.sender.send(self.hub.address, self.view.timeout_calldata(ids))
-            except Exception as exc:  # a race (someone else timed it out) or an RPC error: next sweep
-                log.info("timeout_failed", ids=ids, error=describe(exc))
-                continue
-            self._handle_receipt(receipt)
-            log.info("timeouts_sent", ids=ids, block=int(receipt["blockNumber"]))
-
-    def _handle_receipt(self, receipt: Any) -> None:
+    def handle_receipt(self, receipt: Any) -> None:
         """Apply the events of our own transaction now (the watcher sees them again, idempotently)."""
         for ev in self.view.decode_receipt(receipt):
             with self.loops.guard("sweeper", request_id=getattr(ev, "id", None)):
@@ -622,6 +545,7 @@ class MinerDaemon:
                 await self._resume_job(job)
         if jobs:
             log.info("resumed_jobs", **counts)
+        self.disputes.resume()
 
     async def _resume_job(self, job: Job) -> None:
         if job.state == JobState.NEW:
@@ -777,6 +701,7 @@ class MinerDaemon:
         for task in producing:
             with contextlib.suppress(BaseException):
                 await task
+        await self.disputes.close()
         await self.loops.close()
         if self.publisher is not None:
             await self.publisher.close()

@@ -5,7 +5,7 @@ daemon and the submitter need: which events mean work (`InferenceAssigned` for a
 `AuditOpened` for an auditor, `CommitteeOpened` for a committee member, all three "run this input
 and commit to the output"), which move a seat on (`ResultCommitted`, `RevealOpened`,
 `ResultRevealed`) or settle it (`InferenceFinalized`, `InferenceRefunded`), and the calldata of the
-miner's own transactions (commit, reveal, openAudit, timeout).
+miner's own transactions (commit, reveal, openAudit, timeout, votes, escalate).
 """
 
 from __future__ import annotations
@@ -146,6 +146,10 @@ class HubView:
         if action == "reveal":
             return str(c.encode_abi("revealVote", args=[request_id, digest]))
         return str(c.encode_abi("claimVote", args=[request_id]))
+
+    def escalate_calldata(self, request_id: int) -> str:
+        """`escalate(id)`: sent with the model's minStake as the bond."""
+        return str(self.hub.contract.encode_abi("escalate", args=[request_id]))
 
     def open_audit_calldata(self, request_id: int) -> str:
         return str(self.hub.contract.encode_abi("openAudit", args=[request_id]))

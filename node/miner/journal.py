@@ -27,6 +27,11 @@ durable:
 The same database keeps the chain watcher's cursor and recent block hashes (reorg detection), and a
 small `requests` table of what `InferenceRequested` declared (max tokens, block timestamp): a seat is
 drawn in a later block than the request, and the output's `created` is the request block's time.
+
+An `escalations` table records this miner's own challenges (`escalate`, bonded with minStake) of a
+provisional outcome its seat lost: `sending` with the signed transaction's hash before broadcast,
+then `sent`, or `missed` (the window closed first). A request is escalated at most once across
+crashes (`node.miner.disputes`).
 """
 
 from __future__ import annotations
@@ -56,6 +61,22 @@ class JobState(StrEnum):
     EXPIRED = "expired"
     DROPPED = "dropped"
     FAILED = "failed"
+
+
+class EscalationState(StrEnum):
+    """Our own challenge of a provisional outcome (see the module docstring)."""
+
+    SENDING = "sending"
+    SENT = "sent"
+    MISSED = "missed"
+
+
+@dataclass(frozen=True)
+class EscalationRecord:
+    request_id: int
+    state: EscalationState
+    txs: tuple[str, ...] = ()
+    reason: str | None = None
 
 
 class Role(StrEnum):
@@ -161,6 +182,13 @@ CREATE TABLE IF NOT EXISTS requests (
     max_tokens    INTEGER NOT NULL,
     block_number  INTEGER NOT NULL,
     created       INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS escalations (
+    request_id    INTEGER PRIMARY KEY,
+    state         TEXT NOT NULL,
+    txs           TEXT NOT NULL DEFAULT '[]',
+    reason        TEXT,
+    updated_at    REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS block_hashes (number INTEGER PRIMARY KEY, hash TEXT NOT NULL);
@@ -371,6 +399,50 @@ class Journal:
         with self._tx() as db:
             db.execute("DELETE FROM requests WHERE block_number < ?", (before_block,))
 
+    # ------------------------------------------------------------------ escalations (our challenges)
+
+    def escalation(self, request_id: int) -> EscalationRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT request_id, state, txs, reason FROM escalations WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        return EscalationRecord(
+            int(row[0]), EscalationState(str(row[1])), tuple(json.loads(str(row[2]))), row[3]
+        )
+
+    def escalations(self, states: Iterable[EscalationState]) -> list[EscalationRecord]:
+        wanted = [s.value for s in states]
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT request_id FROM escalations WHERE state IN ({','.join('?' * len(wanted))}) "  # noqa: S608
+                "ORDER BY request_id",
+                wanted,
+            ).fetchall()
+        return [rec for (rid,) in rows if (rec := self.escalation(int(rid))) is not None]
+
+    def mark_escalation(
+        self,
+        request_id: int,
+        state: EscalationState,
+        *,
+        tx_hash: str | None = None,
+        reason: str | None = None,
+    ) -> EscalationRecord:
+        """Record our escalation's state (and a signed transaction's hash, before it is broadcast)."""
+        with self._tx() as db:
+            row = db.execute("SELECT txs FROM escalations WHERE request_id = ?", (request_id,)).fetchone()
+            txs: list[str] = json.loads(str(row[0])) if row is not None else []
+            if tx_hash is not None and tx_hash not in txs:
+                txs.append(tx_hash)
+            db.execute(
+                "INSERT OR REPLACE INTO escalations(request_id, state, txs, reason, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (request_id, state.value, json.dumps(txs), reason, time.time()),
+            )
+        return EscalationRecord(request_id, state, tuple(txs), reason)
+
     # ------------------------------------------------------------------ seats
 
     def assign(
@@ -520,6 +592,8 @@ __all__ = [
     "SENDING",
     "TERMINAL",
     "UNFINISHED",
+    "EscalationRecord",
+    "EscalationState",
     "InvalidTransition",
     "Job",
     "JobState",

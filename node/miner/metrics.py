@@ -131,6 +131,12 @@ class MinerMetrics:
             "Stake taken by slashes (missed deadline, dissent), in wei",
             registry=r,
         )
+        self.escalations = Counter(
+            "inferd_miner_escalations",
+            "Our escalations of outcomes our seat lost, by outcome (sent, failed, missed, unaffordable)",
+            ["outcome"],
+            registry=r,
+        )
         self.slashes = Counter(
             "inferd_miner_slashes", "Slashes seen (stake decreases while registered)", registry=r
         )
