@@ -101,6 +101,9 @@ class MinerSettings(BaseModel):
     envelope_urls: list[str] = Field(default_factory=list)
     """Gateways whose `GET /envelope/{input_cid}` serves sealed private inputs (issue 16); empty:
     `content.gateway_urls` (an inferd gateway's content server serves both)."""
+    escalate: bool = True
+    """Challenge (`escalate`, bond = the model's minStake) a provisional outcome our revealed seat lost
+    (`node.miner.disputes`); the wallet must hold the bond plus gas."""
 
 
 class GatewaySettings(BaseModel):
