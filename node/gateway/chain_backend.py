@@ -39,6 +39,7 @@ from node.chain.errors import ChainError, HubError, decode_revert
 from node.chain.events import (
     AuditOpened,
     CommitteeOpened,
+    EscalationOpened,
     HubEvent,
     InferenceAssigned,
     InferenceFinalized,
@@ -64,6 +65,7 @@ from node.chain.watcher import LogBatch, LogFollower, MemoryCursor
 from node.config import ChainSettings, Settings, StreamSettings
 from node.content.cid import digest_of, digest_to_cid
 from node.content.documents import InputDocument, parse_output_document
+from node.content.envelope import MAX_RECIPIENTS
 from node.content.errors import ContentError
 from node.content.store import ContentStore
 from node.gateway.errors import (
@@ -107,6 +109,7 @@ WATCHED_EVENTS = (
     "CommitteeOpened",
     "InferenceFinalized",
     "InferenceRefunded",
+    "EscalationOpened",  # private requests: the voters re-execute the input (node.gateway.private)
 )
 
 
@@ -362,6 +365,12 @@ class ChainBackend:
             self._seal(link, ev.id, (ev.auditor,))
         elif isinstance(ev, CommitteeOpened):
             self._seal(link, ev.id, ev.members)
+        elif isinstance(ev, EscalationOpened):  # every other active miner of the model may vote
+            task = asyncio.get_running_loop().create_task(
+                self._guarded(self._seal_voters(link, ev.id), ev.id)
+            )
+            self._sealing.add(task)
+            task.add_done_callback(self._sealing.discard)
         elif isinstance(ev, InferenceFinalized | InferenceRefunded):
             desk.forget((chain_id, ev.id))
 
@@ -371,6 +380,12 @@ class ChainBackend:
         task = asyncio.get_running_loop().create_task(self._guarded(coro, request_id))
         self._sealing.add(task)
         task.add_done_callback(self._sealing.discard)
+
+    async def _seal_voters(self, link: ChainLink, request_id: int) -> None:
+        assert link.private is not None
+        info = await link.hub.get_request(request_id)
+        voters = tuple((await link.hub.active_miners(info.model_id))[: MAX_RECIPIENTS - len(info.seats) - 1])
+        await link.private.add_seats((link.chain_id, request_id), voters, link.hub)
 
     async def _guarded(self, coro: Any, request_id: int) -> None:
         with self.loops.guard("private-seal", request_id=request_id):
