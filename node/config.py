@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, JsonValue, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NestedSecretsSettingsSource,
@@ -89,6 +89,40 @@ class StreamSettings(BaseModel):
     password: SecretStr | None = None
 
 
+class MinerModelSettings(BaseModel):
+    """One `[[miner.models]]` entry: one more model served by this box, with its own key.
+
+    The hub registers an address for exactly one model, so several models per box means several
+    keys: each entry names its key (`private_key`, `private_key_file`, or `keystore_path` +
+    `keystore_password`; none: `[chain]`'s), its `[engine]` overrides and its journal. `name` labels
+    the entry in metrics (`model="..."`), `/healthz`, `inferd miner status` and the default journal
+    file `journal-<name>.sqlite`; the on-chain model is the one the key is registered for.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    engine: dict[str, JsonValue] = Field(default_factory=dict)
+    """Fields of `[engine]` to change for this entry (`model`, `model_path`, `vllm_args`, ...);
+    a field given here replaces `[engine]`'s whole value (`vllm_args` is not merged key by key)."""
+    private_key: SecretStr | None = None
+    private_key_file: Path | None = None
+    """A file holding the hex private key (e.g. `/run/secrets/miner_b_key`), read at start."""
+    keystore_path: Path | None = None
+    keystore_password: SecretStr | None = None
+    journal_path: Path | None = None
+
+    @field_validator("engine")
+    @classmethod
+    def _engine_fields(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        unknown = sorted(set(value) - set(EngineSettings.model_fields))
+        if unknown:
+            raise ValueError(
+                f"unknown [engine] field(s) {unknown}: expected some of {sorted(EngineSettings.model_fields)}"
+            )
+        return value
+
+
 class MinerSettings(BaseModel):
     """The miner daemon's pipeline limits and ops endpoints."""
 
@@ -104,6 +138,17 @@ class MinerSettings(BaseModel):
     escalate: bool = True
     """Challenge (`escalate`, bond = the model's minStake) a provisional outcome our revealed seat lost
     (`node.miner.disputes`); the wallet must hold the bond plus gas."""
+    models: list[MinerModelSettings] = Field(default_factory=list)
+    """Several models on one box (`[[miner.models]]`); empty: one model, `[engine]` with `[chain]`'s
+    key and `journal_path` (today's single-miner config). See `per_model_settings`."""
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, value: list[MinerModelSettings]) -> list[MinerModelSettings]:
+        names = [m.name for m in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"[[miner.models]] names must be unique, got {names}")
+        return value
 
 
 class GatewaySettings(BaseModel):
@@ -209,6 +254,43 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         model_config = SettingsConfigDict(toml_file=config_file)
 
     return _FileSettings(**overrides)
+
+
+def per_model_settings(settings: Settings) -> dict[str, Settings]:
+    """One `Settings` per model this miner serves, by entry name: `[chain]`'s key, `[engine]` and
+    the journal replaced by each `[[miner.models]]` entry's (its key file is read here). Without
+    entries: `{engine.model: settings}` unchanged. Raises `ConfigFileError` for an unreadable key file
+    or engine overrides that do not validate."""
+    if not settings.miner.models:
+        return {settings.engine.model: settings}
+    out: dict[str, Settings] = {}
+    for entry in settings.miner.models:
+        chain = settings.chain
+        key = entry.private_key
+        if entry.private_key_file is not None:
+            try:
+                key = SecretStr(entry.private_key_file.expanduser().read_text().strip())
+            except OSError as exc:
+                raise ConfigFileError(
+                    f"[[miner.models]] {entry.name!r}: cannot read private_key_file "
+                    f"{entry.private_key_file}: {exc.strerror}"
+                ) from None
+        if key is not None or entry.keystore_path is not None:
+            chain = chain.model_copy(
+                update={
+                    "private_key": key,
+                    "keystore_path": entry.keystore_path,
+                    "keystore_password": entry.keystore_password or chain.keystore_password,
+                }
+            )
+        try:
+            engine = EngineSettings.model_validate({**settings.engine.model_dump(), **entry.engine})
+        except ValueError as exc:
+            raise ConfigFileError(f"[[miner.models]] {entry.name!r}: bad engine overrides: {exc}") from None
+        journal = entry.journal_path or settings.data_dir / f"journal-{entry.name}.sqlite"
+        miner = settings.miner.model_copy(update={"journal_path": journal, "models": []})
+        out[entry.name] = settings.model_copy(update={"chain": chain, "engine": engine, "miner": miner})
+    return out
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:

@@ -304,8 +304,12 @@ def status(
         bool, typer.Option("--json", help="One JSON document on stdout (exit 1 if the chain is unreachable).")
     ] = False,
 ) -> None:
-    """Wallet, stake, earnings, chain head and jobs by state, as a table (or JSON)."""
+    """Wallet, stake, earnings, chain head and jobs by state, as a table (or JSON); with
+    `[[miner.models]]`, one per entry (JSON: `{"models": {name: {"chain", "journal"}}}`)."""
     settings = settings_from(ctx)
+    if settings.miner.models:
+        _models_status(settings, as_json)
+        return
     from node.chain.errors import ChainError
 
     hub = _hub(settings)
@@ -342,6 +346,52 @@ def status(
             table.add_row(f"jobs {state}", str(n))
     else:
         table.add_row("journal", f"none at {journal or settings.journal_path()}")
+    console.print(table)
+
+
+def _models_status(settings: Settings, as_json: bool) -> None:
+    """`status` for several models on one box: each entry's key, stake and journal."""
+    from node.chain.errors import ChainError
+    from node.config import ConfigFileError, per_model_settings
+
+    try:
+        entries = per_model_settings(settings)
+    except ConfigFileError as exc:
+        raise fail(str(exc), 2) from exc
+    out: dict[str, dict[str, Any]] = {}
+    errors: list[str] = []
+    for name, entry in entries.items():
+        try:
+            on_chain: dict[str, Any] | None = asyncio.run(chain_status(_hub(entry)))
+        except (ChainError, OSError, TimeoutError) as exc:
+            errors.append(
+                f"{name}: chain unreachable at {rpc_host(entry.chain.rpc_url)}: {type(exc).__name__}"
+            )
+            on_chain = None
+        out[name] = {"chain": on_chain, "journal": journal_status(entry.journal_path())}
+    if as_json:
+        if errors:
+            raise fail(f"{'; '.join(errors)} (nothing printed on stdout)")
+        typer.echo(json.dumps({"models": out}, indent=2, sort_keys=True))
+        return
+    for error in errors:
+        console.print(f"[yellow]{error}[/yellow]")
+    table = Table(title="inferd miner (several models)")
+    for column in ("model", "address", "registered", "active", "stake", "earnings", "last block", "jobs"):
+        table.add_column(column)
+    for name, row in out.items():
+        chain, jobs = row["chain"], row["journal"]
+        done = {k: v for k, v in jobs["jobs"].items() if v} if jobs is not None else None
+        table.add_row(
+            name,
+            chain["address"] if chain else "?",
+            ("yes" if chain["registered"] else "no") if chain else "?",
+            ("yes" if chain["active"] else "no") if chain else "?",
+            f"{chain['stake']['eth']} ETH" if chain else "?",
+            f"{chain['credits']['eth']} ETH" if chain else "?",
+            str(jobs["last_block"]) if jobs else "-",
+            ", ".join(f"{k} {v}" for k, v in done.items()) if done else "-",
+        )
     console.print(table)
 
 

@@ -7,6 +7,9 @@ that is not registered (`MinerStartError`).
 `--fake-engine` answers with made-up text that is still signed and submitted: on a real chain that
 is a staked miner publishing garbage (and being slashed for it). It runs only on the devnet's chain
 id (anvil's 31337); anywhere else `FakeEngineRefused` stops the miner before it loads anything.
+
+A config with `[[miner.models]]` entries runs one daemon per entry in this process instead
+(`node.miner.models`: several models on one box, one key each).
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from node.chain.hub import HubClient
 from node.chain.pubkeys import public_key_of
 from node.config import Settings
 from node.content.factory import open_store
+from node.content.store import ContentStore
 from node.log import get_logger
 from node.miner.daemon import DaemonConfig, MinerDaemon, MinerStartError
 from node.miner.journal import Journal
 from node.miner.keys import load_account
+from node.miner.metrics import MinerMetrics
 from node.miner.pipeline import EngineLike
 from node.miner.private import HttpEnvelopeSource
 from node.stream.connection import credentials
@@ -103,8 +108,18 @@ async def required_engine_class(settings: Settings, account: LocalAccount) -> by
 
 
 async def build_daemon(
-    settings: Settings, engine: EngineLike, account: LocalAccount | None = None, *, fake_engine: bool = False
+    settings: Settings,
+    engine: EngineLike,
+    account: LocalAccount | None = None,
+    *,
+    fake_engine: bool = False,
+    store: ContentStore | None = None,
+    metrics: MinerMetrics | None = None,
+    own_ops_server: bool = True,
 ) -> MinerDaemon:
+    """One daemon from `settings`. Several models per box (`node.miner.models`) pass the shared
+    `store`, a per-daemon `metrics` without the default registry, and `own_ops_server=False`: one
+    `/metrics` + `/healthz` server serves them all."""
     chain = settings.chain
     if not chain.hub_address:
         raise MinerConfigError("chain.hub_address is not set: pass the deployed InferenceHub address")
@@ -130,10 +145,10 @@ async def build_daemon(
         log_range_blocks=chain.log_range_blocks,
         gas_margin=chain.gas_margin,
         metrics_host=miner.metrics_host,
-        metrics_port=miner.metrics_port,
+        metrics_port=miner.metrics_port if own_ops_server else None,
     )
     journal = Journal(settings.journal_path(), scope=f"{chain_id}:{hub.address}:{account.address}")
-    store = open_store(settings.content, settings.content_path())
+    store = open_store(settings.content, settings.content_path()) if store is None else store
     publisher = None
     if settings.stream.enabled:
         publisher = StreamPublisher(
@@ -153,6 +168,7 @@ async def build_daemon(
         store=store,
         journal=journal,
         publisher=publisher,
+        metrics=metrics,
     )
     envelope_urls = list(miner.envelope_urls) or list(settings.content.gateway_urls)
     if envelope_urls:  # private inputs (issue 16): sealed envelopes from the requesters' gateways
@@ -164,7 +180,14 @@ async def build_daemon(
 
 
 async def run_miner(settings: Settings, *, fake_engine: bool = False) -> None:
-    """Run the miner until SIGTERM or SIGINT; in-flight work is finished or left journaled."""
+    """Run the miner until SIGTERM or SIGINT; in-flight work is finished or left journaled.
+
+    With `[[miner.models]]` entries, one daemon per entry in this process (`node.miner.models`)."""
+    if settings.miner.models:
+        from node.miner.models import run_models
+
+        await run_models(settings, fake_engine=fake_engine)
+        return
     account = load_account(settings.chain)  # fail fast on a bad key, before loading the model
     if fake_engine and settings.chain.chain_id is not None:
         check_fake_engine_chain(settings.chain.chain_id, "chain.chain_id in the settings")
