@@ -3,10 +3,13 @@ the gateway's desk (seal to seats, envelope route, open answers), all with real 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from eth_account import Account
@@ -25,7 +28,7 @@ from node.content.documents import (
     to_canonical_bytes,
     validate_input_document,
 )
-from node.content.envelope import open_envelope, seal
+from node.content.envelope import open_envelope, recipients_of, seal
 from node.content.errors import ContentError, DocumentError, InputUnavailable
 from node.content.local import LocalStore
 from node.content.salt import output_salt, private_salt
@@ -292,3 +295,59 @@ async def test_a_sealed_answer_handed_in_over_http_is_kept_only_for_our_private_
     assert desk.outputs[digest_to_cid(produced.output_digest)] == open_envelope(
         produced.output, _key(REQUESTER), REQUESTER.address
     )
+
+
+class _StubHub:
+    """What sealing needs of a hub: a request's model and seats, the model's active miners."""
+
+    def __init__(self, seats: list[str], active: list[str]) -> None:
+        self.seats, self.active = seats, active
+
+    async def get_request(self, request_id: int) -> Any:
+        return SimpleNamespace(model_id=b"\x01" * 32, seats=self.seats)
+
+    async def active_miners(self, model: bytes) -> list[str]:
+        return self.active
+
+
+async def test_the_gateway_seals_to_each_seat_the_chain_names_then_forgets(tmp_path: Path) -> None:
+    from node.chain.events import (
+        AuditOpened,
+        EscalationOpened,
+        InferenceAssigned,
+        InferenceFinalized,
+        LogRef,
+    )
+    from node.config import ChainSettings
+    from node.gateway.chain_backend import ChainBackend, ChainLink
+
+    doc, data = _private_doc()
+    store = LocalStore(tmp_path / "gw")
+    backend = ChainBackend([ChainSettings()], store)
+    for acct in (MINER_A, MINER_B, OUTSIDER):
+        backend.public_keys.offer(acct.address, public_key_of(_key(acct)))
+    stub = _StubHub([MINER_A.address], [MINER_A.address, MINER_B.address, OUTSIDER.address])
+    link = ChainLink(settings=ChainSettings(), chain_id=31337, hub=stub, sender=None)  # type: ignore[arg-type]
+    link.private = PrivateDesk(store, _key(REQUESTER), backend.public_keys, backend.envelopes)
+    backend.links[31337] = link
+    cid = digest_to_cid(digest_of(data))
+    link.private.register((31337, 5), cid, data, doc.salt or "")
+    ref = LogRef(1, "0x" + "00" * 32, "0x" + "00" * 32, 0, "0x" + "22" * 20)
+
+    async def recipients_after(ev: Any) -> list[str]:
+        backend._private_event(31337, ev)
+        await asyncio.gather(*backend._sealing)
+        envelope = backend.envelopes.get(cid)
+        assert envelope is not None
+        return recipients_of(envelope)
+
+    digest = digest_of(data)
+    assert await recipients_after(
+        InferenceAssigned(5, b"\x01" * 32, digest, 10, (MINER_A.address,), ref)
+    ) == [MINER_A.address.lower()]
+    audited = await recipients_after(AuditOpened(5, MINER_B.address, digest, 20, ref))
+    assert sorted(audited) == sorted(a.address.lower() for a in (MINER_A, MINER_B))
+    voters = await recipients_after(EscalationOpened(5, MINER_A.address, digest, 30, 40, ref))
+    assert OUTSIDER.address.lower() in voters  # a voter re-executes the input
+    backend._private_event(31337, InferenceFinalized(5, digest, ref))
+    assert backend.envelopes.get(cid) is None and link.private.get((31337, 5)) is None
