@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from node.miner.journal import UNFINISHED, InvalidTransition, JobState, Journal, JournalError, Role
+from node.miner.journal import (
+    UNFINISHED,
+    EscalationState,
+    InvalidTransition,
+    JobState,
+    Journal,
+    JournalError,
+    Role,
+)
 
 D1, D2, OUT = b"\x01" * 32, b"\x02" * 32, b"\x09" * 32
 
@@ -132,3 +140,21 @@ def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(JournalError, match="move it away"):
         Journal(path)
     assert sqlite3.sqlite_version
+
+
+def test_escalation_records_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    j = Journal(path, scope="s")
+    assert j.escalation(7) is None
+    j.mark_escalation(7, EscalationState.SENDING, tx_hash="0x01")
+    j.mark_escalation(7, EscalationState.SENDING, tx_hash="0x02")  # a fee bump replaced it
+    j.mark_escalation(8, EscalationState.MISSED, reason="window ended at 10")
+    j.close()
+    j = Journal(path, scope="s")
+    rec = j.escalation(7)
+    assert rec is not None and rec.state == EscalationState.SENDING and rec.txs == ("0x01", "0x02")
+    assert [r.request_id for r in j.escalations([EscalationState.SENDING])] == [7]
+    j.mark_escalation(7, EscalationState.SENT)
+    rec = j.escalation(7)
+    assert rec is not None and rec.state == EscalationState.SENT and rec.txs == ("0x01", "0x02")
+    assert j.escalations([EscalationState.SENDING]) == []

@@ -8,21 +8,32 @@
   window passes, and the honest daemons' sweeper calls `timeout` to finalize what they are owed;
 - r = 3: three daemons commit, reveal when the window opens, and agree;
 - an escalation: two daemons without a seat re-execute the input, vote (commit, reveal), overturn a
-  wrong majority and claim their share.
+  wrong majority and claim their share;
+- an honest seat's daemon outvoted by two (scripted) lying seats escalates on its own, three voter
+  daemons overturn the outcome, the liars lose minStake and the honest seat gets its bond back.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from eth_account import Account
 
-from node.chain.events import Credited, CreditReason, InferenceResolved, Slashed, SlashReason, decode_logs
-from node.chain.hub import HubClient, Phase, RequestFlag, RequestInfo
+from node.chain.events import (
+    Credited,
+    CreditReason,
+    EscalationOpened,
+    InferenceResolved,
+    LogRef,
+    Slashed,
+    SlashReason,
+    decode_logs,
+)
+from node.chain.hub import UNAVAILABLE, HubClient, Phase, RequestFlag, RequestInfo
 from node.content.documents import (
     ChatInputDocument,
     ChatParams,
@@ -34,7 +45,7 @@ from node.content.local import LocalStore
 from node.devnet.processes import Anvil
 from node.miner.daemon import DaemonConfig, MinerDaemon, MinerStartError
 from node.miner.hubview import HubView
-from node.miner.journal import TERMINAL, JobState, Journal
+from node.miner.journal import TERMINAL, EscalationState, JobState, Journal, Role
 from node.miner.pipeline import Pipeline
 from node.miner.testing import FakeEngine, deploy_dev_hub, dev_request
 
@@ -285,6 +296,116 @@ async def test_daemons_vote_on_an_escalation(
     assert paid == {v.sender for v in voters}
     fraud = {e.miner for e in events if isinstance(e, Slashed) and e.reason == SlashReason.FRAUD}
     assert fraud == {c.sender for c in liars}
+
+
+async def _until(check: Callable[[], Awaitable[bool]], what: str, limit_s: float = 30) -> None:
+    """Poll `check()` (async, no blocks mined) until it is true."""
+    try:
+        async with asyncio.timeout(limit_s):
+            while not await check():  # noqa: ASYNC110 - polling the chain (no event to wait on)
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def test_an_outvoted_honest_seat_escalates(
+    anvil: Anvil, anvil_keys: list[str], data_dir: Path, store: LocalStore
+) -> None:
+    """r = 3: two seats (scripted) reveal a lie, the third is an honest daemon. Outvoted, it escalates
+    with a minStake bond before the window ends; three voter daemons overturn the outcome; the liars
+    lose minStake, the honest seat gets its bond back and is not slashed."""
+    seat_keys, voter_keys = anvil_keys[1:4], anvil_keys[4:7]
+    min_stake = 10**18
+    hub = await deploy_dev_hub(
+        anvil.rpc_url, anvil_keys[0], seat_keys, timeout_blocks=10, redundancy=3, audit_bps=0,
+        min_stake=min_stake,
+    )  # fmt: skip
+    owner = hub.owner
+    requester = HubClient(owner.w3, owner.address, anvil_keys[8])
+    data = chat_doc(400)
+    await store.put(data)
+    rid = await dev_request(requester, hub.model, data)
+    for k in voter_keys:  # active after the request was drawn, before the escalation: voters, not seats
+        await HubClient(owner.w3, owner.address, k).register_miner(hub.model, hub.engine_class, min_stake)
+    by_address = {str(Account.from_key(k).address): k for k in seat_keys}
+    clients = {a: (k, HubClient(owner.w3, owner.address, k)) for a, k in by_address.items()}
+    info = await owner.get_request(rid)
+    liars = [clients[a][1] for a in info.seats[:2]]
+    honest_key, honest = clients[info.seats[2]]
+    bad = b"\xba" * 32
+    for c in liars:
+        await c.commit(rid, bad)
+    seat = _daemon(anvil, owner.address, honest_key, store, data_dir, FakeEngine())
+    miners = Miners(
+        [seat] + [_daemon(anvil, owner.address, k, store, data_dir, FakeEngine()) for k in voter_keys]
+    )
+    try:
+
+        async def all_committed() -> bool:
+            return (await owner.get_request(rid)).committed == 0b111
+
+        await _until(all_committed, "the honest seat's commit")
+        for c in liars:
+            await c.reveal(rid, bad)
+
+        async def escalated() -> bool:
+            return (await owner.get_request(rid)).phase == Phase.VOTE
+
+        await _until(escalated, "the honest seat's escalation")  # no block mined: inside the window
+        await miners.until_final(owner, [rid], timeout=60)
+    finally:
+        await miners.close()
+    info = await owner.get_request(rid)
+    good = seat.journal.get(rid)
+    assert good is not None and good.state == JobState.FINALIZED
+    assert info.output_digest == good.output_digest != bad, "the vote overturned the provisional outcome"
+    esc = await owner.get_escalation(rid)
+    assert esc.challenger == honest.sender and esc.overturned and esc.votes_against == 3
+    assert esc.bond == min_stake
+    record = seat.journal.escalation(rid)
+    assert record is not None and record.state == EscalationState.SENT and len(record.txs) == 1
+    assert seat.metrics.escalations.labels("sent")._value.get() == 1
+    events = decode_logs(await owner.w3.eth.get_logs({"address": owner.address, "fromBlock": 0}))
+    assert [e.challenger for e in events if isinstance(e, EscalationOpened)] == [honest.sender]
+    slashed = {(e.miner, e.amount, e.reason) for e in events if isinstance(e, Slashed) and e.id == rid}
+    assert slashed == {(c.sender, min_stake, SlashReason.FRAUD) for c in liars}
+    bond = [e.amount for e in events if isinstance(e, Credited) and e.reason == CreditReason.BOND]
+    assert bond == [min_stake]
+    credited = {e.account for e in events if isinstance(e, Credited) and e.id == rid}
+    assert honest.sender in credited
+    assert (await owner.get_miner(str(honest.sender))).stake == min_stake, "the honest seat keeps its stake"
+
+    # A restart after signing (journaled `sending`): the chain says the escalation is ours, none is sent.
+    seat.journal.mark_escalation(rid, EscalationState.SENDING, tx_hash="0x" + "ab" * 32)
+    seat.disputes.resume()
+    await asyncio.gather(*seat.disputes._tasks)
+    record = seat.journal.escalation(rid)
+    assert record is not None and record.state == EscalationState.SENT
+    assert seat.metrics.escalations.labels("sent")._value.get() == 1
+
+
+async def test_no_escalation_when_switched_off_or_unavailable(
+    anvil: Anvil, anvil_keys: list[str], data_dir: Path, store: LocalStore
+) -> None:
+    """`miner.escalate = false`, a voter job, or our own UNAVAILABLE: a lost outcome is left alone."""
+    hub = await deploy_dev_hub(anvil.rpc_url, anvil_keys[0], [anvil_keys[1]])
+    d = _daemon(anvil, hub.owner.address, anvil_keys[1], store, data_dir, FakeEngine())
+    ref = LogRef(block_number=1, block_hash="0x00", tx_hash="0x00", log_index=0, address=hub.owner.address)
+    resolved = InferenceResolved(id=1, output_digest=b"\x02" * 32, escalation_end=10, log=ref)
+    for rid, role, digest, on in [
+        (1, Role.ASSIGNEE, b"\x01" * 32, False),
+        (2, Role.VOTER, b"\x01" * 32, True),
+        (3, Role.ASSIGNEE, UNAVAILABLE, True),
+        (4, Role.ASSIGNEE, b"\x02" * 32, True),  # we won
+    ]:
+        d.config.escalate = on
+        d.journal.assign(
+            rid, input_digest=b"\x03" * 32, deadline=9, block_number=1, block_hash="0x00", role=role
+        )
+        d.journal.mark_uploaded(rid, digest, "0xsig")
+        ev = InferenceResolved(id=rid, output_digest=resolved.output_digest, escalation_end=10, log=ref)
+        assert d.disputes.on_event(ev, d.journal.get(rid))
+        assert not d.disputes._tasks and d.journal.escalation(rid) is None
 
 
 async def test_start_refuses_another_engine_class_or_an_unregistered_key(
