@@ -116,6 +116,7 @@ private_key = "{key_b}"
             assert info.seats[0] == Account.from_key(key_a if name == "smol-a" else key_b).address
             job = runtime.daemons[name].journal.get(rid)
             assert job is not None and job.state == JobState.FINALIZED
+            assert info.output_digest is not None
             out = parse_output_document(await store.get(digest_to_cid(info.output_digest)))
             assert out.system_fingerprint == engines[name].system_fingerprint
     finally:
