@@ -111,6 +111,10 @@ class MinerModelSettings(BaseModel):
     keystore_path: Path | None = None
     keystore_password: SecretStr | None = None
     journal_path: Path | None = None
+    stream_username: str | None = None
+    """This entry's MQTT login (the broker accepts a miner's publications under its own address
+    only, so the username is this entry's checksummed address); None: `[stream]`'s."""
+    stream_password: SecretStr | None = None
 
     @field_validator("engine")
     @classmethod
@@ -289,7 +293,17 @@ def per_model_settings(settings: Settings) -> dict[str, Settings]:
             raise ConfigFileError(f"[[miner.models]] {entry.name!r}: bad engine overrides: {exc}") from None
         journal = entry.journal_path or settings.data_dir / f"journal-{entry.name}.sqlite"
         miner = settings.miner.model_copy(update={"journal_path": journal, "models": []})
-        out[entry.name] = settings.model_copy(update={"chain": chain, "engine": engine, "miner": miner})
+        stream = settings.stream
+        if entry.stream_username is not None or entry.stream_password is not None:
+            stream = stream.model_copy(
+                update={
+                    "username": entry.stream_username or stream.username,
+                    "password": entry.stream_password or stream.password,
+                }
+            )
+        out[entry.name] = settings.model_copy(
+            update={"chain": chain, "engine": engine, "miner": miner, "stream": stream}
+        )
     return out
 
 

@@ -169,7 +169,13 @@ def test_entries_override_engine_key_and_journal(tmp_path: Path) -> None:
         data_dir=tmp_path,
         engine={"max_model_len": 1024, "vllm_args": {"enforce_eager": True}},
         chain={"private_key": "0x" + "22" * 32},
-        miner={"models": [{"name": "a", "private_key": key, "engine": {"model": "m-a"}}, {"name": "b"}]},
+        stream={"username": "shared", "password": "pw"},
+        miner={
+            "models": [
+                {"name": "a", "private_key": key, "engine": {"model": "m-a"}, "stream_username": "0xA"},
+                {"name": "b"},
+            ]
+        },
     )
     per = per_model_settings(settings)
     assert per["a"].engine.model == "m-a" and per["a"].engine.max_model_len == 1024
@@ -177,6 +183,8 @@ def test_entries_override_engine_key_and_journal(tmp_path: Path) -> None:
     assert per["a"].chain.private_key is not None and per["a"].chain.private_key.get_secret_value() == key
     assert per["b"].chain.private_key == settings.chain.private_key  # no key of its own: [chain]'s
     assert per["b"].journal_path() == tmp_path / "journal-b.sqlite"
+    assert per["a"].stream.username == "0xA" and per["b"].stream.username == "shared"
+    assert per["a"].stream.password is not None and per["a"].stream.password.get_secret_value() == "pw"
 
 
 def test_bad_entries_are_refused(tmp_path: Path) -> None:
