@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import importlib
 import itertools
 import json
 import math
@@ -341,6 +342,28 @@ class Engine:
         if self._llm is None:
             raise EngineError("the engine is shut down")
         return self._llm.vllm_config
+
+    @property
+    def cluster(self) -> dict[str, Any]:
+        """How the engine is laid out across devices and machines, for the miner's heartbeat.
+
+        Read from vLLM's resolved parallel config, so what an operator put in `engine.vllm_args`
+        (tensor/pipeline parallel sizes, `distributed_executor_backend="ray"` for several nodes) is
+        reported as vLLM understood it; `nodes` counts the live Ray nodes when Ray runs the engine.
+        """
+        if self._llm is None:
+            return {}
+        par = getattr(self._llm.vllm_config, "parallel_config", None)
+        backend = getattr(par, "distributed_executor_backend", None)
+        info: dict[str, Any] = {
+            "tensor_parallel_size": int(getattr(par, "tensor_parallel_size", 1) or 1),
+            "pipeline_parallel_size": int(getattr(par, "pipeline_parallel_size", 1) or 1),
+            "world_size": int(getattr(par, "world_size", 1) or 1),
+            "executor": backend if backend is None or isinstance(backend, str) else "custom",
+        }
+        if info["executor"] == "ray":
+            info["nodes"] = _ray_nodes()
+        return info
 
     def unfinished_requests(self) -> int:
         """Requests vLLM still holds (0 when idle; cancelled jobs must not linger)."""
@@ -898,6 +921,18 @@ def _best(comps: Sequence[Any], n: int) -> list[Any]:
         return float(total) / count
 
     return sorted(comps, key=lambda c: (-score(c), c.index))[:n]
+
+
+def _ray_nodes() -> int | None:
+    """Live nodes of the Ray cluster this process joined, or None when Ray cannot say."""
+    try:
+        ray: Any = importlib.import_module("ray")
+        if not ray.is_initialized():
+            return None
+        return sum(1 for n in ray.nodes() if n.get("Alive"))
+    except Exception as exc:  # the heartbeat reports what it can; Ray's errors vary by version
+        log.debug("ray cluster unreadable: %s", type(exc).__name__)
+        return None
 
 
 def _model_type(model_path: str) -> str | None:

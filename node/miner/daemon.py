@@ -218,6 +218,7 @@ class MinerDaemon:
             "queued_submissions": self.submitter.pending,
             "version": __version__,
             "fingerprint": self.engine.system_fingerprint,
+            "cluster": getattr(self.engine, "cluster", {}),
             "ts": int(time.time()),
         }
 

@@ -323,3 +323,12 @@ async def test_what_this_model_cannot_honour_is_an_error_document(
     out = await run(engine, v2_doc("Hi", max_tokens=4, **params))
     assert out.error is not None and out.choices == [] and out.object == "chat.completion"
     assert out.error.code == code and out.error.message.startswith(f"{param}: ")
+
+
+async def test_cluster_layout_is_reported_as_vllm_resolved_it(engine: Engine) -> None:
+    """The heartbeat's `cluster` comes from vLLM's own parallel config: one CPU worker here."""
+    cluster = engine.cluster
+    assert cluster["tensor_parallel_size"] == 1
+    assert cluster["pipeline_parallel_size"] == 1
+    assert cluster["world_size"] == 1
+    assert cluster["executor"] != "ray" and "nodes" not in cluster
