@@ -4,14 +4,18 @@ On a real anvil with the fake engine: two models registered with their class, on
 `ModelsRuntime` (what `inferd miner run` starts for such a config) from a TOML file answers both
 models' requests until they are final, each by its own key and journal; the shared `/metrics`
 labels every series with the entry's name and `/healthz` reports each daemon; `inferd miner status
---json` shows each entry's address and stake. Plus the config rules (backward compatibility,
+--json` shows each entry's address and stake. The same through one `inferd miner run --fake-engine`
+process, stopped by SIGTERM. Plus the config rules (backward compatibility,
 unknown engine fields, duplicate names or keys).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
+import sys
 from pathlib import Path
 
 import httpx
@@ -26,8 +30,8 @@ from node.cli.main import app as cli
 from node.config import ConfigFileError, load_settings, per_model_settings
 from node.content.documents import ChatInputDocument, ChatParams, UserMessage, to_canonical_bytes
 from node.content.local import LocalStore
-from node.devnet.processes import Anvil
-from node.miner.journal import TERMINAL, JobState
+from node.devnet.processes import Anvil, free_port
+from node.miner.journal import TERMINAL, JobState, Journal
 from node.miner.models import ModelsRuntime
 from node.miner.run import MinerConfigError
 from node.miner.testing import FAKE_ENGINE_CLASS, deploy_dev_hub, dev_request
@@ -74,7 +78,11 @@ engine = {{ model = "model-beta" }}
     return path
 
 
-async def test_one_runtime_serves_two_models(anvil: Anvil, anvil_keys: list[str], data_dir: Path) -> None:
+async def _two_models(
+    anvil: Anvil, anvil_keys: list[str], data_dir: Path
+) -> tuple[HubClient, Path, dict[str, str]]:
+    """A hub with model-alpha (key 1, stake 1 ETH) and model-beta (key 2, 2 ETH), fake engine class;
+    the config file of one miner serving both; the entries' addresses."""
     key_a, key_b = anvil_keys[1], anvil_keys[2]
     dev = await deploy_dev_hub(anvil.rpc_url, anvil_keys[0], [key_a], model_name="model-alpha")
     owner = dev.owner
@@ -85,8 +93,26 @@ async def test_one_runtime_serves_two_models(anvil: Anvil, anvil_keys: list[str]
     key_file = data_dir / "beta.key"
     key_file.write_text(key_b + "\n")
     config = _config(data_dir / "inferd.toml", data_dir, anvil.rpc_url, owner.address, key_a, key_file)
-    settings = load_settings(config)
     address = {"alpha": Account.from_key(key_a).address, "beta": Account.from_key(key_b).address}
+    return owner, config, address
+
+
+async def _request_both(owner: HubClient, requester_key: str, data_dir: Path) -> dict[str, list[int]]:
+    """Two paid requests per model, their inputs in the miner's local store."""
+    store = LocalStore(data_dir / "blocks")
+    requester = HubClient(owner.w3, owner.address, requester_key)
+    ids: dict[str, list[int]] = {"alpha": [], "beta": []}
+    for i in range(4):
+        name = "alpha" if i % 2 == 0 else "beta"
+        data = _doc(f"model-{name}", i)
+        await store.put(data)
+        ids[name].append(await dev_request(requester, model_id(f"model-{name}"), data))
+    return ids
+
+
+async def test_one_runtime_serves_two_models(anvil: Anvil, anvil_keys: list[str], data_dir: Path) -> None:
+    owner, config, address = await _two_models(anvil, anvil_keys, data_dir)
+    settings = load_settings(config)
 
     runtime = await ModelsRuntime.open(settings, fake_engine=True)
     assert {n: d.address for n, d in runtime.daemons.items()} == address
@@ -95,14 +121,7 @@ async def test_one_runtime_serves_two_models(anvil: Anvil, anvil_keys: list[str]
     try:
         for d in runtime.daemons.values():
             await asyncio.wait_for(d.ready.wait(), 60)
-        store = LocalStore(data_dir / "blocks")
-        requester = HubClient(owner.w3, owner.address, anvil_keys[8])
-        ids: dict[str, list[int]] = {"alpha": [], "beta": []}
-        for i in range(4):
-            name = "alpha" if i % 2 == 0 else "beta"
-            data = _doc(f"model-{name}", i)
-            await store.put(data)
-            ids[name].append(await dev_request(requester, model_id(f"model-{name}"), data))
+        ids = await _request_both(owner, anvil_keys[8], data_dir)
         async with asyncio.timeout(120):
             while True:
                 assert not task.done(), task.exception()
@@ -155,6 +174,60 @@ async def test_one_runtime_serves_two_models(anvil: Anvil, anvil_keys: list[str]
     }
     assert {n: s["journal"]["jobs"]["finalized"] for n, s in status.items()} == {"alpha": 2, "beta": 2}
     assert status["beta"]["journal"]["path"] == str(data_dir / "journal-beta.sqlite")
+
+
+async def test_inferd_miner_run_serves_two_models(
+    anvil: Anvil, anvil_keys: list[str], data_dir: Path
+) -> None:
+    """The same through the CLI: one `inferd miner run --fake-engine` process, stopped by SIGTERM."""
+    owner, config, address = await _two_models(anvil, anvil_keys, data_dir)
+    port = free_port()
+    ids: dict[str, list[int]] = {}
+    log_file = (data_dir / "miner.log").open("w")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "node.cli.main", "--config", str(config), "miner", "run", "--fake-engine",
+        "--metrics-port", str(port), stdout=asyncio.subprocess.DEVNULL, stderr=log_file,
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            async with asyncio.timeout(60):
+                while True:
+                    assert proc.returncode is None, (data_dir / "miner.log").read_text()[-2000:]
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await http.get("/healthz")).status_code == 200:
+                            break
+                    await asyncio.sleep(0.2)
+            ids = await _request_both(owner, anvil_keys[8], data_dir)
+            async with asyncio.timeout(120):  # final on chain, and each daemon saw it (its journal)
+                while not (
+                    all([(await owner.get_request(i)).phase == Phase.FINAL for v in ids.values() for i in v])
+                    and _journal_states(data_dir, ids) == {n: {JobState.FINALIZED} for n in ids}
+                ):
+                    await owner.mine(1)
+                    await asyncio.sleep(0.3)
+            health = (await http.get("/healthz")).json()
+        assert {n: h["miner"] for n, h in health["models"].items()} == address
+        for name, rids in ids.items():
+            for rid in rids:
+                assert (await owner.get_request(rid)).seats[0] == address[name]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 60)
+        log_file.close()
+    assert code == 0, (data_dir / "miner.log").read_text()[-2000:]
+    assert _journal_states(data_dir, ids) == {"alpha": {JobState.FINALIZED}, "beta": {JobState.FINALIZED}}
+
+
+def _journal_states(data_dir: Path, ids: dict[str, list[int]]) -> dict[str, set[JobState | None]]:
+    """The states of each entry's jobs, read from its journal file (`journal-<name>.sqlite`)."""
+    out: dict[str, set[JobState | None]] = {}
+    for name, rids in ids.items():
+        journal = Journal(data_dir / f"journal-{name}.sqlite")
+        try:
+            out[name] = {j.state if (j := journal.get(rid)) else None for rid in rids}
+        finally:
+            journal.close()
+    return out
 
 
 def test_without_entries_the_settings_are_the_single_model(tmp_path: Path) -> None:
