@@ -237,9 +237,14 @@ class TxSender:
         *,
         value: int = 0,
         gas: int | None = None,
+        extra_gas: int = 0,
         on_signed: OnSigned | None = None,
     ) -> Any:
         """Send one transaction and return its successful receipt.
+
+        `extra_gas` is added to the estimate for work the estimate cannot see: a hub call whose cost
+        depends on what lands first in the same block (the last commit opens the reveal window, the
+        last reveal settles and pays every seat). Unused gas is not charged.
 
         Raises TxWouldRevert (estimate failed; nothing sent), TxReverted (mined with status 0) or
         TxTimeout. `on_signed` sees every hash (replacements included) before it is broadcast.
@@ -253,7 +258,7 @@ class TxSender:
             "chainId": self.chain_id,
         }
         if gas is None:
-            gas = await self.estimate({k: base[k] for k in ("from", "to", "data", "value")})
+            gas = await self.estimate({k: base[k] for k in ("from", "to", "data", "value")}) + extra_gas
         max_fee, tip = await self.fees()
         for attempt in range(3):
             async with self._lock:

@@ -37,6 +37,12 @@ from node.miner.money import receipt_fee_wei
 
 log = get_logger("inferd.miner.submitter")
 
+# Gas a commit or reveal may need beyond its estimate: the estimate runs before other seats' txs in
+# the same block, so ours may become the last commit (opens the reveal window) or the last reveal
+# (tallies, pays every seat, may seat a committee). Unused gas is not charged, so the headroom only
+# has to fit the wallet's balance at the fee cap.
+TRANSITION_GAS = 300_000
+
 COMMIT_STATES = (JobState.UPLOADED, JobState.COMMITTING)
 REVEAL_STATES = (JobState.COMMITTED, JobState.REVEALING)
 
@@ -331,7 +337,9 @@ class Submitter:
                 self.journal.mark_sending([rid], tx_hash, state)
 
         try:
-            receipt = await self.sender.send(self.hub.address, data, on_signed=on_signed)
+            receipt = await self.sender.send(
+                self.hub.address, data, extra_gas=TRANSITION_GAS, on_signed=on_signed
+            )
         except TxWouldRevert as exc:
             name = decode_revert(exc.data if isinstance(exc.data, str | bytes) else None).name
             if name in ("AlreadyCommitted", "AlreadyRevealed", "NothingToClaim"):
@@ -384,7 +392,9 @@ class Submitter:
             self.journal.mark_sending(ids, tx_hash, state)
 
         try:
-            receipt = await self.sender.send(self.hub.address, data, on_signed=on_signed)
+            receipt = await self.sender.send(
+                self.hub.address, data, extra_gas=TRANSITION_GAS * len(jobs), on_signed=on_signed
+            )
         except TxWouldRevert as exc:
             self.metrics.txs.labels("would_revert").inc()
             if len(jobs) > 1:

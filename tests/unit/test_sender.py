@@ -86,7 +86,7 @@ async def test_revert_is_reported_before_anything_is_sent(anvil: Anvil, anvil_ke
     hub = await HubClient.deploy(anvil.rpc_url, anvil_keys[0])
     s = sender_for(anvil, anvil_keys[9])
     seen: list[str] = []
-    data = hub.contract.encode_abi("submitResult", args=[12345, b"\x01" * 32])
+    data = hub.contract.encode_abi("commit", args=[12345, b"\x01" * 32])
     with pytest.raises(TxWouldRevert):
         await s.send(hub.address, data, on_signed=seen.append)
     assert not seen
