@@ -174,6 +174,13 @@ async def test_one_runtime_serves_two_models(anvil: Anvil, anvil_keys: list[str]
     }
     assert {n: s["journal"]["jobs"]["finalized"] for n, s in status.items()} == {"alpha": 2, "beta": 2}
     assert status["beta"]["journal"]["path"] == str(data_dir / "journal-beta.sqlite")
+    table = await asyncio.to_thread(
+        CliRunner().invoke, cli, ["--config", str(config), "miner", "status"], env={"COLUMNS": "250"}
+    )
+    assert table.exit_code == 0, table.output
+    for name in ("alpha", "beta"):
+        row = next(line for line in table.stdout.splitlines() if f" {name} " in line)
+        assert address[name] in row and "finalized 2" in row
 
 
 async def test_inferd_miner_run_serves_two_models(
