@@ -6,11 +6,13 @@ on-chain state."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from eth_account import Account
 
 from node.chain.hub import Phase, RequestFlag, RequestInfo, VerificationState
+from node.content.cid import digest_of
 from node.content.documents import (
     MAX_TOKENS,
     ChatInputDocument,
@@ -24,17 +26,17 @@ from node.gateway.records import Delta, ModelInfo
 from node.gateway.responses import build_response
 from node.gateway.verify import explain
 from node.gateway.work import MAX_DECLARED_TOKENS, declared_max_tokens, request_price
-from tests.unit.test_gateway_parts import MINER, digest_of, output, registry, sign, submission
+from tests.unit.test_gateway_parts import MINER, output, registry, sign, submission
 
 
-def chat(**params: object) -> ChatInputDocument:
+def chat(**params: Any) -> ChatInputDocument:
     return ChatInputDocument(
-        model="m", messages=[UserMessage(role="user", content="hi")], params=ChatParams(**params)
+        model="m", messages=[UserMessage(role="user", content="hi")], params=ChatParams.model_validate(params)
     )
 
 
-def completion(prompt: str | list[str], **params: object) -> CompletionInputDocument:
-    return CompletionInputDocument(model="m", prompt=prompt, params=CompletionParams(**params))
+def completion(prompt: str | list[str], **params: Any) -> CompletionInputDocument:
+    return CompletionInputDocument(model="m", prompt=prompt, params=CompletionParams.model_validate(params))
 
 
 # ------------------------------------------------------------------ declared work and price
@@ -89,7 +91,7 @@ async def test_messages_before_assignment_are_held_then_checked_against_the_seat
     assert pending.deltas.empty() and len(pending.held) == 3 and not pending.assigned
     assert pending.verification == VerificationState.PENDING
     reg.on_assigned(31337, 7, (MINER.address,))
-    assert pending.verification == VerificationState.ASSIGNED
+    assert pending.verification == VerificationState.ASSIGNED  # type: ignore[comparison-overlap]
     assert pending.deltas.get_nowait().text == "hel" and pending.deltas.empty()
     assert reg.drops["not_assignee"] == 1 and not pending.held
     reg.on_verification(31337, 7, "committed")
