@@ -64,6 +64,31 @@ def hash_key(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def new_key(
+    name: str = "",
+    rate_limit_per_minute: int | None = None,
+    *,
+    max_concurrent: int | None = None,
+    daily_budget_wei: int | None = None,
+    admin: bool = False,
+) -> tuple[str, ApiKeyRecord]:
+    """A fresh random key and its record (only the key's hash is kept); every key store uses it."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    register_secret(key)
+    record = ApiKeyRecord(
+        id="key_" + secrets.token_hex(6),
+        name=name,
+        hash=hash_key(key),
+        prefix=key[: len(KEY_PREFIX) + 4],
+        created=int(time.time()),
+        rate_limit_per_minute=rate_limit_per_minute,
+        max_concurrent=max_concurrent,
+        daily_budget_wei=daily_budget_wei,
+        admin=admin,
+    )
+    return key, record
+
+
 class KeyStore:
     """The keys file: add, list, revoke, and `lookup` for the request path (thread-safe)."""
 
@@ -118,15 +143,9 @@ class KeyStore:
     ) -> tuple[str, ApiKeyRecord]:
         """Create a key; returns (plaintext key, record). The plaintext is not stored anywhere.
         Limits left None take the gateway's defaults."""
-        key = KEY_PREFIX + secrets.token_urlsafe(32)
-        register_secret(key)
-        record = ApiKeyRecord(
-            id="key_" + secrets.token_hex(6),
-            name=name,
-            hash=hash_key(key),
-            prefix=key[: len(KEY_PREFIX) + 4],
-            created=int(time.time()),
-            rate_limit_per_minute=rate_limit_per_minute,
+        key, record = new_key(
+            name,
+            rate_limit_per_minute,
             max_concurrent=max_concurrent,
             daily_budget_wei=daily_budget_wei,
             admin=admin,
@@ -195,4 +214,5 @@ __all__ = [
     "default_keys_path",
     "extract_key",
     "hash_key",
+    "new_key",
 ]

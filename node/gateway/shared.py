@@ -34,7 +34,7 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 
-from node.gateway.auth import KEY_PREFIX, ApiKeyRecord, KeyFileError, UnknownKey, hash_key
+from node.gateway.auth import ApiKeyRecord, KeyFileError, UnknownKey, hash_key, new_key
 from node.gateway.budget import TOTAL, Budget, Reservation, seconds_to_utc_midnight
 from node.gateway.errors import GatewayBudgetExhausted, InsufficientQuota, ServiceUnavailable
 from node.log import get_logger, register_secret
@@ -365,15 +365,9 @@ class RedisKeyStore:
         daily_budget_wei: int | None = None,
         admin: bool = False,
     ) -> tuple[str, ApiKeyRecord]:
-        key = KEY_PREFIX + secrets.token_urlsafe(32)
-        register_secret(key)
-        record = ApiKeyRecord(
-            id="key_" + secrets.token_hex(6),
-            name=name,
-            hash=hash_key(key),
-            prefix=key[: len(KEY_PREFIX) + 4],
-            created=int(time.time()),
-            rate_limit_per_minute=rate_limit_per_minute,
+        key, record = new_key(
+            name,
+            rate_limit_per_minute,
             max_concurrent=max_concurrent,
             daily_budget_wei=daily_budget_wei,
             admin=admin,
