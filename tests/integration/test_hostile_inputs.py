@@ -31,10 +31,13 @@ import pytest
 
 from node.chain.hub import HubClient, Phase
 from node.cli.hub import Outcome, read_source, send_request, wait_outcome
+from node.config import EngineSettings
 from node.content.cid import cid_for_bytes
 from node.content.documents import canonical_json
 from node.content.local import LocalStore
 from node.devnet.processes import REPO_ROOT, Anvil, Mosquitto
+from node.engine.engine import resolve_model_path
+from node.engine.engine_class import engine_class
 from node.miner.testing import deploy_dev_hub
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -190,8 +193,17 @@ async def test_hostile_inputs_get_error_documents_and_never_hurt_the_miner(
 ) -> None:
     started = time.monotonic()
     miner_key, requester_key = anvil_keys[5], anvil_keys[6]
+    # The model is registered for the class the miner's engine will have (its settings below), as
+    # an operator registers it: computed from the model's bytes and the build, without vLLM.
+    engine_settings = EngineSettings(max_model_len=2048, max_num_seqs=32, cpu_kvcache_gib=1)
+    real_class = engine_class(engine_settings, resolve_model_path(engine_settings)).id
     hub = await deploy_dev_hub(
-        anvil.rpc_url, anvil_keys[0], [miner_key], model_name=MODEL, timeout_blocks=200
+        anvil.rpc_url,
+        anvil_keys[0],
+        [miner_key],
+        model_name=MODEL,
+        timeout_blocks=200,
+        engine_class=real_class,
     )
     miner_address = hub.miners[0]
     stake_before = (await hub.owner.get_miner(miner_address)).stake
@@ -253,7 +265,8 @@ async def test_hostile_inputs_get_error_documents_and_never_hurt_the_miner(
         assert (await hub.owner.get_request(unavailable.request_id)).phase != Phase.FINAL
         info = await hub.owner.get_miner(miner_address)
         assert info.stake == stake_before and info.active
-        assert info.credits == FEE * (len(SAMPLES) + 1)  # paid for every refusal, too
+        # paid for every refusal, too: the fee less its audit share (deploy_dev_hub's auditBps is 1)
+        assert info.credits == (FEE - FEE * 1 // 10_000) * (len(SAMPLES) + 1)
         log = miner.log()
         assert not [event for event in CRASH_EVENTS if event in log], log[-4000:]
         assert log.count('"miner_started"') == 1 and '"input_unavailable"' in log
