@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import pytest
@@ -17,6 +18,8 @@ from node.content.documents import (
     to_canonical_bytes,
 )
 from node.engine.engine import Engine
+from node.miner.metrics import MinerMetrics
+from node.miner.money import engine_alive
 
 pytestmark = pytest.mark.engine
 
@@ -332,3 +335,36 @@ async def test_cluster_layout_is_reported_as_vllm_resolved_it(engine: Engine) ->
     assert cluster["pipeline_parallel_size"] == 1
     assert cluster["world_size"] == 1
     assert cluster["executor"] != "ray" and "nodes" not in cluster
+
+
+# vLLM's own engine metrics reach the miner's `/metrics`: the engine registers vLLM's
+# `PrometheusStatLogger` on the default registry and `MinerMetrics.render()` serves it after the
+# miner's own. Here, not in a file of its own, because vLLM's collectors follow the engine started
+# last in the process (test_engine_class starts more), and this must observe the session engine.
+
+
+def _metric_value(text: str, name: str) -> float:
+    found = re.findall(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE)
+    assert found, f"{name} is not on the miner's /metrics"
+    return sum(float(v) for v in found)
+
+
+async def test_vllm_metrics_are_served_by_the_miner(engine: Engine) -> None:
+    doc = {
+        "v": 1,
+        "type": "chat",
+        "model": "SmolLM2-135M-Instruct",
+        "messages": [{"role": "user", "content": "Say hi."}],
+        "params": {"max_tokens": 4, "temperature": 0},
+    }
+    before = MinerMetrics().render().decode()
+    ttft = "vllm:time_to_first_token_seconds_count"
+    ttft_before = _metric_value(before, ttft) if ttft in before else 0
+    out = await engine.generate(doc, request_id=1, input_cid=cid_for_bytes(canonical_json(doc)), created=0)
+    assert out.error is None
+    text = MinerMetrics().render().decode()
+    assert _metric_value(text, ttft) >= ttft_before + 1
+    assert _metric_value(text, "vllm:num_requests_waiting") == 0
+    assert 0 <= _metric_value(text, "vllm:kv_cache_usage_perc") <= 1
+    assert "inferd_build_info{" in text
+    assert engine.alive and engine_alive(engine)
