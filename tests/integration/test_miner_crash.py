@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from eth_account import Account
+from web3 import Web3
 
 from node.chain.events import ResultRevealed, decode_logs
 from node.chain.hub import HubClient, Phase
@@ -116,6 +117,11 @@ async def test_sigkill_three_times(
     print(f"\ncrash test seed: INFERD_CRASH_SEED={seed}")
     rng = random.Random(seed)
     miner_key = anvil_keys[5]
+    # The session's anvil is shared: earlier tests may have used this key against other hubs. Audit
+    # only what it sends from here on, and its nonces from the count it starts with.
+    probe = Web3(Web3.HTTPProvider(anvil.rpc_url))
+    start_block = int(probe.eth.block_number) + 1
+    start_nonce = int(probe.eth.get_transaction_count(Account.from_key(miner_key).address, "latest"))
     hub = await deploy_dev_hub(
         anvil.rpc_url, anvil_keys[0], [miner_key], model_name=MODEL, timeout_blocks=200,
         engine_class=engine_class_for(fake_engine),
@@ -176,7 +182,7 @@ async def test_sigkill_three_times(
     revealed = [e for e in decode_logs(logs) if isinstance(e, ResultRevealed) and e.miner == miner_addr]  # type: ignore[arg-type]
     assert sorted(e.id for e in revealed) == sorted(ids), f"one ResultRevealed per request (seed {seed})"
     # What the miner signed and broadcast, from the blocks themselves (automine: broadcast = mined).
-    sent = await sent_by(w3, hub.owner.contract, miner_addr)
+    sent = await sent_by(w3, hub.owner.contract, miner_addr, start_block)
     for what, per_request in (("commit", commits_per_request(sent)), ("reveal", reveals_per_request(sent))):
         twice = {rid: n for rid, n in per_request.items() if n != 1}
         assert not twice, f"{what}s broadcast more than once: {twice} (seed {seed})"
@@ -184,7 +190,7 @@ async def test_sigkill_three_times(
     assert all(tx.ok for tx in sent), f"reverted miner transactions: {[tx for tx in sent if not tx.ok]}"
     assert {tx.function for tx in sent if tx.function} <= MINER_FUNCTIONS
     nonce = await w3.eth.get_transaction_count(miner_addr, "latest")
-    assert [tx.nonce for tx in sent] == list(range(nonce)), "every nonce the key used is a mined tx"
+    assert [tx.nonce for tx in sent] == list(range(start_nonce, nonce)), "every nonce it used is a mined tx"
     assert await w3.eth.get_transaction_count(miner_addr, "pending") == nonce, "nothing left pending"
     commit_txs = sum(1 for tx in sent if tx.commits)
     reveal_txs = sum(1 for tx in sent if tx.reveals)
