@@ -1,12 +1,23 @@
-"""Latency through the gateway vs the engine alone, for the same requests, at concurrency 1 and 16.
+"""What a user waits for through the gateway vs the engine alone, on automine and on a 2-second chain.
 
-A one-box devnet in this process: anvil (automine), mosquitto, a miner daemon with the real CPU
-engine (SmolLM2), and the gateway under uvicorn; requests go over HTTP as an OpenAI client sends
-them. The engine-alone numbers run the very same input documents through `Engine.generate`.
-The last line is one JSON object:
-`{"c1_p50_ms", "c1_p99_ms", "c16_p50_ms", "c16_p99_ms", "engine_c1_p50_ms", "engine_c16_p50_ms", ...}`.
+The setup is the one an operator gets: `inferd devnet up --detach` (anvil, mosquitto, one miner with
+the real CPU engine on SmolLM2, the gateway) with the SHIPPED chain, poll and batch settings, once on
+automine and once on `--block-time 2` (an L2's block time). Only the gateway's per-key admission
+limits are lifted (`tests/bench/loadgen.py`). The engine alone is raw vLLM (`AsyncLLM` in this
+process, the miners' engine arguments, the same prompts, seeds and sampling), not inferd's adapter,
+measured in the same run, interleaved with the gateway, so both see the same machine.
 
-    .venv/bin/python tests/bench/gateway.py [--c1 N] [--c16 N] [--max-tokens N]
+Per chain and run: concurrency 1 (engine; gateway non-streamed for the total; gateway streamed for
+the time to first token), then concurrency 16 (requests/s). Each figure is the median over the runs;
+`spread` holds min/median/max. The LAST line is one JSON object; automine keys as before
+(`c1_p50_ms`, `c1_p99_ms`, `c16_p50_ms`, `c16_p99_ms`, `engine_c1_p50_ms`, `engine_c16_p50_ms`,
+`c16_rps`, `engine_c16_rps`, ...) plus `ttft_p50_ms` / `engine_ttft_p50_ms`, and for the 2-second
+chain `b2_total_p50_ms`, `b2_engine_total_p50_ms`, `b2_ttft_p50_ms`, `b2_engine_ttft_p50_ms`,
+`b2_c16_rps`, `b2_engine_c16_rps` (and p99s).
+
+    .venv/bin/python tests/bench/gateway.py [--c1 N] [--c16 N] [--runs N] [--max-tokens N]
+        [--chains both|automine|b2]
+    (env: BENCH_GATEWAY_C1, BENCH_GATEWAY_C16, BENCH_RUNS; a quick run: --c1 4 --c16 16 --runs 2)
 """
 
 from __future__ import annotations
@@ -15,175 +26,147 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
-import tempfile
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 
-MODEL = "SmolLM2-135M-Instruct"
+from tests.bench.loadgen import (
+    MODEL,
+    RawEngine,
+    devnet,
+    engine_calls,
+    gateway_calls,
+    gateway_client,
+    messages,
+    percentile,
+    run_closed,
+    spread,
+    summarize,
+)
+
+FIGURES = (
+    "total_p50_ms", "total_p99_ms", "ttft_p50_ms", "engine_total_p50_ms", "engine_total_p99_ms",
+    "engine_ttft_p50_ms", "c1_rps", "engine_c1_rps", "c16_p50_ms", "c16_p99_ms", "engine_c16_p50_ms",
+    "engine_c16_p99_ms", "c16_rps", "engine_c16_rps",
+)  # fmt: skip
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+async def chain_section(
+    engine: RawEngine, block_time: float | None, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Every figure of FIGURES on one chain, median over `args.runs` runs, plus spread and errors."""
+    runs: dict[str, list[float]] = {k: [] for k in FIGURES}
+    errors = 0
+    tokens = {"gateway": 0, "engine": 0}
+    label = "automine" if block_time is None else f"block time {block_time}s"
+    async with devnet(fake_engine=False, block_time=block_time) as info, gateway_client(info) as http:
+        warm = messages(2, 900_000)  # both paths once (first request compiles, connects, subscribes)
+        await run_closed(gateway_calls(http, warm, args.max_tokens, 1, False), 1)
+        await run_closed(engine_calls(engine, warm, args.max_tokens, 1), 1)
+        for run in range(args.runs):
+            base = run * 10_000
+            c1 = messages(args.c1, base)
+            eng, eng_wall = await run_closed(engine_calls(engine, c1, args.max_tokens, base), 1)
+            gw, gw_wall = await run_closed(gateway_calls(http, c1, args.max_tokens, base, False), 1)
+            gws, _ = await run_closed(gateway_calls(http, c1, args.max_tokens, base, True), 1)
+            e_tot, e_ttft, e_err = summarize(eng)
+            g_tot, _, g_err = summarize(gw)
+            _, g_ttft, s_err = summarize(gws)
+            errors += e_err + g_err + s_err
+            tokens["gateway"] += sum(s.tokens for s in gw)
+            tokens["engine"] += sum(s.tokens for s in eng)
+            runs["total_p50_ms"].append(percentile(g_tot, 0.5))
+            runs["total_p99_ms"].append(percentile(g_tot, 0.99))
+            runs["ttft_p50_ms"].append(percentile(g_ttft, 0.5))
+            runs["engine_total_p50_ms"].append(percentile(e_tot, 0.5))
+            runs["engine_total_p99_ms"].append(percentile(e_tot, 0.99))
+            runs["engine_ttft_p50_ms"].append(percentile(e_ttft, 0.5))
+            runs["c1_rps"].append(len(g_tot) / gw_wall)
+            runs["engine_c1_rps"].append(len(e_tot) / eng_wall)
 
-
-def bodies(count: int, max_tokens: int, offset: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": f"Name a colour and a fruit. ({offset + i})"}],
-            "max_tokens": max_tokens,
-            "temperature": 0.7,
-            "seed": offset + i,
-        }
-        for i in range(count)
-    ]
-
-
-async def timed(calls: list[Callable[[], Awaitable[None]]], concurrency: int) -> tuple[list[float], float]:
-    sem = asyncio.Semaphore(concurrency)
-    latencies: list[float] = []
-
-    async def one(call: Callable[[], Awaitable[None]]) -> None:
-        async with sem:
-            t0 = time.perf_counter()
-            await call()
-            latencies.append((time.perf_counter() - t0) * 1000)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(one(c) for c in calls))
-    return latencies, time.perf_counter() - start
+            c16 = messages(args.c16, base + 5_000)
+            eng, eng_wall = await run_closed(engine_calls(engine, c16, args.max_tokens, base + 5_000), 16)
+            gw, gw_wall = await run_closed(gateway_calls(http, c16, args.max_tokens, base + 5_000, False), 16)
+            e_tot, _, e_err = summarize(eng)
+            g_tot, _, g_err = summarize(gw)
+            errors += e_err + g_err
+            runs["c16_p50_ms"].append(percentile(g_tot, 0.5))
+            runs["c16_p99_ms"].append(percentile(g_tot, 0.99))
+            runs["engine_c16_p50_ms"].append(percentile(e_tot, 0.5))
+            runs["engine_c16_p99_ms"].append(percentile(e_tot, 0.99))
+            runs["c16_rps"].append(len(g_tot) / gw_wall)
+            runs["engine_c16_rps"].append(len(e_tot) / eng_wall)
+            last = {k: v[-1] for k, v in runs.items()}
+            print(
+                f"{label} run {run + 1}: c1 total p50 gateway {last['total_p50_ms']:.0f} ms / engine "
+                f"{last['engine_total_p50_ms']:.0f} ms, ttft p50 gateway {last['ttft_p50_ms']:.0f} ms / "
+                f"engine {last['engine_ttft_p50_ms']:.0f} ms | c16 gateway {last['c16_rps']:.2f} req/s / "
+                f"engine {last['engine_c16_rps']:.2f} req/s | errors {errors}",
+                file=sys.stderr,
+                flush=True,
+            )
+    out: dict[str, Any] = {k: spread(v)["median"] for k, v in runs.items()}
+    out["spread"] = {k: spread(v) for k, v in runs.items()}
+    out["errors"] = errors
+    out["completion_tokens"] = tokens
+    return out
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     from node.log import configure_logging
 
-    configure_logging("warning", "console")  # before the modules below bind their loggers
-    import httpx
-
-    from node.chain.hub import HubClient
-    from node.config import EngineSettings, load_settings
-    from node.content.cid import cid_for_bytes
-    from node.content.documents import to_canonical_bytes
-    from node.content.local import LocalStore
-    from node.devnet.processes import anvil_private_keys, anvil_process, mosquitto_process
-    from node.engine.engine import Engine
-    from node.gateway.app import create_app
-    from node.gateway.auth import KeyStore
-    from node.gateway.schemas import parse_chat_request
-    from node.gateway.server import GatewayServer
-    from node.miner.daemon import DaemonConfig
-    from node.miner.testing import deploy_dev_hub, local_daemon
-
-    tmp = Path(tempfile.mkdtemp(prefix="inferd-bench-gw-"))
-    anvil = anvil_process(tmp)
-    broker = mosquitto_process(tmp)
-    anvil.start()
-    broker.start()
-    engine = await Engine.start(EngineSettings(max_num_seqs=32))
-    stop = asyncio.Event()
-    server: GatewayServer | None = None
-    miner_task: asyncio.Task[None] | None = None
+    configure_logging("warning", "console")
+    engine = await RawEngine.start()  # shipped engine settings, the devnet's KV cache
+    results: dict[str, Any] = {}
     try:
-        keys = anvil_private_keys(4)
-        hub = await deploy_dev_hub(anvil.rpc_url, keys[0], [keys[1]], model_name=MODEL, timeout_blocks=1000)
-        store = LocalStore(tmp / "blocks")
-        daemon = local_daemon(
-            hub=HubClient(HubClient.web3(anvil.rpc_url), hub.owner.address, keys[1]),
-            miner_key=keys[1],
-            engine=engine,
-            store=store,
-            journal_path=tmp / "journal.sqlite",
-            broker_url=broker.url,
-            config=DaemonConfig(chain_id=31337, poll_interval_s=0.1, batch_wait_s=0.02, sweep_interval_s=0.5),
-        )
-        miner_task = asyncio.create_task(daemon.run(stop))
-        settings = load_settings(
-            data_dir=tmp,
-            chain={"rpc_url": anvil.rpc_url, "hub_address": hub.owner.address, "private_key": keys[2],
-                   "poll_interval_s": 0.1},
-            stream={"broker_url": broker.url},
-            gateway={"rate_limit_per_minute": 100_000, "request_timeout_s": 300},
-        )  # fmt: skip
-        api_key, _ = KeyStore(tmp / "gateway" / "api_keys.json").add("bench")
-        server = GatewayServer(create_app(settings))
-        await server.start()
-        await server.app.state.gateway.backend.wait_ready(10)
-
-        async with httpx.AsyncClient(
-            base_url=server.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=300
-        ) as http:
-
-            def via_gateway(body: dict[str, Any]) -> Callable[[], Awaitable[None]]:
-                async def call() -> None:
-                    reply = await http.post("/v1/chat/completions", json=body)
-                    reply.raise_for_status()
-
-                return call
-
-            rid = iter(range(10**6, 10**7))
-
-            def via_engine(body: dict[str, Any]) -> Callable[[], Awaitable[None]]:
-                data = to_canonical_bytes(parse_chat_request(body).document)
-                cid = cid_for_bytes(data)
-
-                async def call() -> None:
-                    await engine.generate(data, request_id=next(rid), input_cid=cid, created=0)
-
-                return call
-
-            warm = bodies(2, args.max_tokens, 900_000)
-            await timed([via_gateway(b) for b in warm], 1)
-            await timed([via_engine(b) for b in warm], 1)
-
-            c1 = bodies(args.c1, args.max_tokens, 0)
-            c16 = bodies(args.c16, args.max_tokens, 1000)
-            results: dict[str, Any] = {}
-            for label, batch, conc in (("c1", c1, 1), ("c16", c16, 16)):
-                eng, eng_wall = await timed([via_engine(b) for b in batch], conc)
-                gw, gw_wall = await timed([via_gateway(b) for b in batch], conc)
-                results[f"{label}_p50_ms"] = round(percentile(gw, 0.5), 1)
-                results[f"{label}_p99_ms"] = round(percentile(gw, 0.99), 1)
-                results[f"engine_{label}_p50_ms"] = round(percentile(eng, 0.5), 1)
-                results[f"engine_{label}_p99_ms"] = round(percentile(eng, 0.99), 1)
-                results[f"{label}_rps"] = round(len(batch) / gw_wall, 2)
-                results[f"engine_{label}_rps"] = round(len(batch) / eng_wall, 2)
-                p50, p99 = results[f"{label}_p50_ms"], results[f"{label}_p99_ms"]
-                print(
-                    f"{label}: gateway p50 {p50} ms p99 {p99} ms"
-                    f" | engine p50 {results[f'engine_{label}_p50_ms']} ms"
-                    f" | overhead p50 {statistics.median(gw) - statistics.median(eng):.0f} ms",
-                    file=sys.stderr,
-                )
-        results.update(
-            {"requests_c1": args.c1, "requests_c16": args.c16, "max_tokens": args.max_tokens, "model": MODEL}
-        )
-        return results
+        if args.chains in ("both", "automine"):
+            a = await chain_section(engine, None, args)
+            results.update(
+                {
+                    "c1_p50_ms": a["total_p50_ms"],
+                    "c1_p99_ms": a["total_p99_ms"],
+                    "engine_c1_p50_ms": a["engine_total_p50_ms"],
+                    "engine_c1_p99_ms": a["engine_total_p99_ms"],
+                    "c1_rps": a["c1_rps"],
+                    "engine_c1_rps": a["engine_c1_rps"],
+                    "ttft_p50_ms": a["ttft_p50_ms"],
+                    "engine_ttft_p50_ms": a["engine_ttft_p50_ms"],
+                    **{k: a[k] for k in FIGURES if k.startswith(("c16_", "engine_c16_"))},
+                    "overhead_c1_p50_ms": round(a["total_p50_ms"] - a["engine_total_p50_ms"], 1),
+                    "c16_ratio": round(a["c16_rps"] / a["engine_c16_rps"], 3),
+                }
+            )
+            results["automine"] = {k: a[k] for k in ("spread", "errors", "completion_tokens")}
+        if args.chains in ("both", "b2"):
+            b = await chain_section(engine, 2.0, args)
+            results.update({f"b2_{k}": b[k] for k in FIGURES if not k.endswith("c1_rps")})
+            results["b2_c16_ratio"] = round(b["c16_rps"] / b["engine_c16_rps"], 3)
+            results["b2"] = {k: b[k] for k in ("spread", "errors", "completion_tokens")}
     finally:
-        if server is not None:
-            await server.stop()
-        stop.set()
-        if miner_task is not None:
-            await asyncio.wait_for(miner_task, 60)
         engine.shutdown()
-        broker.stop()
-        anvil.stop()
+    results.update(
+        {
+            "requests_c1": args.c1,
+            "requests_c16": args.c16,
+            "runs": args.runs,
+            "max_tokens": args.max_tokens,
+            "model": MODEL,
+            "engine": "raw vLLM AsyncLLM",
+        }
+    )
+    return results
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--c1", type=int, default=10, help="requests at concurrency 1")
-    parser.add_argument("--c16", type=int, default=48, help="requests at concurrency 16")
+    sys.warnoptions.append("ignore::UserWarning:multiprocessing.resource_tracker")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--c1", type=int, default=int(os.environ.get("BENCH_GATEWAY_C1", "10")))
+    parser.add_argument("--c16", type=int, default=int(os.environ.get("BENCH_GATEWAY_C16", "48")))
+    parser.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "3")))
     parser.add_argument("--max-tokens", type=int, default=16)
-    print(json.dumps(asyncio.run(main(parser.parse_args()))))
+    parser.add_argument("--chains", choices=["both", "automine", "b2"], default="both")
+    print(json.dumps(asyncio.run(main(parser.parse_args()))), flush=True)
