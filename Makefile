@@ -79,7 +79,8 @@ contracts-check: npm
 bench: setup
 	$(PY) tests/bench/adversary.py
 	$(PY) tests/bench/gas.py
-	@for b in parser engine miner gateway; do \
+	@# BENCH_RUNS, BENCH_GATEWAY_C1/C16, BENCH_PROTOCOL_C1/C64, BENCH_MINER_REQUESTS/POISSON size them.
+	@for b in parser engine miner gateway protocol; do \
 		if [ -f tests/bench/$$b.py ]; then $(PY) tests/bench/$$b.py || exit 1; fi; done
 
 devnet: setup
