@@ -186,11 +186,13 @@ class MinerDaemon:
             metrics=self.metrics,
             batch_max=min(config.batch_max, MAX_BATCH),
             batch_wait_s=config.batch_wait_s,
+            busy=lambda: len(self._running),  # results about to be ready: worth waiting for
         )
         self.follower: LogFollower[MinerEvent] | None = None
         self.ops: OpsServer | None = None
         self._sem = asyncio.Semaphore(config.max_concurrency)
         self._producing: dict[int, asyncio.Task[None]] = {}
+        self._running: set[int] = set()  # jobs in the engine or uploading (holding `_sem`)
         self._job_crashes: dict[int, int] = {}
         self._accepting = True
         self._unfetched: set[int] = set()  # request ids whose input could not be fetched (yet)
@@ -257,7 +259,11 @@ class MinerDaemon:
         with bound(request_id=request_id):
             try:
                 async with self._sem:
-                    await self._produce_once(request_id)
+                    self._running.add(request_id)
+                    try:
+                        await self._produce_once(request_id)
+                    finally:  # before any await: the submitter sees it gone with the job it queued
+                        self._running.discard(request_id)
                 self._job_crashes.pop(request_id, None)
             except asyncio.CancelledError:
                 log.info("job_interrupted", note="stays journaled, resumes on next start")

@@ -2,9 +2,10 @@
 
 Every seat (assignee, auditor, committee member) does the same two steps. A job that reached
 `uploaded` is queued for its commit, one that is `committed` for its reveal; a batch is collected
-until `batch_max` jobs are ready or `batch_wait_s` passed since the first one, and split into one
-commit and one reveal transaction. Several batches may be in flight at once (the sender hands out
-consecutive nonces).
+under the policy of `node.miner.batching` (sent at once when no other job is about to be ready —
+`busy()`, from the daemon —, else until `batch_max` jobs are ready, nothing else is in flight or
+`batch_wait_s` passed since the first one) and split into one commit and one reveal transaction.
+Several batches may be in flight at once (the sender hands out consecutive nonces).
 
 Before a job goes into a transaction the chain is asked what it may do now (`verdict`): commit while
 its seat's commit window is open and nothing of ours is on chain; reveal once the reveal window is
@@ -30,6 +31,7 @@ from node.chain.events import InferenceFinalized, ResultCommitted, ResultReveale
 from node.chain.hub import Phase, RequestFlag
 from node.chain.sender import TxError, TxReverted, TxSender, TxWouldRevert
 from node.log import get_logger
+from node.miner.batching import BatchCollector
 from node.miner.hubview import COMMIT_PHASES, REVEAL_PHASES, HubView
 from node.miner.journal import TERMINAL, Job, JobState, Journal, Role
 from node.miner.metrics import MinerMetrics
@@ -74,6 +76,7 @@ class Submitter:
         batch_wait_s: float,
         max_in_flight: int = 4,
         on_settled: Callable[[Job], None] | None = None,
+        busy: Callable[[], int] | None = None,
     ) -> None:
         self.journal = journal
         self.hub = hub
@@ -90,6 +93,7 @@ class Submitter:
         self._fresh: set[int] = set()
         self._audits_opened: set[int] = set()
         self._busy: set[int] = set()  # ids in a batch being checked or sent: never two at once
+        self._collector = BatchCollector(self._queue, batch_max=batch_max, wait_s=batch_wait_s, busy=busy)
 
     def enqueue(self, request_id: int, *, fresh: bool = False) -> None:
         """A job reached `uploaded` or `committed` (or must be re-checked): act on it soon.
@@ -114,19 +118,8 @@ class Submitter:
 
     async def run(self) -> None:
         """Collect batches forever; cancel to stop (in-flight batches are awaited by `drain`)."""
-        loop = asyncio.get_running_loop()
         while True:
-            first = await self._queue.get()
-            batch = [first]
-            until = loop.time() + self.batch_wait_s
-            while len(batch) < self.batch_max:
-                left = until - loop.time()
-                if left <= 0 and self._queue.empty():
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), max(left, 0.0001)))
-                except TimeoutError:
-                    break
+            batch = await self._collector.next_batch()
             await self._slots.acquire()
             for rid in batch:
                 self._queued.discard(rid)
