@@ -1,0 +1,195 @@
+"""Requests that arrive while one is on its way go out together: one `requestInferences` transaction.
+
+A request transaction pays a base cost (21k intrinsic gas, the call, the auto-assignment it carries)
+that a batch shares; requests per block are what a chain's gas limit caps. Waiting on a timer would
+add latency to every request, so there is none: the first request goes out at once, and the requests
+that arrive while `max_in_flight` request transactions are on their way are collected and sent
+together (up to `MAX_BATCH`, the hub's cap) as soon as a slot frees — on a chain with a block time,
+the requests that arrive within one block share the next transaction. A lone request is sent as a
+plain `requestInference`, exactly as before.
+
+Each caller gets its own request id: the i-th `InferenceRequested` event of the receipt (the hub
+numbers a batch `firstId + i`, checked here against the digests sent). A failure of the transaction
+is each caller's failure (the error the send function raised, one copy per caller). A caller that
+goes away before its batch is sent is left out of it (nothing is paid for it).
+
+`SharedCall` lets the callers of one batch share the `assign` transaction that materialises their
+seats, instead of sending one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from node.chain.events import InferenceRequested, decode_logs
+from node.chain.hub import MAX_BATCH
+from node.gateway.errors import UpstreamError
+from node.log import get_logger
+
+log = get_logger("gateway.batcher")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One caller's request: what the hub is told, and what it pays."""
+
+    digest: bytes
+    max_tokens: int
+    fee: int
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A caller's request as mined: the shared receipt and its own `InferenceRequested`."""
+
+    receipt: Any
+    requested: InferenceRequested
+    index: int
+    size: int
+    """How many requests the transaction carried (its gas is shared by as many)."""
+    mined_at: float
+    """When the receipt came (`time.monotonic`, the same for the whole batch)."""
+
+
+SendBatch = Callable[[Sequence[BatchItem]], Awaitable[Any]]
+"""Sends one transaction for the items (one item: `requestInference`), returns its receipt, raises
+the caller-facing error on failure."""
+
+
+def _own_copy(exc: BaseException) -> BaseException:
+    """One exception object per caller, so their tracebacks do not mix."""
+    try:
+        return copy.copy(exc)
+    except Exception:
+        return exc
+
+
+class RequestBatcher:
+    """Batches the requests for one model on one chain (see module docstring)."""
+
+    def __init__(self, send: SendBatch, *, max_batch: int = MAX_BATCH, max_in_flight: int = 1) -> None:
+        self.send = send
+        self.max_batch = max(1, min(max_batch, MAX_BATCH))
+        self.max_in_flight = max(1, max_in_flight)
+        self._waiting: list[tuple[BatchItem, asyncio.Future[Placed]]] = []
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.sent_txs = 0
+        self.sent_requests = 0
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def submit(self, item: BatchItem) -> Placed:
+        """Send `item` in the next transaction; returns once it is mined (raises what the send did)."""
+        fut: asyncio.Future[Placed] = asyncio.get_running_loop().create_future()
+        entry = (item, fut)
+        self._waiting.append(entry)
+        self._pump()
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if entry in self._waiting:  # not sent yet: leave it out
+                self._waiting.remove(entry)
+            raise
+
+    def _pump(self) -> None:
+        while self._waiting and self._in_flight < self.max_in_flight:
+            batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
+            self._in_flight += 1
+            task = asyncio.create_task(self._run(batch), name=f"request-batch-{len(batch)}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[tuple[BatchItem, asyncio.Future[Placed]]]) -> None:
+        items = [item for item, _ in batch]
+        started = time.monotonic()
+        try:
+            receipt = await self.send(items)
+            placed = match_receipt(receipt, items, mined_at=time.monotonic())
+        except BaseException as exc:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(_own_copy(exc))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        else:
+            self.sent_txs += 1
+            self.sent_requests += len(batch)
+            for (_, fut), one in zip(batch, placed, strict=True):
+                if not fut.done():
+                    fut.set_result(one)
+            if len(batch) > 1:
+                log.info("requests_batched", size=len(batch), block=int(receipt["blockNumber"]),
+                         tx_s=round(time.monotonic() - started, 3))  # fmt: skip
+        finally:
+            self._in_flight -= 1
+            self._pump()
+
+    async def close(self) -> None:
+        """Wait for the transactions on their way (their callers are answered either way)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+
+def match_receipt(receipt: Any, items: Sequence[BatchItem], *, mined_at: float = 0.0) -> list[Placed]:
+    """Each item's own `InferenceRequested` in `receipt`: the i-th one, numbered `firstId + i`."""
+    events = [e for e in decode_logs(receipt["logs"]) if isinstance(e, InferenceRequested)]
+    if len(events) != len(items):
+        raise UpstreamError(
+            f"the request transaction was mined with {len(events)} InferenceRequested events "
+            f"for {len(items)} requests"
+        )
+    first = events[0].id
+    out: list[Placed] = []
+    for i, (ev, item) in enumerate(zip(events, items, strict=True)):
+        if ev.id != first + i or ev.input_digest != item.digest:
+            raise UpstreamError(
+                f"InferenceRequested #{i} of the request transaction does not match what was sent "
+                f"(id {ev.id}, expected {first + i})"
+            )
+        out.append(Placed(receipt=receipt, requested=ev, index=i, size=len(items), mined_at=mined_at))
+    return out
+
+
+@dataclass
+class _Call(Generic[T]):
+    task: asyncio.Future[T]
+    started: float
+    sharers: int = 0
+
+
+class SharedCall(Generic[T]):
+    """One call at a time, shared by every caller that needs a call started no earlier than `since`.
+
+    `run(since, arg)` joins the call on its way when it started at or after `since` (so it serves
+    this caller too), else starts a new one with `arg`. Returns the result and how many callers
+    shared it (final once it is done: nobody joins a finished call), so a cost can be split.
+    """
+
+    def __init__(
+        self, fn: Callable[[int], Awaitable[T]], *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.fn = fn
+        self.clock = clock
+        self._call: _Call[T] | None = None
+
+    async def run(self, since: float, arg: int) -> tuple[T, int]:
+        call = self._call
+        if call is None or call.task.done() or call.started < since:
+            call = self._call = _Call(asyncio.ensure_future(self.fn(arg)), self.clock())
+        call.sharers += 1
+        result = await asyncio.shield(call.task)
+        return result, call.sharers
+
+
+__all__ = ["MAX_BATCH", "BatchItem", "Placed", "RequestBatcher", "SendBatch", "SharedCall", "match_receipt"]

@@ -1,0 +1,186 @@
+"""The gateway's request batcher (`node.gateway.batcher`) against a stand-in send function that
+mines receipts with real `InferenceRequested` logs (encoded with the hub's ABI): the first request
+goes out alone and at once, those that arrive meanwhile share the next transaction, each caller
+gets its own id, a failed transaction fails each caller, and a caller gone before sending is left
+out. `SharedCall`: the callers of one batch share one call; a later batch starts its own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from eth_abi.abi import encode
+
+from node.chain.events import event_topic
+from node.gateway.batcher import BatchItem, RequestBatcher, SharedCall, match_receipt
+from node.gateway.errors import ServiceUnavailable, UpstreamError
+
+HUB = "0x" + "ab" * 20
+REQUESTER = "0x" + "cd" * 20
+MID = b"\x07" * 32
+
+
+def requested_log(rid: int, digest: bytes, fee: int, max_tokens: int) -> dict[str, Any]:
+    """`InferenceRequested(uint256 indexed id, address indexed requester, bytes32 indexed modelId,
+    bytes32 inputDigest, uint256 fee, uint32 maxTokens)` as a node returns it."""
+    return {
+        "address": HUB,
+        "topics": [
+            bytes.fromhex(event_topic("InferenceRequested")[2:]),
+            rid.to_bytes(32, "big"),
+            bytes(12) + bytes.fromhex(REQUESTER[2:]),
+            MID,
+        ],
+        "data": encode(["bytes32", "uint256", "uint32"], [digest, fee, max_tokens]),
+        "blockNumber": 1,
+        "transactionHash": b"\x11" * 32,
+        "logIndex": rid,
+        "blockHash": b"\x22" * 32,
+        "transactionIndex": 0,
+        "removed": False,
+    }
+
+
+class FakeChain:
+    """Mines each send as one transaction; ids count up like the hub's; `gate` holds a send."""
+
+    def __init__(self) -> None:
+        self.next_id = 1
+        self.sent: list[list[BatchItem]] = []
+        self.gate: asyncio.Event | None = None
+        self.fail: Exception | None = None
+
+    async def send(self, items: Sequence[BatchItem]) -> dict[str, Any]:
+        self.sent.append(list(items))
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        logs = []
+        for item in items:
+            logs.append(requested_log(self.next_id, item.digest, item.fee, item.max_tokens))
+            self.next_id += 1
+        return {"logs": logs, "blockNumber": len(self.sent), "gasUsed": 100_000}
+
+
+def item(i: int) -> BatchItem:
+    return BatchItem(digest=i.to_bytes(32, "big"), max_tokens=10 + i, fee=1000 + i)
+
+
+def _needs_event_abi() -> None:
+    try:
+        event_topic("InferenceRequested")
+    except KeyError:  # pragma: no cover - the ABI is exported by the contracts build
+        pytest.skip("InferenceRequested not in the exported ABI")
+
+
+async def test_lone_request_goes_out_at_once_alone() -> None:
+    _needs_event_abi()
+    chain = FakeChain()
+    batcher = RequestBatcher(chain.send)
+    placed = await batcher.submit(item(1))
+    assert chain.sent == [[item(1)]]
+    assert placed.requested.id == 1 and placed.size == 1 and placed.index == 0
+    assert placed.requested.input_digest == item(1).digest and placed.requested.max_tokens == 11
+
+
+async def test_arrivals_during_a_send_share_the_next_transaction() -> None:
+    _needs_event_abi()
+    chain = FakeChain()
+    chain.gate = asyncio.Event()
+    batcher = RequestBatcher(chain.send)
+    first = asyncio.create_task(batcher.submit(item(0)))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(batcher.submit(item(i))) for i in range(1, 11)]
+    await asyncio.sleep(0)
+    assert len(chain.sent) == 1 and batcher.waiting == 10  # one slot: the others wait for it
+    chain.gate.set()
+    placed = [await first, *await asyncio.gather(*rest)]
+    assert [len(tx) for tx in chain.sent] == [1, 10]
+    assert [p.requested.id for p in placed] == list(range(1, 12))  # each its own id, in order
+    assert [p.requested.input_digest for p in placed] == [item(i).digest for i in range(11)]
+    assert [p.size for p in placed] == [1] + [10] * 10
+    assert batcher.sent_txs == 2 and batcher.sent_requests == 11
+
+
+async def test_batches_are_capped() -> None:
+    _needs_event_abi()
+    chain = FakeChain()
+    chain.gate = asyncio.Event()
+    batcher = RequestBatcher(chain.send, max_batch=4)
+    tasks = [asyncio.create_task(batcher.submit(item(i))) for i in range(10)]
+    await asyncio.sleep(0)
+    chain.gate.set()
+    await asyncio.gather(*tasks)
+    assert [len(tx) for tx in chain.sent] == [1, 4, 4, 1]  # the first at once, then at most 4 a tx
+
+
+async def test_a_failed_transaction_fails_each_caller() -> None:
+    _needs_event_abi()
+    chain = FakeChain()
+    chain.gate = asyncio.Event()
+    batcher = RequestBatcher(chain.send)
+    first = asyncio.create_task(batcher.submit(item(0)))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(batcher.submit(item(i))) for i in range(1, 4)]
+    await asyncio.sleep(0)
+    chain.fail = ServiceUnavailable("requestInference failed on chain 31337: nonce gap")
+    chain.gate.set()
+    results = await asyncio.gather(first, *rest, return_exceptions=True)
+    assert all(isinstance(r, ServiceUnavailable) for r in results)
+    assert len({id(r) for r in results}) == 4  # one copy each
+    chain.fail = None
+    assert (await batcher.submit(item(9))).requested.id == 1  # the batcher goes on
+
+
+async def test_a_caller_gone_before_sending_is_left_out() -> None:
+    _needs_event_abi()
+    chain = FakeChain()
+    chain.gate = asyncio.Event()
+    batcher = RequestBatcher(chain.send)
+    first = asyncio.create_task(batcher.submit(item(0)))
+    await asyncio.sleep(0)
+    gone = asyncio.create_task(batcher.submit(item(1)))
+    stays = asyncio.create_task(batcher.submit(item(2)))
+    await asyncio.sleep(0)
+    gone.cancel()
+    await asyncio.sleep(0)
+    chain.gate.set()
+    await first
+    assert (await stays).requested.input_digest == item(2).digest
+    assert [len(tx) for tx in chain.sent] == [1, 1]
+
+
+def test_a_receipt_that_does_not_match_is_an_upstream_error() -> None:
+    _needs_event_abi()
+    receipt = {"logs": [requested_log(5, item(1).digest, 1, 1)], "blockNumber": 1}
+    with pytest.raises(UpstreamError):
+        match_receipt(receipt, [item(1), item(2)])  # one event for two requests
+    with pytest.raises(UpstreamError):
+        match_receipt(receipt, [item(2)])  # another digest
+    assert match_receipt(receipt, [item(1)])[0].requested.id == 5
+
+
+async def test_shared_call_serves_a_batch_once_and_a_later_batch_again() -> None:
+    calls: list[int] = []
+    gate = asyncio.Event()
+    now = [10.0]
+
+    async def assign(count: int) -> str:
+        calls.append(count)
+        n = len(calls)
+        await gate.wait()
+        return f"receipt-{n}"
+
+    shared = SharedCall(assign, clock=lambda: now[0])
+    batch = [asyncio.create_task(shared.run(since=10.0, arg=16)) for _ in range(16)]
+    await asyncio.sleep(0)
+    now[0] = 11.0
+    later = asyncio.create_task(shared.run(since=11.0, arg=4))  # mined after the call was sent
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*batch)
+    assert results == [("receipt-1", 16)] * 16 and await later == ("receipt-2", 1)
+    assert calls == [16, 4]
