@@ -185,6 +185,14 @@ class GatewaySettings(BaseModel):
     private_by_default: bool = False
     """Seal every request's input to its seats and its answer to this gateway (issue 16) unless the
     request says `"private": false`; False: only requests that say `"private": true`."""
+    answer_on: Literal["signature", "chain"] = "chain"
+    """When a request is answered (a request's `"finality": "onchain" | "signature"` overrides it).
+    `chain`: once its result is final on chain. `signature`: as soon as the assignee's EIP-712-signed
+    output arrives over MQTT and checks out (it hashes to the signed digest, the signer is an assignee
+    of this request, it answers this request's input); `onchain_data.settlement` is then `pending` and
+    `GET /v1/inferences/{id}` shows it settle. Safe because a signed result binds its signer: an
+    assignee that commits or reveals anything else loses its minStake to `proveEquivocation`
+    (protocol v2), and one that commits nothing is slashed as silent."""
 
 
 class Settings(BaseSettings):

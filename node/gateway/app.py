@@ -14,6 +14,10 @@ the key check and its rate limit (401/429), the key's in-flight limit (429), a b
 while streaming in (413/408) and parsed by the one JSON gate (400), validation (400), and the
 key's and the wallet's daily spend budgets (429 `insufficient_quota` / 503). Only the key that
 made a request (or an admin key) can read it back; `/healthz` tells the public nothing but states.
+
+A call is answered once its result is final on chain, or, with `gateway.answer_on = "signature"`
+or the body's `"finality": "signature"` (`"onchain"` asks for the chain either way), as soon as the
+assignee's signed result verifies (`PendingInference.accept_signed`; `settlement: pending`).
 """
 
 from __future__ import annotations
@@ -226,6 +230,9 @@ class _Inference:
                 code="no_miners",
             )
         pending = await self._submit(chain_id, model)
+        on_signature = self._on_signature()
+        if on_signature:
+            pending.accept_signed()
         st.metrics.pending.inc()
         headers = {REQUEST_ID_HEADER: str(pending.request_id)}
         timeout = st.settings.gateway.request_timeout_s
@@ -235,6 +242,7 @@ class _Inference:
                 model=doc.model,
                 stream=self.parsed.stream,
                 infer_tx=pending.submission.infer_tx,
+                answer_on="signature" if on_signature else "chain",
             )
         if self.parsed.stream:
             stream = stream_events(
@@ -266,6 +274,13 @@ class _Inference:
         if error is not None:
             raise error
         return JSONResponse(build_response(self.kind, result), headers=headers)
+
+    def _on_signature(self) -> bool:
+        """Answer on the verified signed result: the request's `finality`, else the gateway's default."""
+        finality = self.parsed.finality
+        if finality is None:
+            return self.st.settings.gateway.answer_on == "signature"
+        return finality == "signature"
 
     async def _submit(self, chain_id: int, model: ModelInfo) -> PendingInference:
         """Reserve the call's cost against both budgets, send it, and settle with what it cost."""

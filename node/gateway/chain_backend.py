@@ -15,7 +15,9 @@ exist only from the next block on. The gateway sends `assign` as soon as that bl
 an automining dev chain the `assign` transaction is itself the next block. Assignees, which MQTT
 relaying and signature checks trust, come only from `InferenceAssigned` (or the request view once
 someone else assigned it). The answer waits for `InferenceFinalized` (r = 1: after the reveal, and
-after the audit when one was drawn) and says how the result was verified (`onchain_data.verification`).
+after the audit when one was drawn) and says how the result was verified (`onchain_data.verification`),
+unless the request answers on the assignee's signed result (`PendingInference.accept_signed`); then
+`get_inference` later shows how it settled (`settlement`, `answer`).
 
 The watchers and the MQTT subscription run under a `node.supervise.Supervisor`: an event whose
 handling raises is logged and skipped, a loop that dies is restarted with backoff, and `health()`
@@ -137,6 +139,22 @@ def _unavailable(request_id: int) -> UpstreamError:
         code="input_unavailable",
         request_id=request_id,
     )
+
+
+def _answer_record(
+    recent: VerifiedResult | None, final_digest: bytes | None, settled: bool
+) -> dict[str, Any] | None:
+    """What this gateway answered for the request, if it still remembers, and whether the chain
+    settled on exactly that (`matches_final`: None while settling)."""
+    if recent is None:
+        return None
+    answered = digest_of(recent.output_bytes)
+    return {
+        "output_cid": recent.output_cid,
+        "signer": recent.signer,
+        "settlement": recent.extra.get("settlement", "final"),
+        "matches_final": (final_digest == answered) if settled else None,
+    }
 
 
 class GatewayConfigError(Exception):
@@ -337,7 +355,7 @@ class ChainBackend:
         if isinstance(ev, InferenceAssigned):
             reg.on_assigned(chain_id, ev.id, ev.assignees)
         elif isinstance(ev, ResultCommitted):
-            reg.on_verification(chain_id, ev.id, "committed")
+            reg.on_committed(chain_id, ev.id, ev.miner, ev.log.tx_hash)
         elif isinstance(ev, ResultRevealed):
             reg.on_submitted(chain_id, ev.id, ev.miner, ev.log.tx_hash, ev.output_digest)
         elif isinstance(ev, AuditOpened):
@@ -348,9 +366,22 @@ class ChainBackend:
             if ev.output_digest == UNAVAILABLE:
                 reg.on_failed(chain_id, ev.id, _unavailable(ev.id))
             else:
+                self._check_signed_answer(chain_id, ev.id, ev.output_digest)
                 reg.on_finalized(chain_id, ev.id, ev.output_digest, ev.log.tx_hash)
         elif isinstance(ev, InferenceRefunded):
             reg.on_failed(chain_id, ev.id, _refunded(ev.id))
+
+    def _check_signed_answer(self, chain_id: int, request_id: int, digest: bytes) -> None:
+        """An answer given on a signed result that the chain then settled differently: say so (its
+        signer is slashable; `GET /v1/inferences/{id}` shows `answer.matches_final: false`)."""
+        recent = self._recent.get((chain_id, request_id))
+        if recent is None or recent.extra.get("settlement") != "pending":
+            return
+        if digest_of(recent.output_bytes) != digest:
+            log.warning(
+                "signed_answer_not_final", request_id=request_id, chain_id=chain_id, signer=recent.signer,
+                answered=recent.output_cid, final=digest_to_cid(digest),
+            )  # fmt: skip
 
     def _private_event(self, chain_id: int, ev: HubEvent) -> None:
         """Seal a private input to seats the chain just named; forget it once the request ended."""
@@ -697,6 +728,8 @@ class ChainBackend:
         if info.phase == Phase.NONE:
             raise NotFound(f"No inference request {request_id} on chain {chain_id}.", param="request_id")
         final = info.phase == Phase.FINAL and info.output_digest not in (None, UNAVAILABLE)
+        settled = info.phase in (Phase.FINAL, Phase.REFUNDED)
+        recent = self._recent.get((chain_id, request_id))
         revealed = [info.revealed_digest(seat) for seat in info.seats]
         record: dict[str, Any] = {
             "object": "inference",
@@ -721,16 +754,19 @@ class ChainBackend:
             "revealed_cids": [
                 digest_to_cid(d) if d is not None and d != UNAVAILABLE else None for d in revealed
             ],
+            "settlement": "final" if settled else "pending",
+            "answer": _answer_record(recent, info.output_digest if final else None, settled),
             "output": None,
             "response": None,
         }
         if not final or info.output_digest is None:
             return record
-        recent = self._recent.get((chain_id, request_id))
         if recent is not None and info.output_digest == digest_of(recent.output_bytes):
             kind = "chat" if recent.output.object == "chat.completion" else "completion"
             record["response"] = build_response(kind, recent)
-            record["response"]["onchain_data"]["verification"] = str(info.verification_state)
+            record["response"]["onchain_data"].update(
+                verification=str(info.verification_state), phase="final", settlement="final"
+            )
             record["output"] = recent.output.model_dump(mode="json")
         else:
             with contextlib.suppress(ContentError, TimeoutError):

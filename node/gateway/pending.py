@@ -20,6 +20,16 @@ request is registered before its assignees are known. Until they are, its MQTT m
 (charged to the same bounds) and checked against the assignees once `on_assigned` names them. The
 registry also records what the chain said about verification on the way (committed, audit opened,
 committee opened), so the answer can say how its result was verified.
+
+**Answering on the signed result** (`accept_signed`, the gateway's `answer_on = "signature"` or a
+request's `"finality": "signature"`): protocol v2 slashes an assignee whose EIP-712 `InferenceResult`
+signature covers a digest other than the one it commits or reveals (`proveEquivocation`), so its
+signed output is a binding promise and the request may be answered before settlement. A candidate
+is answered only if its bytes hash to the digest its signature recovers under (a changed byte
+recovers to another address), that signer is one of the request's seats from `InferenceAssigned`,
+and the document names this request and its input CID. Anything else is rejected like a mismatch
+on the chain path, and the request keeps waiting for the chain. The answer says
+`settlement: pending` (`VerifiedResult.extra`); the chain's final state is read back later.
 """
 
 from __future__ import annotations
@@ -114,6 +124,7 @@ class _Early:
     peer can flood: evicting those must never lose a finalization)."""
 
     submitted: list[tuple[str, str, bytes]] = field(default_factory=list)
+    commits: list[tuple[str, str]] = field(default_factory=list)
     finalized: tuple[bytes, str | None] | None = None
     failure: GatewayError | None = None
     assigned: list[tuple[str, ...]] = field(default_factory=list)
@@ -140,6 +151,10 @@ class PendingInference:
         self.held: list[Delta | ResultMessage] = []
         """MQTT messages that arrived before the assignees were known (checked on assignment)."""
         self.committed = False
+        self.commits: dict[str, str] = {}
+        """Commit transaction per seat (lowercase address) as `ResultCommitted` showed them."""
+        self.answer_on_signature = False
+        """Resolve on a verified signed result before settlement (`accept_signed`)."""
         self.audited = False
         self.disputed = False
         self._registry = registry
@@ -203,6 +218,12 @@ class PendingInference:
                 f"Look it up later with GET /v1/inferences/{self.request_id}.",
                 request_id=self.request_id,
             ) from None
+
+    def accept_signed(self) -> None:
+        """Answer on the first assignee-signed result that verifies, without waiting for the chain
+        (see the module docstring); results already buffered are checked now."""
+        self.answer_on_signature = True
+        self._registry._advance(self)
 
     def release(self) -> None:
         """Forget this request (after answering, or when the client went away)."""
@@ -281,6 +302,8 @@ class PendingRegistry:
             pending.committed |= early.committed
             pending.audited |= early.audited
             pending.disputed |= early.disputed
+            for miner, tx in early.commits:
+                pending.commits[miner.lower()] = tx
             for miner, tx, digest in early.submitted:
                 pending.submits[miner.lower()] = (tx, digest)
             if early.finalized is not None:
@@ -404,6 +427,16 @@ class PendingRegistry:
 
     on_reassigned = on_assigned
 
+    def on_committed(self, chain_id: int, request_id: int, miner: str, tx_hash: str) -> None:
+        """`ResultCommitted`: a seat committed (its transaction is the answer's `submit_tx` while the
+        result is settling)."""
+        self.on_verification(chain_id, request_id, "committed")
+        pending = self._pending.get((chain_id, request_id))
+        if pending is None:
+            self._early_for((chain_id, request_id)).commits.append((miner, tx_hash))
+            return
+        pending.commits[miner.lower()] = tx_hash
+
     def on_verification(self, chain_id: int, request_id: int, what: str) -> None:
         """`committed` (ResultCommitted), `audit` (AuditOpened) or `dispute` (CommitteeOpened)."""
         pending = self._pending.get((chain_id, request_id))
@@ -490,9 +523,55 @@ class PendingRegistry:
         for listener in self._rejection_listeners:
             listener(reason)
 
+    def _drop_candidate(self, pending: PendingInference, message: ResultMessage, reason: str) -> None:
+        pending.candidates.remove(message)
+        self._uncharge(pending, _result_cost(message))
+        self._reject(pending, reason)
+
+    def _answer_signed(self, pending: PendingInference) -> None:
+        """Resolve, before settlement, from the first candidate that verifies (module docstring)."""
+        sub = pending.submission
+        for message in list(pending.candidates):
+            digest = digest_of(message.output_bytes)
+            try:
+                signer = self._check_signature(sub, digest, message.signature)
+            except ValueError as exc:
+                self._drop_candidate(pending, message, f"bad signature from {message.miner}: {exc}")
+                continue
+            if not pending.is_assignee(signer):
+                self._drop_candidate(
+                    pending,
+                    message,
+                    f"the signature over sha256 0x{digest.hex()} recovers to {signer}, not an assignee "
+                    "(forged, or the document is not the one that was signed)",
+                )
+                continue
+            try:
+                output = parse_output_document(message.output_bytes)
+            except ContentError as exc:
+                self._drop_candidate(pending, message, f"signed result is not an output document: {exc}")
+                continue
+            if output.request_id != sub.request_id or output.input_cid != sub.input_cid:
+                self._drop_candidate(
+                    pending,
+                    message,
+                    f"signed result answers request {output.request_id} / input {output.input_cid}, "
+                    "not this one",
+                )
+                continue
+            pending.candidates.remove(message)
+            self._uncharge(pending, _result_cost(message))
+            self._finish(pending, message.output_bytes, message.signature, signer, settled=False)
+            return
+
     def _advance(self, pending: PendingInference) -> None:
-        """Resolve from a verified candidate once the chain's digest is known, else fetch by CID."""
-        if pending.done() or pending.final_digest is None:
+        """Resolve from a verified candidate once the chain's digest is known, else fetch by CID;
+        before that, from a verified signed result when the request answers on signatures."""
+        if pending.done():
+            return
+        if pending.final_digest is None:
+            if pending.answer_on_signature and pending.assigned:
+                self._answer_signed(pending)
             return
         final = pending.final_digest
         while pending.candidates:
@@ -540,8 +619,16 @@ class PendingRegistry:
             return
 
     def _finish(
-        self, pending: PendingInference, data: bytes, signature: str | None, signer: str | None
+        self,
+        pending: PendingInference,
+        data: bytes,
+        signature: str | None,
+        signer: str | None,
+        *,
+        settled: bool = True,
     ) -> None:
+        """Resolve with `data`: final on chain (`settled`), or a verified signed result not yet
+        settled (`settlement: pending`, `submit_tx` the signer's commit when it was seen)."""
         sub = pending.submission
         try:
             output: OutputDocument = parse_output_document(data)
@@ -564,13 +651,16 @@ class PendingRegistry:
             )
             return
         submit_tx = None
-        if signer is not None and signer.lower() in pending.submits:
+        if not settled:
+            submit_tx = pending.commits.get((signer or "").lower())
+        elif signer is not None and signer.lower() in pending.submits:
             submit_tx = pending.submits[signer.lower()][0]
         submit_tx = submit_tx or pending.final_tx
         extra: dict[str, Any] = {
-            "final_digest": "0x" + digest_of(data).hex(),
+            "final_digest": "0x" + digest_of(data).hex() if settled else None,
             "verification": str(pending.verification),
-            "phase": "final",
+            "phase": "final" if settled else None,
+            "settlement": "final" if settled else "pending",
         }
         pending._resolve(
             VerifiedResult(

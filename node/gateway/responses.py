@@ -25,7 +25,10 @@ def onchain_data(sub: Submission, result: VerifiedResult | None = None) -> dict[
 
     `verification` says how far the chain has checked the result (protocol v2,
     `node.chain.hub.VerificationState`: `final`, `audited` or `disputed` once answered) and
-    `phase` the request's phase when it was answered; `max_tokens` and `fee_wei` are what the
+    `phase` the request's phase when it was answered; `settlement` is `final` when the answer waited
+    for the chain and `pending` when it was answered on the assignee's verified signed result
+    (`gateway.answer_on = "signature"`: `submit_tx` is then its commit when seen, `phase` null, and
+    `GET /v1/inferences/{id}` shows the settled state); `max_tokens` and `fee_wei` are what the
     request declared and paid; `engine_class` the bytes32 class its miners run (the output's
     `system_fingerprint` is its text).
     """
@@ -43,6 +46,7 @@ def onchain_data(sub: Submission, result: VerifiedResult | None = None) -> dict[
         # a VerifiedResult matched a finalized digest: final unless the chain said more
         "verification": extra.get("verification", "final" if result else "pending"),
         "phase": extra.get("phase", "final" if result else None),
+        "settlement": extra.get("settlement", "final" if result else "pending"),
         "max_tokens": sub.max_tokens or None,
         "fee_wei": str(sub.fee),
         "engine_class": sub.engine_class,

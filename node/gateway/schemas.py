@@ -4,9 +4,9 @@ The body's bytes go through `node.gate` (bounded depth, strings, items; strict J
 else looks at them, so hostile JSON is a 400, never a crash or a stall.
 
 The input document's pydantic models (shared with the miner) hold every range check; this module
-only separates the transport fields (`stream`, `stream_options`, `chain_id`) from the parameters
-that go on chain, rejects unknown arguments the way OpenAI does, and maps `DocumentError` paths
-(`params.temperature`) back to the request's own names (`temperature`).
+only separates the transport fields (`stream`, `stream_options`, `chain_id`, `private`, `finality`)
+from the parameters that go on chain, rejects unknown arguments the way OpenAI does, and maps
+`DocumentError` paths (`params.temperature`) back to the request's own names (`temperature`).
 
 **Normalisation** (the documents stay strict; the leniency lives here). Applications pass
 OpenAI's own response objects back: `messages.append(reply.choices[0].message)` (the SDK sends
@@ -55,8 +55,10 @@ from node.gateway.errors import (
 )
 
 Kind = Literal["chat", "completion"]
+Finality = Literal["onchain", "signature"]
+FINALITIES: tuple[Finality, ...] = ("onchain", "signature")
 
-_TRANSPORT = frozenset({"model", "stream", "stream_options", "chain_id", "private"})
+_TRANSPORT = frozenset({"model", "stream", "stream_options", "chain_id", "private", "finality"})
 _CHAT_ONLY = frozenset({"messages", "max_completion_tokens"})
 _COMPLETION_ONLY = frozenset({"prompt"})
 
@@ -93,6 +95,9 @@ class ParsedRequest(BaseModel):
     chain_id: int | None = None
     private: bool | None = None
     """`"private": true|false` (OpenAI SDK: `extra_body`); None: the gateway's `private_by_default`."""
+    finality: Finality | None = None
+    """`"finality"` (OpenAI SDK: `extra_body`): `onchain` waits for the result to be final on chain,
+    `signature` answers on the assignee's verified signed result; None: the gateway's `answer_on`."""
 
 
 async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
@@ -154,6 +159,21 @@ def _private(body: dict[str, Any]) -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise InvalidRequest("private: must be a boolean", param="private")
     return value
+
+
+def _finality(body: dict[str, Any]) -> Finality | None:
+    value = body.get("finality")
+    if value is None:
+        return None
+    if value not in FINALITIES:
+        shown = repr(value) if isinstance(value, str) else type(value).__name__
+        raise InvalidRequest(
+            f"finality: must be 'onchain' (answer once the result is final on chain) or 'signature' "
+            f"(answer on the assignee's verified signed result), got {shown}",
+            param="finality",
+        )
+    finality: Finality = value
+    return finality
 
 
 def _transport(body: dict[str, Any]) -> tuple[bool, bool, int | None]:
@@ -349,6 +369,7 @@ def _build(kind: Kind, doc: dict[str, Any], body: dict[str, Any]) -> ParsedReque
         include_usage=include_usage,
         chain_id=chain_id,
         private=_private(body),
+        finality=_finality(body),
     )
 
 
@@ -404,6 +425,8 @@ def parse_completion_request(body: dict[str, Any]) -> ParsedRequest:
 
 
 __all__ = [
+    "FINALITIES",
+    "Finality",
     "Kind",
     "ParsedRequest",
     "normalize_message",

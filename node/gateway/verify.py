@@ -15,6 +15,11 @@ auditor is re-executing it), `audited` (final, and an independent auditor got th
 `disputed` (auditor and assignee disagreed: a committee of three, maybe an escalation vote, decides),
 `final` (final, not drawn for audit) or `refunded`. Only a final result (final, audited, or final
 after a dispute) is valid: before that the digest it would be checked against can still change.
+
+An answer the gateway gave on the assignee's signed result (`onchain_data.settlement: pending`) is
+not valid yet, whatever its signature: the verdict says so and checks the signature, which binds the
+signer (protocol v2 slashes an assignee that commits or reveals another digest); verify it again
+once the request is final.
 """
 
 from __future__ import annotations
@@ -157,7 +162,10 @@ async def _check_onchain(
     verdict.add("verification", None, f"{info.verification_state}: {explain(info)}")
     if info.phase != Phase.FINAL or info.output_digest is None:
         verdict.add(
-            "on-chain status", False, f"request {request_id} is in phase {info.phase.name}, not FINAL"
+            "on-chain status",
+            False,
+            f"request {request_id} is in phase {info.phase.name}, not FINAL: still settling, verify it "
+            "again once final",
         )
         return info
     if info.output_digest == UNAVAILABLE:
@@ -265,6 +273,13 @@ async def verify_response(response: dict[str, Any], hub: HubClient) -> Verdict:
         f"rebuilt output document hashes to {cid}"
         + ("" if cid == od.get("output_cid") else f", response claims {od.get('output_cid')}"),
     )
+    if od.get("settlement") == "pending":
+        verdict.add(
+            "settlement",
+            None,
+            "answered on the assignee's signed result before the chain settled it; the signature "
+            "binds the signer (another commit or reveal is slashed via proveEquivocation)",
+        )
     info = await _check_onchain(verdict, hub, doc.request_id, digest)
     if info is None:
         return verdict

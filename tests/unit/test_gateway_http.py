@@ -317,9 +317,9 @@ async def test_chat_completion_strictly_valid_with_onchain_data(gw: Gateway) -> 
     assert set(od) == {
         "chain_id", "hub", "request_id", "infer_tx", "submit_tx",
         "assignment_addresses", "input_cid", "output_cid", "document_version",
-        "verification", "phase", "max_tokens", "fee_wei", "engine_class",
+        "verification", "phase", "settlement", "max_tokens", "fee_wei", "engine_class",
     }  # fmt: skip
-    assert od["verification"] == "final" and od["phase"] == "final"
+    assert od["verification"] == "final" and od["phase"] == "final" and od["settlement"] == "final"
     assert od["assignment_addresses"] == [gw.backend.miner.address]
     assert od["input_cid"].startswith("bafkrei") and od["output_cid"].startswith("bafkrei")
     assert body["signature"].startswith("0x") and len(body["signature"]) == 132
