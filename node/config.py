@@ -182,9 +182,11 @@ class GatewaySettings(BaseModel):
     """`redis://[:password@]host:port/db`: several gateways share rate limits, in-flight slots, spend
     and API keys there (`node.gateway.shared`); unset, each gateway keeps them itself (memory, SQLite)."""
     redis_prefix: str = Field(default="inferd:gw", pattern=r"^[A-Za-z0-9:_.-]{1,64}$")
-    private_by_default: bool = False
+    private_by_default: bool = True
     """Seal every request's input to its seats and its answer to this gateway (issue 16) unless the
-    request says `"private": false`; False: only requests that say `"private": true`."""
+    request says `"private": false`; False: only requests that say `"private": true`. The miners
+    serving this gateway's requests must list it in `miner.envelope_urls` (or
+    `content.gateway_urls`): a private input is served only sealed, at `GET /envelope/{input_cid}`."""
     answer_on: Literal["signature", "chain"] = "chain"
     """When a request is answered (a request's `"finality": "onchain" | "signature"` overrides it).
     `chain`: once its result is final on chain. `signature`: as soon as the assignee's EIP-712-signed

@@ -35,11 +35,19 @@ from node.chain.hub import HubClient
 from node.chain.pubkeys import WrongPublicKey, public_key_of, recover_public_key_from_tx, verify_public_key
 from node.content.cid import digest_of, digest_to_cid, normalize_cid
 from node.content.documents import InputDocument, parse_output_document, to_canonical_bytes
-from node.content.envelope import ENVELOPE_LIMITS, EnvelopeError, open_envelope, seal
+from node.content.envelope import (
+    ENVELOPE_LIMITS,
+    MAX_RECIPIENTS,
+    EnvelopeError,
+    max_plaintext_bytes,
+    open_envelope,
+    seal,
+)
 from node.content.errors import ContentError, InvalidCID
 from node.content.salt import private_salt
 from node.content.store import ContentStore
 from node.gate import MQTT_LIMITS, UntrustedJSON, load_json_object
+from node.gateway.errors import InvalidRequest
 from node.log import get_logger
 from node.miner.private import delta_key, own_address
 from node.stream.topics import PREFIX
@@ -161,11 +169,32 @@ def envelope_router(book: EnvelopeBook, desk_for: Callable[[bytes], bool] | None
     return router
 
 
+MAX_PRIVATE_DOCUMENT_BYTES: Final = max_plaintext_bytes(MAX_RECIPIENTS)
+"""The largest private input document (774,902 bytes, about 757 KiB): its envelope must fit one raw
+block (base64 costs 4/3) when sealed to as many seats as an envelope can name, since an auditor or
+committee drawn later makes the gateway seal it again to more recipients."""
+
+
 def make_private(document: InputDocument, reply_to: bytes) -> tuple[InputDocument, bytes]:
-    """`document` as a private document (fresh salt, `reply_to` = the requester's public key)."""
+    """`document` as a private document (fresh salt, `reply_to` = the requester's public key).
+
+    `InvalidRequest` (400, before anything is paid) for a document whose envelope would not fit a
+    block (`MAX_PRIVATE_DOCUMENT_BYTES`): found later, the request would be on chain with an input
+    no seat can ever read.
+    """
     private = document.model_copy(update={"v": 3, "salt": private_salt(), "reply_to": reply_to.hex()})
     private = type(document).model_validate(private.model_dump())  # re-run the cross-field checks
-    return private, to_canonical_bytes(private)
+    data = to_canonical_bytes(private)
+    if len(data) > MAX_PRIVATE_DOCUMENT_BYTES:
+        raise InvalidRequest(
+            f"The input document is {len(data)} bytes: a private request's input (the default of this "
+            f"gateway) is sealed for its miners and may be at most {MAX_PRIVATE_DOCUMENT_BYTES} bytes "
+            "(its envelope must fit one 1 MiB block; base64 costs 4/3). Shorten the prompt or messages, "
+            'or send the request with "private": false.',
+            param="messages" if getattr(document, "messages", None) is not None else "prompt",
+            code="request_too_large",
+        )
+    return private, data
 
 
 @dataclass
@@ -313,6 +342,7 @@ def offer_heartbeat(keys: PublicKeys, topic: str, payload: bytes) -> bool:
 
 
 __all__ = [
+    "MAX_PRIVATE_DOCUMENT_BYTES",
     "EnvelopeBook",
     "PrivateDesk",
     "PrivateEntry",

@@ -63,6 +63,7 @@ from node.engine.engine import UNPROCESSABLE, EngineError
 from node.engine.params import ParamError
 from node.log import get_logger
 from node.miner.private import (
+    NO_ENVELOPE_SOURCE,
     EnvelopeSource,
     deliver_output,
     encode_private,
@@ -219,6 +220,12 @@ class Pipeline:
             self._unavailable.popitem(last=False)
         return InputUnavailable(input_cid, reason, backoff)
 
+    def _why_unfetched(self, exc: ContentError) -> str:
+        """The reason logged for an input not fetched; says what to configure when it is our fault."""
+        if self.envelopes is None and isinstance(exc, ContentNotFound):
+            return f"{type(exc).__name__}: {NO_ENVELOPE_SOURCE}"
+        return type(exc).__name__
+
     async def fetch(self, job: JobInput, input_cid: str, give_up_at: float) -> InputDocument | ContentError:
         """The parsed input, or the input's own error (invalid, too large) to answer with.
 
@@ -242,7 +249,7 @@ class Pipeline:
                         self._unavailable.pop(input_cid, None)
                         return opened
                 if known is not None or time.monotonic() + delay > give_up_at:
-                    raise self._not_yet(input_cid, type(exc).__name__) from None
+                    raise self._not_yet(input_cid, self._why_unfetched(exc)) from None
                 if isinstance(exc, BackendUnavailable):
                     log.warning("content_unavailable", request_id=job.request_id, error=str(exc))
                 await asyncio.sleep(delay)

@@ -62,6 +62,12 @@ DeltaSink = Callable[[int, int, dict[str, Any]], None]
 log = get_logger("inferd.miner.private")
 
 INPUT_TAMPERED: Final = "input_tampered"
+NO_ENVELOPE_SOURCE: Final = (
+    "no miner.envelope_urls (nor content.gateway_urls): if this is a private request (the gateway "
+    "default), its input exists only sealed at GET {gateway}/envelope/{input_cid}; list the "
+    "gateways you serve in miner.envelope_urls"
+)
+"""Why a miner without an envelope source cannot read a private input (start-up log, fetch reason)."""
 DELTA_KEY_INFO: Final = b"inferd-delta-key"
 DELTA_NONCE_BYTES: Final = 12
 
@@ -257,6 +263,7 @@ def open_delta(key: bytes, request_id: int, miner: str, seq: int, delta: dict[st
 
 __all__ = [
     "INPUT_TAMPERED",
+    "NO_ENVELOPE_SOURCE",
     "EnvelopeSource",
     "HttpEnvelopeSource",
     "InputTampered",

@@ -32,7 +32,7 @@ from node.miner.journal import Journal
 from node.miner.keys import load_account
 from node.miner.metrics import MinerMetrics
 from node.miner.pipeline import EngineLike
-from node.miner.private import HttpEnvelopeSource
+from node.miner.private import NO_ENVELOPE_SOURCE, HttpEnvelopeSource
 from node.stream.connection import credentials
 from node.stream.publisher import StreamPublisher
 
@@ -174,6 +174,8 @@ async def build_daemon(
     envelope_urls = list(miner.envelope_urls) or list(settings.content.gateway_urls)
     if envelope_urls:  # private inputs (issue 16): sealed envelopes from the requesters' gateways
         daemon.pipeline.envelopes = HttpEnvelopeSource(envelope_urls)
+    else:  # gateways are private by default: their inputs exist only as envelopes they serve
+        log.warning("private_inputs_unreadable", reason=NO_ENVELOPE_SOURCE)
     if publisher is not None:
         public_key = public_key_of(bytes(account.key)).hex()  # self-authenticating (node.chain.pubkeys)
         publisher.heartbeat = lambda: {**daemon.heartbeat(), "public_key": public_key}

@@ -17,6 +17,7 @@ from eth_account import Account
 from eth_utils.crypto import keccak
 
 from node.chain.hub import HubClient, model_id
+from node.chain.pubkeys import public_key_of
 from node.content.documents import (
     AssistantOutput,
     ChatChoice,
@@ -30,6 +31,7 @@ from node.content.documents import (
 from node.content.store import ContentStore
 from node.miner.daemon import DaemonConfig, MinerDaemon
 from node.miner.journal import Journal
+from node.miner.private import HttpEnvelopeSource
 from node.stream.publisher import StreamPublisher
 
 FAKE_FINGERPRINT = "inferd-fake-1"
@@ -177,8 +179,13 @@ def local_daemon(
     broker_url: str,
     config: DaemonConfig,
     heartbeat_s: float = 10.0,
+    envelope_urls: Sequence[str] = (),
 ) -> MinerDaemon:
-    """An in-process miner (journal, MQTT publisher with its heartbeat wired) for tests and benches."""
+    """An in-process miner (journal, MQTT publisher with its heartbeat wired) for tests and benches.
+
+    `envelope_urls`: the gateways whose sealed private inputs it reads (`miner.envelope_urls`);
+    one known only once the gateway listens can be added later with `serve_gateways`.
+    """
     account = Account.from_key(miner_key)
     publisher = StreamPublisher(
         broker_url,
@@ -193,8 +200,28 @@ def local_daemon(
         config=config, hub=hub, account=account, engine=engine, store=store, journal=journal,
         publisher=publisher,
     )  # fmt: skip
-    publisher.heartbeat = daemon.heartbeat
+    public_key = public_key_of(miner_key).hex()  # as `inferd miner run` offers it (node.miner.run)
+    publisher.heartbeat = lambda: {**daemon.heartbeat(), "public_key": public_key}
+    if envelope_urls:
+        serve_gateways(daemon, envelope_urls)
     return daemon
 
 
-__all__ = ["FAKE_ENGINE_CLASS", "DevHub", "FakeEngine", "deploy_dev_hub", "dev_request", "local_daemon"]
+def serve_gateways(daemon: MinerDaemon, urls: Sequence[str]) -> None:
+    """Let `daemon` read the private inputs of the gateways at `urls` (their `/envelope` route).
+
+    Gateways are private by default (issue 16), so an in-process miner serving one needs this as a
+    deployed miner needs `miner.envelope_urls`.
+    """
+    daemon.pipeline.envelopes = HttpEnvelopeSource(list(urls))
+
+
+__all__ = [
+    "FAKE_ENGINE_CLASS",
+    "DevHub",
+    "FakeEngine",
+    "deploy_dev_hub",
+    "dev_request",
+    "local_daemon",
+    "serve_gateways",
+]

@@ -123,6 +123,7 @@ def test_three_fake_miners_answer_through_a_quorum(devnet_dir: Path) -> None:
     )
     onchain = reply.model_extra["onchain_data"] if reply.model_extra else {}
     assert sorted(onchain["assignment_addresses"]) == sorted(m["address"] for m in info["miners"])
+    assert onchain["output_salt"]  # private by default: sealed to the three seats, read via envelope_urls
 
     import asyncio
 
@@ -171,6 +172,7 @@ def test_devnet_up_answers_openai_sdk_then_down_leaves_nothing(devnet_dir: Path)
     assert onchain["assignment_addresses"] == [info["miners"][0]["address"]]
     assert onchain["input_cid"].startswith("bafkrei") and onchain["output_cid"].startswith("bafkrei")
     assert onchain["infer_tx"] and onchain["submit_tx"] and extra["signature"]
+    assert onchain["output_salt"]  # private by default (the devnet's miners list its gateway)
 
     status = devnet("status", "--json", "--data-dir", str(devnet_dir))
     assert status.returncode == 0, status.stdout

@@ -57,14 +57,18 @@ from node.gateway.app import create_app
 from node.gateway.auth import KeyStore
 from node.gateway.replay import replay_request
 from node.gateway.server import GatewayServer
-from node.miner.daemon import DaemonConfig, engine_class_id
-from node.miner.testing import FAKE_ENGINE_CLASS, deploy_dev_hub, local_daemon
+from node.gateway.verify import output_document_from_response
+from node.miner.daemon import DaemonConfig, MinerDaemon, engine_class_id
+from node.miner.testing import FAKE_ENGINE_CLASS, deploy_dev_hub, local_daemon, serve_gateways
 from node.stream.topics import result_topic
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
 
 MODEL = "SmolLM2-135M-Instruct"
 MANUAL = "manual-model"  # served by a miner key the tests drive by hand
+PUBLIC: dict[str, Any] = {"extra_body": {"private": False}}
+"""The opt-out of the gateway's private default (issue 16), for tests about public documents: the
+hand-driven miner's plaintext results, a block read by CID, a replay or a verify by request id."""
 USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Name a colour."}]
 TOOLS: list[Any] = [
     {
@@ -94,6 +98,7 @@ class Devnet:
     key: str
     keys: KeyStore
     data_dir: Path
+    daemon: MinerDaemon
 
     @property
     def hub(self) -> str:
@@ -155,10 +160,11 @@ async def open_devnet(
     key, _ = keys.add("sdk-tests")
     server = GatewayServer(create_app(settings))
     await server.start()
+    serve_gateways(daemon, [server.url])  # private by default: the miner reads sealed inputs there
     backend = server.app.state.gateway.backend
     assert await backend.wait_ready(10)
     try:
-        yield Devnet(anvil, mosquitto, owner, manual, settings, server, store, key, keys, data_dir)
+        yield Devnet(anvil, mosquitto, owner, manual, settings, server, store, key, keys, data_dir, daemon)
     finally:
         await server.stop()
         stop.set()
@@ -194,8 +200,10 @@ async def assert_matches_chain(net: Devnet, body: dict[str, Any]) -> None:
     assert od["assignment_addresses"] == list(info.assignees)
     assert od["infer_tx"].startswith("0x") and od["submit_tx"].startswith("0x")
     assert body["signature"].startswith("0x")
-    data = await net.store.get(od["output_cid"])
-    assert digest_of(data) == info.output_digest
+    rebuilt = to_canonical_bytes(output_document_from_response(body))  # what `inferd verify` checks
+    assert digest_of(rebuilt) == info.output_digest
+    if od.get("output_salt") is None:  # public: the document itself is stored under its CID
+        assert await net.store.get(od["output_cid"]) == rebuilt
 
 
 # ------------------------------------------------------------------ happy paths
@@ -265,7 +273,9 @@ async def test_seed_reproducibility(devnet: Devnet) -> None:
     )
     ea, eb = a.model_extra or {}, b.model_extra or {}
     assert ea["onchain_data"]["request_id"] != eb["onchain_data"]["request_id"]
-    assert ea["onchain_data"]["input_cid"] == eb["onchain_data"]["input_cid"]
+    # private by default: each document has its own salt, so the same ask is not linkable on chain
+    assert ea["onchain_data"]["output_salt"] and eb["onchain_data"]["output_salt"]
+    assert ea["onchain_data"]["input_cid"] != eb["onchain_data"]["input_cid"]
     assert a.choices[0].message.content == b.choices[0].message.content
     other = await client.chat.completions.create(**{**kwargs, "seed": 99})
     assert other.choices[0].message.content  # a different seed is a different, valid answer
@@ -313,8 +323,14 @@ async def test_models_inferences_healthz_ipfs(devnet: Devnet) -> None:
         assert record["response"]["choices"][0]["message"]["content"] == chat.choices[0].message.content
         health = (await http.get("/healthz")).json()
         assert health["status"] == "ok" and health["mqtt"]["connected"] is True
-        block = await http.get(f"/ipfs/{od['input_cid']}?format=raw")
-        assert block.status_code == 200 and digest_to_cid(digest_of(block.content)) == od["input_cid"]
+        # private (the default): the plaintext input exists in no block; public: anyone reads it
+        assert (await http.get(f"/ipfs/{od['input_cid']}?format=raw")).status_code == 404
+        public = await client.chat.completions.create(
+            model=MODEL, messages=USER, max_tokens=4, extra_body={"private": False}
+        )
+        public_cid = (public.model_extra or {})["onchain_data"]["input_cid"]
+        block = await http.get(f"/ipfs/{public_cid}?format=raw")
+        assert block.status_code == 200 and digest_to_cid(digest_of(block.content)) == public_cid
 
 
 # ------------------------------------------------------------------ streaming
@@ -366,17 +382,24 @@ async def test_stream_without_broker_sends_one_chunk(devnet: Devnet) -> None:
     settings = devnet.settings.model_copy(
         update={"stream": devnet.settings.stream.model_copy(update={"enabled": False})}
     )
-    app = create_app(settings, store=devnet.store, keys=devnet.keys)
-    async with app.router.lifespan_context(app):
+    # A second gateway: the miner reads its sealed inputs from it and, with no broker, hands its
+    # sealed answers in there (`POST /envelope/output`), as a miner listing both gateways would.
+    server = GatewayServer(create_app(settings, store=devnet.store, keys=devnet.keys))
+    await server.start()
+    serve_gateways(devnet.daemon, [devnet.server.url, server.url])
+    try:
         client = openai.AsyncOpenAI(
             api_key=devnet.key,
-            base_url="http://gw/v1",
-            http_client=httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), timeout=120),
+            base_url=server.url + "/v1",
+            http_client=httpx2.AsyncClient(timeout=120),
             _strict_response_validation=True,
             max_retries=0,
         )
         stream = await client.chat.completions.create(model=MODEL, messages=USER, max_tokens=8, stream=True)
         chunks = [c async for c in stream]
+    finally:
+        serve_gateways(devnet.daemon, [devnet.server.url])
+        await server.stop()
     content = [c for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(content) == 1
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
@@ -404,6 +427,16 @@ async def test_error_statuses_400_401_404_429(devnet: Devnet) -> None:
     with pytest.raises(openai.RateLimitError) as rl:
         await devnet.client(limited).models.list()
     assert int(rl.value.response.headers["Retry-After"]) >= 1
+
+
+async def test_private_input_too_large_to_seal_is_400_before_it_is_paid(devnet: Devnet) -> None:
+    before = await devnet.owner.request_count()
+    big: list[ChatCompletionMessageParam] = [{"role": "user", "content": "x" * 800_000}]  # < 1 MiB
+    with pytest.raises(openai.BadRequestError) as refused:
+        await devnet.client().chat.completions.create(model=MODEL, messages=big, max_tokens=4)
+    assert refused.value.code == "request_too_large" and refused.value.param == "messages"
+    assert '"private": false' in refused.value.message and "774902" in refused.value.message
+    assert await devnet.owner.request_count() == before  # refused up front: nothing on chain
 
 
 async def _next_request_id(net: Devnet, before: int) -> int:
@@ -450,7 +483,7 @@ async def test_tampered_mqtt_result_is_rejected_honest_one_answered(devnet: Devn
     before_metrics = await devnet.metrics()
     assert "inferd_gateway_rejected_outputs_total 0.0" in before_metrics
     before = await devnet.owner.request_count()
-    call = asyncio.create_task(devnet.client().chat.completions.create(model=MANUAL, messages=USER))
+    call = asyncio.create_task(devnet.client().chat.completions.create(model=MANUAL, messages=USER, **PUBLIC))
     rid = await _next_request_id(devnet, before)
     honest, info = await _manual_output(devnet, rid, "The honest answer.")
     tampered = honest.replace(b"honest", b"HACKED")
@@ -473,7 +506,9 @@ async def test_bad_signature_and_no_document_is_never_answered_504(devnet: Devne
     devnet.settings.gateway.request_timeout_s = 4.0
     try:
         before = await devnet.owner.request_count()
-        call = asyncio.create_task(devnet.client().chat.completions.create(model=MANUAL, messages=USER))
+        call = asyncio.create_task(
+            devnet.client().chat.completions.create(model=MANUAL, messages=USER, **PUBLIC)
+        )
         rid = await _next_request_id(devnet, before)
         honest, info = await _manual_output(devnet, rid, "Signed by a stranger.")
         stranger = Account.create()
@@ -546,7 +581,9 @@ async def test_inferd_verify_accepts_real_and_rejects_changed(devnet: Devnet, tm
     sig_file.write_text(json.dumps(forged))
     assert (await asyncio.to_thread(run, "verify", str(sig_file), *rpc)).exit_code == 1
 
-    rid = str(body["onchain_data"]["request_id"])
+    # by request id, anyone reads the documents by CID: a public request's (a private one's are sealed)
+    public = await devnet.client().chat.completions.create(model=MODEL, messages=USER, max_tokens=4, **PUBLIC)
+    rid = str((public.model_extra or {})["onchain_data"]["request_id"])
     by_id = await asyncio.to_thread(
         run, "verify", "--request-id", rid, *rpc, "--hub", devnet.hub, "--gateway", devnet.server.url
     )
@@ -554,8 +591,8 @@ async def test_inferd_verify_accepts_real_and_rejects_changed(devnet: Devnet, tm
 
 
 async def test_replay_reproduces_onchain_digest(devnet: Devnet, engine: Any) -> None:
-    chat = await devnet.client().chat.completions.create(
-        model=MODEL, messages=USER, max_tokens=8, temperature=0.7, seed=11
+    chat = await devnet.client().chat.completions.create(  # replay reads the input by CID: public
+        model=MODEL, messages=USER, max_tokens=8, temperature=0.7, seed=11, **PUBLIC
     )
     rid = (chat.model_extra or {})["onchain_data"]["request_id"]
     result, output = await replay_request(devnet.owner, devnet.store, engine, rid)

@@ -167,7 +167,9 @@ async def test_streamed_tool_call_equals_nonstreamed(net: Devnet) -> None:
     assert expected and [calls[i] for i in sorted(calls)] == expected
     assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
     assert not chunks[-1].choices[0].delta.tool_calls  # the final chunk repeats nothing
-    assert cid(whole) == (chunks[-1].model_extra or {})["onchain_data"]["input_cid"]
+    # private by default: each document has its own salt, so the same ask is not linkable on chain
+    final = (chunks[-1].model_extra or {})["onchain_data"]
+    assert final["output_salt"] and cid(whole) != final["input_cid"]
     assert 'reason="bad_tool_calls"' not in await net.metrics()  # the miner's fragments were well-formed
 
 
@@ -181,6 +183,7 @@ async def test_parallel_tool_calls_false_is_honoured(net: Devnet) -> None:
             parallel_tool_calls=False,
             max_tokens=96,
             seed=6,
+            extra_body={"private": False},  # public: its input document is read back by CID below
         )
     )
     assert len(reply.choices[0].message.tool_calls or []) == 1, reply

@@ -1,7 +1,9 @@
 """The gateway's v2 path on real anvil with two in-process fake-engine miners: a model that audits
 every single-miner result (auditBps 10000), so each answer goes request -> assign -> commit ->
 audit -> reveals -> final, and the gateway says `audited`; the fee is exactly the price of the
-declared maxTokens. No broker: the gateway reads the output by CID from the shared store."""
+declared maxTokens. The request is private (the gateway default): the input is sealed to the assignee,
+then again to the drawn auditor, both read it at the gateway's `/envelope` route and, with no broker,
+hand their sealed answers in there."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from node.gateway.auth import KeyStore
 from node.gateway.server import GatewayServer
 from node.miner.daemon import DaemonConfig, MinerDaemon
 from node.miner.journal import Journal
-from node.miner.testing import FakeEngine, deploy_dev_hub
+from node.miner.testing import FakeEngine, deploy_dev_hub, serve_gateways
 
 pytestmark = pytest.mark.timeout(120)
 MODEL = "audited-model"
@@ -64,6 +66,8 @@ async def test_every_answer_is_audited_and_costs_its_price(
     key, _ = KeyStore(tmp_path / "gateway" / "api_keys.json").add("audit")
     server = GatewayServer(create_app(settings, store=store))
     await server.start()
+    for d in daemons:  # the miners' `miner.envelope_urls`
+        serve_gateways(d, [server.url])
     try:
         async with httpx.AsyncClient(
             base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=90
@@ -82,6 +86,7 @@ async def test_every_answer_is_audited_and_costs_its_price(
             record = (await http.get(f"/v1/inferences/{od['request_id']}")).json()
             assert record["verification"] == "audited" and record["output_cid"] == od["output_cid"]
             assert record["revealed_cids"] == [od["output_cid"]] * 2  # assignee and auditor agree
+            assert od["output_salt"]  # private: only this gateway could open the answer
     finally:
         await server.stop()
         stop.set()

@@ -28,13 +28,22 @@ from node.content.documents import (
     to_canonical_bytes,
     validate_input_document,
 )
-from node.content.envelope import open_envelope, recipients_of, seal
+from node.content.envelope import (
+    MAX_RECIPIENTS,
+    EnvelopeTooLarge,
+    max_plaintext_bytes,
+    open_envelope,
+    recipients_of,
+    seal,
+)
 from node.content.errors import ContentError, DocumentError, InputUnavailable
 from node.content.local import LocalStore
 from node.content.salt import output_salt, private_salt
 from node.devnet.processes import Anvil
+from node.gateway.errors import InvalidRequest
 from node.gateway.mqtt import delta_of
 from node.gateway.private import (
+    MAX_PRIVATE_DOCUMENT_BYTES,
     EnvelopeBook,
     PrivateDesk,
     PublicKeys,
@@ -47,6 +56,7 @@ from node.gateway.private import (
 from node.miner.pipeline import Pipeline
 from node.miner.private import (
     INPUT_TAMPERED,
+    NO_ENVELOPE_SOURCE,
     delta_key,
     open_delta,
     open_private_input,
@@ -120,6 +130,26 @@ def test_salt_and_reply_to_are_v3_and_together() -> None:
     assert b"salt" not in to_canonical_bytes(public)  # a public document keeps its bytes
 
 
+def test_a_private_document_too_large_to_seal_is_refused_before_it_is_sent() -> None:
+    doc = ChatInputDocument(
+        model="fake-model", messages=[UserMessage(role="user", content="x")], params=ChatParams(max_tokens=8)
+    )
+    _, small = make_private(doc, public_key_of(_key(REQUESTER)))
+    room = MAX_PRIVATE_DOCUMENT_BYTES - len(small)  # the largest content whose envelope still fits
+    fits = doc.model_copy(update={"messages": [UserMessage(role="user", content="x" * (room + 1))]})
+    _, data = make_private(fits, public_key_of(_key(REQUESTER)))
+    assert len(data) == MAX_PRIVATE_DOCUMENT_BYTES
+    assert max_plaintext_bytes(MAX_RECIPIENTS) == len(data) < max_plaintext_bytes(3)  # any seats
+    over = doc.model_copy(update={"messages": [UserMessage(role="user", content="x" * (room + 2))]})
+    with pytest.raises(InvalidRequest) as refused:
+        make_private(over, public_key_of(_key(REQUESTER)))
+    body = refused.value.envelope()["error"]  # OpenAI's error envelope, answered with 400
+    assert refused.value.status == 400 and body["code"] == "request_too_large"
+    assert body["param"] == "messages" and '"private": false' in body["message"]
+    with pytest.raises(EnvelopeTooLarge):  # what the gateway would have met after paying
+        seal(b"x" * (max_plaintext_bytes(1) + 1), {MINER_A.address: public_key_of(_key(MINER_A))})
+
+
 # --------------------------------------------------------------------------- miner
 
 
@@ -174,6 +204,20 @@ async def test_a_tampered_envelope_is_an_error_document_and_an_outsider_waits(tm
         await _pipeline(LocalStore(tmp_path / "c"), OUTSIDER, _sealed(data, MINER_A)).produce(
             _Job(3, digest_of(data))
         )
+
+
+async def test_a_miner_without_envelope_urls_says_why_it_cannot_read_the_input(tmp_path: Path) -> None:
+    _, data = _private_doc()
+    pipeline = Pipeline(
+        engine=FakeEngine(), store=LocalStore(tmp_path / "blocks"), private_key=_key(MINER_A),
+        chain_id=31337, hub="0x" + "22" * 20, first_fetch_s=0.01,
+    )  # fmt: skip
+    with pytest.raises(InputUnavailable) as unavailable:
+        await pipeline.produce(_Job(4, digest_of(data)))
+    assert NO_ENVELOPE_SOURCE in unavailable.value.reason and "miner.envelope_urls" in str(unavailable.value)
+    with pytest.raises(InputUnavailable) as waiting:  # with a source: not sealed to us yet, no advice
+        await _pipeline(LocalStore(tmp_path / "b"), MINER_A, None).produce(_Job(4, digest_of(data)))
+    assert "envelope_urls" not in waiting.value.reason
 
 
 def test_deltas_open_only_with_the_salt_and_their_own_position() -> None:
