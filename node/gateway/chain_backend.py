@@ -31,7 +31,7 @@ import contextlib
 import functools
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -46,7 +46,6 @@ from node.chain.events import (
     InferenceAssigned,
     InferenceFinalized,
     InferenceRefunded,
-    InferenceRequested,
     ResultCommitted,
     ResultRevealed,
     decode_log,
@@ -70,6 +69,7 @@ from node.content.documents import InputDocument, parse_output_document
 from node.content.envelope import MAX_RECIPIENTS
 from node.content.errors import ContentError
 from node.content.store import ContentStore
+from node.gateway.batcher import BatchItem, RequestBatcher, SharedCall
 from node.gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -174,6 +174,10 @@ class ChainLink:
     models: dict[str, tuple[float, ModelInfo | None]] = field(default_factory=dict)
     private: PrivateDesk | None = None
     """Private requests sent with this chain's wallet (`node.gateway.private`)."""
+    batchers: dict[bytes, RequestBatcher] = field(default_factory=dict)
+    """Request transactions per model id (`node.gateway.batcher`)."""
+    assigner: SharedCall[Any] | None = None
+    """The `assign` transaction the requests of one batch share."""
 
     @property
     def hub_address(self) -> str:
@@ -566,14 +570,9 @@ class ChainBackend:
         max_tokens = declared_max_tokens(document)
         fee = model.price(max_tokens)
         mid = bytes.fromhex(model.model_id.removeprefix("0x"))
-        data = link.hub.contract.encode_abi("requestInference", args=[mid, digest, max_tokens])
-        receipt = await self._send_request(link, data, fee, model)
+        placed = await self._batcher(link, mid, model).submit(BatchItem(digest, max_tokens, fee))
+        receipt, requested = placed.receipt, placed.requested
         events = decode_logs(receipt["logs"])
-        requested = next(
-            (e for e in events if isinstance(e, InferenceRequested) and e.input_digest == digest), None
-        )
-        if requested is None:
-            raise UpstreamError("requestInference was mined but emitted no InferenceRequested event")
         request_block = int(receipt["blockNumber"])
         try:
             block = await link.hub.w3.eth.get_block(request_block)
@@ -592,7 +591,7 @@ class ChainBackend:
             fee=fee,
             deadline_block=None,
             created=created,
-            gas_cost=_gas_cost(receipt),
+            gas_cost=_gas_cost(receipt) // placed.size,
             max_tokens=max_tokens,
             engine_class=model.engine_class,
         )
@@ -601,8 +600,9 @@ class ChainBackend:
             desk.register((chain_id, requested.id), input_cid, document_bytes, document.salt)
         pending = self.registry.register(sub)
         pending.result_future.add_done_callback(lambda f: self._remember(f, pending.submission))
-        self._on_receipt_events(chain_id, events)
-        await self._ensure_assigned(link, pending)
+        if placed.index == 0:  # a batch's receipt is read once (it assigns requests before it)
+            self._on_receipt_events(chain_id, events)
+        await self._ensure_assigned(link, pending, since=placed.mined_at, batch=placed.size)
         if desk is not None:
             self._seal(link, requested.id, pending.submission.assignees)
         if link.follower is not None:
@@ -616,13 +616,16 @@ class ChainBackend:
             if isinstance(ev, InferenceAssigned | InferenceRefunded):
                 self._on_event(chain_id, ev)
 
-    async def _ensure_assigned(self, link: ChainLink, pending: PendingInference) -> None:
+    async def _ensure_assigned(
+        self, link: ChainLink, pending: PendingInference, *, since: float = 0.0, batch: int = 1
+    ) -> None:
         """Materialise the request's seats with `assign`, unless its own receipt already showed them.
 
         A transaction sent after the request's receipt is mined in a later block, where the
         request's block hash (its seed) exists: on an automining chain the `assign` is that next
         block. When another request or party materialised it first, the request view gives the
-        seats. Gas the gateway pays for `assign` is added to the submission's `gas_cost`. Gives up
+        seats. The requests of one batch share one `assign` (sent after their receipt: `since`), and
+        its gas, added to each submission's `gas_cost`, is split among them. Gives up
         after `ASSIGN_WAIT_S` (RPC trouble): the watcher still delivers `InferenceAssigned`.
         """
         rid = pending.request_id
@@ -633,9 +636,12 @@ class ChainBackend:
                 if time.monotonic() > give_up:
                     log.warning("assign_wait_gave_up", request_id=rid, chain_id=link.chain_id)
                     return
-                receipt = await self._send_assign(link)
+                if link.assigner is None:
+                    link.assigner = SharedCall(functools.partial(self._send_assign, link))
+                receipt, sharers = await link.assigner.run(since, max(ASSIGN_BATCH, batch))
+                since = time.monotonic()  # assigning again: a later transaction
                 pending.submission = replace(
-                    pending.submission, gas_cost=pending.submission.gas_cost + _gas_cost(receipt)
+                    pending.submission, gas_cost=pending.submission.gas_cost + _gas_cost(receipt) // sharers
                 )
                 self._on_receipt_events(link.chain_id, decode_logs(receipt["logs"]))
                 if pending.assigned or pending.done():
@@ -651,11 +657,28 @@ class ChainBackend:
             # the request is paid for; anyone (the next request, a miner, the watcher) can assign it
             log.warning("assign_failed", request_id=rid, chain_id=link.chain_id, error=str(exc))
 
-    async def _send_assign(self, link: ChainLink) -> Any:
-        """`assign(ASSIGN_BATCH)`; gas for each request it may materialise on top of the estimate."""
-        data = link.hub.contract.encode_abi("assign", args=[ASSIGN_BATCH])
+    async def _send_assign(self, link: ChainLink, count: int = ASSIGN_BATCH) -> Any:
+        """`assign(count)`; gas for each request it may materialise on top of the estimate."""
+        data = link.hub.contract.encode_abi("assign", args=[count])
         gas = await link.sender.estimate({"from": link.sender.address, "to": link.hub_address, "data": data})
         return await link.sender.send(link.hub_address, data, gas=gas + ASSIGN_BATCH * ASSIGN_GAS)
+
+    def _batcher(self, link: ChainLink, mid: bytes, model: ModelInfo) -> RequestBatcher:
+        """The request batcher of `model` on `link`: `requestInference` alone, else `requestInferences`."""
+        batcher = link.batchers.get(mid)
+        if batcher is None:
+
+            async def send(items: Sequence[BatchItem]) -> Any:
+                if len(items) == 1:
+                    args: list[Any] = [mid, items[0].digest, items[0].max_tokens]
+                    data = link.hub.contract.encode_abi("requestInference", args=args)
+                else:
+                    args = [mid, [i.digest for i in items], [i.max_tokens for i in items]]
+                    data = link.hub.contract.encode_abi("requestInferences", args=args)
+                return await self._send_request(link, data, sum(i.fee for i in items), model)
+
+            batcher = link.batchers[mid] = RequestBatcher(send)
+        return batcher
 
     async def _send_request(self, link: ChainLink, data: bytes | str, fee: int, model: ModelInfo) -> Any:
         """Send `requestInference`; errors say what the wallet paid (`spent_wei`, None: unknown).
