@@ -17,7 +17,8 @@ relaying and signature checks trust, come only from `InferenceAssigned` (or the 
 someone else assigned it). The answer waits for `InferenceFinalized` (r = 1: after the reveal, and
 after the audit when one was drawn) and says how the result was verified (`onchain_data.verification`),
 unless the request answers on the assignee's signed result (`PendingInference.accept_signed`); then
-`get_inference` later shows how it settled (`settlement`, `answer`).
+`get_inference` later shows how it settled (`settlement`, `answer`), and a signer that commits or
+reveals anything else is proven to equivocate with the gateway's wallet (`node.gateway.equivocation`).
 
 The watchers and the MQTT subscription run under a `node.supervise.Supervisor`: an event whose
 handling raises is logged and skipped, a loop that dies is restarted with backoff, and `health()`
@@ -70,6 +71,7 @@ from node.content.envelope import MAX_RECIPIENTS
 from node.content.errors import ContentError
 from node.content.store import ContentStore
 from node.gateway.batcher import BatchItem, RequestBatcher, SharedCall
+from node.gateway.equivocation import broken_promise
 from node.gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -217,6 +219,8 @@ class ChainBackend:
         self.envelopes = EnvelopeBook()
         self.public_keys = PublicKeys()
         self._sealing: set[asyncio.Task[None]] = set()
+        self._proven: set[tuple[int, int]] = set()
+        """Requests whose signer's equivocation this gateway went to prove (`_hold_to_promise`)."""
 
     @classmethod
     def from_settings(
@@ -360,8 +364,10 @@ class ChainBackend:
             reg.on_assigned(chain_id, ev.id, ev.assignees)
         elif isinstance(ev, ResultCommitted):
             reg.on_committed(chain_id, ev.id, ev.miner, ev.log.tx_hash)
+            self._hold_to_promise(chain_id, ev)
         elif isinstance(ev, ResultRevealed):
             reg.on_submitted(chain_id, ev.id, ev.miner, ev.log.tx_hash, ev.output_digest)
+            self._hold_to_promise(chain_id, ev)
         elif isinstance(ev, AuditOpened):
             reg.on_verification(chain_id, ev.id, "audit")
         elif isinstance(ev, CommitteeOpened):
@@ -385,6 +391,43 @@ class ChainBackend:
             log.warning(
                 "signed_answer_not_final", request_id=request_id, chain_id=chain_id, signer=recent.signer,
                 answered=recent.output_cid, final=digest_to_cid(digest),
+            )  # fmt: skip
+
+    def _hold_to_promise(self, chain_id: int, ev: ResultCommitted | ResultRevealed) -> None:
+        """A seat we answered on committed or revealed something else than it signed: prove it."""
+        key = (chain_id, ev.id)
+        recent = self._recent.get(key)
+        signed = broken_promise(recent, ev)
+        link = self.links.get(chain_id)
+        if signed is None or recent is None or recent.signature is None or link is None:
+            return
+        if key in self._proven:
+            return
+        self._proven.add(key)
+        task = asyncio.get_running_loop().create_task(
+            self._prove_equivocation(link, ev.id, ev.miner, signed, recent.signature)
+        )
+        self._nudges.add(task)  # background tasks cancelled on close
+        task.add_done_callback(self._nudges.discard)
+
+    async def _prove_equivocation(
+        self, link: ChainLink, request_id: int, miner: str, signed: bytes, signature: str
+    ) -> None:
+        """`proveEquivocation` with the gateway's wallet (`node.gateway.equivocation`)."""
+        with self.loops.guard("equivocation", request_id=request_id):
+            sig = bytes.fromhex(signature.removeprefix("0x"))
+            args = [request_id, to_checksum_address(miner), signed, sig]
+            data = link.hub.contract.encode_abi("proveEquivocation", args=args)
+            try:
+                call = {"from": link.sender.address, "to": link.hub_address, "data": data}
+                receipt = await link.sender.send(link.hub_address, data, gas=await link.sender.estimate(call))
+            except TxWouldRevert as exc:  # proven by someone else first, or no proof after all
+                log.info("equivocation_not_proven", request_id=request_id, miner=miner, error=str(exc))
+                return
+            tx = receipt.get("transactionHash")
+            log.warning(
+                "equivocation_proven", request_id=request_id, miner=miner, signed="0x" + signed.hex(),
+                tx=tx.hex() if isinstance(tx, bytes) else str(tx),
             )  # fmt: skip
 
     def _private_event(self, chain_id: int, ev: HubEvent) -> None:

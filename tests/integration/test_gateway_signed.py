@@ -9,6 +9,8 @@ anvil and mosquitto with an in-process fake-engine miner daemon and a miner key 
   signature, bytes other than the signed ones, a signature that is no signature, a document for
   another input) are rejected and never answered; the request is then answered from the chain, with
   the document the hand-driven assignee committed and revealed.
+* A hand-driven assignee whose signed result was answered and that then commits another digest is
+  slashed its minStake by the gateway's own `proveEquivocation` (the gateway is credited 10%).
 """
 
 from __future__ import annotations
@@ -232,3 +234,54 @@ async def test_forged_results_are_never_answered(net: Net, anvil_keys: list[str]
     assert body["choices"][0]["message"]["content"] == "honest" and b"EVIL" not in reply.content
     assert body["onchain_data"]["settlement"] == "final"
     assert body["signer"].lower() == str(net.manual.sender).lower()  # read from its reveal, not MQTT
+
+
+async def test_a_signer_that_settles_something_else_is_slashed(net: Net, anvil_keys: list[str]) -> None:
+    """The gateway answered on a signature; the signer then commits another digest: the gateway
+    proves the equivocation itself and the signer loses its minStake (the gateway earns 10%)."""
+    liar = HubClient(net.owner.w3, net.owner.address, anvil_keys[5])
+    name = "promise-model"
+    await net.owner.register_model(name, FAKE_ENGINE_CLASS, 10**18, 10**12, 0, 50, 1, 1)
+    await liar.register_miner(model_id(name), FAKE_ENGINE_CLASS, 10**18)
+    gateway = str(net.backend.links[31337].sender.address)
+    credits_before = await net.owner.credits_of(gateway)
+    before = await net.owner.request_count()
+    call = asyncio.create_task(net.http.post("/v1/chat/completions", json={"model": name, **CHAT}))
+    try:
+        rid = before + 1
+
+        async def assigned() -> bool:
+            pending = net.backend.registry.get(31337, rid)
+            return pending is not None and pending.assigned
+
+        await until(assigned)
+        pending = net.backend.registry.get(31337, rid)
+        assert pending is not None
+        sub = pending.submission
+        promised = _output(rid, sub.input_cid, "promised")
+        signature = sign_result(
+            anvil_keys[5], chain_id=31337, hub=net.hub, request_id=rid, input_digest=sub.input_digest,
+            output_digest=digest_of(promised),
+        )  # fmt: skip
+        payload = {"output": promised.decode(), "signature": signature, "miner": str(liar.sender)}
+        async with aiomqtt.Client(net.mosquitto.host, net.mosquitto.port) as mqtt:
+            await mqtt.publish(
+                result_topic(31337, net.hub, rid, str(liar.sender)), json.dumps(payload).encode(), qos=1
+            )
+        reply = await asyncio.wait_for(call, 30)
+    finally:
+        if not call.done():
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["onchain_data"]["settlement"] == "pending"
+    assert reply.json()["choices"][0]["message"]["content"] == "promised"
+
+    await liar.commit(rid, digest_of(_output(rid, sub.input_cid, "something else")))
+
+    async def slashed() -> bool:
+        return (await net.owner.get_miner(str(liar.sender))).stake == 0
+
+    await until(slashed)
+    assert await net.owner.credits_of(gateway) - credits_before == 10**17  # 10% of minStake

@@ -4,13 +4,15 @@ registry's checks of a signed result before settlement, and the HTTP answer's `s
 The registry and the EIP-712 check are the real ones; signatures are made with real keys. A signed
 result is answered before the chain settles only when its bytes hash to the digest its signature
 covers, the signer is an assignee of this request, and the document names this request's input;
-otherwise it is rejected and the request keeps waiting for the chain.
+otherwise it is rejected and the request keeps waiting for the chain. A signer that then commits
+or reveals another digest is seen (`broken_promise`) so that the gateway can prove the equivocation.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ import httpx
 import pytest
 from eth_account import Account
 
+from node.chain.events import LogRef, ResultCommitted, ResultRevealed
+from node.chain.hub import commitment
 from node.chain.signing import sign_result
 from node.config import load_settings
 from node.content.cid import cid_for_bytes, digest_of, digest_to_cid
@@ -26,6 +30,7 @@ from node.content.errors import ContentNotFound
 from node.content.local import LocalStore
 from node.gateway.app import create_app
 from node.gateway.auth import KeyStore
+from node.gateway.equivocation import broken_promise
 from node.gateway.errors import InvalidRequest
 from node.gateway.pending import PendingRegistry, ResultMessage, recover_submission_signer
 from node.gateway.records import Submission
@@ -238,3 +243,32 @@ async def test_bad_finality_is_an_openai_error_envelope(tmp_path: Path) -> None:
 
 def test_answer_on_defaults_to_chain(tmp_path: Path) -> None:
     assert load_settings(data_dir=tmp_path).gateway.answer_on == "chain"
+
+
+# ------------------------------------------------------------------ equivocation
+
+
+async def test_broken_promise_sees_a_commit_or_reveal_other_than_the_signed_digest(
+    registry: tuple[PendingRegistry, Store],
+) -> None:
+    reg, _ = registry
+    sub = _submission()
+    good, other = _output(sub, "honest"), _output(sub, "other")
+    pending = reg.register(sub)
+    pending.accept_signed()
+    reg.on_result_message(31337, sub.request_id, _signed(sub, good))
+    answered = await pending.wait(1)
+    ref = LogRef(1, "0x00", "0x01", 0, HUB)
+    me, rid = ASSIGNEE.address, sub.request_id
+
+    def committed(digest: bytes, miner: str = me) -> ResultCommitted:
+        return ResultCommitted(rid, miner, commitment(digest, miner, rid), ref)
+
+    assert broken_promise(answered, ResultRevealed(rid, me, digest_of(other), ref)) == digest_of(good)
+    assert broken_promise(answered, committed(digest_of(other))) == digest_of(good)
+    assert broken_promise(answered, ResultRevealed(rid, me, digest_of(good), ref)) is None
+    assert broken_promise(answered, committed(digest_of(good))) is None
+    assert broken_promise(answered, committed(digest_of(other), INTRUDER.address)) is None  # not the signer
+    assert broken_promise(answered, ResultRevealed(rid + 1, me, digest_of(other), ref)) is None
+    final = replace(answered, extra={**answered.extra, "settlement": "final"})
+    assert broken_promise(final, ResultRevealed(rid, me, digest_of(other), ref)) is None  # not answered early
