@@ -1,14 +1,16 @@
 """The gateway answers on the assignee's signed result (`gateway.answer_on = "signature"`), on real
 anvil and mosquitto with an in-process fake-engine miner daemon and a miner key driven by hand.
 
-* An answer comes as soon as the daemon's signed result arrives over MQTT: `onchain_data.settlement`
+* An answer (to a private request: the gateway's default) comes as soon as the daemon's signed
+  result arrives over MQTT (sealed to the gateway, opened, then checked): `onchain_data.settlement`
   is `pending`, the signer is the request's assignee, and `GET /v1/inferences/{id}` later shows the
   request final on the digest that was answered (`answer.matches_final`); a stream ends the same way.
 * `"finality": "onchain"` waits for the chain: the answer says `final` and the request is final.
-* Forged results published on the broker under the assignee's own topic (a non-assignee's
-  signature, bytes other than the signed ones, a signature that is no signature, a document for
-  another input) are rejected and never answered; the request is then answered from the chain, with
-  the document the hand-driven assignee committed and revealed.
+* Forged results (for public requests, so that they reach the checks) published on the broker
+  under the assignee's own topic (a non-assignee's signature, bytes other than the signed ones, a
+  signature that is no signature, a document for another input) are rejected and never answered;
+  the request is then answered from the chain, with the document the hand-driven assignee committed
+  and revealed.
 * A hand-driven assignee whose signed result was answered and that then commits another digest is
   slashed its minStake by the gateway's own `proveEquivocation` (the gateway is credited 10%).
 """
@@ -29,7 +31,7 @@ import pytest
 from node.chain.hub import HubClient, Phase, model_id
 from node.chain.signing import sign_result
 from node.config import load_settings
-from node.content.cid import cid_for_bytes, digest_of
+from node.content.cid import cid_for_bytes, digest_of, digest_to_cid
 from node.content.documents import AssistantOutput, ChatChoice, OutputDocument, Usage, to_canonical_bytes
 from node.content.local import LocalStore
 from node.devnet.processes import Anvil, Mosquitto
@@ -38,7 +40,7 @@ from node.gateway.auth import KeyStore
 from node.gateway.chain_backend import ChainBackend
 from node.gateway.server import GatewayServer
 from node.miner.daemon import DaemonConfig
-from node.miner.testing import FAKE_ENGINE_CLASS, FakeEngine, deploy_dev_hub, local_daemon
+from node.miner.testing import FAKE_ENGINE_CLASS, FakeEngine, deploy_dev_hub, local_daemon, serve_gateways
 from node.stream.topics import result_topic
 
 pytestmark = pytest.mark.timeout(120)
@@ -94,11 +96,12 @@ async def net(
         chain={"rpc_url": anvil.rpc_url, "hub_address": owner.address, "private_key": gateway_key,
                "poll_interval_s": 0.1},
         stream={"broker_url": mosquitto.url},
-        gateway={"request_timeout_s": 60.0, "answer_on": "signature", "private_by_default": False},
+        gateway={"request_timeout_s": 60.0, "answer_on": "signature"},  # private by default
     )  # fmt: skip
     key, _ = KeyStore(tmp / "gateway" / "api_keys.json").add("signed")
     server = GatewayServer(create_app(settings, store=store))
     await server.start()
+    serve_gateways(daemon, [server.url])  # the miner reads sealed inputs there
     backend = server.app.state.gateway.backend
     assert isinstance(backend, ChainBackend) and await backend.wait_ready(10)
     try:
@@ -159,8 +162,8 @@ async def test_finality_onchain_waits_for_the_chain(net: Net) -> None:
     od = reply.json()["onchain_data"]
     assert od["settlement"] == "final" and od["phase"] == "final"
     info = await net.owner.get_request(od["request_id"])
-    answered = await net.store.get(od["output_cid"])
-    assert info.phase == Phase.FINAL and info.output_digest == digest_of(answered)
+    assert info.phase == Phase.FINAL and info.output_digest is not None
+    assert od["output_cid"] == digest_to_cid(info.output_digest)
 
 
 def _output(request_id: int, input_cid: str, text: str) -> bytes:
@@ -176,7 +179,9 @@ def _output(request_id: int, input_cid: str, text: str) -> bytes:
 
 async def test_forged_results_are_never_answered(net: Net, anvil_keys: list[str]) -> None:
     before = await net.owner.request_count()
-    call = asyncio.create_task(net.http.post("/v1/chat/completions", json={"model": MANUAL, **CHAT}))
+    call = asyncio.create_task(
+        net.http.post("/v1/chat/completions", json={"model": MANUAL, **CHAT, "private": False})
+    )
     try:
         rid = before + 1
 
@@ -246,7 +251,9 @@ async def test_a_signer_that_settles_something_else_is_slashed(net: Net, anvil_k
     gateway = str(net.backend.links[31337].sender.address)
     credits_before = await net.owner.credits_of(gateway)
     before = await net.owner.request_count()
-    call = asyncio.create_task(net.http.post("/v1/chat/completions", json={"model": name, **CHAT}))
+    call = asyncio.create_task(
+        net.http.post("/v1/chat/completions", json={"model": name, **CHAT, "private": False})
+    )
     try:
         rid = before + 1
 
