@@ -2,7 +2,8 @@
 verified result.
 
 Deltas are unverified: they are relayed for latency, and the stream only *ends well* (a chunk with
-`finish_reason` and `onchain_data`, then `[DONE]`) once the output document matches the chain.
+`finish_reason` and `onchain_data`, then `[DONE]`) once the output document matches the chain, or,
+for a request answered on the signed result, once that checks out (`settlement: pending`, `pending.py`).
 If what was streamed is not a prefix of the verified text (a lying miner, or lost QoS-0 deltas),
 the stream ends with an `error` event instead, which the OpenAI SDK raises as an APIError.
 Without a broker there are no deltas: the whole verified text is sent as one chunk at the end.
