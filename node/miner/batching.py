@@ -11,7 +11,9 @@ uploading (`busy()`: they reach the queue within moments of each other under loa
   soon as nothing is in flight any more or the batch holds `batch_max` jobs.
 
 `busy()` is read again every `tick_s` (a job may end without reaching the queue: crashed, dropped),
-and on every arrival. The clock is injectable so the policy is tested without sleeping.
+and on every arrival. A batch that then waits for a free transaction slot takes what became ready
+meanwhile (`take_ready`), so sending at once never means sending one at a time under load. The
+clock is injectable so the policy is tested without sleeping.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ class BatchCollector:
         self.clock = clock
         self.tick_s = tick_s
 
-    def _take_ready(self, batch: list[int]) -> None:
+    def take_ready(self, batch: list[int]) -> None:
+        """Add the ids already queued to `batch` (up to `batch_max`), without waiting."""
         while len(batch) < self.batch_max and not self.queue.empty():
             batch.append(self.queue.get_nowait())
 
@@ -58,7 +61,7 @@ class BatchCollector:
         batch = [await self.queue.get()]
         started = self.clock()
         while True:
-            self._take_ready(batch)
+            self.take_ready(batch)
             waited = self.clock() - started
             if not keep_waiting(
                 size=len(batch), batch_max=self.batch_max, busy=self.busy(), waited_s=waited,

@@ -121,6 +121,7 @@ class Submitter:
         while True:
             batch = await self._collector.next_batch()
             await self._slots.acquire()
+            self._collector.take_ready(batch)  # what became ready while every slot was busy
             for rid in batch:
                 self._queued.discard(rid)
             task = asyncio.create_task(self._submit_batch(batch), name=f"submit-{batch[0]}")

@@ -104,3 +104,13 @@ async def test_without_busy_it_keeps_the_old_fixed_wait() -> None:
     collector = BatchCollector(queue_of(1), batch_max=32, wait_s=0.3, clock=clock, tick_s=0.0001)
     assert await collector.next_batch() == [1]
     assert clock.now >= 0.3
+
+
+async def test_a_batch_waiting_for_a_slot_takes_what_became_ready() -> None:
+    q = queue_of(1)
+    collector = BatchCollector(q, batch_max=3, wait_s=10.0, busy=lambda: 0)
+    batch = await collector.next_batch()  # sent at once: nothing else was running
+    for rid in (2, 3, 4):  # ... but every transaction slot was busy meanwhile
+        q.put_nowait(rid)
+    collector.take_ready(batch)
+    assert batch == [1, 2, 3] and q.qsize() == 1
