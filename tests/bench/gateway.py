@@ -17,7 +17,8 @@ chain `b2_total_p50_ms`, `b2_engine_total_p50_ms`, `b2_ttft_p50_ms`, `b2_engine_
 
     .venv/bin/python tests/bench/gateway.py [--c1 N] [--c16 N] [--runs N] [--max-tokens N]
         [--chains both|automine|b2]
-    (env: BENCH_GATEWAY_C1, BENCH_GATEWAY_C16, BENCH_RUNS; a quick run: --c1 4 --c16 16 --runs 2)
+    (env: BENCH_GATEWAY_C1, BENCH_GATEWAY_C16, BENCH_RUNS; a quick run: --c1 4 --c16 16 --runs 2,
+    mostly two devnet starts loading vLLM; one chain only with --chains automine|b2)
 """
 
 from __future__ import annotations
