@@ -91,8 +91,11 @@ async def test_langchain_tools_loop_stream_and_structured_output(net: Devnet) ->
     merged: Any = None
     async for chunk in bound.astream([question]):
         merged = chunk if merged is None else merged + chunk
-    assert [(c["id"], c["name"], c["args"]) for c in merged.tool_calls] == [
-        (c["id"], c["name"], c["args"]) for c in ai.tool_calls
+    # the same call; its id derives from the input digest, which a private request (the default)
+    # salts anew each time (node.engine.chat.tool_call_id)
+    assert all(c["id"] for c in merged.tool_calls)
+    assert [(c["name"], c["args"]) for c in merged.tool_calls] == [
+        (c["name"], c["args"]) for c in ai.tool_calls
     ]
 
     city = await llm.with_structured_output(City).ainvoke("Describe the city of Paris.")
