@@ -66,6 +66,7 @@ contract HubDisputes is HubStorage {
     /// @notice Move a request past a deadline that has passed (the hub's `timeout` routes here):
     ///         slash the silent seats, then reassign, resolve or refund as the phase requires.
     function disputeTimeout(uint256 id) external {
+        _bountyTo = msg.sender;
         Request storage q = _requests[id];
         Phase ph = q.phase;
         if (ph == Phase.None) revert UnknownRequest(id);

@@ -271,6 +271,9 @@ abstract contract HubStorage {
     // ----------------------------------------------------------------------------------------------
 
     bool internal transient _locked;
+    /// @dev The caller of the running `timeout` (set by the dispute module): each silent seat it
+    ///      slashes pays it `BOUNTY_BPS` of the slash, so moving a stalled request on costs nobody.
+    address internal transient _bountyTo;
 
     /// @dev Next request id and next id to materialise, in one slot.
     uint128 internal _nextId = 1;
@@ -396,6 +399,15 @@ abstract contract HubStorage {
                 } else {
                     _burn(id, _slash(id, _seat(q, i), _silentSlash(model), SLASH_MINORITY));
                 }
+            }
+            if (w == 1 && taken != 0) {
+                // The assignee's fraud is proven: from the slash, after the committee, the requester
+                // gets its fee back plus fee * (1 - p) / p (one credit of fee / p), so that cheats
+                // the audit misses (a wrong answer, probability 1 - p) are paid back in expectation.
+                uint256 comp = fee * 10_000 / model.auditBps;
+                if (comp > taken) comp = taken;
+                taken -= comp;
+                _credit(q.requester, id, comp, CREDIT_COMPENSATION);
             }
             _burn(id, taken);
             return;
@@ -551,6 +563,13 @@ abstract contract HubStorage {
             bytes32 current = _modelIds[m.modelIndex - 1];
             if (stake < _models[current].minStake) _deactivate(miner, m, current);
         }
+        address caller = _bountyTo;
+        if (reason == SLASH_SILENT && caller != address(0) && caller != miner) {
+            // The timeout's caller is paid from the silent seat's slash (its gas, and then some).
+            uint256 bounty = taken * BOUNTY_BPS / 10_000;
+            _credit(caller, id, bounty, CREDIT_BOUNTY);
+            taken -= bounty;
+        }
     }
 
     function _credit(address account, uint256 id, uint256 amount, uint8 reason) internal {
@@ -598,7 +617,46 @@ abstract contract HubStorage {
         return q.committed & (1 << seat) != 0;
     }
 
+    /// @dev Materialise up to `maxCount` requests whose seed block has been mined, in id order.
+    function _assignDue(uint256 maxCount) internal returns (uint256 done) {
+        uint256 next = _nextAssign;
+        uint256 end = _nextId;
+        uint256 start = next;
+        while (done < maxCount && next < end) {
+            Request storage q = _requests[next];
+            if (q.phase == Phase.Pending) {
+                if (q.mark >= block.number) break;
+                _materialise(next, q);
+                ++done;
+            }
+            ++next;
+        }
+        if (next != start) _nextAssign = uint128(next);
+    }
+
+    function _materialise(uint256 id, Request storage q) internal {
+        bytes32 h = blockhash(q.mark);
+        if (h == bytes32(0)) {
+            _refund(id, q);
+            return;
+        }
+        bytes32 modelId = _modelIds[q.modelIndex - 1];
+        Model memory model = _models[modelId];
+        uint256 r = q.redundancy;
+        (address[] memory chosen, uint256 got) =
+            _pick(modelId, r, uint256(keccak256(abi.encode(h, id))), q.mark, new address[](0));
+        if (got < r) {
+            _refund(id, q);
+            return;
+        }
+        _seatAssignees(id, q, modelId, model, chosen);
+    }
+
+    /// @dev Every pool change first materialises the requests already due: a request's seats are
+    ///      drawn over the active pool as it was when its seed block's hash became known, so a
+    ///      registration or an exit made after seeing that hash cannot move them.
     function _activate(address miner, Miner storage m, bytes32 modelId) internal {
+        _assignDue(type(uint256).max);
         address[] storage pool = _active[modelId];
         pool.push(miner);
         m.activePos = uint32(pool.length);
@@ -607,6 +665,7 @@ abstract contract HubStorage {
     }
 
     function _deactivate(address miner, Miner storage m, bytes32 modelId) internal {
+        _assignDue(type(uint256).max);
         address[] storage pool = _active[modelId];
         uint256 pos = m.activePos;
         uint256 last = pool.length;

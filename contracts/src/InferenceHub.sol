@@ -79,6 +79,7 @@ contract InferenceHub is HubStorage {
     /// @notice Register a model (owner only). `modelId = keccak256(bytes(name))`. An engine upgrade is
     ///         a new model entry. For r = 1 the audit rate must make cheating lose money:
     ///         `auditBps * minStake >= AUDIT_MARGIN * (10_000 - auditBps) * maxPrice`.
+    ///         msg.value seeds the model's audit pool (see `fundAuditPool`).
     function registerModel(
         string calldata name,
         bytes32 engineClass,
@@ -88,7 +89,7 @@ contract InferenceHub is HubStorage {
         uint32 timeoutBlocks,
         uint8 redundancy,
         uint16 auditBps
-    ) external returns (bytes32 modelId) {
+    ) external payable returns (bytes32 modelId) {
         if (msg.sender != owner) revert NotOwner();
         if (
             bytes(name).length == 0 || engineClass == bytes32(0) || minStake == 0 || minStake > type(uint96).max
@@ -114,9 +115,21 @@ contract InferenceHub is HubStorage {
         });
         _modelNames[modelId] = name;
         _engineClasses[modelId] = engineClass;
+        if (msg.value != 0) _auditPool[uint24(_modelIds.length)] = msg.value;
         emit ModelRegistered(
             modelId, name, engineClass, minStake, baseFee, perTokenFee, timeoutBlocks, redundancy, auditBps
         );
+    }
+
+    /// @notice Add msg.value to the audit pool of `modelId` (anyone). An auditor that agrees with the
+    ///         assignee is paid the assignee's work share from this pool; each r = 1 fee adds its
+    ///         audit share `p * fee` while an audit (probability p) takes `(1 - p) * fee`, so the pool
+    ///         drifts up by `p^2 * fee` a request: a seed of a few maximum prices pays every audit.
+    function fundAuditPool(bytes32 modelId) external payable nonReentrant {
+        uint24 index = _models[modelId].index;
+        if (index == 0) revert UnknownModel();
+        if (msg.value == 0) revert ZeroValue();
+        _auditPool[index] += msg.value;
     }
 
     /// @notice The exact fee of a request declaring `maxTokens`.
@@ -387,40 +400,6 @@ contract InferenceHub is HubStorage {
         q.redundancy = model.redundancy;
         q.phase = Phase.Pending;
         emit InferenceRequested(id, msg.sender, modelId, inputDigest, fee, maxTokens);
-    }
-
-    function _assignDue(uint256 maxCount) private returns (uint256 done) {
-        uint256 next = _nextAssign;
-        uint256 end = _nextId;
-        uint256 start = next;
-        while (done < maxCount && next < end) {
-            Request storage q = _requests[next];
-            if (q.phase == Phase.Pending) {
-                if (q.mark >= block.number) break;
-                _materialise(next, q);
-                ++done;
-            }
-            ++next;
-        }
-        if (next != start) _nextAssign = uint128(next);
-    }
-
-    function _materialise(uint256 id, Request storage q) private {
-        bytes32 h = blockhash(q.mark);
-        if (h == bytes32(0)) {
-            _refund(id, q);
-            return;
-        }
-        bytes32 modelId = _modelIds[q.modelIndex - 1];
-        Model memory model = _models[modelId];
-        uint256 r = q.redundancy;
-        (address[] memory chosen, uint256 got) =
-            _pick(modelId, r, uint256(keccak256(abi.encode(h, id))), q.mark, new address[](0));
-        if (got < r) {
-            _refund(id, q);
-            return;
-        }
-        _seatAssignees(id, q, modelId, model, chosen);
     }
 
     function _commit(uint256 id, bytes32 c) private {

@@ -129,7 +129,7 @@ contract DisputesTest is HubBase {
         vm.expectEmit(true, true, false, true, address(hub));
         emit HubStorage.Slashed(id, aud, SLASH, 1);
         vm.expectEmit(true, false, false, true, address(hub));
-        emit HubStorage.Burned(id, SLASH);
+        emit HubStorage.Burned(id, NET);
         hub.timeout(id);
         InferenceHub.RequestView memory v = hub.getRequest(id);
         assertEq(uint8(v.phase), uint8(HubStorage.Phase.Reveal));
@@ -185,7 +185,7 @@ contract DisputesTest is HubBase {
         assertEq(_stake(a), MIN_STAKE - SLASH);
         assertEq(_stake(aud), MIN_STAKE - SLASH);
         assertEq(hub.creditsOf(alice), _fee());
-        assertEq(hub.burned(), 2 * SLASH);
+        assertEq(hub.burned(), 2 * NET);
     }
 
     /// @dev An auditor that could not fetch the input did not audit: it is not paid from the pool.
@@ -291,15 +291,17 @@ contract DisputesTest is HubBase {
         assertEq(_slashed(logs, address(0)), MIN_STAKE);
         assertEq(_credited(logs, aud, 1), _work());
         for (uint256 i; i < 3; ++i) assertEq(_credited(logs, c[i], 4), _work());
-        assertEq(_burnedIn(logs), MIN_STAKE - 3 * _work());
-        assertEq(hub.burned(), MIN_STAKE - 3 * _work());
-        assertEq(_credited(logs, alice, 0), 0);
-        assertEq(hub.creditsOf(alice), 0);
+        assertEq(_burnedIn(logs), MIN_STAKE - 3 * _work() - _comp());
+        assertEq(hub.burned(), MIN_STAKE - 3 * _work() - _comp());
+        // proven fraud: alice's fee back, and fee * (1 - p) / p from the slash
+        assertEq(_credited(logs, alice, 2), 0);
+        assertEq(_credited(logs, alice, 8), _comp());
+        assertEq(hub.creditsOf(alice), _comp());
         assertEq(hub.getModel(m1).auditPool, _auditPart());
         // conservation: 8 stakes + the fee
         assertEq(
             address(hub).balance,
-            8 * MIN_STAKE - MIN_STAKE + _work() * 4 + _auditPart() + hub.burned()
+            8 * MIN_STAKE - MIN_STAKE + _work() * 4 + _comp() + _auditPart() + hub.burned()
         );
     }
 
@@ -319,7 +321,7 @@ contract DisputesTest is HubBase {
         assertEq(_credited(logs, c[2], 4), _work());
         assertEq(_credited(logs, c[1], 0), 0);
         assertEq(_credited(logs, aud, 1), _work());
-        assertEq(_burnedIn(logs), MIN_STAKE - 2 * _work() + SLASH);
+        assertEq(_burnedIn(logs), MIN_STAKE - 2 * _work() + SLASH - _comp());
     }
 
     function test_committee_noMajority_refund() public {

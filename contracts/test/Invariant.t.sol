@@ -85,6 +85,7 @@ contract HubHandler is Test {
         }
         prover = address(0xF00D);
         accounts.push(prover);
+        accounts.push(address(this)); // calls `timeout`: credited the silent seats' bounties
     }
 
     /// @dev Called once by the test after construction: 7 miners per model.
@@ -295,7 +296,7 @@ contract HubHandler is Test {
             claimedOf[id] += amount;
             voterPool -= amount;
         }
-        if (isRequester[to] && reason != 2) requesterPaidOtherwise = true;
+        if (isRequester[to] && reason != 2 && reason != 8) requesterPaidOtherwise = true;
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -737,7 +738,7 @@ contract InvariantTest is Test {
         assertEq(address(hub).balance, owed, "ETH not conserved");
         assertEq(hub.getModel(m1).auditPool, h.poolExpected(), "audit pool off the books");
         assertTrue(!h.eventMismatch(), "Slashed/Credited/Burned events do not match state");
-        assertTrue(!h.requesterPaidOtherwise(), "a requester was credited something other than a refund");
+        assertTrue(!h.requesterPaidOtherwise(), "a requester was credited something other than a refund or compensation");
         assertTrue(!h.hostileSucceeded(), "a hostile call succeeded");
     }
 

@@ -136,7 +136,7 @@ contract ResultsTest is HubBase {
         hub.timeout(id);
         Vm.Log[] memory logs = vm.getRecordedLogs();
         assertEq(_slashed(logs, a), SLASH);
-        assertEq(_burnedIn(logs), SLASH);
+        assertEq(_burnedIn(logs), NET);
         InferenceHub.RequestView memory v = hub.getRequest(id);
         address b = v.seats[0];
         assertTrue(b != a, "reassigned to the same miner");
@@ -155,7 +155,8 @@ contract ResultsTest is HubBase {
         assertEq(_slashed(logs, b), SLASH);
         assertEq(_phase(id), uint8(HubStorage.Phase.Refunded));
         assertEq(hub.creditsOf(alice), _fee());
-        assertEq(hub.burned(), 2 * SLASH);
+        assertEq(hub.burned(), 2 * NET);
+        assertEq(hub.creditsOf(address(this)), 2 * BOUNTY);
         assertEq(address(hub).balance, 3 * MIN_STAKE + _fee());
         vm.expectRevert(abi.encodeWithSelector(HubStorage.WrongPhase.selector, id, HubStorage.Phase.Refunded));
         hub.timeout(id);
@@ -316,7 +317,7 @@ contract ResultsTest is HubBase {
         vm.expectEmit(true, true, false, true, address(hub));
         emit HubStorage.Slashed(id, s[1], SLASH, 1);
         vm.expectEmit(true, false, false, true, address(hub));
-        emit HubStorage.Burned(id, SLASH);
+        emit HubStorage.Burned(id, NET);
         hub.timeout(id);
         Vm.Log[] memory logs = vm.getRecordedLogs();
         assertEq(_phase(id), uint8(HubStorage.Phase.Final));
@@ -375,8 +376,9 @@ contract ResultsTest is HubBase {
         Vm.Log[] memory logs = vm.getRecordedLogs();
         assertEq(_slashed(logs, s[2]), SLASH);
         assertEq(_slashed(logs, address(0)), SLASH);
-        assertEq(_credited(logs, s[0], 8), SLASH / 2);
-        assertEq(_credited(logs, s[1], 8), SLASH / 2);
+        assertEq(_credited(logs, address(this), 5), BOUNTY);
+        assertEq(_credited(logs, s[0], 8), NET / 2);
+        assertEq(_credited(logs, s[1], 8), NET / 2);
         assertEq(_burnedIn(logs), 0);
         InferenceHub.RequestView memory v = hub.getRequest(id);
         assertEq(uint8(v.phase), uint8(HubStorage.Phase.Assigned));
@@ -394,7 +396,7 @@ contract ResultsTest is HubBase {
         hub.timeout(id);
         logs = vm.getRecordedLogs();
         for (uint256 i; i < 3; ++i) assertEq(_slashed(logs, n[i]), SLASH);
-        assertEq(_burnedIn(logs), 3 * SLASH);
+        assertEq(_burnedIn(logs), 3 * NET);
         assertEq(_phase(id), uint8(HubStorage.Phase.Refunded));
         assertEq(hub.creditsOf(alice), _fee());
         assertEq(_credited(logs, alice, 2), _fee());
@@ -414,7 +416,7 @@ contract ResultsTest is HubBase {
         emit HubStorage.Slashed(id, s[2], SLASH, 1);
         hub.timeout(id);
         assertEq(_phase(id), uint8(HubStorage.Phase.Reveal));
-        assertEq(hub.burned(), SLASH);
+        assertEq(hub.burned(), NET);
         _reveal(s[0], id, OUT);
         _reveal(s[1], id, OUT);
         assertEq(_phase(id), uint8(HubStorage.Phase.Final));

@@ -444,13 +444,20 @@ class HubClient:
         timeout_blocks: int,
         redundancy: int,
         audit_bps: int,
+        *,
+        audit_seed: int = 0,
     ) -> tuple[bytes, TxResult]:
-        """Owner only. r = 1 needs `audit_bps * min_stake >= 2 * (10000 - audit_bps) * max price`."""
+        """Owner only. r = 1 needs `audit_bps * min_stake >= 2 * (10000 - audit_bps) * max price`.
+        `audit_seed` wei seed the model's audit pool (agreeing auditors are paid from it)."""
         fn = self.contract.functions.registerModel(
             name, to_digest(engine_class), min_stake, base_fee, per_token_fee, timeout_blocks, redundancy,
             audit_bps,
         )  # fmt: skip
-        return model_id(name), await self.transact(fn)
+        return model_id(name), await self.transact(fn, audit_seed)
+
+    async def fund_audit_pool(self, model: bytes, amount: int) -> TxResult:
+        """Add `amount` wei to `model`'s audit pool (anyone)."""
+        return await self.transact(self.contract.functions.fundAuditPool(model), amount)
 
     async def register_miner(self, model: bytes, engine_class: bytes, stake: int) -> TxResult:
         """Stake `stake` wei on `model`; `engine_class` must equal the model's (EngineClassMismatch)."""

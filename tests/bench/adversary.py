@@ -68,6 +68,7 @@ PER_TOKEN = 10**9
 MIN_STAKE = 10**17
 TIMEOUT = 50  # blocks; every transaction mines one (automine)
 AUDIT_BPS = 1_000
+AUDIT_SEED = 10  # maximum prices the owner puts in a fresh r = 1 model's audit pool
 KEYS = 90
 VERBOSE = False
 HELPER = ROOT / "contracts" / "out" / "GrindHelper.sol" / "GrindHelper.json"
@@ -91,9 +92,14 @@ class Bench:
         timeout_blocks: int = TIMEOUT,
     ) -> ModelInfo:
         self.models += 1
+        # r = 1: the owner seeds the audit pool with AUDIT_SEED maximum prices, so that the first
+        # audits of a fresh model pay their auditor in full (the pool then drifts up by p^2 * fee a
+        # request: each fee adds p * fee, an audit, drawn with probability p, takes (1 - p) * fee)
+        seed = AUDIT_SEED * (base_fee + PER_TOKEN * 65_536) if r == 1 else 0
         mid, _ = await self.hub.register_model(
-            f"bench-{self.models}", CLASS, min_stake, base_fee, PER_TOKEN, timeout_blocks, r, audit_bps
-        )
+            f"bench-{self.models}", CLASS, min_stake, base_fee, PER_TOKEN, timeout_blocks, r, audit_bps,
+            audit_seed=seed,
+        )  # fmt: skip
         return await self.hub.get_model(mid)
 
     async def miners(self, model: ModelInfo, n: int, stake: int | None = None) -> list[HubClient]:
@@ -587,6 +593,13 @@ async def sybil_quorum(b: Bench) -> Outcome:
     )
     total = math.comb(na + nh, 3)
     p3 = math.comb(na, 3) / total
+    b.findings.append(
+        f"sybil_quorum: escalation rule: only a seat that revealed a digest other than the provisional "
+        f"one may escalate (bond minStake), so when the coalition holds all 3 seats nobody can dissent "
+        f"and the wrong digest is final. P(all 3 captured) = C({na},3)/C({na + nh},3) = {p3:.4f} here "
+        f"(share s = {na}/{na + nh}; a large pool: s^3 = {(na / (na + nh)) ** 3:.4f}); P <= 1% needs "
+        f"s <= 0.215 (s^3 <= 0.01), or r = 5 (captures need 3 of 5: 10 s^3 (1-s)^2 + 5 s^4 (1-s) + s^5)"
+    )
     p2 = math.comb(na, 2) * nh / total
     wins2 = (nh - 1) > (na - 2)  # honest voters vs coalition voters when the coalition holds 2 seats
     bound = p3 + (0 if wins2 else p2)
@@ -633,7 +646,13 @@ async def wrong_output_r1(b: Bench) -> Outcome:
             mine += batch
         return [[i] for i in mine]
 
-    out = await measured(b, sim, addrs(cheater, honest, requester), run, addrs(cheater))
+    who = addrs(cheater, honest, requester)
+    before = await b.env.wealth(b.hub, who)
+    trials = await run()
+    after = await b.env.wealth(b.hub, who)
+    # the requester's loss is an expected value over the trials: a wrong answer in the 1 - p that go
+    # unaudited, its fee back plus fee * (1 - p) / p of compensation in the p that are caught
+    out = await account(sim, before, after, addrs(cheater), trials, pooled=addrs(requester))
     audited = 0
     for i in sim.truth:
         info = await b.hub.get_request(i)
@@ -645,6 +664,13 @@ async def wrong_output_r1(b: Bench) -> Outcome:
     p = AUDIT_BPS / 10_000
     fee = max_price
     expect = (1 - p) * (fee - fee * p) - p * m.min_stake
+    req = (1 - p) * -fee + p * (fee + fee * (1 - p) / p)
+    out.notes.append(
+        f"requester per request: (1-p)*(-fee) + p*(fee + fee*(1-p)/p) = p*fee = {int(req)} wei >= 0 "
+        f"(the compensation is paid in full while p*minStake >= fee*((1-p) + p*(1 + 3*(1-p))): the "
+        f"committee's pay and the refund come first from the fraud slash; registerModel's "
+        f"p*minStake >= 2*(1-p)*maxPrice implies it for p <= 0.22)"
+    )
     out.notes.append(
         f"cheated {out.trials} requests, caught {audited} (p = {p}); analytic E[profit] per cheat before gas "
         f"= (1-p)*work - p*minStake = {int(expect)} wei; minStake {m.min_stake} = bound, fee {fee}"

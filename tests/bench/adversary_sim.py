@@ -635,6 +635,7 @@ async def account(
     trials: Sequence[Sequence[int]],
     *,
     extra_attacker_wei: int = 0,
+    pooled: Iterable[str] = (),
 ) -> Outcome:
     """Attacker profit from balances (minus the compute its seats spent); honest loss per trial.
 
@@ -644,7 +645,12 @@ async def account(
     (credits - slashes - gas - fees and bonds paid), where a requester served the honest answer gets
     back what it paid to be served (fee + request and assign gas); a party that gained does not
     offset another's loss. The ledger must add up to the balance change of every account.
+    `pooled` parties (a requester facing a cheat that is audited with probability p) are judged by
+    their expected value: their nets are summed over the trials first, and only a negative sum is a
+    loss; a trial still counts in the loss probability when their net in it is negative.
     """
+    pooled = set(pooled)
+    pooled_net: dict[str, int] = defaultdict(int)
     attackers = set(attackers)
     pols = [p for p in sim.policies.values() if p.address in attackers]
     profit = (
@@ -675,12 +681,16 @@ async def account(
             info = finals[i]
             if info.phase == Phase.FINAL and info.output_digest == sim.truth[i]:
                 net[req] += sim.request_cost[i]
+        for a in pooled:
+            pooled_net[a] += net.get(a, 0)
         losses = {a: -v for a, v in net.items() if a not in attackers and v < 0}
+        lost_here = bool(losses)
+        losses = {a: v for a, v in losses.items() if a not in pooled}
         if losses and DEBUG:
             print("    loss in trial", list(t), {a[:8]: v for a, v in losses.items()}, sim.ledger.by_id[t[0]])
-        if losses:
-            lost_trials += 1
-            loss_total += sum(losses.values())
+        lost_trials += lost_here
+        loss_total += sum(losses.values())
+    loss_total += sum(-v for v in pooled_net.values() if v < 0)
     n = len(trials)
     return Outcome(
         attacker_profit_wei=profit // n if n else 0,

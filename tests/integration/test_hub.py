@@ -293,10 +293,12 @@ async def test_audit_drawn_agreement_then_dispute_to_committee(anvil: Anvil, anv
     assert [(s.miner, s.amount, s.reason) for s in slashed] == [
         (assignee.sender, MIN_STAKE, SlashReason.FRAUD)
     ]
-    # auditBps 10000 sends the whole fee to the audit pool: the committee's work share is 0, and the
-    # forfeited stake is burned whole.
+    # auditBps 10000 sends the whole fee to the audit pool: the committee's work share is 0; the
+    # requester gets fee / p = its fee back from the forfeited stake, and the rest is burned.
     assert not [c for c in fin.of(Credited) if c.reason == CreditReason.COMMITTEE]
-    assert sum(b.amount for b in fin.of(Burned)) == MIN_STAKE
+    comp = [c for c in fin.of(Credited) if c.reason == CreditReason.COMPENSATION]
+    assert [(c.account, c.amount) for c in comp] == [(hub.sender, view.fee)]
+    assert sum(b.amount for b in fin.of(Burned)) == MIN_STAKE - view.fee
     assert (await hub.get_miner(str(assignee.sender))).stake == 0
 
 

@@ -19,6 +19,9 @@ abstract contract HubBase is Test {
     uint32 internal constant TIMEOUT = 20;
     uint16 internal constant AUDIT_BPS = 500;
     uint256 internal constant SLASH = MIN_STAKE * 1_000 / 10_000;
+    /// @dev What the caller of a timeout gets from each silent seat's slash; `NET` is the rest.
+    uint256 internal constant BOUNTY = SLASH * 1_000 / 10_000;
+    uint256 internal constant NET = SLASH - BOUNTY;
     bytes32 internal constant CLASS = keccak256("inferd-ec1;test");
 
     bytes32 internal m1; // redundancy 1, audited
@@ -46,6 +49,12 @@ abstract contract HubBase is Test {
             vm.deal(a, 100 ether);
             miners.push(a);
         }
+    }
+
+    /// @dev What a requester gets when its r = 1 assignee's fraud is proven: its fee back plus
+    ///      fee * (1 - p) / p, one credit of fee / p (reason 8).
+    function _comp() internal pure returns (uint256) {
+        return _fee() * 10_000 / AUDIT_BPS;
     }
 
     function _fee() internal pure returns (uint256) {
