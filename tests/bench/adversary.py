@@ -651,8 +651,19 @@ async def wrong_output_r1(b: Bench) -> Outcome:
     trials = await run()
     after = await b.env.wealth(b.hub, who)
     # the requester's loss is an expected value over the trials: a wrong answer in the 1 - p that go
-    # unaudited, its fee back plus fee * (1 - p) / p of compensation in the p that are caught
-    out = await account(sim, before, after, addrs(cheater), trials, pooled=addrs(requester))
+    # unaudited, its fee back plus fee * (1 - p) / p of compensation in the p that are caught. The
+    # audit draw is a coin of known bias p, so the two outcomes are weighted by p and 1 - p (the mean
+    # net of the caught trials, and of the others): the count of catches in one run is sampling
+    # noise worth fee / p a catch, which would swamp the p * fee expected gain
+    caught = [
+        (await b.hub.get_request(t[0])).output_digest == sim.truth[t[0]] for t in trials
+    ]  # fmt: skip
+    p = AUDIT_BPS / 10_000
+    nc = sum(caught)
+    weights = (
+        [p / nc if c else (1 - p) / (len(trials) - nc) for c in caught] if 0 < nc < len(trials) else None
+    )
+    out = await account(sim, before, after, addrs(cheater), trials, pooled=addrs(requester), weights=weights)
     audited = 0
     for i in sim.truth:
         info = await b.hub.get_request(i)
@@ -661,7 +672,6 @@ async def wrong_output_r1(b: Bench) -> Outcome:
             and info.seats[0] == cheater.address
             and info.output_digest == sim.truth[i]
         )
-    p = AUDIT_BPS / 10_000
     fee = max_price
     expect = (1 - p) * (fee - fee * p) - p * m.min_stake
     req = (1 - p) * -fee + p * (fee + fee * (1 - p) / p)

@@ -636,6 +636,7 @@ async def account(
     *,
     extra_attacker_wei: int = 0,
     pooled: Iterable[str] = (),
+    weights: Sequence[float] | None = None,
 ) -> Outcome:
     """Attacker profit from balances (minus the compute its seats spent); honest loss per trial.
 
@@ -646,11 +647,13 @@ async def account(
     back what it paid to be served (fee + request and assign gas); a party that gained does not
     offset another's loss. The ledger must add up to the balance change of every account.
     `pooled` parties (a requester facing a cheat that is audited with probability p) are judged by
-    their expected value: their nets are summed over the trials first, and only a negative sum is a
-    loss; a trial still counts in the loss probability when their net in it is negative.
+    their expected value: their nets are averaged over the trials first (with `weights`, one per
+    trial summing to 1, else equally), and only a negative mean is a loss; a trial still counts in
+    the loss probability when their net in it is negative.
     """
     pooled = set(pooled)
-    pooled_net: dict[str, int] = defaultdict(int)
+    pooled_net: dict[str, float] = defaultdict(float)
+    w = list(weights) if weights is not None else [1 / len(trials)] * len(trials) if trials else []
     attackers = set(attackers)
     pols = [p for p in sim.policies.values() if p.address in attackers]
     profit = (
@@ -672,7 +675,7 @@ async def account(
             )
     loss_total = 0
     lost_trials = 0
-    for t in trials:
+    for k, t in enumerate(trials):
         net: dict[str, int] = defaultdict(int)
         for i in t:
             for a, v in sim.ledger.by_id[i].items():
@@ -682,7 +685,7 @@ async def account(
             if info.phase == Phase.FINAL and info.output_digest == sim.truth[i]:
                 net[req] += sim.request_cost[i]
         for a in pooled:
-            pooled_net[a] += net.get(a, 0)
+            pooled_net[a] += w[k] * net.get(a, 0)
         losses = {a: -v for a, v in net.items() if a not in attackers and v < 0}
         lost_here = bool(losses)
         losses = {a: v for a, v in losses.items() if a not in pooled}
@@ -690,7 +693,7 @@ async def account(
             print("    loss in trial", list(t), {a[:8]: v for a, v in losses.items()}, sim.ledger.by_id[t[0]])
         lost_trials += lost_here
         loss_total += sum(losses.values())
-    loss_total += sum(-v for v in pooled_net.values() if v < 0)
+    loss_total += round(len(trials) * sum(-v for v in pooled_net.values() if v < 0))
     n = len(trials)
     return Outcome(
         attacker_profit_wei=profit // n if n else 0,
