@@ -89,7 +89,8 @@ class MinerProcess:
         log.close()
         self.starts += 1
 
-    async def wait_started(self, timeout: float = 180) -> None:  # noqa: ASYNC109
+    async def wait_started(self, timeout: float = 420) -> None:  # noqa: ASYNC109
+        """vLLM loads on every start; a busy 2-core box has needed more than 3 minutes."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None and self.proc.poll() is None, self.log_path.read_text()[-3000:]
