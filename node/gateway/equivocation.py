@@ -8,14 +8,29 @@ signer's own `ResultCommitted` and `ResultRevealed`: a commitment that is not
 `keccak256(abi.encode(signedDigest, miner, id))`, or a revealed digest other than the signed one,
 is proven at once with the gateway's wallet. The hub re-checks everything (a proof that is not one
 reverts in the gas estimate, before anything is paid), so a mistake here costs nothing but a log.
+
+`broken_promise` is the pure check; `PromiseKeeper` is what the chain backend calls from its event
+path: it looks the request up in the backend's recent answers, proves at most once per request in a
+supervised background task (`equivocation`), and logs a signed answer the chain settled differently.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
+
+from eth_utils.address import to_checksum_address
+
 from node.chain.events import ResultCommitted, ResultRevealed
 from node.chain.hub import commitment
-from node.content.cid import digest_of
+from node.chain.sender import TxWouldRevert
+from node.content.cid import digest_of, digest_to_cid
+from node.gateway.link import ChainLink
 from node.gateway.records import VerifiedResult
+from node.log import get_logger
+from node.supervise import Supervisor
+
+log = get_logger("gateway.chain")  # the chain backend's logger: its events did not change with the split
 
 
 def broken_promise(result: VerifiedResult | None, ev: ResultCommitted | ResultRevealed) -> bytes | None:
@@ -36,4 +51,75 @@ def broken_promise(result: VerifiedResult | None, ev: ResultCommitted | ResultRe
     return signed if ev.commitment != commitment(signed, ev.miner, ev.id) else None
 
 
-__all__ = ["broken_promise"]
+class PromiseKeeper:
+    """Holds the signers of answers given before settlement to what they signed (module docstring).
+
+    `links` and `recent` are the chain backend's own (read here, never replaced); proofs run as
+    tasks in `tasks`, the backend's set of background tasks cancelled on close.
+    """
+
+    def __init__(
+        self,
+        links: Mapping[int, ChainLink],
+        recent: Mapping[tuple[int, int], VerifiedResult],
+        loops: Supervisor,
+        tasks: set[asyncio.Task[None]],
+    ) -> None:
+        self.links = links
+        self.recent = recent
+        self.loops = loops
+        self.tasks = tasks
+        self.proven: set[tuple[int, int]] = set()
+        """Requests whose signer's equivocation this gateway went to prove (`hold`)."""
+
+    def check_signed_answer(self, chain_id: int, request_id: int, digest: bytes) -> None:
+        """An answer given on a signed result that the chain then settled differently: say so (its
+        signer is slashable; `GET /v1/inferences/{id}` shows `answer.matches_final: false`)."""
+        recent = self.recent.get((chain_id, request_id))
+        if recent is None or recent.extra.get("settlement") != "pending":
+            return
+        if digest_of(recent.output_bytes) != digest:
+            log.warning(
+                "signed_answer_not_final", request_id=request_id, chain_id=chain_id, signer=recent.signer,
+                answered=recent.output_cid, final=digest_to_cid(digest),
+            )  # fmt: skip
+
+    def hold(self, chain_id: int, ev: ResultCommitted | ResultRevealed) -> None:
+        """A seat we answered on committed or revealed something else than it signed: prove it."""
+        key = (chain_id, ev.id)
+        recent = self.recent.get(key)
+        signed = broken_promise(recent, ev)
+        link = self.links.get(chain_id)
+        if signed is None or recent is None or recent.signature is None or link is None:
+            return
+        if key in self.proven:
+            return
+        self.proven.add(key)
+        task = asyncio.get_running_loop().create_task(
+            self.prove(link, ev.id, ev.miner, signed, recent.signature)
+        )
+        self.tasks.add(task)  # background tasks cancelled on close
+        task.add_done_callback(self.tasks.discard)
+
+    async def prove(
+        self, link: ChainLink, request_id: int, miner: str, signed: bytes, signature: str
+    ) -> None:
+        """`proveEquivocation` with the gateway's wallet."""
+        with self.loops.guard("equivocation", request_id=request_id):
+            sig = bytes.fromhex(signature.removeprefix("0x"))
+            args = [request_id, to_checksum_address(miner), signed, sig]
+            data = link.hub.contract.encode_abi("proveEquivocation", args=args)
+            try:
+                call = {"from": link.sender.address, "to": link.hub_address, "data": data}
+                receipt = await link.sender.send(link.hub_address, data, gas=await link.sender.estimate(call))
+            except TxWouldRevert as exc:  # proven by someone else first, or no proof after all
+                log.info("equivocation_not_proven", request_id=request_id, miner=miner, error=str(exc))
+                return
+            tx = receipt.get("transactionHash")
+            log.warning(
+                "equivocation_proven", request_id=request_id, miner=miner, signed="0x" + signed.hex(),
+                tx=tx.hex() if isinstance(tx, bytes) else str(tx),
+            )  # fmt: skip
+
+
+__all__ = ["PromiseKeeper", "broken_promise"]

@@ -1,0 +1,280 @@
+"""The request path: content store → `requestInference` (batched) → `assign` → a registered
+`PendingInference`, kept apart from the chain backend that follows events and answers lookups.
+
+Protocol v2: a request declares `maxTokens` (`node.gateway.work`) and pays exactly
+`price(model, maxTokens)`; its seats are drawn from the hash of its own block, so they exist only
+from the next block on. The gateway sends `assign` as soon as that block exists unless an
+`InferenceAssigned` for the request already came (another request or anyone may materialise it); on
+an automining dev chain the `assign` transaction is itself the next block. Requests of one model
+share a transaction (`node.gateway.batcher` holds that policy) and the requests of one batch share
+one `assign`; each submission's `gas_cost` carries its share of both.
+
+`Requester` takes what it needs from the backend as callables (chain events a receipt carries, the
+private-input sealer, the recent-answers cache), so the backend stays the only place that wires them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from node.chain.errors import ChainError, decode_revert
+from node.chain.events import HubEvent, InferenceAssigned, InferenceRefunded, decode_logs
+from node.chain.hub import ASSIGN_GAS, AUTO_ASSIGN, Phase
+from node.chain.sender import (
+    TxError,
+    TxFeeCapExceeded,
+    TxNonceGap,
+    TxReverted,
+    TxTimeout,
+    TxWouldRevert,
+)
+from node.content.cid import digest_of, digest_to_cid
+from node.content.documents import InputDocument
+from node.content.errors import ContentError
+from node.content.store import ContentStore
+from node.gateway.batcher import BatchItem, RequestBatcher, SharedCall
+from node.gateway.errors import GatewayError, ModelNotFound, ServiceUnavailable, UpstreamError
+from node.gateway.link import ChainLink
+from node.gateway.pending import PendingInference, PendingRegistry
+from node.gateway.private import make_private
+from node.gateway.records import ModelInfo, Submission, VerifiedResult
+from node.gateway.work import declared_max_tokens
+from node.log import get_logger
+
+log = get_logger("gateway.chain")  # the chain backend's logger: its events did not change with the split
+
+ASSIGN_BATCH = 4
+"""Requests one `assign` transaction may materialise (ours and any due before it)."""
+ASSIGN_WAIT_S = 30.0
+"""How long `submit` keeps trying to assign its request before leaving that to the watcher."""
+
+EventHandler = Callable[[int, HubEvent], None]
+Sealer = Callable[[ChainLink, int, tuple[str, ...]], None]
+Remember = Callable[["asyncio.Future[VerifiedResult]", Submission], None]
+
+
+def gas_cost(receipt: Any) -> int:
+    """Wei a mined transaction paid for gas (gasUsed × effectiveGasPrice)."""
+    try:
+        return int(receipt.get("gasUsed", 0)) * int(receipt.get("effectiveGasPrice", 0))
+    except (AttributeError, TypeError, ValueError):
+        return 0
+
+
+def refunded(request_id: int) -> UpstreamError:
+    return UpstreamError(
+        f"Request {request_id} was refunded on chain: no miner could be assigned, or none answered "
+        "in time after a reassignment. The fee went back to the gateway's wallet.",
+        code="refunded",
+        request_id=request_id,
+    )
+
+
+def revert_error(exc: TxWouldRevert, model: ModelInfo) -> GatewayError:
+    """What a `requestInference` that would revert tells the caller (unknown model, no miners, ...)."""
+    data = exc.data
+    if isinstance(data, dict):
+        data = data.get("data")
+    err = decode_revert(data if isinstance(data, str | bytes) else None)
+    if err.name == "UnknownModel":
+        return ModelNotFound(model.name, model.chain_id)
+    if err.name == "NotEnoughMiners":
+        return ServiceUnavailable(
+            f"Not enough active miners serve `{model.name}` on chain {model.chain_id}: {err}",
+            param="model",
+            code="no_miners",
+        )
+    return ServiceUnavailable(f"requestInference would revert: {err}", code="chain_rejected")
+
+
+class Requester:
+    """Places requests on a `ChainLink` and registers them as pending (see module docstring)."""
+
+    def __init__(
+        self,
+        store: ContentStore,
+        registry: PendingRegistry,
+        *,
+        on_event: EventHandler,
+        private_event: EventHandler,
+        seal: Sealer,
+        remember: Remember,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self._on_event = on_event
+        """The backend's chain-event handler, for the assignments and refunds a receipt carries."""
+        self._private_event = private_event
+        self._seal = seal
+        self._remember = remember
+
+    async def submit(
+        self,
+        link: ChainLink,
+        document: InputDocument,
+        document_bytes: bytes,
+        model: ModelInfo,
+        *,
+        private: bool,
+    ) -> PendingInference:
+        """Store (or seal, when `private`) the input, request it, assign it, register it."""
+        chain_id = link.chain_id
+        desk = link.private if private else None
+        if desk is not None:  # never stored in plaintext: sealed to the seats once they are known
+            document, document_bytes = make_private(document, desk.public_key)
+            input_cid = digest_to_cid(digest_of(document_bytes))
+        else:
+            try:
+                input_cid = await self.store.put(document_bytes)
+            except ContentError as exc:
+                raise ServiceUnavailable(f"Cannot store the input document: {exc}") from exc
+        digest = digest_of(document_bytes)
+        max_tokens = declared_max_tokens(document)
+        fee = model.price(max_tokens)
+        mid = bytes.fromhex(model.model_id.removeprefix("0x"))
+        placed = await self._batcher(link, mid, model).submit(BatchItem(digest, max_tokens, fee))
+        receipt, requested = placed.receipt, placed.requested
+        events = decode_logs(receipt["logs"])
+        request_block = int(receipt["blockNumber"])
+        try:
+            block = await link.hub.w3.eth.get_block(request_block)
+            created = int(block["timestamp"])
+        except Exception:
+            created = int(time.time())
+        sub = Submission(
+            chain_id=chain_id,
+            hub=link.hub_address,
+            request_id=requested.id,
+            infer_tx=requested.log.tx_hash,
+            assignees=(),
+            input_cid=input_cid,
+            input_digest=digest,
+            model=model.name,
+            fee=fee,
+            deadline_block=None,
+            created=created,
+            gas_cost=gas_cost(receipt) // placed.size,
+            max_tokens=max_tokens,
+            engine_class=model.engine_class,
+        )
+        if desk is not None:
+            assert document.salt is not None
+            desk.register((chain_id, requested.id), input_cid, document_bytes, document.salt)
+        pending = self.registry.register(sub)
+        pending.result_future.add_done_callback(lambda f: self._remember(f, pending.submission))
+        if placed.index == 0:  # a batch's receipt is read once (it assigns requests before it)
+            self._on_receipt_events(chain_id, events)
+        await self._ensure_assigned(link, pending, since=placed.mined_at, batch=placed.size)
+        if desk is not None:
+            self._seal(link, requested.id, pending.submission.assignees)
+        if link.follower is not None:
+            link.follower.wake()
+        return pending
+
+    def _on_receipt_events(self, chain_id: int, events: list[HubEvent]) -> None:
+        """Assignments a receipt carries (a request materialises earlier ones; `assign` ours)."""
+        for ev in events:
+            self._private_event(chain_id, ev)
+            if isinstance(ev, InferenceAssigned | InferenceRefunded):
+                self._on_event(chain_id, ev)
+
+    async def _ensure_assigned(
+        self, link: ChainLink, pending: PendingInference, *, since: float = 0.0, batch: int = 1
+    ) -> None:
+        """Materialise the request's seats with `assign`, unless its own receipt already showed them.
+
+        A transaction sent after the request's receipt is mined in a later block, where the
+        request's block hash (its seed) exists: on an automining chain the `assign` is that next
+        block. When another request or party materialised it first, the request view gives the
+        seats. The requests of one batch share one `assign` (sent after their receipt: `since`), and
+        its gas, added to each submission's `gas_cost`, is split among them. Gives up
+        after `ASSIGN_WAIT_S` (RPC trouble): the watcher still delivers `InferenceAssigned`.
+        """
+        rid = pending.request_id
+        give_up = time.monotonic() + ASSIGN_WAIT_S
+        poll = max(0.05, min(link.settings.poll_interval_s, 1.0))
+        try:
+            while not pending.assigned and not pending.done():
+                if time.monotonic() > give_up:
+                    log.warning("assign_wait_gave_up", request_id=rid, chain_id=link.chain_id)
+                    return
+                if link.assigner is None:
+                    link.assigner = SharedCall(functools.partial(self._send_assign, link))
+                receipt, sharers = await link.assigner.run(since, max(ASSIGN_BATCH, batch))
+                since = time.monotonic()  # assigning again: a later transaction
+                pending.submission = replace(
+                    pending.submission, gas_cost=pending.submission.gas_cost + gas_cost(receipt) // sharers
+                )
+                self._on_receipt_events(link.chain_id, decode_logs(receipt["logs"]))
+                if pending.assigned or pending.done():
+                    return
+                view = await link.hub.get_request(rid)
+                if view.phase == Phase.REFUNDED:
+                    self.registry.on_failed(link.chain_id, rid, refunded(rid))
+                elif view.phase != Phase.PENDING:
+                    self.registry.on_assigned(link.chain_id, rid, view.assignees)
+                else:  # the batch went to requests due before it: assign again
+                    await asyncio.sleep(poll)
+        except (ChainError, TxError, OSError) as exc:
+            # the request is paid for; anyone (the next request, a miner, the watcher) can assign it
+            log.warning("assign_failed", request_id=rid, chain_id=link.chain_id, error=str(exc))
+
+    async def _send_assign(self, link: ChainLink, count: int = ASSIGN_BATCH) -> Any:
+        """`assign(count)`; gas for each request it may materialise on top of the estimate."""
+        data = link.hub.contract.encode_abi("assign", args=[count])
+        gas = await link.sender.estimate({"from": link.sender.address, "to": link.hub_address, "data": data})
+        return await link.sender.send(link.hub_address, data, gas=gas + ASSIGN_BATCH * ASSIGN_GAS)
+
+    def _batcher(self, link: ChainLink, mid: bytes, model: ModelInfo) -> RequestBatcher:
+        """The request batcher of `model` on `link`: `requestInference` alone, else `requestInferences`."""
+        batcher = link.batchers.get(mid)
+        if batcher is None:
+
+            async def send(items: Sequence[BatchItem]) -> Any:
+                if len(items) == 1:
+                    args: list[Any] = [mid, items[0].digest, items[0].max_tokens]
+                    data = link.hub.contract.encode_abi("requestInference", args=args)
+                else:
+                    args = [mid, [i.digest for i in items], [i.max_tokens for i in items]]
+                    data = link.hub.contract.encode_abi("requestInferences", args=args)
+                return await self._send_request(link, data, sum(i.fee for i in items), model)
+
+            batcher = link.batchers[mid] = RequestBatcher(send)
+        return batcher
+
+    async def _send_request(self, link: ChainLink, data: bytes | str, fee: int, model: ModelInfo) -> Any:
+        """Send `requestInference`; errors say what the wallet paid (`spent_wei`, None: unknown).
+
+        The gas estimate cannot see the due requests this one materialises on its way (up to
+        `AUTO_ASSIGN`), so their gas is added.
+        """
+        try:
+            call = {"from": link.sender.address, "to": link.hub_address, "data": data, "value": fee}
+            gas = await link.sender.estimate(call) + AUTO_ASSIGN * ASSIGN_GAS
+            return await link.sender.send(link.hub_address, data, value=fee, gas=gas)
+        except TxWouldRevert as exc:
+            raise revert_error(exc, model) from exc
+        except TxFeeCapExceeded as exc:
+            raise ServiceUnavailable(
+                f"Gas on chain {link.chain_id} is above this gateway's price cap right now; try again later.",
+                code="gas_price_too_high",
+                headers={"Retry-After": "30"},
+            ) from exc
+        except TxReverted as exc:
+            raise ServiceUnavailable(
+                f"requestInference reverted on chain {link.chain_id}: {exc}", spent_wei=gas_cost(exc.receipt)
+            ) from exc
+        except (TxTimeout, TxNonceGap, OSError) as exc:  # the transaction may still be mined
+            raise ServiceUnavailable(
+                f"requestInference failed on chain {link.chain_id}: {exc}", spent_wei=None
+            ) from exc
+        except TxError as exc:  # the node refused it: nothing was paid
+            raise ServiceUnavailable(f"requestInference failed on chain {link.chain_id}: {exc}") from exc
+
+
+__all__ = ["ASSIGN_BATCH", "ASSIGN_WAIT_S", "Requester", "gas_cost", "refunded", "revert_error"]
