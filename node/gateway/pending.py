@@ -22,229 +22,59 @@ registry also records what the chain said about verification on the way (committ
 committee opened), so the answer can say how its result was verified.
 
 **Answering on the signed result** (`accept_signed`, the gateway's `answer_on = "signature"` or a
-request's `"finality": "signature"`): protocol v2 slashes an assignee whose EIP-712 `InferenceResult`
-signature covers a digest other than the one it commits or reveals (`proveEquivocation`), so its
-signed output is a binding promise and the request may be answered before settlement. A candidate
-is answered only if its bytes hash to the digest its signature recovers under (a changed byte
-recovers to another address), that signer is one of the request's seats from `InferenceAssigned`,
-and the document names this request and its input CID. Anything else is rejected like a mismatch
-on the chain path, and the request keeps waiting for the chain. The answer says
-`settlement: pending` (`VerifiedResult.extra`); the chain's final state is read back later.
+request's `"finality": "signature"`) resolves before settlement from a result whose EIP-712 signature
+binds its assignee (`node.gateway.signed` has the checks and why they suffice); the answer says
+`settlement: pending` (`VerifiedResult.extra`) and the chain's final state is read back later.
+
+This module is the orchestrator: it applies every event to the request it concerns. The state of
+one request is `node.gateway.inflight.PendingInference`, the early buffer and the byte costs are
+`node.gateway.early`, the checks a result must pass are `node.gateway.signed`; the names other code
+imports from here (`PendingInference`, `BufferLimits`, `ResultMessage`, `recover_submission_signer`,
+...) are re-exported.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-from node.chain.hub import VerificationState
-from node.chain.signing import SignatureError, recover_result_signer
 from node.content.cid import digest_of, digest_to_cid
 from node.content.documents import OutputDocument, parse_output_document
 from node.content.errors import ContentError
-from node.gateway.errors import GatewayError, TamperedOutput, UpstreamError, UpstreamTimeout
+from node.gateway.early import (
+    ITEM_OVERHEAD,
+    BufferLimits,
+    EarlyBuffer,
+    EarlyEvents,
+    Key,
+    ResultMessage,
+    delta_cost,
+    message_cost,
+    result_cost,
+)
+from node.gateway.errors import GatewayError, TamperedOutput, UpstreamError
+from node.gateway.inflight import PendingInference
 from node.gateway.records import Delta, Submission, VerifiedResult
+from node.gateway.signed import (
+    RejectedResult,
+    SignatureCheck,
+    check_final,
+    check_signed,
+    recover_submission_signer,
+)
 from node.log import get_logger
 
 log = get_logger("gateway.pending")
 
-Key = tuple[int, int]
-ITEM_OVERHEAD = 64
-"""Bytes charged per buffered message on top of its text, so a flood of empty deltas costs too."""
-SignatureCheck = Callable[[Submission, bytes, str], str]
-"""(submission, output digest, signature) -> recovered signer address; raises ValueError if invalid."""
 FetchOutput = Callable[[str], Awaitable[bytes]]
 """CID -> verified bytes (the content store's `get`)."""
 
 
-def recover_submission_signer(sub: Submission, digest: bytes, signature: str) -> str:
-    """The `SignatureCheck` of a real result: who signed (request, input, output digest) under EIP-712."""
-    try:
-        return recover_result_signer(
-            signature,
-            chain_id=sub.chain_id,
-            hub=sub.hub,
-            request_id=sub.request_id,
-            input_digest=sub.input_digest,
-            output_digest=digest,
-        )
-    except SignatureError as exc:
-        raise ValueError(str(exc)) from exc
-
-
-@dataclass(frozen=True)
-class BufferLimits:
-    """Byte bounds on what MQTT peers can make the gateway hold."""
-
-    per_request_bytes: int = 8 << 20
-    """Deltas not yet streamed plus result candidates, for one request (registered or not)."""
-    total_bytes: int = 256 << 20
-    """Everything buffered for registered requests, together."""
-    early_total_bytes: int = 64 << 20
-    """Everything buffered for request ids not registered (yet): the oldest are evicted first."""
-    max_early_requests: int = 4096
-
-
-@dataclass(frozen=True)
-class ResultMessage:
-    """A miner's MQTT result: the output document's bytes, its signature, and who published it."""
-
-    output_bytes: bytes
-    signature: str
-    miner: str
-
-
-def _delta_cost(delta: Delta) -> int:
-    return ITEM_OVERHEAD + delta.nbytes
-
-
-def _result_cost(message: ResultMessage) -> int:
-    return ITEM_OVERHEAD + len(message.output_bytes) + len(message.signature)
-
-
 def _sender(miner: str | None) -> str:
     return (miner or "").lower()
-
-
-@dataclass
-class _EarlyStream:
-    """MQTT messages for a request id nobody has registered yet (senders checked on `register`)."""
-
-    deltas: list[Delta] = field(default_factory=list)
-    results: list[ResultMessage] = field(default_factory=list)
-    bytes: int = 0
-
-
-@dataclass
-class _Early:
-    """Chain events for a request id nobody has registered yet (kept apart from MQTT's, which any
-    peer can flood: evicting those must never lose a finalization)."""
-
-    submitted: list[tuple[str, str, bytes]] = field(default_factory=list)
-    commits: list[tuple[str, str]] = field(default_factory=list)
-    finalized: tuple[bytes, str | None] | None = None
-    failure: GatewayError | None = None
-    assigned: list[tuple[str, ...]] = field(default_factory=list)
-    committed: bool = False
-    audited: bool = False
-    disputed: bool = False
-
-
-class PendingInference:
-    """One request in flight: a queue of streamed deltas and a future for the verified result."""
-
-    def __init__(self, submission: Submission, registry: PendingRegistry) -> None:
-        self.submission = submission
-        self.deltas: asyncio.Queue[Delta] = asyncio.Queue()
-        """Accepted deltas (bounded in bytes by the registry); read them with `next_delta`."""
-        self.streamer: str | None = None
-        """The assignee whose deltas are relayed (the first one that sent a delta), lowercase."""
-        self.buffered_bytes = 0
-        self.final_digest: bytes | None = None
-        self.final_tx: str | None = None
-        self.submits: dict[str, tuple[str, bytes]] = {}
-        self.candidates: list[ResultMessage] = []
-        self.rejections: list[str] = []
-        self.held: list[Delta | ResultMessage] = []
-        """MQTT messages that arrived before the assignees were known (checked on assignment)."""
-        self.committed = False
-        self.commits: dict[str, str] = {}
-        """Commit transaction per seat (lowercase address) as `ResultCommitted` showed them."""
-        self.answer_on_signature = False
-        """Resolve on a verified signed result before settlement (`accept_signed`)."""
-        self.audited = False
-        self.disputed = False
-        self._registry = registry
-        self._future: asyncio.Future[VerifiedResult] = asyncio.get_running_loop().create_future()
-        self._fetch_task: asyncio.Task[None] | None = None
-
-    @property
-    def key(self) -> Key:
-        return (self.submission.chain_id, self.submission.request_id)
-
-    @property
-    def request_id(self) -> int:
-        return self.submission.request_id
-
-    def done(self) -> bool:
-        return self._future.done()
-
-    def is_assignee(self, miner: str | None) -> bool:
-        return _sender(miner) in {a.lower() for a in self.submission.assignees}
-
-    @property
-    def assigned(self) -> bool:
-        return bool(self.submission.assignees)
-
-    @property
-    def verification(self) -> VerificationState:
-        """The verification state the chain's events showed so far (`node.chain.hub.VerificationState`)."""
-        if self.disputed:
-            return VerificationState.DISPUTED
-        if self.final_digest is not None:
-            return VerificationState.AUDITED if self.audited else VerificationState.FINAL
-        if self.audited:
-            return VerificationState.AUDIT_PENDING
-        if self.committed:
-            return VerificationState.SUBMITTED
-        return VerificationState.ASSIGNED if self.assigned else VerificationState.PENDING
-
-    async def next_delta(self) -> Delta:
-        """The next accepted delta, in arrival order (its bytes leave the buffer bounds)."""
-        delta = await self.deltas.get()
-        self._registry._uncharge(self, _delta_cost(delta))
-        return delta
-
-    @property
-    def result_future(self) -> asyncio.Future[VerifiedResult]:
-        return self._future
-
-    async def wait(self, timeout_s: float) -> VerifiedResult:
-        """The verified result; UpstreamTimeout (504) or UpstreamError (502) with the request id."""
-        try:
-            return await asyncio.wait_for(asyncio.shield(self._future), timeout_s)
-        except TimeoutError:
-            hint = (
-                f"the chain finalized digest 0x{self.final_digest.hex()} but no matching output "
-                "document could be fetched"
-                if self.final_digest is not None
-                else "no result was finalized on chain"
-            )
-            raise UpstreamTimeout(
-                f"Timed out after {timeout_s:.0f}s waiting for request {self.request_id}: {hint}. "
-                f"Look it up later with GET /v1/inferences/{self.request_id}.",
-                request_id=self.request_id,
-            ) from None
-
-    def accept_signed(self) -> None:
-        """Answer on the first assignee-signed result that verifies, without waiting for the chain
-        (see the module docstring); results already buffered are checked now."""
-        self.answer_on_signature = True
-        self._registry._advance(self)
-
-    def release(self) -> None:
-        """Forget this request (after answering, or when the client went away)."""
-        self._registry.release(self)
-
-    # --------------------------------------------------------------- internal
-
-    def _resolve(self, result: VerifiedResult) -> None:
-        if not self._future.done():
-            self._future.set_result(result)
-        self._cancel_fetch()
-
-    def _fail(self, exc: GatewayError) -> None:
-        if not self._future.done():
-            self._future.set_exception(exc)
-            self._future.exception()  # mark retrieved: a failure nobody awaits is not an error
-        self._cancel_fetch()
-
-    def _cancel_fetch(self) -> None:
-        if self._fetch_task is not None and not self._fetch_task.done():
-            self._fetch_task.cancel()
 
 
 class PendingRegistry:
@@ -264,15 +94,26 @@ class PendingRegistry:
         self._grace_s = grace_s
         self._fetch_retry_s = fetch_retry_s
         self._pending: dict[Key, PendingInference] = {}
-        self._early: OrderedDict[Key, _Early] = OrderedDict()
-        self._early_stream: OrderedDict[Key, _EarlyStream] = OrderedDict()
-        self.limits = limits or BufferLimits()
         self.buffered_bytes = 0
         """Bytes buffered for registered requests (deltas not yet streamed, result candidates)."""
-        self.early_bytes = 0
         self.drops: Counter[str] = Counter()
         """MQTT messages dropped, by reason (`not_assignee`, `per_request_bytes`, `early_evicted`, ...)."""
+        self._early = EarlyBuffer(limits or BufferLimits(), self.drops)
         self._rejection_listeners: list[Callable[[str], None]] = []
+
+    @property
+    def limits(self) -> BufferLimits:
+        """The byte bounds, for registered requests and the early buffer alike."""
+        return self._early.limits
+
+    @limits.setter
+    def limits(self, limits: BufferLimits) -> None:
+        self._early.limits = limits
+
+    @property
+    def early_bytes(self) -> int:
+        """Bytes buffered for request ids not registered (yet)."""
+        return self._early.bytes
 
     def add_rejection_listener(self, listener: Callable[[str], None]) -> None:
         """Called with a reason for every output that failed verification (metrics, alerts)."""
@@ -288,14 +129,13 @@ class PendingRegistry:
         """Start tracking a request; replays anything that arrived for it before."""
         pending = PendingInference(submission, self)
         self._pending[pending.key] = pending
-        stream = self._early_stream.pop(pending.key, None)
+        stream = self._early.pop_stream(pending.key)
         if stream is not None:
-            self.early_bytes -= stream.bytes
             for delta in stream.deltas:
                 self._accept_delta(pending, delta)
             for message in stream.results:
                 self._accept_result(pending, message)
-        early = self._early.pop(pending.key, None)
+        early = self._early.pop_events(pending.key)
         if early is not None:
             for assignees in early.assigned:
                 self.on_assigned(*pending.key, assignees)
@@ -330,47 +170,13 @@ class PendingRegistry:
 
     # --------------------------------------------------------------- events
 
-    def _early_for(self, key: Key) -> _Early:
-        early = self._early.get(key)
-        if early is None:
-            early = self._early[key] = _Early()
-            while len(self._early) > self.limits.max_early_requests:
-                self._early.popitem(last=False)
-        return early
-
-    def _evict_oldest_early(self) -> None:
-        _, old = self._early_stream.popitem(last=False)
-        self.early_bytes -= old.bytes
-        self.drops["early_evicted"] += len(old.deltas) + len(old.results)
-
-    def _buffer_early(self, key: Key, cost: int) -> _EarlyStream | None:
-        """The early MQTT buffer of `key` with `cost` bytes charged to it, or None (dropped, counted)."""
-        limits = self.limits
-        early = self._early_stream.get(key)
-        if early is None:
-            early = self._early_stream[key] = _EarlyStream()
-        self._early_stream.move_to_end(key)
-        if early.bytes + cost > min(limits.per_request_bytes, limits.early_total_bytes):
-            self.drops["per_request_bytes"] += 1
-            return None
-        while len(self._early_stream) > limits.max_early_requests:
-            self._evict_oldest_early()
-        while self.early_bytes + cost > limits.early_total_bytes and next(iter(self._early_stream)) != key:
-            self._evict_oldest_early()
-        if self.early_bytes + cost > limits.early_total_bytes:
-            self.drops["early_total_bytes"] += 1
-            return None
-        early.bytes += cost
-        self.early_bytes += cost
-        return early
-
     def on_delta(self, chain_id: int, request_id: int, delta: Delta) -> None:
         """A delta from MQTT; kept only if its publisher is (or may turn out to be) an assignee."""
         pending = self._pending.get((chain_id, request_id))
         if pending is not None:
             self._accept_delta(pending, delta)
             return
-        early = self._buffer_early((chain_id, request_id), _delta_cost(delta))
+        early = self._early.buffer((chain_id, request_id), delta_cost(delta))
         if early is not None:
             early.deltas.append(delta)
 
@@ -384,7 +190,7 @@ class PendingRegistry:
             kept = self._accept_result(pending, message)
             self._advance(pending)
             return kept
-        early = self._buffer_early((chain_id, request_id), _result_cost(message))
+        early = self._early.buffer((chain_id, request_id), result_cost(message))
         if early is not None:
             early.results.append(message)
         return False
@@ -392,14 +198,14 @@ class PendingRegistry:
     def on_submitted(self, chain_id: int, request_id: int, miner: str, tx_hash: str, digest: bytes) -> None:
         pending = self._pending.get((chain_id, request_id))
         if pending is None:
-            self._early_for((chain_id, request_id)).submitted.append((miner, tx_hash, digest))
+            self._early.events_for((chain_id, request_id)).submitted.append((miner, tx_hash, digest))
             return
         pending.submits[miner.lower()] = (tx_hash, digest)
 
     def on_finalized(self, chain_id: int, request_id: int, digest: bytes, tx_hash: str | None) -> None:
         pending = self._pending.get((chain_id, request_id))
         if pending is None:
-            self._early_for((chain_id, request_id)).finalized = (digest, tx_hash)
+            self._early.events_for((chain_id, request_id)).finalized = (digest, tx_hash)
             return
         pending.final_digest, pending.final_tx = digest, tx_hash
         self._advance(pending)
@@ -409,7 +215,7 @@ class PendingRegistry:
         timeout, whose new seats are valid signers too). Held MQTT messages are checked now."""
         pending = self._pending.get((chain_id, request_id))
         if pending is None:
-            self._early_for((chain_id, request_id)).assigned.append(tuple(assignees))
+            self._early.events_for((chain_id, request_id)).assigned.append(tuple(assignees))
             return
         pending.submission = replace(
             pending.submission,
@@ -417,8 +223,7 @@ class PendingRegistry:
         )
         held, pending.held = pending.held, []
         for message in held:
-            cost = _delta_cost(message) if isinstance(message, Delta) else _result_cost(message)
-            self._uncharge(pending, cost)
+            self._uncharge(pending, message_cost(message))
             if isinstance(message, Delta):
                 self._accept_delta(pending, message)
             else:
@@ -433,15 +238,15 @@ class PendingRegistry:
         self.on_verification(chain_id, request_id, "committed")
         pending = self._pending.get((chain_id, request_id))
         if pending is None:
-            self._early_for((chain_id, request_id)).commits.append((miner, tx_hash))
+            self._early.events_for((chain_id, request_id)).commits.append((miner, tx_hash))
             return
         pending.commits[miner.lower()] = tx_hash
 
     def on_verification(self, chain_id: int, request_id: int, what: str) -> None:
         """`committed` (ResultCommitted), `audit` (AuditOpened) or `dispute` (CommitteeOpened)."""
         pending = self._pending.get((chain_id, request_id))
-        target: PendingInference | _Early = (
-            pending if pending is not None else self._early_for((chain_id, request_id))
+        target: PendingInference | EarlyEvents = (
+            pending if pending is not None else self._early.events_for((chain_id, request_id))
         )
         if what == "committed":
             target.committed = True
@@ -454,7 +259,7 @@ class PendingRegistry:
         """The chain says no result will come (expired and refunded)."""
         pending = self._pending.get((chain_id, request_id))
         if pending is None:
-            self._early_for((chain_id, request_id)).failure = error
+            self._early.events_for((chain_id, request_id)).failure = error
             return
         pending._fail(error)
 
@@ -479,8 +284,7 @@ class PendingRegistry:
 
     def _hold(self, pending: PendingInference, message: Delta | ResultMessage) -> bool:
         """Keep `message` until the assignees are known (bounded like everything else)."""
-        cost = _delta_cost(message) if isinstance(message, Delta) else _result_cost(message)
-        if pending.done() or not self._charge(pending, cost):
+        if pending.done() or not self._charge(pending, message_cost(message)):
             return False
         pending.held.append(message)
         return True
@@ -498,7 +302,7 @@ class PendingRegistry:
         elif pending.streamer != sender:
             self.drops["other_assignee"] += 1  # redundant miners would interleave their seqs
             return
-        if pending.done() or not self._charge(pending, _delta_cost(delta)):
+        if pending.done() or not self._charge(pending, delta_cost(delta)):
             return
         pending.deltas.put_nowait(delta)
 
@@ -511,8 +315,8 @@ class PendingRegistry:
             return False
         for old in [m for m in pending.candidates if _sender(m.miner) == sender]:
             pending.candidates.remove(old)  # a miner's latest result replaces its earlier one
-            self._uncharge(pending, _result_cost(old))
-        if pending.done() or not self._charge(pending, _result_cost(message)):
+            self._uncharge(pending, result_cost(old))
+        if pending.done() or not self._charge(pending, result_cost(message)):
             return False
         pending.candidates.append(message)
         return True
@@ -525,42 +329,19 @@ class PendingRegistry:
 
     def _drop_candidate(self, pending: PendingInference, message: ResultMessage, reason: str) -> None:
         pending.candidates.remove(message)
-        self._uncharge(pending, _result_cost(message))
+        self._uncharge(pending, result_cost(message))
         self._reject(pending, reason)
 
     def _answer_signed(self, pending: PendingInference) -> None:
-        """Resolve, before settlement, from the first candidate that verifies (module docstring)."""
-        sub = pending.submission
+        """Resolve, before settlement, from the first candidate that verifies (`check_signed`)."""
         for message in list(pending.candidates):
-            digest = digest_of(message.output_bytes)
             try:
-                signer = self._check_signature(sub, digest, message.signature)
-            except ValueError as exc:
-                self._drop_candidate(pending, message, f"bad signature from {message.miner}: {exc}")
-                continue
-            if not pending.is_assignee(signer):
-                self._drop_candidate(
-                    pending,
-                    message,
-                    f"the signature over sha256 0x{digest.hex()} recovers to {signer}, not an assignee "
-                    "(forged, or the document is not the one that was signed)",
-                )
-                continue
-            try:
-                output = parse_output_document(message.output_bytes)
-            except ContentError as exc:
-                self._drop_candidate(pending, message, f"signed result is not an output document: {exc}")
-                continue
-            if output.request_id != sub.request_id or output.input_cid != sub.input_cid:
-                self._drop_candidate(
-                    pending,
-                    message,
-                    f"signed result answers request {output.request_id} / input {output.input_cid}, "
-                    "not this one",
-                )
+                signer = check_signed(pending.submission, message, self._check_signature)
+            except RejectedResult as exc:
+                self._drop_candidate(pending, message, exc.reason)
                 continue
             pending.candidates.remove(message)
-            self._uncharge(pending, _result_cost(message))
+            self._uncharge(pending, result_cost(message))
             self._finish(pending, message.output_bytes, message.signature, signer, settled=False)
             return
 
@@ -576,20 +357,11 @@ class PendingRegistry:
         final = pending.final_digest
         while pending.candidates:
             message = pending.candidates.pop(0)
-            self._uncharge(pending, _result_cost(message))
-            digest = digest_of(message.output_bytes)
-            if digest != final:
-                self._reject(
-                    pending, f"digest 0x{digest.hex()} from {message.miner} != on-chain 0x{final.hex()}"
-                )
-                continue
+            self._uncharge(pending, result_cost(message))
             try:
-                signer = self._check_signature(pending.submission, digest, message.signature)
-            except ValueError as exc:
-                self._reject(pending, f"bad signature from {message.miner}: {exc}")
-                continue
-            if signer.lower() not in {a.lower() for a in pending.submission.assignees}:
-                self._reject(pending, f"signature recovers to {signer}, not an assignee")
+                signer = check_final(pending.submission, message, final, self._check_signature)
+            except RejectedResult as exc:
+                self._reject(pending, exc.reason)
                 continue
             self._finish(pending, message.output_bytes, message.signature, signer)
             return
@@ -677,6 +449,7 @@ class PendingRegistry:
 
 
 __all__ = [
+    "ITEM_OVERHEAD",
     "BufferLimits",
     "FetchOutput",
     "PendingInference",
