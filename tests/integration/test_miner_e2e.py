@@ -50,7 +50,7 @@ from node.content.documents import (
     to_canonical_bytes,
 )
 from node.content.local import LocalStore
-from node.devnet.processes import Anvil, Mosquitto, free_port
+from node.devnet.processes import Anvil, Mosquitto, anvil_process, free_port
 from node.miner.daemon import DaemonConfig, MinerDaemon, engine_class_id
 from node.miner.journal import UNFINISHED, Journal
 from node.miner.pipeline import MAX_TOKENS_EXCEEDS_DECLARED, declared_tokens
@@ -198,6 +198,30 @@ class Net:
 async def net(
     anvil: Anvil, mosquitto: Mosquitto, anvil_keys: list[str], data_dir: Path, miner_engine: Any
 ) -> AsyncIterator[Net]:
+    async with _net(anvil, mosquitto, anvil_keys, data_dir, miner_engine) as n:
+        yield n
+
+
+@pytest.fixture()
+async def fresh_net(
+    process_logs: Path, mosquitto: Mosquitto, anvil_keys: list[str], data_dir: Path, miner_engine: Any
+) -> AsyncIterator[Net]:
+    """A Net on an anvil of its own: `anvil_reorg` on the session's long-lived anvil (over a thousand
+    blocks in a full run) re-mined the reorged transactions on a state where the hub had no code (a
+    reveal "succeeded" with 22,790 gas and no logs), which a fresh node does not do."""
+    node = anvil_process(process_logs)
+    node.start()
+    try:
+        async with _net(node, mosquitto, anvil_keys, data_dir, miner_engine) as n:
+            yield n
+    finally:
+        node.stop()
+
+
+@contextlib.asynccontextmanager
+async def _net(
+    anvil: Anvil, mosquitto: Mosquitto, anvil_keys: list[str], data_dir: Path, miner_engine: Any
+) -> AsyncIterator[Net]:
     ec = engine_class_id(miner_engine)
     assert ec is not None
     hub = await deploy_dev_hub(
@@ -333,7 +357,7 @@ async def _raw_txs(w3: Any, block: int) -> list[tuple[str, str]]:
     return out
 
 
-async def test_reorg_reverts_submissions_then_the_miner_resubmits(net: Net, miner_engine: Any) -> None:
+async def test_reorg_reverts_submissions_then_the_miner_resubmits(fresh_net: Net, miner_engine: Any) -> None:
     """The miner's submissions are reverted by a reorg, and it submits results for them again.
 
     Checked on the chain itself, not only through events: each of those transactions (by hash) was
@@ -342,6 +366,7 @@ async def test_reorg_reverts_submissions_then_the_miner_resubmits(net: Net, mine
     may differ: the request is re-mined in a new block, whose timestamp is the output's `created`;
     `check_outputs` proves the new digest is the right one.
     """
+    net = fresh_net
     daemon = net.start(miner_engine, batch_wait_s=0.05)
     w3 = net.hub.owner.w3
     hub = net.hub.owner.contract
