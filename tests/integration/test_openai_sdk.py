@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,15 +35,12 @@ import aiomqtt
 import httpx2
 import openai
 import pytest
-import typer
 from eth_account import Account
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
-from typer.testing import CliRunner
 
 from node.chain.hub import HubClient, Phase, model_id
 from node.chain.signing import sign_result
-from node.cli.verify import replay, verify
 from node.config import Settings, load_settings
 from node.content.cid import digest_of, digest_to_cid
 from node.content.documents import (
@@ -52,7 +51,7 @@ from node.content.documents import (
     to_canonical_bytes,
 )
 from node.content.local import LocalStore
-from node.devnet.processes import Anvil, Mosquitto
+from node.devnet.processes import REPO_ROOT, Anvil, Mosquitto
 from node.gateway.app import create_app
 from node.gateway.auth import KeyStore
 from node.gateway.replay import replay_request
@@ -532,16 +531,21 @@ async def test_bad_signature_and_no_document_is_never_answered_504(devnet: Devne
 # ------------------------------------------------------------------ verify and replay
 
 
-def _cli() -> typer.Typer:
-    cli = typer.Typer()
+@dataclass(frozen=True)
+class _Ran:
+    exit_code: int
+    output: str  # stdout: what `--json` promises is JSON alone
+    stderr: str
 
-    @cli.callback()
-    def _root() -> None:
-        """inferd (test shim)."""
 
-    cli.command("verify")(verify)
-    cli.command("replay")(replay)
-    return cli
+def _inferd(*args: str) -> _Ran:
+    """`inferd ARGS` in a process of its own, as a user runs it. (typer's CliRunner swaps sys.stdout for
+    the whole process, so the in-process miner's log lines landed in the captured `--json` output.)"""
+    proc = subprocess.run(
+        [sys.executable, "-m", "node.cli.main", *args], capture_output=True, text=True, cwd=REPO_ROOT,
+        timeout=300, check=False,
+    )  # fmt: skip
+    return _Ran(proc.returncode, proc.stdout, proc.stderr)
 
 
 async def test_inferd_verify_accepts_real_and_rejects_changed(devnet: Devnet, tmp_path: Path) -> None:
@@ -551,14 +555,11 @@ async def test_inferd_verify_accepts_real_and_rejects_changed(devnet: Devnet, tm
     body = raw_json(raw)
     good = tmp_path / "response.json"
     good.write_text(json.dumps(body))
-    runner = CliRunner()
     rpc = ["--rpc-url", devnet.anvil.rpc_url]
-
-    def run(*args: str) -> Any:
-        return runner.invoke(_cli(), list(args), catch_exceptions=False)
+    run = _inferd
 
     ok = await asyncio.to_thread(run, "verify", str(good), *rpc)
-    assert ok.exit_code == 0, ok.output
+    assert ok.exit_code == 0, ok.output + ok.stderr
     assert "VALID" in ok.output and "INVALID" not in ok.output
 
     changed = json.loads(json.dumps(body))
@@ -567,7 +568,7 @@ async def test_inferd_verify_accepts_real_and_rejects_changed(devnet: Devnet, tm
     bad = tmp_path / "changed.json"
     bad.write_text(json.dumps(changed))
     rejected = await asyncio.to_thread(run, "verify", str(bad), *rpc, "--json")
-    assert rejected.exit_code == 1, rejected.output
+    assert rejected.exit_code == 1, rejected.output + rejected.stderr
     verdict = json.loads(rejected.output)
     assert verdict["valid"] is False
     assert {c["name"] for c in verdict["checks"] if c["ok"] is False} >= {"output digest", "output cid"}
@@ -587,7 +588,7 @@ async def test_inferd_verify_accepts_real_and_rejects_changed(devnet: Devnet, tm
     by_id = await asyncio.to_thread(
         run, "verify", "--request-id", rid, *rpc, "--hub", devnet.hub, "--gateway", devnet.server.url
     )
-    assert by_id.exit_code == 0, by_id.output
+    assert by_id.exit_code == 0, by_id.output + by_id.stderr
 
 
 async def test_replay_reproduces_onchain_digest(devnet: Devnet, engine: Any) -> None:
