@@ -176,32 +176,36 @@ def local_daemon(
     engine: Any,
     store: ContentStore,
     journal_path: Path,
-    broker_url: str,
+    broker_url: str | None,
     config: DaemonConfig,
     heartbeat_s: float = 10.0,
     envelope_urls: Sequence[str] = (),
 ) -> MinerDaemon:
     """An in-process miner (journal, MQTT publisher with its heartbeat wired) for tests and benches.
 
+    `broker_url` None: no MQTT publisher (a test of the chain path alone).
     `envelope_urls`: the gateways whose sealed private inputs it reads (`miner.envelope_urls`);
     one known only once the gateway listens can be added later with `serve_gateways`.
     """
     account = Account.from_key(miner_key)
-    publisher = StreamPublisher(
-        broker_url,
-        chain_id=config.chain_id,
-        hub=hub.address,
-        miner=str(account.address),
-        heartbeat=dict,
-        heartbeat_s=heartbeat_s,
-    )
+    publisher = None
+    if broker_url is not None:
+        publisher = StreamPublisher(
+            broker_url,
+            chain_id=config.chain_id,
+            hub=hub.address,
+            miner=str(account.address),
+            heartbeat=dict,
+            heartbeat_s=heartbeat_s,
+        )
     journal = Journal(journal_path, scope=f"{config.chain_id}:{hub.address}:{account.address}")
     daemon = MinerDaemon(
         config=config, hub=hub, account=account, engine=engine, store=store, journal=journal,
         publisher=publisher,
     )  # fmt: skip
-    public_key = public_key_of(miner_key).hex()  # as `inferd miner run` offers it (node.miner.run)
-    publisher.heartbeat = lambda: {**daemon.heartbeat(), "public_key": public_key}
+    if publisher is not None:
+        public_key = public_key_of(miner_key).hex()  # as `inferd miner run` offers it (node.miner.run)
+        publisher.heartbeat = lambda: {**daemon.heartbeat(), "public_key": public_key}
     if envelope_urls:
         serve_gateways(daemon, envelope_urls)
     return daemon

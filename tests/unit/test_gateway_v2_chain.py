@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-from eth_account import Account
 
 from node.chain.hub import HubClient, Phase, RequestFlag
 from node.config import load_settings
@@ -23,8 +22,7 @@ from node.gateway.app import create_app
 from node.gateway.auth import KeyStore
 from node.gateway.server import GatewayServer
 from node.miner.daemon import DaemonConfig, MinerDaemon
-from node.miner.journal import Journal
-from node.miner.testing import FakeEngine, deploy_dev_hub, serve_gateways
+from node.miner.testing import FakeEngine, deploy_dev_hub, local_daemon, serve_gateways
 
 pytestmark = pytest.mark.timeout(120)
 MODEL = "audited-model"
@@ -32,12 +30,10 @@ BASE_FEE, PER_TOKEN = 10**12, 10**6
 
 
 def daemon(rpc_url: str, hub: str, key: str, store: LocalStore, journal: Path) -> MinerDaemon:
-    account = Account.from_key(key)
-    client = HubClient(HubClient.web3(rpc_url), hub, key)
-    return MinerDaemon(
+    return local_daemon(
+        hub=HubClient(HubClient.web3(rpc_url), hub, key), miner_key=key, engine=FakeEngine(MODEL),
+        store=store, journal_path=journal, broker_url=None,
         config=DaemonConfig(chain_id=31337, poll_interval_s=0.1, batch_wait_s=0.05, sweep_interval_s=0.3),
-        hub=client, account=account, engine=FakeEngine(MODEL), store=store,
-        journal=Journal(journal, scope=f"31337:{client.address}:{account.address}"),
     )  # fmt: skip
 
 
