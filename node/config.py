@@ -177,6 +177,12 @@ class GatewaySettings(BaseModel):
     max_connections: int = Field(default=2048, ge=1)
     request_timeout_s: float = Field(default=120.0, gt=0)
     fee_wei: int | None = None
+    request_batch_max: int = Field(default=64, ge=1, le=64)
+    """Requests per `requestInferences` transaction at the most (the hub's `MAX_BATCH` is 64); 1 sends
+    each request alone (`node.gateway.batcher`)."""
+    request_batch_slots: int = Field(default=1, ge=1, le=16)
+    """Request transactions per model on their way at once; requests that arrive while all are on
+    their way wait for the next and share it. More slots: less waiting, fuller blocks, smaller batches."""
     require_auth: bool = True
     redis_url: SecretStr | None = None
     """`redis://[:password@]host:port/db`: several gateways share rate limits, in-flight slots, spend

@@ -10,8 +10,20 @@ plain `requestInference`, exactly as before.
 
 Each caller gets its own request id: the i-th `InferenceRequested` event of the receipt (the hub
 numbers a batch `firstId + i`, checked here against the digests sent). A failure of the transaction
-is each caller's failure (the error the send function raised, one copy per caller). A caller that
-goes away before its batch is sent is left out of it (nothing is paid for it).
+is each caller's failure (the error the send function raised, one copy per caller) unless `split`
+says one request's content may be the cause: then each request of the batch is sent again on its own
+(`requestInference`) and succeeds or fails by itself. The default, `content_revert`, splits only a
+batch whose gas estimate reverted with one of the hub errors that name a single entry or the batch's
+shape (`ZeroDigest`, `BadMaxTokens`, `BadBatch`, `LengthMismatch`, `ValueTooLarge`): nothing was
+paid, and the others' requests are fine. Every other failure would just repeat once per request:
+`UnknownModel`, `NotEnoughMiners`, `WrongFee` (one price for all), an estimate the node refused
+without revert data (insufficient funds, RPC trouble), a fee cap, a nonce gap, a timeout (the batch
+may still be mined), or a mined revert (`TxReverted`: its estimate passed, so the chain's state,
+not the content, changed; and its gas is spent). A caller that goes away before its batch is sent
+is left out of it (nothing is paid for it).
+
+`max_batch` (≤ `MAX_BATCH`) and `max_in_flight` come from `gateway.request_batch_max` and
+`gateway.request_batch_slots`.
 
 `SharedCall` lets the callers of one batch share the `assign` transaction that materialises their
 seats, instead of sending one each.
@@ -26,8 +38,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from node.chain.errors import decode_revert
 from node.chain.events import InferenceRequested, decode_logs
 from node.chain.hub import MAX_BATCH
+from node.chain.sender import TxWouldRevert
 from node.gateway.errors import UpstreamError
 from node.log import get_logger
 
@@ -63,6 +77,27 @@ SendBatch = Callable[[Sequence[BatchItem]], Awaitable[Any]]
 the caller-facing error on failure."""
 
 
+SPLIT_ON = frozenset({"ZeroDigest", "BadMaxTokens", "BadBatch", "LengthMismatch", "ValueTooLarge"})
+"""Hub errors of a batch's gas estimate that one entry (or the batch's shape) can cause."""
+
+
+def content_revert(exc: BaseException) -> bool:
+    """Whether sending a failed batch's requests one by one can help (see module docstring).
+
+    Looks through the caller-facing error's causes for the sender's `TxWouldRevert` and decodes its
+    revert data; anything else (no revert data, another error type) is not split.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, TxWouldRevert):
+            data = seen.data.get("data") if isinstance(seen.data, dict) else seen.data
+            if not isinstance(data, str | bytes) or not data:
+                return False
+            return decode_revert(data).name in SPLIT_ON
+        seen = seen.__cause__
+    return False
+
+
 def _own_copy(exc: BaseException) -> BaseException:
     """One exception object per caller, so their tracebacks do not mix."""
     try:
@@ -74,15 +109,24 @@ def _own_copy(exc: BaseException) -> BaseException:
 class RequestBatcher:
     """Batches the requests for one model on one chain (see module docstring)."""
 
-    def __init__(self, send: SendBatch, *, max_batch: int = MAX_BATCH, max_in_flight: int = 1) -> None:
+    def __init__(
+        self,
+        send: SendBatch,
+        *,
+        max_batch: int = MAX_BATCH,
+        max_in_flight: int = 1,
+        split: Callable[[BaseException], bool] = content_revert,
+    ) -> None:
         self.send = send
         self.max_batch = max(1, min(max_batch, MAX_BATCH))
         self.max_in_flight = max(1, max_in_flight)
+        self.split = split
         self._waiting: list[tuple[BatchItem, asyncio.Future[Placed]]] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.sent_txs = 0
         self.sent_requests = 0
+        self.split_batches = 0
 
     @property
     def waiting(self) -> int:
@@ -116,6 +160,11 @@ class RequestBatcher:
             receipt = await self.send(items)
             placed = match_receipt(receipt, items, mined_at=time.monotonic())
         except BaseException as exc:
+            if len(batch) > 1 and isinstance(exc, Exception) and self.split(exc):
+                self.split_batches += 1
+                log.info("request_batch_split", size=len(batch), error=type(exc).__name__)
+                await asyncio.gather(*(self._run_alone(entry) for entry in batch))
+                return
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(_own_copy(exc))
@@ -134,6 +183,21 @@ class RequestBatcher:
         finally:
             self._in_flight -= 1
             self._pump()
+
+    async def _run_alone(self, entry: tuple[BatchItem, asyncio.Future[Placed]]) -> None:
+        """One request of a split batch, in a transaction of its own (the batch's slot is held)."""
+        item, fut = entry
+        try:
+            receipt = await self.send([item])
+            (placed,) = match_receipt(receipt, [item], mined_at=time.monotonic())
+        except Exception as exc:
+            if not fut.done():
+                fut.set_exception(exc)
+        else:
+            self.sent_txs += 1
+            self.sent_requests += 1
+            if not fut.done():
+                fut.set_result(placed)
 
     async def close(self) -> None:
         """Wait for the transactions on their way (their callers are answered either way)."""
@@ -192,4 +256,14 @@ class SharedCall(Generic[T]):
         return result, call.sharers
 
 
-__all__ = ["MAX_BATCH", "BatchItem", "Placed", "RequestBatcher", "SendBatch", "SharedCall", "match_receipt"]
+__all__ = [
+    "MAX_BATCH",
+    "SPLIT_ON",
+    "BatchItem",
+    "Placed",
+    "RequestBatcher",
+    "SendBatch",
+    "SharedCall",
+    "content_revert",
+    "match_receipt",
+]

@@ -51,7 +51,7 @@ from node.chain.events import (
     decode_log,
     event_topic,
 )
-from node.chain.hub import UNAVAILABLE, HubClient, Phase, model_id
+from node.chain.hub import MAX_BATCH, UNAVAILABLE, HubClient, Phase, model_id
 from node.chain.sender import TxSender
 from node.chain.watcher import LogBatch, LogFollower, MemoryCursor
 from node.config import ChainSettings, Settings, StreamSettings
@@ -116,6 +116,8 @@ class ChainBackend:
         max_fee_per_gas: int | None = None,
         max_fee_bumps: int | None = None,
         private_by_default: bool = False,
+        request_batch_max: int = MAX_BATCH,
+        request_batch_slots: int = 1,
     ) -> None:
         if not chains:
             raise GatewayConfigError("the gateway needs at least one chain")
@@ -146,6 +148,8 @@ class ChainBackend:
             private_event=lambda chain_id, ev: self._private_event(chain_id, ev),
             seal=self.sealer.seal,
             remember=self._remember,
+            batch_max=request_batch_max,
+            batch_slots=request_batch_slots,
         )
         """The request path (`node.gateway.requesting`)."""
 
@@ -162,6 +166,8 @@ class ChainBackend:
             max_fee_per_gas=settings.gateway.max_fee_per_gas_wei,
             max_fee_bumps=settings.gateway.max_fee_bumps,
             private_by_default=settings.gateway.private_by_default,
+            request_batch_max=settings.gateway.request_batch_max,
+            request_batch_slots=settings.gateway.request_batch_slots,
         )
 
     # ------------------------------------------------------------------ lifecycle

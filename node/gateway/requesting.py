@@ -24,7 +24,7 @@ from typing import Any
 
 from node.chain.errors import ChainError, decode_revert
 from node.chain.events import HubEvent, InferenceAssigned, InferenceRefunded, decode_logs
-from node.chain.hub import ASSIGN_GAS, AUTO_ASSIGN, Phase
+from node.chain.hub import ASSIGN_GAS, AUTO_ASSIGN, MAX_BATCH, Phase
 from node.chain.sender import (
     TxError,
     TxFeeCapExceeded,
@@ -104,6 +104,8 @@ class Requester:
         private_event: EventHandler,
         seal: Sealer,
         remember: Remember,
+        batch_max: int = MAX_BATCH,
+        batch_slots: int = 1,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -112,6 +114,9 @@ class Requester:
         self._private_event = private_event
         self._seal = seal
         self._remember = remember
+        self.batch_max = batch_max
+        self.batch_slots = batch_slots
+        """`gateway.request_batch_max` / `request_batch_slots`, for each model's `RequestBatcher`."""
 
     async def submit(
         self,
@@ -244,7 +249,9 @@ class Requester:
                     data = link.hub.contract.encode_abi("requestInferences", args=args)
                 return await self._send_request(link, data, sum(i.fee for i in items), model)
 
-            batcher = link.batchers[mid] = RequestBatcher(send)
+            batcher = link.batchers[mid] = RequestBatcher(
+                send, max_batch=self.batch_max, max_in_flight=self.batch_slots
+            )
         return batcher
 
     async def _send_request(self, link: ChainLink, data: bytes | str, fee: int, model: ModelInfo) -> Any:

@@ -2,7 +2,9 @@
 mines receipts with real `InferenceRequested` logs (encoded with the hub's ABI): the first request
 goes out alone and at once, those that arrive meanwhile share the next transaction, each caller
 gets its own id, a failed transaction fails each caller, and a caller gone before sending is left
-out. `SharedCall`: the callers of one batch share one call; a later batch starts its own."""
+out. A batch whose gas estimate reverts on one entry's content is sent again one request a
+transaction (the others succeed); other failures are not repeated. The limits come from the gateway
+settings. `SharedCall`: the callers of one batch share one call; a later batch starts its own."""
 
 from __future__ import annotations
 
@@ -12,9 +14,12 @@ from typing import Any
 
 import pytest
 from eth_abi.abi import encode
+from eth_utils.crypto import keccak
 
 from node.chain.events import event_topic
-from node.gateway.batcher import BatchItem, RequestBatcher, SharedCall, match_receipt
+from node.chain.sender import TxNonceGap, TxReverted, TxTimeout, TxWouldRevert
+from node.config import GatewaySettings
+from node.gateway.batcher import BatchItem, RequestBatcher, SharedCall, content_revert, match_receipt
 from node.gateway.errors import ServiceUnavailable, UpstreamError
 
 HUB = "0x" + "ab" * 20
@@ -184,3 +189,109 @@ async def test_shared_call_serves_a_batch_once_and_a_later_batch_again() -> None
     results = await asyncio.gather(*batch)
     assert results == [("receipt-1", 16)] * 16 and await later == ("receipt-2", 1)
     assert calls == [16, 4]
+
+
+def hub_revert(signature: str, *args: int) -> TxWouldRevert:
+    """What the sender raises when `eth_estimateGas` reverts with the hub's custom error."""
+    types = signature[signature.index("(") + 1 : -1].split(",") if args else []
+    data = "0x" + (keccak(text=signature)[:4] + encode(types, list(args))).hex()
+    return TxWouldRevert("execution reverted", data)
+
+
+def caller_facing(cause: BaseException) -> ServiceUnavailable:
+    """The send function's error, raised `from` the sender's (as `node.gateway.requesting` does)."""
+    try:
+        raise ServiceUnavailable(f"requestInference failed: {cause}") from cause
+    except ServiceUnavailable as exc:
+        return exc
+
+
+class HubLikeChain(FakeChain):
+    """Rejects a transaction as the hub's estimate would: `BadMaxTokens` when any entry declares 0."""
+
+    async def send(self, items: Sequence[BatchItem]) -> dict[str, Any]:
+        if any(i.max_tokens == 0 for i in items):
+            self.sent.append(list(items))
+            bad = next(i.max_tokens for i in items if i.max_tokens == 0)
+            raise caller_facing(hub_revert("BadMaxTokens(uint256)", bad))
+        return await super().send(items)
+
+
+async def test_a_batch_one_entry_spoils_is_sent_again_one_request_a_transaction() -> None:
+    _needs_event_abi()
+    chain = HubLikeChain()
+    chain.gate = asyncio.Event()
+    batcher = RequestBatcher(chain.send)
+    first = asyncio.create_task(batcher.submit(item(0)))
+    await asyncio.sleep(0)
+    bad = BatchItem(digest=b"\x09" * 32, max_tokens=0, fee=1)
+    rest = [asyncio.create_task(batcher.submit(x)) for x in (item(1), item(2), bad, item(3))]
+    await asyncio.sleep(0)
+    chain.gate.set()
+    results = await asyncio.gather(first, *rest, return_exceptions=True)
+    assert [len(tx) for tx in chain.sent] == [1, 4, 1, 1, 1, 1]  # the batch, then each alone
+    assert isinstance(results[3], ServiceUnavailable)  # only the spoiling request fails
+    good = [r for i, r in enumerate(results) if i != 3]
+    assert all(not isinstance(r, BaseException) for r in good)
+    assert sorted(r.requested.input_digest for r in good) == sorted(item(i).digest for i in range(4))  # type: ignore[union-attr]
+    assert [r.size for r in good] == [1, 1, 1, 1]  # type: ignore[union-attr]
+    assert batcher.sent_txs == 4 and batcher.sent_requests == 4 and batcher.split_batches == 1
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [
+        hub_revert("NotEnoughMiners(uint256,uint256)", 2, 1),  # the same for every request
+        hub_revert("WrongFee(uint256,uint256)", 5, 4),  # one price for all: a stale price
+        TxWouldRevert("insufficient funds for gas * price + value"),  # no revert data: not the content
+        TxNonceGap("nonce 7 was lost"),
+        TxTimeout("no receipt"),
+        TxReverted("0x" + "11" * 32, {"status": 0, "gasUsed": 90_000}),  # gas spent; the estimate passed
+    ],
+    ids=["no-miners", "wrong-fee", "insufficient-funds", "nonce-gap", "timeout", "mined-revert"],
+)
+async def test_failures_that_would_repeat_fail_the_batch_once(cause: Exception) -> None:
+    _needs_event_abi()
+    chain = FakeChain()
+    chain.gate = asyncio.Event()
+    batcher = RequestBatcher(chain.send)
+    first = asyncio.create_task(batcher.submit(item(0)))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(batcher.submit(item(i))) for i in range(1, 4)]
+    await asyncio.sleep(0)
+    chain.fail = caller_facing(cause)
+    chain.gate.set()
+    results = await asyncio.gather(first, *rest, return_exceptions=True)
+    assert [len(tx) for tx in chain.sent] == [1, 3]  # not sent again
+    assert all(isinstance(r, ServiceUnavailable) for r in results)
+    assert batcher.sent_txs == 0 and batcher.split_batches == 0
+
+
+def test_which_failures_are_split() -> None:
+    assert content_revert(caller_facing(hub_revert("BadMaxTokens(uint256)", 0)))
+    assert content_revert(caller_facing(hub_revert("ZeroDigest()")))
+    assert content_revert(caller_facing(hub_revert("BadBatch()")))
+    assert not content_revert(caller_facing(hub_revert("UnknownModel()")))
+    assert not content_revert(ServiceUnavailable("no cause"))
+    assert not content_revert(TxWouldRevert("execution reverted", {"data": "0x"}))
+
+
+async def test_the_gateway_settings_set_the_cap_and_the_slots() -> None:
+    _needs_event_abi()
+    settings = GatewaySettings(request_batch_max=3, request_batch_slots=2)
+    chain = FakeChain()
+    chain.gate = asyncio.Event()
+    batcher = RequestBatcher(
+        chain.send, max_batch=settings.request_batch_max, max_in_flight=settings.request_batch_slots
+    )
+    tasks = [asyncio.create_task(batcher.submit(item(i))) for i in range(9)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert [len(tx) for tx in chain.sent] == [1, 1] and batcher.waiting == 7  # two slots in flight
+    chain.gate.set()
+    await asyncio.gather(*tasks)
+    assert [len(tx) for tx in chain.sent] == [1, 1, 3, 3, 1]  # three a transaction at the most
+    for bad in ({"request_batch_max": 65}, {"request_batch_max": 0}, {"request_batch_slots": 0},
+                {"request_batch_slots": 17}):  # fmt: skip
+        with pytest.raises(ValueError):
+            GatewaySettings(**bad)  # type: ignore[arg-type]
