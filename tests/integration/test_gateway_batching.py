@@ -8,33 +8,18 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from eth_account import Account
 
 from node.chain.events import InferenceRequested, decode_logs, event_topic
-from node.chain.hub import HubClient
-from node.config import load_settings
 from node.content.documents import parse_input_document
-from node.content.local import LocalStore
 from node.devnet.processes import Anvil
-from node.gateway.app import create_app
-from node.gateway.auth import KeyStore
-from node.gateway.server import GatewayServer
-from node.miner.daemon import DaemonConfig, MinerDaemon
-from node.miner.testing import FakeEngine, deploy_dev_hub, local_daemon
+from node.miner.testing import FakeEngine, deploy_dev_hub
+from tests.gateway_on_anvil import gateway_on_anvil
 
 pytestmark = pytest.mark.timeout(120)
 MODEL = "batched-model"
 CALLS = 16
-
-
-def daemon(rpc_url: str, hub: str, key: str, store: LocalStore, journal: Path) -> MinerDaemon:
-    return local_daemon(
-        hub=HubClient(HubClient.web3(rpc_url), hub, key), miner_key=key, engine=FakeEngine(MODEL),
-        store=store, journal_path=journal, broker_url=None,
-        config=DaemonConfig(chain_id=31337, poll_interval_s=0.1, batch_wait_s=0.05, sweep_interval_s=0.3),
-    )  # fmt: skip
 
 
 async def test_concurrent_calls_share_request_transactions(
@@ -43,40 +28,20 @@ async def test_concurrent_calls_share_request_transactions(
     miners = [anvil_keys[5], anvil_keys[6]]
     hub = await deploy_dev_hub(anvil.rpc_url, anvil_keys[0], miners, model_name=MODEL, timeout_blocks=100)
     start_block = int(await hub.owner.w3.eth.block_number)
-    store = LocalStore(tmp_path / "blocks")
-    daemons = [
-        daemon(anvil.rpc_url, hub.owner.address, k, store, tmp_path / f"journal-{i}.sqlite")
-        for i, k in enumerate(miners)
-    ]
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(d.run(stop)) for d in daemons]
-    settings = load_settings(
-        data_dir=tmp_path,
-        chain={"rpc_url": anvil.rpc_url, "hub_address": hub.owner.address, "private_key": anvil_keys[8],
-               "poll_interval_s": 0.1},
-        stream={"enabled": False},
-        gateway={"request_timeout_s": 60.0, "private_by_default": False},  # the test reads the inputs
-    )  # fmt: skip
-    key, _ = KeyStore(tmp_path / "gateway" / "api_keys.json").add("batch")
-    server = GatewayServer(create_app(settings, store=store))
-    await server.start()
-    try:
-        async with httpx.AsyncClient(
-            base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=90
-        ) as http:
+    async with gateway_on_anvil(
+        anvil.rpc_url, hub.owner.address, model=MODEL, miner_keys=miners, wallet_key=anvil_keys[8],
+        tmp_path=tmp_path, gateway={"private_by_default": False},  # the test reads the inputs
+    ) as run:  # fmt: skip
 
-            async def chat(i: int) -> dict[str, Any]:
-                body = {"model": MODEL, "messages": [{"role": "user", "content": f"question {i}"}],
-                        "max_tokens": 4}  # fmt: skip
-                reply = await http.post("/v1/chat/completions", json=body)
-                assert reply.status_code == 200, reply.text
-                return dict(reply.json())
+        async def chat(i: int) -> dict[str, Any]:
+            question = [{"role": "user", "content": f"question {i}"}]
+            body = {"model": MODEL, "messages": question, "max_tokens": 4}
+            reply = await run.http.post("/v1/chat/completions", json=body)
+            assert reply.status_code == 200, reply.text
+            return dict(reply.json())
 
-            replies = await asyncio.gather(*(chat(i) for i in range(CALLS)))
-    finally:
-        await server.stop()
-        stop.set()
-        await asyncio.gather(*tasks)
+        replies = await asyncio.gather(*(chat(i) for i in range(CALLS)))
+    store = run.store
 
     # Every caller got its own request, and the answer to its own question.
     ids = [r["onchain_data"]["request_id"] for r in replies]
