@@ -193,14 +193,15 @@ class GatewaySettings(BaseModel):
     request says `"private": false`; False: only requests that say `"private": true`. The miners
     serving this gateway's requests must list it in `miner.envelope_urls` (or
     `content.gateway_urls`): a private input is served only sealed, at `GET /envelope/{input_cid}`."""
-    answer_on: Literal["signature", "chain"] = "chain"
+    answer_on: Literal["signature", "chain"] = "signature"
     """When a request is answered (a request's `"finality": "onchain" | "signature"` overrides it).
-    `chain`: once its result is final on chain. `signature`: as soon as the assignee's EIP-712-signed
-    output arrives over MQTT and checks out (it hashes to the signed digest, the signer is an assignee
-    of this request, it answers this request's input); `onchain_data.settlement` is then `pending` and
-    `GET /v1/inferences/{id}` shows it settle. Safe because a signed result binds its signer: an
-    assignee that commits or reveals anything else loses its minStake to `proveEquivocation`
-    (protocol v2), and one that commits nothing is slashed as silent."""
+    `chain`: once its result is final on chain. `signature` (the default): as soon as the assignee's
+    EIP-712-signed output arrives over MQTT and checks out (it hashes to the signed digest, the signer
+    is an assignee of this request, it answers this request's input); `onchain_data.settlement` is then
+    `pending` and `GET /v1/inferences/{id}` shows it settle. Safe because a signed result binds its
+    signer: an assignee that commits or reveals anything else loses its minStake to
+    `proveEquivocation` (protocol v2; the gateway sends the proof itself), and one that commits nothing
+    is slashed as silent. Without a broker every request is answered from the chain."""
 
 
 class Settings(BaseSettings):

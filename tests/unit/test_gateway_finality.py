@@ -241,8 +241,10 @@ async def test_bad_finality_is_an_openai_error_envelope(tmp_path: Path) -> None:
     }
 
 
-def test_answer_on_defaults_to_chain(tmp_path: Path) -> None:
-    assert load_settings(data_dir=tmp_path).gateway.answer_on == "chain"
+def test_answer_on_defaults_to_signature(tmp_path: Path) -> None:
+    """Protocol v2 slashes equivocation (the gateway proves it itself): answering on the signed
+    result is the shipped default (issue 14)."""
+    assert load_settings(data_dir=tmp_path).gateway.answer_on == "signature"
 
 
 # ------------------------------------------------------------------ equivocation

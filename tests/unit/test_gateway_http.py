@@ -309,7 +309,7 @@ async def test_no_active_miner_is_503(gw: Gateway) -> None:
 
 
 async def test_chat_completion_strictly_valid_with_onchain_data(gw: Gateway) -> None:
-    reply = await gw.http.post("/v1/chat/completions", json=CHAT)
+    reply = await gw.http.post("/v1/chat/completions", json={**CHAT, "finality": "onchain"})
     assert reply.status_code == 200, reply.text
     body = reply.json()
     ChatCompletion.model_validate(body, strict=True)
@@ -385,7 +385,10 @@ async def test_error_output_document_is_502(gw: Gateway) -> None:
 async def test_tampered_output_is_never_returned(gw: Gateway, mode: str) -> None:
     gw.backend.mode = mode  # type: ignore[assignment]
     gw.settings.gateway.request_timeout_s = 0.5
-    reply = await gw.http.post("/v1/chat/completions", json=CHAT)
+    # bad_digest: the assignee SIGNS the altered bytes but settles others (an equivocation, answered
+    # pending by default and then proven); an answer that waits for the chain must never return them
+    body = {**CHAT, "finality": "onchain"} if mode == "bad_digest" else CHAT
+    reply = await gw.http.post("/v1/chat/completions", json=body)
     assert reply.status_code in (502, 504)
     assert "Hallo" not in reply.text and "choices" not in reply.json()
     metrics = (await gw.http.get("/metrics")).text
