@@ -5,7 +5,9 @@ Generic on purpose: the miner sends `submitResults` with it and the gateway `req
 * Nonces: one `TxSender` per key and process. Signing and broadcasting happen under a lock, and
   the local nonce only advances once the node accepted the transaction, so a failed broadcast
   leaves no gap; a "nonce too low/high" answer resyncs from the node's pending count.
-* Fees: `maxPriorityFeePerGas` from the node, `maxFeePerGas = 2 * baseFee + tip`.
+* Fees: `maxPriorityFeePerGas` from the node, `maxFeePerGas = 2 * baseFee + tip`, read at most once
+  per `fee_ttl_s` (default 1 s): a base fee moves at most 12.5% a block and the max fee allows it to
+  double, so a second-old quote is as good, and a busy sender saves two RPCs per transaction.
 * Gas: `eth_estimateGas` on the pending block `× gas_margin` (a revert there raises `TxWouldRevert`
   before any nonce is used, so callers can pre-check cheaply).
 * Stuck transactions: when no receipt shows up within `stuck_after_s`, the same nonce is re-signed
@@ -122,6 +124,7 @@ class TxSender:
         max_backoff_s: float = 5.0,
         max_fee_per_gas: int | None = None,
         max_replacements: int | None = None,
+        fee_ttl_s: float = 1.0,
     ) -> None:
         if fee_bump < MIN_BUMP:
             raise ValueError(f"fee_bump must be >= {MIN_BUMP} or nodes reject replacements")
@@ -136,6 +139,9 @@ class TxSender:
         self.max_backoff_s = max_backoff_s
         self.max_fee_per_gas = max_fee_per_gas
         self.max_replacements = max_replacements
+        self.fee_ttl_s = fee_ttl_s
+        self._quote: tuple[float, int, int] | None = None
+        """(when, base fee, tip) of the last fee quote (`fees`)."""
         self.stats = SenderStats()
         self._lock = asyncio.Lock()
         self._next_nonce: int | None = None
@@ -168,14 +174,23 @@ class TxSender:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
 
-    async def fees(self) -> tuple[int, int]:
-        """(maxFeePerGas, maxPriorityFeePerGas) for a transaction sent now, within `max_fee_per_gas`."""
+    async def _base_and_tip(self, fresh: bool) -> tuple[int, int]:
+        now = time.monotonic()
+        if not fresh and self._quote is not None and now - self._quote[0] < self.fee_ttl_s:
+            return self._quote[1], self._quote[2]
         block = await self._retry("get_block", lambda: self.w3.eth.get_block("latest"), 60)
         base = int(block.get("baseFeePerGas") or 0)
         try:
             tip = int(await self._retry("max_priority_fee", lambda: self.w3.eth.max_priority_fee, 60))
         except Web3RPCError:
             tip = 1_000_000_000
+        self._quote = (now, base, tip)
+        return base, tip
+
+    async def fees(self, *, fresh: bool = False) -> tuple[int, int]:
+        """(maxFeePerGas, maxPriorityFeePerGas) for a transaction sent now, within `max_fee_per_gas`
+        (from a quote at most `fee_ttl_s` old unless `fresh`)."""
+        base, tip = await self._base_and_tip(fresh)
         cap = self.max_fee_per_gas
         if cap is None:
             return 2 * base + tip, tip
@@ -353,7 +368,7 @@ class TxSender:
     async def _replace(self, pending: _Pending, on_signed: OnSigned | None) -> None:
         """Re-sign the same nonce with bumped fees (>= the market and >= old × fee_bump)."""
         try:
-            market_max, market_tip = await self.fees()
+            market_max, market_tip = await self.fees(fresh=True)
         except Exception:
             pending.sent_at = time.monotonic()
             return

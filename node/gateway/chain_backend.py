@@ -52,6 +52,8 @@ from node.chain.events import (
     event_topic,
 )
 from node.chain.hub import MAX_BATCH, UNAVAILABLE, HubClient, Phase, model_id
+from node.chain.keepalive import close as close_rpc
+from node.chain.keepalive import keep_alive
 from node.chain.sender import TxSender
 from node.chain.watcher import LogBatch, LogFollower, MemoryCursor
 from node.config import ChainSettings, Settings, StreamSettings
@@ -131,6 +133,8 @@ class ChainBackend:
         self.registry = PendingRegistry(recover_submission_signer, self._fetch_output, grace_s=grace_s)
         self.subscriber: Subscriber | None = None
         self._recent: OrderedDict[tuple[int, int], VerifiedResult] = OrderedDict()
+        self._model_reads: dict[tuple[int, str], asyncio.Future[ModelInfo | None]] = {}
+        """Model registry reads in flight (`get_model`), shared by the requests that wait for them."""
         self._nudges: set[asyncio.Task[None]] = set()
         self.loops = Supervisor("gateway")
         self.private_by_default = private_by_default
@@ -196,6 +200,7 @@ class ChainBackend:
                     "chain.hub_address is not set: point the gateway at a deployed InferenceHub"
                 )
             w3 = HubClient.web3(cs.rpc_url, cs.rpc_timeout_s)
+            await keep_alive(w3)  # one TCP connection per call otherwise (node.chain.keepalive)
             chain_id = int(await w3.eth.chain_id)
             if cs.chain_id is not None and cs.chain_id != chain_id:
                 raise GatewayConfigError(f"{cs.rpc_url} serves chain {chain_id}, settings say {cs.chain_id}")
@@ -265,6 +270,7 @@ class ChainBackend:
                 link.task.cancel()
                 with contextlib.suppress(BaseException):
                     await link.task
+            await close_rpc(link.hub.w3)
         await self.loops.close()
 
     # ------------------------------------------------------------------ events in
@@ -408,8 +414,14 @@ class ChainBackend:
         now = time.monotonic()
         if cached is not None and now - cached[0] < MODEL_CACHE_S:
             return cached[1]
+        key = (chain_id, name)
+        reading = self._model_reads.get(key)
+        if reading is None:  # one read when the cache expires, however many requests are waiting
+            reading = asyncio.ensure_future(self._model(link, model_id(name), name))
+            self._model_reads[key] = reading
+            reading.add_done_callback(lambda _: self._model_reads.pop(key, None))
         try:
-            info = await self._model(link, model_id(name), name)
+            info = await asyncio.shield(reading)
         except (ChainError, OSError) as exc:
             raise ServiceUnavailable(f"Cannot read model {name!r} on chain {chain_id}: {exc}") from exc
         link.models[name] = (now, info)

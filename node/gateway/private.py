@@ -22,6 +22,7 @@ digest on chain as for any result. Deltas are AES-GCM under a key derived from t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +57,11 @@ log = get_logger("inferd.gateway.private")
 
 MAX_PRIVATE_REQUESTS: Final = 4096
 """Private requests whose plaintext input is held at once (oldest dropped; a request ends first)."""
+ENVELOPE_WAIT_S: Final = 2.0
+"""How long `GET /envelope/{cid}` holds a seat's request for an input requested here but not sealed
+yet (below the miners' 5 s HTTP timeout)."""
+MAX_OPENED_OUTPUTS: Final = 256
+"""Opened answers remembered by envelope hash (`PrivateDesk.open_output`)."""
 
 
 class PublicKeyUnavailable(Exception):
@@ -114,23 +120,48 @@ class PublicKeys:
 
 
 class EnvelopeBook:
-    """The newest envelope of each private input CID, served to seats (bounded, oldest dropped)."""
+    """The newest envelope of each private input CID, served to seats (bounded, oldest dropped).
+
+    An input the gateway has requested but not sealed yet is `expect`ed: a seat that learned its
+    assignment before the gateway sealed to it (the two race from the same block) is answered as
+    soon as the envelope exists (`wait`), instead of a 404 that costs it a retry with backoff.
+    """
 
     def __init__(self, max_entries: int = MAX_PRIVATE_REQUESTS) -> None:
         self._envelopes: OrderedDict[str, bytes] = OrderedDict()
+        self._expected: OrderedDict[str, asyncio.Event] = OrderedDict()
         self.max_entries = max_entries
+
+    def expect(self, input_cid: str) -> None:
+        self._expected.setdefault(input_cid, asyncio.Event())
+        while len(self._expected) > self.max_entries:
+            self._expected.popitem(last=False)
 
     def put(self, input_cid: str, envelope: bytes) -> None:
         self._envelopes[input_cid] = envelope
         self._envelopes.move_to_end(input_cid)
         while len(self._envelopes) > self.max_entries:
             self._envelopes.popitem(last=False)
+        event = self._expected.get(input_cid)
+        if event is not None:
+            event.set()
 
     def get(self, input_cid: str) -> bytes | None:
         return self._envelopes.get(input_cid)
 
+    async def wait(self, input_cid: str, timeout_s: float) -> bytes | None:
+        """The envelope; for an expected input not sealed yet, once it is (None after `timeout_s`)."""
+        data = self._envelopes.get(input_cid)
+        event = self._expected.get(input_cid)
+        if data is not None or event is None:
+            return data
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout_s)
+        return self._envelopes.get(input_cid)
+
     def drop(self, input_cid: str) -> None:
         self._envelopes.pop(input_cid, None)
+        self._expected.pop(input_cid, None)
 
 
 def envelope_router(book: EnvelopeBook, desk_for: Callable[[bytes], bool] | None = None) -> APIRouter:
@@ -161,7 +192,7 @@ def envelope_router(book: EnvelopeBook, desk_for: Callable[[bytes], bool] | None
             key = normalize_cid(cid)
         except (InvalidCID, ContentError):
             return Response("malformed CID\n", status_code=400, media_type="text/plain; charset=utf-8")
-        data = book.get(key)
+        data = await book.wait(key, ENVELOPE_WAIT_S)
         if data is None:
             return Response("no envelope for this input\n", status_code=404, media_type="text/plain")
         return Response(data, media_type="application/json", headers={"Cache-Control": "no-store"})
@@ -228,9 +259,13 @@ class PrivateDesk:
         self._locks: dict[tuple[int, int], asyncio.Lock] = {}
         self.outputs: OrderedDict[str, bytes] = OrderedDict()
         """Plaintext outputs handed in over HTTP (`accept_output`), by CID, for the registry's fetch."""
+        self._opened: OrderedDict[bytes, bytes] = OrderedDict()
+        """Recently opened answers by their envelope's sha256: a seat sends each one twice (MQTT, then
+        `POST /envelope/output`), and the second needs no ECIES again."""
 
     def register(self, key: tuple[int, int], input_cid: str, plaintext: bytes, salt: str) -> None:
         self._entries[key] = PrivateEntry(input_cid, plaintext, delta_key(salt))
+        self.book.expect(input_cid)
         while len(self._entries) > MAX_PRIVATE_REQUESTS:
             old_key, old = self._entries.popitem(last=False)
             self.book.drop(old.input_cid)
@@ -269,12 +304,12 @@ class PrivateDesk:
             if not recipients:
                 return False
             envelope = seal(entry.plaintext, recipients)
+            self.book.put(entry.input_cid, envelope)  # served at once; the seat is waiting for it
+            entry.sealed_to = frozenset(recipients)
             try:
                 await self.store.put(envelope)
             except ContentError as exc:  # served from memory anyway; the store copy is for other gateways
                 log.warning("private_envelope_store_failed", request_id=key[1], error=type(exc).__name__)
-            self.book.put(entry.input_cid, envelope)
-            entry.sealed_to = frozenset(recipients)
             log.info("private_input_sealed", request_id=key[1], seats=len(recipients))
             return True
 
@@ -307,11 +342,19 @@ class PrivateDesk:
 
     def open_output(self, data: bytes) -> bytes | None:
         """The plaintext output in an envelope sealed to this gateway; None if it does not open."""
+        key = digest_of(data)
+        plain = self._opened.get(key)
+        if plain is not None:
+            return plain
         try:
-            return open_envelope(data, self._wallet_key, self.address)
+            plain = open_envelope(data, self._wallet_key, self.address)
         except (EnvelopeError, ValueError) as exc:
             log.warning("private_output_unopened", error=type(exc).__name__)
             return None
+        self._opened[key] = plain
+        while len(self._opened) > MAX_OPENED_OUTPUTS:
+            self._opened.popitem(last=False)
+        return plain
 
 
 def heartbeat_filter(chain_id: int, hub: str) -> str:

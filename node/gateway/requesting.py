@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -50,6 +51,8 @@ log = get_logger("gateway.chain")  # the chain backend's logger: its events did 
 
 ASSIGN_BATCH = 4
 """Requests one `assign` transaction may materialise (ours and any due before it)."""
+RECEIPTS_REMEMBERED = 256
+"""Shared `assign` receipts remembered as read (a batch's sharers read theirs within moments)."""
 ASSIGN_WAIT_S = 30.0
 """How long `submit` keeps trying to assign its request before leaving that to the watcher."""
 
@@ -114,6 +117,8 @@ class Requester:
         self._private_event = private_event
         self._seal = seal
         self._remember = remember
+        self._read_receipts: OrderedDict[bytes | int, None] = OrderedDict()
+        """Shared `assign` receipts already read (`_first_read`), newest last."""
         self.batch_max = batch_max
         self.batch_slots = batch_slots
         """`gateway.request_batch_max` / `request_batch_slots`, for each model's `RequestBatcher`."""
@@ -144,7 +149,6 @@ class Requester:
         mid = bytes.fromhex(model.model_id.removeprefix("0x"))
         placed = await self._batcher(link, mid, model).submit(BatchItem(digest, max_tokens, fee))
         receipt, requested = placed.receipt, placed.requested
-        events = decode_logs(receipt["logs"])
         request_block = int(receipt["blockNumber"])
         try:
             block = await link.hub.w3.eth.get_block(request_block)
@@ -173,13 +177,23 @@ class Requester:
         pending = self.registry.register(sub)
         pending.result_future.add_done_callback(lambda f: self._remember(f, pending.submission))
         if placed.index == 0:  # a batch's receipt is read once (it assigns requests before it)
-            self._on_receipt_events(chain_id, events)
+            self._on_receipt_events(chain_id, decode_logs(receipt["logs"]))
         await self._ensure_assigned(link, pending, since=placed.mined_at, batch=placed.size)
         if desk is not None:
             self._seal(link, requested.id, pending.submission.assignees)
         if link.follower is not None:
             link.follower.wake()
         return pending
+
+    def _first_read(self, receipt: Any) -> bool:
+        """True the first time an `assign` receipt is seen (its sharers all get the same one)."""
+        key = bytes(receipt.get("transactionHash") or b"") or id(receipt)
+        if key in self._read_receipts:
+            return False
+        self._read_receipts[key] = None
+        while len(self._read_receipts) > RECEIPTS_REMEMBERED:
+            self._read_receipts.popitem(last=False)
+        return True
 
     def _on_receipt_events(self, chain_id: int, events: list[HubEvent]) -> None:
         """Assignments a receipt carries (a request materialises earlier ones; `assign` ours)."""
@@ -215,7 +229,8 @@ class Requester:
                 pending.submission = replace(
                     pending.submission, gas_cost=pending.submission.gas_cost + gas_cost(receipt) // sharers
                 )
-                self._on_receipt_events(link.chain_id, decode_logs(receipt["logs"]))
+                if self._first_read(receipt):  # its sharers' seats too: decoded once, not once each
+                    self._on_receipt_events(link.chain_id, decode_logs(receipt["logs"]))
                 if pending.assigned or pending.done():
                     return
                 view = await link.hub.get_request(rid)

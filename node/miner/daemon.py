@@ -53,6 +53,7 @@ from node.chain.events import (
     VoteRevealed,
 )
 from node.chain.hub import MAX_BATCH, HubClient, ModelInfo, Phase
+from node.chain.keepalive import close as close_rpc
 from node.chain.sender import TxSender
 from node.chain.watcher import LogBatch, LogFollower, Reorg
 from node.content.errors import InputUnavailable
@@ -63,7 +64,7 @@ from node.miner.hubview import HubView, MinerEvent
 from node.miner.journal import OPEN, TERMINAL, UNFINISHED, Job, JobState, Journal, Role
 from node.miner.metrics import MinerMetrics, OpsServer
 from node.miner.money import refresh_money
-from node.miner.pipeline import EngineLike, Pipeline
+from node.miner.pipeline import EngineLike, Pipeline, Produced
 from node.miner.submitter import COMMIT_STATES, REVEAL_STATES, Submitter
 from node.stream.publisher import StreamPublisher
 from node.supervise import Supervisor, describe, wait_task
@@ -165,6 +166,8 @@ class MinerDaemon:
         self.publisher = publisher
         self.metrics = metrics or MinerMetrics()
         self.loops = Supervisor("miner")
+        self._deliveries: set[asyncio.Task[None]] = set()
+        """Sealed answers being handed to their gateways over HTTP (`Pipeline.deliver`)."""
         self.metrics.track_loops(self.loops)
         self.metrics.track_heads(lambda: {config.chain_id: self.follower.heads if self.follower else None})
         self.sender = TxSender(
@@ -337,8 +340,19 @@ class MinerDaemon:
             )  # fmt: skip
             if self.publisher is not None:
                 self.publisher.publish_result(request_id, produced.output.decode("utf-8"), produced.signature)
+            if produced.sealed:  # the HTTP path to the requester's gateway, after MQTT and off the slot
+                self._spawn_delivery(produced)
             self.submitter.enqueue(request_id, fresh=True)
             return
+
+    def _spawn_delivery(self, produced: Produced) -> None:
+        async def deliver() -> None:
+            with bound(request_id=produced.request_id), self.loops.guard("deliver"):
+                await self.pipeline.deliver(produced)
+
+        task = asyncio.create_task(deliver(), name=f"deliver-{produced.request_id}")
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
 
     # ------------------------------------------------------------------ chain events
 
@@ -469,14 +483,19 @@ class MinerDaemon:
             self._handle_batch(item)
 
     def _handle_batch(self, batch: LogBatch[MinerEvent]) -> None:
-        """Each event on its own: one that raises is logged, counted and skipped (the cursor moves on)."""
+        """Each event on its own: one that raises is logged, counted and skipped (the cursor moves on).
+        Their journal writes are one transaction (`Journal.batch`: one fsync per block, not per event)."""
+        with self.journal.batch():
+            self._handle_events(batch)
+        self.metrics.last_block.set(batch.to_block)
+
+    def _handle_events(self, batch: LogBatch[MinerEvent]) -> None:
         for ev in batch.events:
             with self.loops.guard(
                 "watcher", request_id=getattr(ev, "id", None), kind=type(ev).__name__,
                 block=ev.log.block_number,
             ):  # fmt: skip
                 self._on_event(ev, batch.timestamps)
-        self.metrics.last_block.set(batch.to_block)
 
     # ------------------------------------------------------------------ housekeeping
 
@@ -708,12 +727,15 @@ class MinerDaemon:
         for task in producing:
             with contextlib.suppress(BaseException):
                 await task
+        if self._deliveries:  # best effort, like the deliveries themselves
+            await asyncio.wait(set(self._deliveries), timeout=max(0.1, deadline - time.monotonic()))
         await self.disputes.close()
         await self.loops.close()
         if self.publisher is not None:
             await self.publisher.close()
         if self.ops is not None:
             await self.ops.stop()
+        await close_rpc(self.hub.w3)  # the kept-alive JSON-RPC connections (`node.chain.keepalive`)
         self._refresh_gauges()
         left = {s.value: n for s, n in self.journal.counts().items() if s in UNFINISHED and n}
         log.info("miner_stopped", unfinished=left)

@@ -138,6 +138,9 @@ class Produced:
     fetch_s: float
     infer_s: float
     upload_s: float
+    sealed: bool = False
+    """`output` is an envelope to the requester's gateway (a private request): `Pipeline.deliver`
+    hands it in over HTTP, the path without MQTT."""
 
 
 class JobInput(Protocol):
@@ -302,8 +305,6 @@ class Pipeline:
                 data = to_canonical_bytes(out)
             stored = data
         cid = await self._upload(stored, job)
-        if private is not None and self.envelopes is not None:
-            await deliver_output(self.envelopes, stored)  # the requester's gateway, without MQTT too
         digest = digest_of(data)
         t3 = time.monotonic()
         signature = sign_result(
@@ -327,7 +328,15 @@ class Pipeline:
             fetch_s=t1 - t0,
             infer_s=t2 - t1,
             upload_s=t3 - t2,
+            sealed=private is not None,
         )
+
+    async def deliver(self, produced: Produced) -> None:
+        """Hand a sealed answer to the requester's gateway over HTTP (`POST /envelope/output`), the
+        path without MQTT. Not part of `produce`: the daemon journals the signed result and
+        publishes it over MQTT first, so the gateway's answer does not wait for this round trip."""
+        if produced.sealed and self.envelopes is not None:
+            await deliver_output(self.envelopes, produced.output)
 
     def unavailable_result(self, job: JobInput) -> tuple[bytes, str]:
         """(UNAVAILABLE, our signature over it): what a seat commits when the input never came."""

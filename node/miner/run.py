@@ -22,6 +22,7 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 
 from node.chain.hub import HubClient
+from node.chain.keepalive import keep_alive
 from node.chain.pubkeys import public_key_of
 from node.config import Settings
 from node.content.factory import open_store
@@ -125,6 +126,7 @@ async def build_daemon(
         raise MinerConfigError("chain.hub_address is not set: pass the deployed InferenceHub address")
     account = account or load_account(chain)
     w3 = HubClient.web3(chain.rpc_url, timeout=chain.rpc_timeout_s)
+    await keep_alive(w3)  # one TCP connection per call otherwise (node.chain.keepalive)
     hub = HubClient(w3, chain.hub_address, "0x" + bytes(account.key).hex(), gas_margin=chain.gas_margin)
     chain_id = int(await w3.eth.chain_id)
     if chain.chain_id is not None and chain.chain_id != chain_id:

@@ -427,10 +427,11 @@ class Submitter:
         events = self.hub.decode_receipt(receipt)
         log.info("results_committed" if committing else "results_revealed", count=len(jobs), block=block,
                  gas=gas, tx_s=round(time.monotonic() - started, 3))  # fmt: skip
-        if committing:
-            self._after_commit(jobs, events, block)
-        else:
-            self._after_reveal(jobs, events, block)
+        with self.journal.batch():  # one fsync for the whole batch's marks
+            if committing:
+                self._after_commit(jobs, events, block)
+            else:
+                self._after_reveal(jobs, events, block)
 
     def _after_commit(self, jobs: list[Job], events: Sequence[object], block: int) -> None:
         done = {e.id for e in events if isinstance(e, ResultCommitted) and e.miner == self.miner}

@@ -151,7 +151,7 @@ class StreamPublisher:
                 while self._results:
                     await self._send(client, self._results[0])
                     self._results.popleft()
-                while self._deltas:
+                while self._deltas and not self._results:  # a result never waits behind deltas
                     await self._send(client, self._deltas.popleft())
                 if self._closing:
                     await self._send(client, self._heartbeat_msg(online=False))

@@ -327,6 +327,8 @@ async def test_a_sealed_answer_handed_in_over_http_is_kept_only_for_our_private_
         hub="0x" + "22" * 20, envelopes=source,
     )  # fmt: skip
     produced = await pipeline.produce(_Job(11, digest_of(data)))
+    assert source.delivered == []  # handed in after the daemon journaled and published it
+    await pipeline.deliver(produced)
     assert source.delivered == [produced.output]  # the miner hands its sealed answer in
     desk = PrivateDesk(LocalStore(tmp_path / "gw"), _key(REQUESTER), PublicKeys(), EnvelopeBook())
     app = FastAPI()
