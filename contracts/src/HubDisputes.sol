@@ -255,6 +255,9 @@ contract HubDisputes is HubStorage {
         Model memory model = _models[_modelIds[q.modelIndex - 1]];
         uint256 taken = _slash(id, miner, model.minStake, SLASH_EQUIVOCATION);
         uint256 bounty = taken * BOUNTY_BPS / 10_000;
+        // A miner whose stake earlier offences took (its open seats are not bounded by its stake)
+        // has nothing left to take: refused, so that the prover's estimate fails before it pays gas.
+        if (bounty == 0) revert NothingToClaim(id);
         if (bounty != 0) _credit(msg.sender, id, bounty, CREDIT_BOUNTY);
         _burn(id, taken - bounty);
         emit EquivocationProven(id, miner, signedDigest, msg.sender);
@@ -366,8 +369,19 @@ contract HubDisputes is HubStorage {
             uint256 bounty = taken * BOUNTY_BPS / 10_000;
             if (bounty != 0) _credit(e.challenger, id, bounty, CREDIT_BOUNTY);
             pot = (taken - bounty) * VOTER_BPS / 10_000;
-            _burn(id, taken - bounty - pot);
             winners = e.votesAgainst;
+            // The rest of the slash goes to the model's audit pool, not the burn: a miner's open seats
+            // are not bounded by its stake, so the seats a later vote overturns may have nothing left
+            // (earlier offences took it); the pool then tops that vote's pot up to baseFee a winning
+            // voter (their three transactions), and no further than it holds.
+            uint256 pool = _auditPool[model.index] + (taken - bounty - pot);
+            uint256 floor = winners * model.baseFee;
+            if (pot < floor) {
+                uint256 add = floor - pot < pool ? floor - pot : pool;
+                pool -= add;
+                pot += add;
+            }
+            _auditPool[model.index] = pool;
         } else {
             pot = uint256(e.bond) * VOTER_BPS / 10_000;
             _burn(id, e.bond - pot);

@@ -468,7 +468,8 @@ contract DisputesTest is HubBase {
         assertEq(_credited(logs, honest, 7), MIN_STAKE);
         assertEq(_credited(logs, honest, 5), bounty);
         assertEq(_credited(logs, honest, 1), _fee());
-        assertEq(hub.burned() - burnedBefore, taken - bounty - pot);
+        assertEq(hub.burned(), burnedBefore); // the rest of the slash backs later votes instead
+        assertEq(hub.getModel(m3).auditPool, taken - bounty - pot);
         HubStorage.Escalation memory e = court.getEscalation(id);
         assertTrue(e.overturned);
         assertEq(uint256(e.voterShare), pot / 3);
@@ -499,14 +500,14 @@ contract DisputesTest is HubBase {
         vm.expectRevert(abi.encodeWithSelector(HubStorage.NoEquivocation.selector, id));
         court.proveEquivocation(id, s[0], BAD, sig);
 
-        // conservation: stakes + credits + burned (no open fee, bond or pool)
+        // conservation: stakes + credits + burned + the pool (no open fee or bond)
         uint256 stakes;
         uint256 credits;
         for (uint256 i; i < 13; ++i) {
             stakes += _stake(miners[i]);
             credits += hub.creditsOf(miners[i]);
         }
-        assertEq(address(hub).balance, stakes + credits + hub.burned());
+        assertEq(address(hub).balance, stakes + credits + hub.burned() + hub.getModel(m3).auditPool);
     }
 
     function test_escalation_fails_bondForfeited() public {
@@ -552,6 +553,100 @@ contract DisputesTest is HubBase {
         hub.timeout(id);
         assertEq(hub.burned() - before, MIN_STAKE + SLASH);
         assertEq(uint256(court.getEscalation(id).voterShare), 0);
+    }
+
+    /// @dev The overturned seats' stake is gone (earlier offences took it): the model's audit pool
+    ///      tops the winning voters' pot up to baseFee a voter, and no further than the pool holds.
+    function test_escalation_exhaustedStake_votersPaidFromPool() public {
+        (uint256 id, address[] memory s, address[] memory v) = _sybilMajority(BAD, OUT);
+        for (uint256 i; i < 2; ++i) {
+            vm.prank(prover); // their earlier offence: a signature over another digest
+            court.proveEquivocation(id, s[i], OUT, _signResult(s[i], id, IN, OUT));
+            assertEq(_stake(s[i]), 0);
+        }
+        hub.fundAuditPool{value: 2 * BASE_FEE + 7}(m3); // less than the 3 winners' floor
+        vm.prank(s[2]);
+        court.escalate{value: MIN_STAKE}(id);
+        HubStorage.Escalation memory e = court.getEscalation(id);
+        for (uint256 i; i < 4; ++i) _vote(v[i], id, i < 3 ? OUT : BAD);
+        vm.roll(e.commitEnd + 1);
+        for (uint256 i; i < 4; ++i) _revealVote(v[i], id, i < 3 ? OUT : BAD);
+        vm.roll(e.revealEnd + 1);
+        hub.timeout(id);
+        e = court.getEscalation(id);
+        assertTrue(e.overturned);
+        assertEq(hub.getRequest(id).outputDigest, OUT);
+        assertEq(uint256(e.voterShare), (2 * BASE_FEE + 7) / 3); // the whole pool, shared
+        assertEq(hub.getModel(m3).auditPool, 0);
+        vm.prank(v[0]);
+        court.claimVote(id);
+        assertEq(hub.creditsOf(v[0]), (2 * BASE_FEE + 7) / 3);
+    }
+
+    /// @dev A pool that holds more pays exactly baseFee a winning voter and keeps the rest.
+    function test_escalation_exhaustedStake_poolPaysFloorOnly() public {
+        (uint256 id, address[] memory s, address[] memory v) = _sybilMajority(BAD, OUT);
+        for (uint256 i; i < 2; ++i) {
+            vm.prank(prover);
+            court.proveEquivocation(id, s[i], OUT, _signResult(s[i], id, IN, OUT));
+        }
+        hub.fundAuditPool{value: 1 ether}(m3);
+        vm.prank(s[2]);
+        court.escalate{value: MIN_STAKE}(id);
+        HubStorage.Escalation memory e = court.getEscalation(id);
+        for (uint256 i; i < 2; ++i) _vote(v[i], id, OUT);
+        vm.roll(e.commitEnd + 1);
+        for (uint256 i; i < 2; ++i) _revealVote(v[i], id, OUT);
+        vm.roll(e.revealEnd + 1);
+        uint256 burnedBefore = hub.burned();
+        hub.timeout(id);
+        assertEq(uint256(court.getEscalation(id).voterShare), BASE_FEE);
+        assertEq(hub.getModel(m3).auditPool, 1 ether - 2 * BASE_FEE);
+        assertEq(hub.burned(), burnedBefore); // nothing was taken, nothing burned
+        assertEq(hub.creditsOf(s[2]), MIN_STAKE + _fee()); // bond back, the whole fee; no bounty
+    }
+
+    /// @dev Escalate `id` from s[2] and have `n` voters back it; resolve.
+    function _overturnBy(uint256 id, address[] memory s, address[] memory v, uint256 n) internal {
+        vm.prank(s[2]);
+        court.escalate{value: MIN_STAKE}(id);
+        HubStorage.Escalation memory e = court.getEscalation(id);
+        for (uint256 i; i < n; ++i) _vote(v[i], id, OUT);
+        vm.roll(e.commitEnd + 1);
+        for (uint256 i; i < n; ++i) _revealVote(v[i], id, OUT);
+        vm.roll(e.revealEnd + 1);
+        hub.timeout(id);
+        assertTrue(court.getEscalation(id).overturned);
+    }
+
+    /// @dev The first overturn's slash, past the bounty and the voters, backs the voters of a later
+    ///      one whose overturned seats have nothing left.
+    function test_escalation_slashRestBacksLaterVotes() public {
+        (uint256 id1, address[] memory s1, address[] memory v1) = _sybilMajority(BAD, OUT);
+        _overturnBy(id1, s1, v1, 3);
+        uint256 rest = 2 * MIN_STAKE * 9 / 10 - 2 * MIN_STAKE * 9 / 10 / 2;
+        assertEq(hub.getModel(m3).auditPool, rest);
+
+        vm.prank(alice);
+        uint256 id2 = hub.requestInference{value: _fee()}(m3, IN, MAX_TOKENS);
+        vm.roll(block.number + 1);
+        hub.assign(64);
+        address[] memory s2 = _seats(id2);
+        for (uint256 i; i < 3; ++i) _commit(s2[i], id2, i < 2 ? BAD : OUT);
+        for (uint256 i; i < 3; ++i) _reveal(s2[i], id2, i < 2 ? BAD : OUT);
+        address[] memory v2 = new address[](6);
+        uint256 k;
+        for (uint256 i; i < 9; ++i) {
+            if (!_isSeat(id2, miners[i]) && hub.getMiner(miners[i]).active) v2[k++] = miners[i];
+        }
+        for (uint256 i; i < 2; ++i) {
+            if (_stake(s2[i]) == 0) continue;
+            vm.prank(prover);
+            court.proveEquivocation(id2, s2[i], OUT, _signResult(s2[i], id2, IN, OUT));
+        }
+        _overturnBy(id2, s2, v2, 2);
+        assertEq(uint256(court.getEscalation(id2).voterShare), BASE_FEE);
+        assertEq(hub.getModel(m3).auditPool, rest - 2 * BASE_FEE);
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -603,6 +698,30 @@ contract DisputesTest is HubBase {
         // once per seat
         vm.expectRevert(abi.encodeWithSelector(HubStorage.NoEquivocation.selector, id));
         court.proveEquivocation(id, s[0], keccak256("third"), _signResult(s[0], id, IN, keccak256("third")));
+    }
+
+    /// @dev A seat whose stake earlier proofs took has nothing left: a further proof is refused, so
+    ///      the prover's estimate fails instead of paying gas for a zero bounty.
+    function test_equivocation_nothingLeft_refused() public {
+        _registerN(m3, 3);
+        uint256 id1 = _request(m3);
+        uint256 id2 = _request(m3);
+        address a = _seats(id1)[0];
+        _commit(a, id1, OUT);
+        _commit(a, id2, OUT);
+        vm.prank(prover);
+        court.proveEquivocation(id1, a, BAD, _signResult(a, id1, IN, BAD));
+        assertEq(_stake(a), 0);
+        bytes memory sig = _signResult(a, id2, IN, BAD);
+        vm.prank(prover);
+        vm.expectRevert(abi.encodeWithSelector(HubStorage.NothingToClaim.selector, id2));
+        court.proveEquivocation(id2, a, BAD, sig);
+        // stake added later is there to take: the proof still stands
+        vm.prank(a);
+        hub.addStake{value: MIN_STAKE}();
+        vm.prank(prover);
+        court.proveEquivocation(id2, a, BAD, sig);
+        assertEq(hub.creditsOf(prover), 2 * (MIN_STAKE / 10));
     }
 
     /// @dev r = 1, committed and not yet revealed: a signature over another digest is proof.

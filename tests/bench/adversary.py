@@ -12,6 +12,10 @@ line of stdout, one JSON object) the expected values per trial:
                        back, a wrong or refunded answer), a party's gain never offsetting another's;
   trials, honest_loss_probability (share of trials in which some honest party lost).
 
+`ADVERSARY_SCALE=k` multiplies the trials of `sybil_quorum` and `equivocate` by k (rare cases, such
+as a coalition whose stake earlier offences already took, show up in longer runs); anvil's block
+hashes, and so every draw, differ from run to run.
+
 The must-show is attacker_profit_wei <= 0 and honest_loss_wei <= 0; each line that is not says why
 (a protocol finding), and a few findings the attacks surface are printed as `finding:` lines.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -68,7 +73,8 @@ PER_TOKEN = 10**9
 MIN_STAKE = 10**17
 TIMEOUT = 50  # blocks; every transaction mines one (automine)
 AUDIT_BPS = 1_000
-AUDIT_SEED = 10  # maximum prices the owner puts in a fresh r = 1 model's audit pool
+AUDIT_SEED = 10  # maximum prices the owner puts in a fresh model's audit pool
+SCALE = max(1, int(os.environ.get("ADVERSARY_SCALE", "1")))
 KEYS = 90
 VERBOSE = False
 HELPER = ROOT / "contracts" / "out" / "GrindHelper.sol" / "GrindHelper.json"
@@ -81,6 +87,7 @@ class Bench:
         self.env, self.hub, self.store, self.chain_id, self.tmp = env, hub, store, chain_id, tmp
         self.models = 0
         self.findings: list[str] = []
+        self.bounds: list[str] = []
         self.last_failures: list[str] = []
 
     async def model(
@@ -92,10 +99,12 @@ class Bench:
         timeout_blocks: int = TIMEOUT,
     ) -> ModelInfo:
         self.models += 1
-        # r = 1: the owner seeds the audit pool with AUDIT_SEED maximum prices, so that the first
-        # audits of a fresh model pay their auditor in full (the pool then drifts up by p^2 * fee a
-        # request: each fee adds p * fee, an audit, drawn with probability p, takes (1 - p) * fee)
-        seed = AUDIT_SEED * (base_fee + PER_TOKEN * 65_536) if r == 1 else 0
+        # The owner seeds the audit pool with AUDIT_SEED maximum prices. r = 1: the first audits of
+        # a fresh model pay their auditor in full (the pool then drifts up by p^2 * fee a request:
+        # each fee adds p * fee, an audit, drawn with probability p, takes (1 - p) * fee). Any r: the
+        # pool pays an overturning vote's winners baseFee each when the overturned seats' stake is
+        # already gone (for r > 1 nothing else refills it)
+        seed = AUDIT_SEED * (base_fee + PER_TOKEN * 65_536)
         mid, _ = await self.hub.register_model(
             f"bench-{self.models}", CLASS, min_stake, base_fee, PER_TOKEN, timeout_blocks, r, audit_bps,
             audit_seed=seed,
@@ -532,7 +541,7 @@ async def copy_digest(b: Bench) -> Outcome:
 
 
 class Sybil(Policy):
-    """r = 3: one coalition; cheats (same wrong digest) whenever it holds a quorum of the seats."""
+    """One coalition; cheats (same wrong digest) whenever it holds a majority of the seats."""
 
     attacker = True
 
@@ -553,8 +562,33 @@ class Sybil(Policy):
         return garbage(info.id, "sybil") if self._cheats(info) else sim.truth.get(info.id)
 
 
+def capture_bound(na: int, nh: int, r: int) -> tuple[float, float, list[str]]:
+    """P(an honest party loses) when a coalition of `na` of `na + nh` equal-stake miners cheats on
+    every request where it holds a majority of the r seats, under the escalation rule: any seat that
+    revealed a digest other than the provisional one may escalate (bond minStake); every active miner
+    of the model not seated on the request votes; the challenger wins on strictly more votes. With k
+    seats captured an honest seat dissents unless k = r, and the vote is lost only when the
+    coalition's unseated miners (na - k) are at least the honest ones (nh - (r - k)). Returns (the
+    bench's pool, exactly; a large pool with share s = na / (na + nh): s^r, the honest voters then
+    outnumbering the coalition's; the terms)."""
+    total = math.comb(na + nh, r)
+    p = 0.0
+    terms = []
+    for k in range(r // 2 + 1, r + 1):
+        pk = math.comb(na, k) * math.comb(nh, r - k) / total
+        lost = k == r or nh - (r - k) <= na - k
+        if pk:
+            terms.append(f"P({k} of {r})={pk:.4f}x{int(lost)}")
+        p += pk * lost
+    return p, (na / (na + nh)) ** r, terms
+
+
+SYBIL_R = 5  # the redundancy a 1/3 coalition needs for P(honest loss) <= 1% (see capture_bound)
+
+
 async def sybil_quorum(b: Bench) -> Outcome:
-    m = await b.model(3, 0, timeout_blocks=200)  # every voter commits on every open escalation in one window
+    # every voter commits on every open escalation in one window
+    m = await b.model(SYBIL_R, 0, timeout_blocks=200)
     na, nh = 3, 6
     stake = 5 * m.min_stake  # every miner the same stake: the coalition holds 1/3 of it
     ac = await b.miners(m, na, stake)
@@ -564,7 +598,7 @@ async def sybil_quorum(b: Bench) -> Outcome:
     honest = [b.honest(c) for c in hc]
     requester = b.env.take(b.hub, 1)[0]
     sim = await b.sim(m, [*att, *honest], requester)
-    n = 45
+    n = 45 * SCALE
 
     async def run() -> list[list[int]]:
         ids: list[int] = []
@@ -574,41 +608,39 @@ async def sybil_quorum(b: Bench) -> Outcome:
         return [[i] for i in ids]
 
     out = await measured(b, sim, addrs(att, honest, requester), run, addrs(att))
-    held = {k: 0 for k in range(4)}
-    overturned = unpaid = 0
+    r = SYBIL_R
+    held = {k: 0 for k in range(r + 1)}
+    overturned = floored = unpaid = 0
     for i in sim.truth:
         info = await b.hub.get_request(i)
         k = sum(s in coalition for s in info.assignees)
         held[k] += 1
-        overturned += k == 2 and info.output_digest == sim.truth[i]
+        overturned += r // 2 + 1 <= k < r and info.output_digest == sim.truth[i]
         if RequestFlag.ESCALATED in info.flags:
-            unpaid += (await b.hub.get_escalation(i)).voter_share == 0
+            e = await b.hub.get_escalation(i)
+            floored += e.overturned and 0 < e.voter_share <= m.base_fee
+            unpaid += e.overturned and e.voter_share == 0
     left = [(await b.hub.get_miner(a)).stake // m.min_stake for a in coalition]
+    captured = sum(v for k, v in held.items() if k >= r // 2 + 1)
     b.findings.append(
-        f"sybil_quorum: {unpaid}/{held[2]} overturned escalations paid the honest voters nothing: the "
-        f"coalition's stake (5 x minStake each, now {left}) was already slashed away by earlier ones. A "
-        f"miner's open seats are not bounded by its stake, so its fraud slashes run dry and the escalator's "
-        f"bounty and the voters' shares with them (voters then lose their vote gas); fix: lock minStake per "
-        f"open seat"
+        f"sybil_quorum: {floored} overturned escalations paid their voters from the model's audit pool "
+        f"(up to baseFee each), {unpaid} paid nothing (pool empty), the others from the slash; the "
+        f"coalition's stake: 5 x minStake each, now {left} (a miner's open seats are not bounded by its "
+        f"stake, so later overturns can find it gone: the pool, refilled by earlier slashes, pays then)"
     )
-    total = math.comb(na + nh, 3)
-    p3 = math.comb(na, 3) / total
-    b.findings.append(
-        f"sybil_quorum: escalation rule: only a seat that revealed a digest other than the provisional "
-        f"one may escalate (bond minStake), so when the coalition holds all 3 seats nobody can dissent "
-        f"and the wrong digest is final. P(all 3 captured) = C({na},3)/C({na + nh},3) = {p3:.4f} here "
-        f"(share s = {na}/{na + nh}; a large pool: s^3 = {(na / (na + nh)) ** 3:.4f}); P <= 1% needs "
-        f"s <= 0.215 (s^3 <= 0.01), or r = 5 (captures need 3 of 5: 10 s^3 (1-s)^2 + 5 s^4 (1-s) + s^5)"
-    )
-    p2 = math.comb(na, 2) * nh / total
-    wins2 = (nh - 1) > (na - 2)  # honest voters vs coalition voters when the coalition holds 2 seats
-    bound = p3 + (0 if wins2 else p2)
+    p, large, terms = capture_bound(na, nh, r)
+    p3, large3, terms3 = capture_bound(na, nh, 3)
     out.notes.append(
-        f"coalition seats per request {held}; 2-of-3 captures overturned by the vote: "
-        f"{overturned}/{held[2]}; "
-        f"bound P(honest loses) = P(3 of 3) + P(2 of 3)*[coalition voters >= honest voters] = "
-        f"{math.comb(na, 3)}/{total} + {p2:.3f}*{0 if wins2 else 1} = {bound:.4f} "
-        f"(large pool, share s=1/3: s^3 = {1 / 27:.4f})"
+        f"coalition seats per request {held}; majority captures overturned by the vote: "
+        f"{overturned}/{captured}"
+    )
+    b.bounds.append(
+        f"sybil_quorum: P(honest party loses) = P(all {r} seats captured) + P(majority captured and "
+        f"coalition voters >= honest voters) = {' + '.join(terms) or '0'} = {p:.4f} for {na} of {na + nh} "
+        f"miners, s^{r} = {large:.4f} for a large pool with s = 1/3. Rule: a seat that revealed another "
+        f"digest than the provisional one escalates (bond minStake), every unseated active miner votes, "
+        f"strictly more votes overturn. At r = 3 no seat dissents when all 3 are captured: "
+        f"{p3:.4f} here ({' + '.join(terms3)}), s^3 = {large3:.4f} for a large pool: > 1%"
     )
     return out
 
@@ -715,7 +747,9 @@ async def equivocate(b: Bench) -> Outcome:
 
     async def run() -> list[list[int]]:
         nonlocal innocent_refused
-        ids = await sim.request(requester, [await b.doc(f"equivocate {k}") for k in range(16)])
+        ids: list[int] = []
+        for k in range(0, 16 * SCALE, 16):
+            ids += await sim.request(requester, [await b.doc(f"equivocate {k + j}") for j in range(16)])
         await sim.settle(ids)
         mine = [i for i in ids if (await b.hub.get_request(i)).seats[0] == eq.address]
         for i in mine:
@@ -832,6 +866,8 @@ async def run_all(rpc_url: str, keys: list[str], store: LocalStore, only: list[s
                 print(f"    failed: {f}")
     for f in b.findings:
         print(f"finding: {f}")
+    for f in b.bounds:
+        print(f"bound: {f}")
     return results
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from node.miner.testing import FakeEngine
 
 ROUNDS = 400
 GAS_MARGIN = 3.0
-DEBUG = False
+DEBUG = bool(os.environ.get("ADVERSARY_DEBUG"))  # print the per-trial losses and escalations
 
 
 @dataclass(frozen=True)
