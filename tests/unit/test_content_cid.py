@@ -71,3 +71,13 @@ def test_other_codecs_and_hashes_are_unsupported(codec: str, hashfun: str, match
     cid = str(CID("base32", 1, codec, multihash.wrap(digest, hashfun)))
     with pytest.raises(UnsupportedCodec, match=match):
         cid_to_digest(cid)
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_minted_cids_are_multiformats_own_spelling_and_read_back(digest: bytes) -> None:
+    """`digest_to_cid` encodes directly (no multiformats on the hot path): the same string, and the
+    direct read of it in `cid_to_digest` agrees with the library's parse."""
+    reference = str(CID("base32", 1, "raw", multihash.wrap(digest, "sha2-256")))
+    assert digest_to_cid(digest) == reference
+    assert cid_to_digest(reference) == digest == bytes(parse_cid(reference).raw_digest)
+    assert cid_to_digest(reference.upper()) == digest  # other spellings still go through the library
