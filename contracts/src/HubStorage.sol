@@ -39,6 +39,18 @@ abstract contract HubStorage {
     uint8 internal constant FLAG_DISPUTE = 8; // a committee was seated
     uint8 internal constant FLAG_ESCALATED = 16;
 
+    // A request's slot 2, its "head" (`assignee0`, `mark`, `modelIndex`, `redundancy`, `phase`,
+    // `flags`; see `Request`): the hot paths (request, assign, r = 1 commit and reveal) read it once
+    // and write it once as a word (`_head`, `_setHead`) instead of once per field. Bit offsets:
+    uint256 internal constant HEAD_MARK = 160;
+    uint256 internal constant HEAD_MODEL = 208;
+    uint256 internal constant HEAD_R = 232;
+    uint256 internal constant HEAD_PHASE = 240;
+    uint256 internal constant HEAD_FLAGS = 248;
+    /// @dev The head's `modelIndex`, `redundancy` and `flags` bits (what a (re)assignment keeps).
+    uint256 internal constant HEAD_KEEP_MODEL =
+        uint256(type(uint24).max) << HEAD_MODEL | uint256(0xff) << HEAD_R | uint256(0xff) << HEAD_FLAGS;
+
     // Slash reasons (event field)
     uint8 public constant SLASH_SILENT = 1;
     uint8 public constant SLASH_MINORITY = 2;
@@ -73,23 +85,33 @@ abstract contract HubStorage {
         Refunded
     }
 
+    /// @dev Slot 0 holds everything a request, an assignment and an r = 1 reveal read (one cold
+    ///      SLOAD each, see `_hotModel`); `minStake` (disputes, registration) sits alone in slot 1.
     struct Model {
-        uint96 baseFee;
-        uint96 perTokenFee;
-        uint32 timeoutBlocks;
+        uint80 baseFee;
+        uint80 perTokenFee;
+        uint16 timeoutBlocks; // <= 200 (registerModel)
         uint8 redundancy;
-        uint24 index; // 1-based position in `_modelIds`
-        // slot 2
-        uint96 minStake;
+        uint24 index; // 1-based: `_modelIds[index - 1]`
         uint16 auditBps;
+        uint32 active; // miners in the active pool: `_pool[modelId][0 .. active)`
+        // slot 1
+        uint96 minStake;
     }
 
     struct Miner {
         uint96 stake;
         uint24 modelIndex; // 0 = not registered
-        uint32 activePos; // 1-based position in `_active[modelId]`; 0 = not active
+        uint32 activePos; // 1-based position in `_pool[modelId]`; 0 = not active
         uint48 exitUnlockBlock; // 0 = no exit requested
         uint48 activeSince; // block of the latest activation
+    }
+
+    /// @dev An entry of a model's active pool: the miner and its `activeSince`, in one slot, so a
+    ///      draw checks eligibility without reading the miner's record.
+    struct PoolEntry {
+        address miner;
+        uint48 since;
     }
 
     struct Request {
@@ -284,8 +306,12 @@ abstract contract HubStorage {
     mapping(bytes32 => Model) internal _models;
     mapping(bytes32 => string) internal _modelNames;
     mapping(bytes32 => bytes32) internal _engineClasses;
-    bytes32[] internal _modelIds;
-    mapping(bytes32 => address[]) internal _active;
+    /// @dev Position (0-based) => model id; a mapping, not an array: no length read per lookup.
+    mapping(uint256 => bytes32) internal _modelIds;
+    uint256 internal _modelCount;
+    /// @dev modelId => position => entry; the size is `Model.active` (a mapping, not an array, so a
+    ///      draw reads no separate length slot).
+    mapping(bytes32 => mapping(uint256 => PoolEntry)) internal _pool;
     mapping(address => Miner) internal _miners;
     mapping(uint256 => Request) internal _requests;
     mapping(address => uint256) internal _credits;
@@ -305,24 +331,55 @@ abstract contract HubStorage {
         _locked = false;
     }
 
+    /// @dev The model's first slot (everything but `minStake`, which stays 0): what requests,
+    ///      assignments and r = 1 reveals read, in one SLOAD (offsets follow `Model`'s fields).
+    function _hotModel(bytes32 modelId) internal view returns (Model memory m) {
+        Model storage s = _models[modelId];
+        uint256 w;
+        assembly {
+            w := sload(s.slot)
+        }
+        m.baseFee = uint80(w);
+        m.perTokenFee = uint80(w >> 80);
+        m.timeoutBlocks = uint16(w >> 160);
+        m.redundancy = uint8(w >> 176);
+        m.index = uint24(w >> 184);
+        m.auditBps = uint16(w >> 208);
+        m.active = uint32(w >> 224);
+    }
+
+    function _head(Request storage q) internal view returns (uint256 w) {
+        assembly {
+            w := sload(add(q.slot, 2))
+        }
+    }
+
+    function _setHead(Request storage q, uint256 w) internal {
+        assembly {
+            sstore(add(q.slot, 2), w)
+        }
+    }
+
     /// @notice Whether the committed r = 1 result of `id` is audited (blockhash of its commit block;
     ///         a hash no longer available counts as drawn, so waiting never avoids an audit).
     function auditDrawn(uint256 id) public view returns (bool) {
         Request storage q = _requests[id];
         if (q.phase != Phase.Reveal || q.redundancy != 1 || q.flags & FLAG_NO_AUDIT != 0) return false;
         if (block.number <= q.mark) return false;
-        Model memory model = _models[_modelIds[q.modelIndex - 1]];
-        return _drawn(id, q.mark, model.auditBps);
+        return _drawn(id, q.mark, _models[_modelIds[q.modelIndex - 1]].auditBps);
     }
 
-    function _seatAssignees(uint256 id, Request storage q, bytes32 modelId, Model memory model, address[] memory who)
+    function _seatAssignees(uint256 id, Request storage q, bytes32 modelId, uint256 timeoutBlocks, address[] memory who)
         internal
     {
         uint256 r = who.length;
-        uint48 deadline = uint48(block.number + model.timeoutBlocks);
-        q.assignee0 = who[0];
-        q.mark = deadline;
-        q.phase = Phase.Assigned;
+        uint48 deadline = uint48(block.number + timeoutBlocks);
+        // assignee0, mark = deadline, phase Assigned; modelIndex, redundancy and flags kept
+        _setHead(
+            q,
+            (_head(q) & HEAD_KEEP_MODEL) | uint256(uint160(who[0])) | uint256(deadline) << HEAD_MARK
+                | uint256(uint8(Phase.Assigned)) << HEAD_PHASE
+        );
         for (uint256 i = 1; i < r; ++i) {
             q.more[i - 1] = who[i];
         }
@@ -338,8 +395,7 @@ abstract contract HubStorage {
     }
 
     function _openReveal(uint256 id, Request storage q, Phase next) internal {
-        Model memory model = _models[_modelIds[q.modelIndex - 1]];
-        uint48 deadline = uint48(block.number + model.timeoutBlocks);
+        uint48 deadline = uint48(block.number + _models[_modelIds[q.modelIndex - 1]].timeoutBlocks);
         q.phase = next;
         q.mark = deadline;
         emit RevealOpened(id, deadline);
@@ -490,7 +546,7 @@ abstract contract HubStorage {
                 for (uint256 i; i < r; ++i) {
                     if (q.digests[i] != bytes32(0)) q.digests[i] = bytes32(0);
                 }
-                _seatAssignees(id, q, modelId, model, fresh);
+                _seatAssignees(id, q, modelId, model.timeoutBlocks, fresh);
                 return;
             }
         }
@@ -624,9 +680,10 @@ abstract contract HubStorage {
         uint256 start = next;
         while (done < maxCount && next < end) {
             Request storage q = _requests[next];
-            if (q.phase == Phase.Pending) {
-                if (q.mark >= block.number) break;
-                _materialise(next, q);
+            uint256 w = _head(q);
+            if (uint8(w >> HEAD_PHASE) == uint8(Phase.Pending)) {
+                if (uint48(w >> HEAD_MARK) >= block.number) break;
+                _materialise(next, q, w);
                 ++done;
             }
             ++next;
@@ -634,22 +691,23 @@ abstract contract HubStorage {
         if (next != start) _nextAssign = uint128(next);
     }
 
-    function _materialise(uint256 id, Request storage q) internal {
-        bytes32 h = blockhash(q.mark);
+    /// @dev `w`: the request's head (Pending: `mark` is the request block).
+    function _materialise(uint256 id, Request storage q, uint256 w) internal {
+        uint256 requestBlock = uint48(w >> HEAD_MARK);
+        bytes32 h = blockhash(requestBlock);
         if (h == bytes32(0)) {
             _refund(id, q);
             return;
         }
-        bytes32 modelId = _modelIds[q.modelIndex - 1];
-        Model memory model = _models[modelId];
-        uint256 r = q.redundancy;
+        bytes32 modelId = _modelIds[uint24(w >> HEAD_MODEL) - 1];
+        uint256 r = uint8(w >> HEAD_R);
         (address[] memory chosen, uint256 got) =
-            _pick(modelId, r, uint256(keccak256(abi.encode(h, id))), q.mark, new address[](0));
+            _pick(modelId, r, uint256(keccak256(abi.encode(h, id))), requestBlock, new address[](0));
         if (got < r) {
             _refund(id, q);
             return;
         }
-        _seatAssignees(id, q, modelId, model, chosen);
+        _seatAssignees(id, q, modelId, _models[modelId].timeoutBlocks, chosen);
     }
 
     /// @dev Every pool change first materialises the requests already due: a request's seats are
@@ -657,24 +715,28 @@ abstract contract HubStorage {
     ///      registration or an exit made after seeing that hash cannot move them.
     function _activate(address miner, Miner storage m, bytes32 modelId) internal {
         _assignDue(type(uint256).max);
-        address[] storage pool = _active[modelId];
-        pool.push(miner);
-        m.activePos = uint32(pool.length);
+        Model storage model = _models[modelId];
+        uint32 size = model.active + 1;
+        model.active = size;
+        _pool[modelId][size - 1] = PoolEntry({miner: miner, since: uint48(block.number)});
+        m.activePos = size;
         m.activeSince = uint48(block.number);
         emit MinerActivated(miner, modelId);
     }
 
     function _deactivate(address miner, Miner storage m, bytes32 modelId) internal {
         _assignDue(type(uint256).max);
-        address[] storage pool = _active[modelId];
+        Model storage model = _models[modelId];
+        mapping(uint256 => PoolEntry) storage pool = _pool[modelId];
         uint256 pos = m.activePos;
-        uint256 last = pool.length;
+        uint32 last = model.active;
         if (pos != last) {
-            address moved = pool[last - 1];
+            PoolEntry memory moved = pool[last - 1];
             pool[pos - 1] = moved;
-            _miners[moved].activePos = uint32(pos);
+            _miners[moved.miner].activePos = uint32(pos);
         }
-        pool.pop();
+        delete pool[last - 1];
+        model.active = last - 1;
         m.activePos = 0;
         emit MinerDeactivated(miner, modelId);
     }
@@ -686,14 +748,14 @@ abstract contract HubStorage {
         view
         returns (address[] memory chosen, uint256 count)
     {
-        address[] storage pool = _active[modelId];
-        uint256 n = pool.length;
+        mapping(uint256 => PoolEntry) storage pool = _pool[modelId];
+        uint256 n = _models[modelId].active;
         chosen = new address[](r);
         if (n == 0) return (chosen, 0);
         if (r == 1 && exclude.length == 0) {
-            address a = pool[seed % n];
-            if (_miners[a].activeSince < cutoff) {
-                chosen[0] = a;
+            PoolEntry storage e = pool[seed % n];
+            if (e.since < cutoff) {
+                chosen[0] = e.miner;
                 return (chosen, 1);
             }
         }
@@ -704,8 +766,9 @@ abstract contract HubStorage {
             uint256 k = j + uint256(keccak256(abi.encode(seed, j))) % (n - j);
             uint256 vk;
             (vk, swaps) = _swap(swapPos, swapVal, swaps, j, k);
-            address a = pool[vk];
-            if (!_contains(exclude, a) && _miners[a].activeSince < cutoff) chosen[count++] = a;
+            PoolEntry storage e = pool[vk];
+            address a = e.miner;
+            if (e.since < cutoff && !_contains(exclude, a)) chosen[count++] = a;
         }
     }
 

@@ -79,7 +79,8 @@ contract InferenceHub is HubStorage {
     /// @notice Register a model (owner only). `modelId = keccak256(bytes(name))`. An engine upgrade is
     ///         a new model entry. For r = 1 the audit rate must make cheating lose money:
     ///         `auditBps * minStake >= AUDIT_MARGIN * (10_000 - auditBps) * maxPrice`.
-    ///         msg.value seeds the model's audit pool (see `fundAuditPool`).
+    ///         msg.value seeds the model's audit pool (see `fundAuditPool`). Bounds: `baseFee` and
+    ///         `perTokenFee` < 2^80 wei (1.2M ETH), `minStake` < 2^96, `timeoutBlocks` <= 200.
     function registerModel(
         string calldata name,
         bytes32 engineClass,
@@ -93,7 +94,7 @@ contract InferenceHub is HubStorage {
         if (msg.sender != owner) revert NotOwner();
         if (
             bytes(name).length == 0 || engineClass == bytes32(0) || minStake == 0 || minStake > type(uint96).max
-                || baseFee == 0 || baseFee > type(uint96).max || perTokenFee > type(uint96).max || timeoutBlocks == 0
+                || baseFee == 0 || baseFee > type(uint80).max || perTokenFee > type(uint80).max || timeoutBlocks == 0
                 || timeoutBlocks > 200 || redundancy == 0 || redundancy > MAX_REDUNDANCY || auditBps > 10_000
                 || (redundancy == 1 && auditBps == 0)
         ) revert InvalidModel();
@@ -103,19 +104,22 @@ contract InferenceHub is HubStorage {
         }
         modelId = keccak256(bytes(name));
         if (_models[modelId].index != 0) revert ModelExists();
-        _modelIds.push(modelId);
+        uint256 count = _modelCount;
+        _modelIds[count] = modelId;
+        _modelCount = ++count;
         _models[modelId] = Model({
-            baseFee: uint96(baseFee),
-            perTokenFee: uint96(perTokenFee),
-            timeoutBlocks: timeoutBlocks,
+            baseFee: uint80(baseFee),
+            perTokenFee: uint80(perTokenFee),
+            timeoutBlocks: uint16(timeoutBlocks),
             redundancy: redundancy,
-            index: uint24(_modelIds.length),
-            minStake: uint96(minStake),
-            auditBps: auditBps
+            index: uint24(count),
+            auditBps: auditBps,
+            active: 0,
+            minStake: uint96(minStake)
         });
         _modelNames[modelId] = name;
         _engineClasses[modelId] = engineClass;
-        if (msg.value != 0) _auditPool[uint24(_modelIds.length)] = msg.value;
+        if (msg.value != 0) _auditPool[uint24(count)] = msg.value;
         emit ModelRegistered(
             modelId, name, engineClass, minStake, baseFee, perTokenFee, timeoutBlocks, redundancy, auditBps
         );
@@ -134,7 +138,7 @@ contract InferenceHub is HubStorage {
 
     /// @notice The exact fee of a request declaring `maxTokens`.
     function price(bytes32 modelId, uint256 maxTokens) public view returns (uint256) {
-        Model memory model = _models[modelId];
+        Model storage model = _models[modelId];
         if (model.index == 0) revert UnknownModel();
         return uint256(model.baseFee) + uint256(model.perTokenFee) * maxTokens;
     }
@@ -206,10 +210,12 @@ contract InferenceHub is HubStorage {
         nonReentrant
         returns (uint256 id)
     {
-        Model memory model = _models[modelId];
+        Model memory model = _hotModel(modelId);
         if (model.index == 0) revert UnknownModel();
-        _checkPool(modelId, model.redundancy);
-        id = _newRequest(model, modelId, inputDigest, maxTokens, msg.value);
+        _checkPool(model);
+        id = _nextId;
+        _nextId = uint128(id + 1);
+        _newRequest(model, modelId, id, inputDigest, maxTokens, msg.value);
         _assignDue(AUTO_ASSIGN);
     }
 
@@ -223,16 +229,19 @@ contract InferenceHub is HubStorage {
         uint256 len = inputDigests.length;
         if (len != maxTokens.length) revert LengthMismatch();
         if (len == 0 || len > MAX_BATCH) revert BadBatch();
-        Model memory model = _models[modelId];
+        Model memory model = _hotModel(modelId);
         if (model.index == 0) revert UnknownModel();
-        _checkPool(modelId, model.redundancy);
+        _checkPool(model);
         uint256 left = msg.value;
+        firstId = _nextId;
+        _nextId = uint128(firstId + len); // the ids firstId .. firstId + len - 1, written once
         for (uint256 i; i < len; ++i) {
             uint256 p = uint256(model.baseFee) + uint256(model.perTokenFee) * maxTokens[i];
             if (p > left) revert WrongFee(p, left);
-            left -= p;
-            uint256 id = _newRequest(model, modelId, inputDigests[i], maxTokens[i], p);
-            if (i == 0) firstId = id;
+            unchecked {
+                left -= p;
+            }
+            _newRequest(model, modelId, firstId + i, inputDigests[i], maxTokens[i], p);
         }
         if (left != 0) revert WrongFee(msg.value - left, msg.value);
         _assignDue(AUTO_ASSIGN);
@@ -308,7 +317,7 @@ contract InferenceHub is HubStorage {
             timeoutBlocks: model.timeoutBlocks,
             redundancy: model.redundancy,
             auditBps: model.auditBps,
-            activeMinerCount: _active[modelId].length,
+            activeMinerCount: model.active,
             auditPool: _auditPool[model.index]
         });
     }
@@ -322,12 +331,19 @@ contract InferenceHub is HubStorage {
         return _nextAssign;
     }
 
-    function modelIds() external view returns (bytes32[] memory) {
-        return _modelIds;
+    function modelIds() external view returns (bytes32[] memory ids) {
+        ids = new bytes32[](_modelCount);
+        for (uint256 i; i < ids.length; ++i) {
+            ids[i] = _modelIds[i];
+        }
     }
 
-    function activeMiners(bytes32 modelId) external view returns (address[] memory) {
-        return _active[modelId];
+    function activeMiners(bytes32 modelId) external view returns (address[] memory miners) {
+        mapping(uint256 => PoolEntry) storage pool = _pool[modelId];
+        miners = new address[](_models[modelId].active);
+        for (uint256 i; i < miners.length; ++i) {
+            miners[i] = pool[i].miner;
+        }
     }
 
     function getMiner(address miner) external view returns (MinerView memory v) {
@@ -377,43 +393,53 @@ contract InferenceHub is HubStorage {
         if (q.redundancy == 1 && q.flags & FLAG_AUDIT == 0 && q.digests[0] != bytes32(0)) v.committed = 1;
     }
 
-    function _checkPool(bytes32 modelId, uint256 r) private view {
-        uint256 n = _active[modelId].length;
-        if (n < r) revert NotEnoughMiners(r, n);
+    function _checkPool(Model memory model) private pure {
+        if (model.active < model.redundancy) revert NotEnoughMiners(model.redundancy, model.active);
     }
 
-    function _newRequest(Model memory model, bytes32 modelId, bytes32 inputDigest, uint32 maxTokens, uint256 fee)
-        private
-        returns (uint256 id)
-    {
+    /// @dev Write request `id` (the caller advanced `_nextId`) and emit `InferenceRequested`.
+    function _newRequest(
+        Model memory model,
+        bytes32 modelId,
+        uint256 id,
+        bytes32 inputDigest,
+        uint32 maxTokens,
+        uint256 fee
+    ) private {
         if (inputDigest == bytes32(0)) revert ZeroDigest();
         if (maxTokens == 0 || maxTokens > MAX_DECLARED_TOKENS) revert BadMaxTokens(maxTokens);
         uint256 p = uint256(model.baseFee) + uint256(model.perTokenFee) * maxTokens;
         if (fee != p) revert WrongFee(p, fee);
-        id = _nextId++;
         Request storage q = _requests[id];
-        q.requester = msg.sender;
-        q.fee = uint96(fee);
         q.inputDigest = inputDigest;
-        q.mark = uint48(block.number);
-        q.modelIndex = model.index;
-        q.redundancy = model.redundancy;
-        q.phase = Phase.Pending;
+        // Slot 0 (requester, fee) and the head (mark = this block, modelIndex, redundancy, Pending):
+        // one write each.
+        uint256 word0 = uint256(uint160(msg.sender)) | uint256(uint96(fee)) << 160;
+        assembly {
+            sstore(q.slot, word0)
+        }
+        _setHead(
+            q,
+            uint256(uint48(block.number)) << HEAD_MARK | uint256(model.index) << HEAD_MODEL
+                | uint256(model.redundancy) << HEAD_R | uint256(uint8(Phase.Pending)) << HEAD_PHASE
+        );
         emit InferenceRequested(id, msg.sender, modelId, inputDigest, fee, maxTokens);
     }
 
     function _commit(uint256 id, bytes32 c) private {
         if (c == bytes32(0)) revert ZeroDigest();
         Request storage q = _requests[id];
-        Phase ph = q.phase;
+        uint256 w = _head(q);
+        Phase ph = Phase(uint8(w >> HEAD_PHASE));
         if (ph == Phase.Assigned) {
-            if (block.number > q.mark) revert DeadlinePassed(id);
-            uint256 r = q.redundancy;
+            if (block.number > uint48(w >> HEAD_MARK)) revert DeadlinePassed(id);
+            uint256 r = uint8(w >> HEAD_R);
             if (r == 1) {
-                if (q.assignee0 != msg.sender) revert NotSeated(id);
+                if (address(uint160(w)) != msg.sender) revert NotSeated(id);
                 q.digests[0] = c;
-                q.phase = Phase.Reveal;
-                q.mark = uint48(block.number); // the commit block: seeds the audit draw
+                // phase Reveal, mark = the commit block (seeds the audit draw): one write
+                w &= ~(uint256(type(uint48).max) << HEAD_MARK | uint256(0xff) << HEAD_PHASE);
+                _setHead(q, w | uint256(uint48(block.number)) << HEAD_MARK | uint256(uint8(Phase.Reveal)) << HEAD_PHASE);
                 emit ResultCommitted(id, msg.sender, c);
                 return;
             }
@@ -430,27 +456,32 @@ contract InferenceHub is HubStorage {
     function _reveal(uint256 id, bytes32 d) private {
         if (d == bytes32(0)) revert ZeroDigest();
         Request storage q = _requests[id];
-        Phase ph = q.phase;
-        if (ph == Phase.Reveal && q.redundancy == 1 && q.flags & FLAG_AUDIT == 0) {
-            _revealSingle(id, q, d);
+        uint256 w = _head(q);
+        if (
+            uint8(w >> HEAD_PHASE) == uint8(Phase.Reveal) && uint8(w >> HEAD_R) == 1
+                && uint8(w >> HEAD_FLAGS) & FLAG_AUDIT == 0
+        ) {
+            _revealSingle(id, q, d, w);
             return;
         }
         _delegate(abi.encodeCall(HubDisputes.disputeReveal, (id, d)));
     }
 
     /// @dev The r = 1 happy path: reveal, check the draw, finalize and pay.
-    function _revealSingle(uint256 id, Request storage q, bytes32 d) private {
-        if (q.assignee0 != msg.sender) revert NotSeated(id);
+    ///      `w`: its head (Reveal: `mark` is the commit block).
+    function _revealSingle(uint256 id, Request storage q, bytes32 d, uint256 w) private {
+        if (address(uint160(w)) != msg.sender) revert NotSeated(id);
         if (keccak256(abi.encode(d, msg.sender, id)) != q.digests[0]) revert CommitmentMismatch(id);
-        uint256 commitBlock = q.mark;
+        uint256 commitBlock = uint48(w >> HEAD_MARK);
         if (block.number <= commitBlock) revert NotYet(id, uint64(commitBlock + 1));
-        Model memory model = _models[_modelIds[q.modelIndex - 1]];
+        Model memory model = _hotModel(_modelIds[uint24(w >> HEAD_MODEL) - 1]);
         if (block.number > commitBlock + model.timeoutBlocks) revert DeadlinePassed(id);
-        if (d != UNAVAILABLE && q.flags & FLAG_NO_AUDIT == 0 && _drawn(id, commitBlock, model.auditBps)) {
+        if (d != UNAVAILABLE && uint8(w >> HEAD_FLAGS) & FLAG_NO_AUDIT == 0 && _drawn(id, commitBlock, model.auditBps))
+        {
             revert AuditDrawn(id);
         }
         q.digests[0] = d;
-        q.phase = Phase.Final;
+        _setHead(q, w & ~(uint256(0xff) << HEAD_PHASE) | uint256(uint8(Phase.Final)) << HEAD_PHASE);
         emit ResultRevealed(id, msg.sender, d);
         _payFinal(id, q, model, d);
     }

@@ -69,6 +69,59 @@ contract RegistryTest is HubBase {
         hub.registerModel("m3", CLASS, MIN_STAKE, 1, 0, TIMEOUT, 3, 0);
     }
 
+    /// @dev Fees are packed as uint80 (1.2M ETH) next to the model's other hot fields.
+    function test_registerModel_feeBounds() public {
+        uint256 max = type(uint80).max;
+        vm.expectRevert(HubStorage.InvalidModel.selector);
+        hub.registerModel("x", CLASS, MIN_STAKE, max + 1, 0, TIMEOUT, 3, 0);
+        vm.expectRevert(HubStorage.InvalidModel.selector);
+        hub.registerModel("x", CLASS, MIN_STAKE, 1, max + 1, TIMEOUT, 3, 0);
+        bytes32 id = hub.registerModel("x", CLASS, MIN_STAKE, max, max, 200, 3, 10_000);
+        HubStorage.ModelView memory v = hub.getModel(id);
+        assertEq(v.baseFee, max);
+        assertEq(v.perTokenFee, max);
+        assertEq(uint256(v.timeoutBlocks), 200);
+        assertEq(uint256(v.redundancy), 3);
+        assertEq(uint256(v.auditBps), 10_000);
+        assertEq(v.minStake, MIN_STAKE);
+        assertEq(hub.price(id, 65_536), max + max * 65_536);
+        bytes32[] memory ids = hub.modelIds();
+        assertEq(ids.length, 3);
+        assertEq(ids[2], id);
+    }
+
+    /// @dev The active pool (swap-and-pop, each entry with its activation block) and its count.
+    function test_activePool_swapAndPop() public {
+        address a = miners[0];
+        address b = miners[1];
+        address c = miners[2];
+        _register(a, m1);
+        _register(b, m1);
+        _register(c, m1);
+        assertEq(hub.getModel(m1).activeMinerCount, 3);
+        vm.prank(a);
+        hub.requestExit(); // c moves into a's place
+        address[] memory pool = hub.activeMiners(m1);
+        assertEq(pool.length, 2);
+        assertEq(pool[0], c);
+        assertEq(pool[1], b);
+        vm.prank(b);
+        hub.requestExit(); // the last entry leaves
+        pool = hub.activeMiners(m1);
+        assertEq(pool.length, 1);
+        assertEq(pool[0], c);
+        assertEq(hub.getModel(m1).activeMinerCount, 1);
+        assertTrue(hub.getMiner(c).active);
+        // the moved miner still leaves cleanly
+        vm.prank(c);
+        hub.requestExit();
+        assertEq(hub.activeMiners(m1).length, 0);
+        assertEq(hub.getModel(m1).activeMinerCount, 0);
+        vm.prank(alice);
+        vm.expectRevert(abi.encodeWithSelector(HubStorage.NotEnoughMiners.selector, 1, 0));
+        hub.requestInference{value: _fee()}(m1, IN, MAX_TOKENS);
+    }
+
     /// @dev auditBps * minStake >= 2 * (10000 - auditBps) * maxPrice, maxPrice = base + perToken * 65536.
     function test_registerModel_auditInequality() public {
         uint16 bps = 1_000; // 9000 * 2 / 1000 = 18: minStake must cover 18 max prices

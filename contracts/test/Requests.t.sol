@@ -53,6 +53,60 @@ contract RequestsTest is HubBase {
         vm.stopPrank();
     }
 
+    /// @dev Every field of a request through request, assignment, commit and reveal (the hot paths
+    ///      write the head slot as one packed word).
+    function test_requestFields_throughTheHotPaths() public {
+        uint256 requestBlock = block.number;
+        vm.prank(alice);
+        uint256 id = hub.requestInference{value: _fee()}(m1, IN, MAX_TOKENS);
+        InferenceHub.RequestView memory v = hub.getRequest(id);
+        assertEq(uint8(v.phase), uint8(HubStorage.Phase.Pending));
+        assertEq(v.requester, alice);
+        assertEq(v.modelId, m1);
+        assertEq(v.inputDigest, IN);
+        assertEq(v.fee, _fee());
+        assertEq(uint256(v.mark), requestBlock);
+        assertEq(uint256(v.redundancy), 1);
+        assertEq(uint256(v.flags), 0);
+        assertEq(v.seats.length, 0);
+
+        _roll(1);
+        hub.assign(1);
+        v = hub.getRequest(id);
+        assertEq(uint8(v.phase), uint8(HubStorage.Phase.Assigned));
+        assertEq(uint256(v.mark), block.number + TIMEOUT);
+        assertEq(v.modelId, m1);
+        assertEq(uint256(v.redundancy), 1);
+        assertEq(uint256(v.flags), 0);
+        assertEq(v.requester, alice);
+        assertEq(v.fee, _fee());
+        assertEq(v.seats.length, 1);
+        address a = v.seats[0];
+        assertTrue(hub.getMiner(a).active);
+
+        _commit(a, id, OUT);
+        uint256 commitBlock = block.number;
+        v = hub.getRequest(id);
+        assertEq(uint8(v.phase), uint8(HubStorage.Phase.Reveal));
+        assertEq(uint256(v.mark), commitBlock);
+        assertEq(v.seats[0], a);
+        assertEq(v.modelId, m1);
+        assertEq(uint256(v.redundancy), 1);
+
+        _roll(1);
+        _setDraw(id, commitBlock, false);
+        _reveal(a, id, OUT);
+        v = hub.getRequest(id);
+        assertEq(uint8(v.phase), uint8(HubStorage.Phase.Final));
+        assertEq(uint256(v.mark), commitBlock);
+        assertEq(v.outputDigest, OUT);
+        assertEq(v.seats[0], a);
+        assertEq(v.modelId, m1);
+        assertEq(uint256(v.redundancy), 1);
+        assertEq(uint256(v.flags), 0);
+        assertEq(v.requester, alice);
+    }
+
     function test_requestInferences_batch() public {
         bytes32[] memory d = new bytes32[](3);
         uint32[] memory t = new uint32[](3);

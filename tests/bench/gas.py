@@ -14,8 +14,13 @@ request needs: everything before a miner can start, r = 1), `assign_one`, `audit
 auditor's commit + reveal, the reveal resolving the agreement), `open_audit`,
 `equivocation_proof`, `request_batch16_per_request` (`requestInferences` of 16, per request) and
 `assign_batch16_per_request`.
+Ratios (issue 14; floats, the only non-integer keys): `request_batch16_ratio` (a request in a batch of
+16 against a lone one: request_batch16_per_request / request_r1) and
+`request_batch16_with_assignment_ratio` (the same with each side's `assign` added:
+(request_batch16_per_request + assign_batch16_per_request) / request_with_assignment).
 Targets (issue 12): request_with_assignment <= 150,000; submit <= 60,000; commit_reveal <= 110,000;
-submit_batch32_per_result <= 35,000.
+submit_batch32_per_result <= 35,000. Issue 14: request_batch16_ratio <= 0.5 (reported, not a target
+of the exit status: the floor is the three fresh slots every request writes, see the developer guide).
 """
 
 from __future__ import annotations
@@ -161,6 +166,17 @@ async def measure(rpc_url: str, keys: list[str]) -> dict[str, int]:
     return gas
 
 
+def ratios(gas: dict[str, int]) -> dict[str, float]:
+    """Issue 14: what a request in a batch of 16 costs against a lone one."""
+    batched = gas["request_batch16_per_request"]
+    return {
+        "request_batch16_ratio": round(batched / gas["request_r1"], 3),
+        "request_batch16_with_assignment_ratio": round(
+            (batched + gas["assign_batch16_per_request"]) / gas["request_with_assignment"], 3
+        ),
+    }
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="inferd-gas-") as tmp:
         node = anvil_process(Path(tmp), accounts=12)
@@ -177,7 +193,10 @@ def main() -> int:
             else ""
         )
         print(f"{key:30s} {value:>10,}{note}")
-    print(json.dumps(gas))
+    rates = ratios(gas)
+    for key, rate in rates.items():
+        print(f"{key:38s} {rate:>6.1%}")
+    print(json.dumps({**gas, **rates}))
     return 0 if all(gas[k] <= t for k, t in TARGETS.items()) else 1
 
 
