@@ -158,3 +158,33 @@ def test_escalation_records_survive_reopen(tmp_path: Path) -> None:
     rec = j.escalation(7)
     assert rec is not None and rec.state == EscalationState.SENT and rec.txs == ("0x01", "0x02")
     assert j.escalations([EscalationState.SENDING]) == []
+
+
+def test_batch_commits_its_writes_together_and_undoes_a_failed_one_alone(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    j = Journal(path, scope="s")
+    with j.batch():
+        assign(j, 1)
+        assign(j, 2, digest=D2)
+        with j.batch():  # nested: joins the outer transaction
+            j.mark_uploaded(2, OUT, "0xsig")
+        with pytest.raises(InvalidTransition):  # job 1 is not uploaded: the whole call is undone,
+            j.mark_committing([2, 1], "0xtx")  # job 2's part included, and nothing else
+        other = sqlite3.connect(path)  # another reader sees nothing before the batch commits
+        assert other.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
+        other.close()
+    j.close()
+    j = Journal(path, scope="s")
+    one, two = j.get(1), j.get(2)
+    assert one is not None and one.state == JobState.NEW
+    assert two is not None and two.state == JobState.UPLOADED and two.commit_txs == ()
+
+
+def test_a_batch_that_raises_writes_nothing(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite", scope="s")
+    with pytest.raises(RuntimeError), j.batch():
+        assign(j, 1)
+        raise RuntimeError("boom")
+    assert j.get(1) is None
+    assign(j, 1)  # the journal is usable afterwards
+    assert j.get(1) is not None

@@ -247,6 +247,27 @@ def test_public_keys_are_verified_against_their_address() -> None:
     assert keys.cached(MINER_A.address.lower()) == public_key_of(_key(MINER_A))
 
 
+async def test_a_seat_asking_before_the_seal_gets_the_envelope_once_it_exists(tmp_path: Path) -> None:
+    """The seat and the gateway learn the assignment from the same block: a seat that asks first
+    waits for the seal (no 404 and retry); an input never requested here is a 404 at once."""
+    doc, data = _private_doc()
+    keys = PublicKeys()
+    keys.offer(MINER_A.address, public_key_of(_key(MINER_A)))
+    book = EnvelopeBook()
+    desk = PrivateDesk(LocalStore(tmp_path / "gw"), _key(REQUESTER), keys, book)
+    cid = digest_to_cid(digest_of(data))
+    desk.register((1, 5), cid, data, doc.salt or "")
+    asking = asyncio.create_task(book.wait(cid, 60))
+    await asyncio.sleep(0)
+    assert not asking.done()
+    assert await desk.add_seats((1, 5), (MINER_A.address,), hub=None)  # type: ignore[arg-type]
+    envelope = await asking
+    assert envelope is not None and open_private_input(
+        envelope, private_key=_key(MINER_A), input_digest=digest_of(data)
+    ) is not None
+    assert await book.wait(digest_to_cid(digest_of(b"never requested")), 60) is None
+
+
 async def test_the_desk_seals_to_each_new_seat_and_serves_the_newest_envelope(tmp_path: Path) -> None:
     doc, data = _private_doc()
     store = LocalStore(tmp_path / "gw")
