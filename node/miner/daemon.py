@@ -65,6 +65,7 @@ from node.miner.journal import OPEN, TERMINAL, UNFINISHED, Job, JobState, Journa
 from node.miner.metrics import MinerMetrics, OpsServer
 from node.miner.money import refresh_money
 from node.miner.pipeline import EngineLike, Pipeline, Produced
+from node.miner.speculate import SeatDraw
 from node.miner.submitter import COMMIT_STATES, REVEAL_STATES, Submitter
 from node.stream.publisher import StreamPublisher
 from node.supervise import Supervisor, describe, wait_task
@@ -101,6 +102,9 @@ class DaemonConfig:
     """`chain.ws_url`: new heads pushed over it wake the watcher (`node.chain.heads`); None: poll only."""
     escalate: bool = True
     """`miner.escalate`: challenge (bond minStake) a provisional outcome our revealed seat lost."""
+    speculate: bool = True
+    """Start a seat at its request's block, drawn off chain (`node.miner.speculate`), before
+    `InferenceAssigned`; nothing goes on chain before the assignment confirms the seat."""
 
 
 class MinerStartError(RuntimeError):
@@ -206,6 +210,12 @@ class MinerDaemon:
         self._last_chain_ok = 0.0
         self.ready = asyncio.Event()
         self.disputes = Disputes(self)
+        self.draw = SeatDraw(hub)
+        self._speculative: set[int] = set()
+        """Request ids seated from our own draw whose `InferenceAssigned` we have not seen yet."""
+        self._drawing: set[asyncio.Task[None]] = set()
+        self._overtaken: dict[int, bool] = {}
+        """Draws in progress: True once the request's assignment or refund was seen meanwhile."""
 
     # ------------------------------------------------------------------ status
 
@@ -342,7 +352,8 @@ class MinerDaemon:
                 self.publisher.publish_result(request_id, produced.output.decode("utf-8"), produced.signature)
             if produced.sealed:  # the HTTP path to the requester's gateway, after MQTT and off the slot
                 self._spawn_delivery(produced)
-            self.submitter.enqueue(request_id, fresh=True)
+            # a speculative seat is not committable before its assignment: the chain check waits
+            self.submitter.enqueue(request_id, fresh=request_id not in self._speculative)
             return
 
     def _spawn_delivery(self, produced: Produced) -> None:
@@ -376,7 +387,22 @@ class MinerDaemon:
                     ev.id, max_tokens=ev.max_tokens, block_number=ev.log.block_number,
                     created=timestamps.get(ev.log.block_number, 0),
                 )  # fmt: skip
+                fresh = ev.log.block_number + self.config.confirmations + 2 >= self._head  # not a replay
+                if (
+                    self.config.speculate
+                    and fresh
+                    and self.model is not None
+                    and self.journal.get(ev.id) is None
+                ):
+                    self._overtaken[ev.id] = False
+                    task = asyncio.create_task(self._speculate(ev), name=f"draw-{ev.id}")
+                    self._drawing.add(task)
+                    task.add_done_callback(self._drawing.discard)
             return
+        if isinstance(ev, (InferenceAssigned, InferenceRefunded)):
+            self._speculative.discard(ev.id)
+            if ev.id in self._overtaken:
+                self._overtaken[ev.id] = True  # a draw still reading the pool must not seat us now
         if isinstance(ev, InferenceAssigned):
             if me in ev.assignees:
                 self._seat(ev.id, Role.ASSIGNEE, ev.input_digest, ev.deadline, ev)
@@ -422,6 +448,26 @@ class MinerDaemon:
             return
         if isinstance(ev, InferenceRefunded) and job.state in OPEN:
             self._close(ev.id, JobState.EXPIRED, "refunded")
+
+    async def _speculate(self, ev: InferenceRequested) -> None:
+        """Draw the request's seats from its block; seat ourselves at once when we hold one."""
+        model = self.model
+        assert model is not None
+        with self.loops.guard("draw", request_id=ev.id):
+            try:
+                seats = await self.draw.seats(
+                    model.model_id, model.redundancy, ev.id, ev.log.block_number, ev.log.block_hash
+                )
+            finally:
+                overtaken = self._overtaken.pop(ev.id, True)
+            if overtaken or self.address not in seats or not self._accepting:
+                return
+            if self.journal.get(ev.id) is not None:  # a seat from the chain came first
+                return
+            self._speculative.add(ev.id)
+            provisional = ev.log.block_number + 1 + model.timeout_blocks  # the real one is never earlier
+            self._seat(ev.id, Role.ASSIGNEE, ev.input_digest, provisional, ev)
+            self.metrics.speculative_seats.inc()
 
     def _close(self, rid: int, state: JobState, reason: str) -> None:
         log.warning("job_closed", request_id=rid, state=state.value, reason=reason)
