@@ -9,6 +9,13 @@ an automining dev chain the `assign` transaction is itself the next block. Reque
 share a transaction (`node.gateway.batcher` holds that policy) and the requests of one batch share
 one `assign`; each submission's `gas_cost` carries its share of both.
 
+The seats are known before `assign` is mined, though: the gateway draws them itself from its
+request's block (`node.chain.draw`, bit-exact with the hub) and hands them to the registry
+(`on_drawn`), so a public request returns at once and accepts its seat's deltas and signed result
+while `assign` (still sent: it is what puts the seat, and so its signature, under the equivocation
+slashing) is mined in the background. A private request still waits for the chain's seats (its
+input is sealed to them).
+
 `Requester` takes what it needs from the backend as callables (chain events a receipt carries, the
 private-input sealer, the recent-answers cache), so the backend stays the only place that wires them.
 """
@@ -23,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from node.chain.draw import SeatDraw
 from node.chain.errors import ChainError, decode_revert
 from node.chain.events import HubEvent, InferenceAssigned, InferenceRefunded, decode_logs
 from node.chain.hub import ASSIGN_GAS, AUTO_ASSIGN, MAX_BATCH, Phase
@@ -120,6 +128,9 @@ class Requester:
         self._read_receipts: OrderedDict[bytes | int, None] = OrderedDict()
         """Shared `assign` receipts already read (`_first_read`), newest last."""
         self.batch_max = batch_max
+        self._assigning: set[asyncio.Task[None]] = set()
+        """`_ensure_assigned` of requests already answering on their drawn seats."""
+        self._draws: dict[int, SeatDraw] = {}
         self.batch_slots = batch_slots
         """`gateway.request_batch_max` / `request_batch_slots`, for each model's `RequestBatcher`."""
 
@@ -178,12 +189,41 @@ class Requester:
         pending.result_future.add_done_callback(lambda f: self._remember(f, pending.submission))
         if placed.index == 0:  # a batch's receipt is read once (it assigns requests before it)
             self._on_receipt_events(chain_id, decode_logs(receipt["logs"]))
-        await self._ensure_assigned(link, pending, since=placed.mined_at, batch=placed.size)
+        if desk is None and not pending.assigned and await self._draw(link, pending, model, receipt):
+            task = asyncio.create_task(
+                self._ensure_assigned(link, pending, since=placed.mined_at, batch=placed.size),
+                name=f"assign-{requested.id}",
+            )
+            self._assigning.add(task)
+            task.add_done_callback(self._assigning.discard)
+        else:
+            await self._ensure_assigned(link, pending, since=placed.mined_at, batch=placed.size)
         if desk is not None:
             self._seal(link, requested.id, pending.submission.assignees)
         if link.follower is not None:
             link.follower.wake()
         return pending
+
+    async def _draw(self, link: ChainLink, pending: PendingInference, model: ModelInfo, receipt: Any) -> bool:
+        """Hand the registry the seats drawn from the request's block; False when that failed or
+        draws a refund (then the chain's answer is awaited as before)."""
+        draw = self._draws.get(link.chain_id)
+        if draw is None:
+            draw = self._draws[link.chain_id] = SeatDraw(link.hub)
+        mid = bytes.fromhex(model.model_id.removeprefix("0x"))
+        block_hash = receipt["blockHash"]
+        block_hash = block_hash if isinstance(block_hash, str) else "0x" + bytes(block_hash).hex()
+        try:
+            seats = await draw.seats(
+                mid, model.redundancy, pending.request_id, int(receipt["blockNumber"]), block_hash
+            )
+        except (ChainError, OSError, ValueError) as exc:
+            log.warning("seat_draw_failed", request_id=pending.request_id, error=str(exc))
+            return False
+        if len(seats) < model.redundancy:
+            return False
+        self.registry.on_drawn(link.chain_id, pending.request_id, tuple(seats))
+        return True
 
     def _first_read(self, receipt: Any) -> bool:
         """True the first time an `assign` receipt is seen (its sharers all get the same one)."""
@@ -218,7 +258,7 @@ class Requester:
         give_up = time.monotonic() + ASSIGN_WAIT_S
         poll = max(0.05, min(link.settings.poll_interval_s, 1.0))
         try:
-            while not pending.assigned and not pending.done():
+            while not pending.chain_assigned and not pending.done():
                 if time.monotonic() > give_up:
                     log.warning("assign_wait_gave_up", request_id=rid, chain_id=link.chain_id)
                     return
@@ -231,7 +271,7 @@ class Requester:
                 )
                 if self._first_read(receipt):  # its sharers' seats too: decoded once, not once each
                     self._on_receipt_events(link.chain_id, decode_logs(receipt["logs"]))
-                if pending.assigned or pending.done():
+                if pending.chain_assigned or pending.done():
                     return
                 view = await link.hub.get_request(rid)
                 if view.phase == Phase.REFUNDED:

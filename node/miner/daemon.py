@@ -13,6 +13,16 @@ is kept for what it declared: the max tokens the fee paid for, and the request b
 every seat's output document carries. An input still unfetchable `unavailable_margin_blocks` before
 the commit deadline is committed and revealed as `UNAVAILABLE` rather than left silent.
 
+Speculative seats (`miner.speculate`, on by default): the hub fixes a request's seats when its
+block N is mined (seed `blockhash(N)`, the pool at the end of N) but writes them a block later
+(`assign()`). On `InferenceRequested` (fresh, not a replay) the daemon draws them itself
+(`node.chain.draw`) and, holding one, journals an assignee job (the request block as its block,
+`N + 1 + timeoutBlocks` as a provisional deadline: the real one is never earlier) and runs it at
+once: fetch, engine, signed result and deltas over MQTT. Nothing goes on chain from the draw: the
+submitter's check waits while the request is `Pending`; `InferenceAssigned` re-journals the job with
+its real block and deadline (the output kept) and queues the commit, and an assignment naming
+others or a refund closes it like any reassignment. One row per request id, one commit, as ever.
+
 Disputes live in `node.miner.disputes`: escalating a provisional outcome our seat lost
 (`InferenceResolved` for another digest than ours; `miner.escalate`), voting on others' escalations
 (`EscalationOpened` on our model where we hold no seat), and the sweeper's `timeoutMany` for
@@ -39,6 +49,7 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 
 from node import __version__
+from node.chain.draw import SeatDraw
 from node.chain.events import (
     AuditOpened,
     CommitteeOpened,
@@ -65,7 +76,6 @@ from node.miner.journal import OPEN, TERMINAL, UNFINISHED, Job, JobState, Journa
 from node.miner.metrics import MinerMetrics, OpsServer
 from node.miner.money import refresh_money
 from node.miner.pipeline import EngineLike, Pipeline, Produced
-from node.miner.speculate import SeatDraw
 from node.miner.submitter import COMMIT_STATES, REVEAL_STATES, Submitter
 from node.stream.publisher import StreamPublisher
 from node.supervise import Supervisor, describe, wait_task
@@ -103,7 +113,7 @@ class DaemonConfig:
     escalate: bool = True
     """`miner.escalate`: challenge (bond minStake) a provisional outcome our revealed seat lost."""
     speculate: bool = True
-    """Start a seat at its request's block, drawn off chain (`node.miner.speculate`), before
+    """Start a seat at its request's block, drawn off chain (`node.chain.draw`), before
     `InferenceAssigned`; nothing goes on chain before the assignment confirms the seat."""
 
 

@@ -1,4 +1,4 @@
-"""Miner daemons on a real anvil (fake engine) start a seat at its request's block (node.miner.speculate).
+"""Miner daemons on a real anvil (fake engine) start a seat at its request's block (miner.speculate).
 
 Requests are paid and NOT assigned: the daemon holding the drawn seat (node.chain.draw) runs the
 input and journals an uploaded result while the hub still says Pending, nothing of it on chain; the
