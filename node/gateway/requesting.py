@@ -11,10 +11,11 @@ one `assign`; each submission's `gas_cost` carries its share of both.
 
 The seats are known before `assign` is mined, though: the gateway draws them itself from its
 request's block (`node.chain.draw`, bit-exact with the hub) and hands them to the registry
-(`on_drawn`), so a public request returns at once and accepts its seat's deltas and signed result
-while `assign` (still sent: it is what puts the seat, and so its signature, under the equivocation
-slashing) is mined in the background. A private request still waits for the chain's seats (its
-input is sealed to them).
+(`on_drawn`), so a request returns at once and accepts its seat's deltas and signed result while
+`assign` (still sent: it is what puts the seat, and so its signature, under the equivocation
+slashing) is mined in the background. A private input is sealed to the drawn seat at once too (the
+draw is the hub's, bit-exact, over the pool at the request's block: the seat the chain will name
+unless that block is reorged away; the chain's seats are sealed to when `InferenceAssigned` comes).
 
 `Requester` takes what it needs from the backend as callables (chain events a receipt carries, the
 private-input sealer, the recent-answers cache), so the backend stays the only place that wires them.
@@ -189,7 +190,7 @@ class Requester:
         pending.result_future.add_done_callback(lambda f: self._remember(f, pending.submission))
         if placed.index == 0:  # a batch's receipt is read once (it assigns requests before it)
             self._on_receipt_events(chain_id, decode_logs(receipt["logs"]))
-        if desk is None and not pending.assigned and await self._draw(link, pending, model, receipt):
+        if not pending.assigned and await self._draw(link, pending, model, receipt):
             task = asyncio.create_task(
                 self._ensure_assigned(link, pending, since=placed.mined_at, batch=placed.size),
                 name=f"assign-{requested.id}",
