@@ -614,9 +614,9 @@ class HubClient:
     # Views
     # ---------------------------------------------------------------------------------------------
 
-    async def _call(self, fn: AsyncContractFunction) -> Any:
+    async def _call(self, fn: AsyncContractFunction, block: BlockIdentifier = "latest") -> Any:
         try:
-            return await fn.call()
+            return await fn.call(block_identifier=block)
         except ContractLogicError as exc:
             raise decode_revert(_revert_data(exc)) from exc
 
@@ -639,12 +639,14 @@ class HubClient:
     async def model_ids(self) -> list[bytes]:
         return [bytes(m) for m in await self._call(self.contract.functions.modelIds())]
 
-    async def active_miners(self, model: bytes) -> list[str]:
-        return [to_checksum_address(a) for a in await self._call(self.contract.functions.activeMiners(model))]
+    async def active_miners(self, model: bytes, *, block: BlockIdentifier = "latest") -> list[str]:
+        """The model's active pool in the hub's order (the draw's positions), as of `block`."""
+        fn = self.contract.functions.activeMiners(model)
+        return [to_checksum_address(a) for a in await self._call(fn, block)]
 
-    async def get_miner(self, address: str) -> MinerInfo:
+    async def get_miner(self, address: str, *, block: BlockIdentifier = "latest") -> MinerInfo:
         addr = to_checksum_address(address)
-        v = await self._call(self.contract.functions.getMiner(addr))
+        v = await self._call(self.contract.functions.getMiner(addr), block)
         return MinerInfo(
             address=addr,
             model_id=_opt_digest(bytes(v[0])),
