@@ -16,18 +16,15 @@ from __future__ import annotations
 import itertools
 import os
 import random
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 
-import pytest
 from eth_account import Account
 from eth_utils.crypto import keccak
 
 from node.chain.draw import PoolEntry, draw_seats, pick, pool_at, seat_seed
 from node.chain.events import InferenceAssigned, InferenceRefunded, InferenceRequested, decode_logs
 from node.chain.hub import HubClient
-from node.devnet.processes import Anvil, anvil_process
+from node.devnet.processes import Anvil
 
 EC = b"\x5e" * 32
 MIN_STAKE = 10**15
@@ -119,20 +116,8 @@ def test_pick_matches_a_reference_fisher_yates_without_cap() -> None:
     assert seat_seed(b"\x00" * 32, 0) == int.from_bytes(keccak(b"\x00" * 64), "big")
 
 
-@pytest.fixture
-def own_anvil(process_logs: Path) -> Iterator[Anvil]:
-    """An anvil of its own: this test turns automine off and raises the block gas limit, which the
-    session's shared node must never see, even if the test fails half-way."""
-    node = anvil_process(process_logs)
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()
-
-
 async def test_seat_draw_matches_every_assignment(own_anvil: Anvil, anvil_keys: list[str]) -> None:
-    anvil = own_anvil
+    anvil = own_anvil  # automine off and a raised gas limit: never on the session's shared node
     seed = int(os.environ.get("SEAT_DRAW_SEED", random.SystemRandom().randrange(2**32)))
     print(f"seat draw test seed: {seed} (SEAT_DRAW_SEED={seed} replays it)")
     rng = random.Random(seed)
