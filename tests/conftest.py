@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,15 +24,28 @@ def process_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("process-logs")
 
 
-@pytest.fixture(scope="session")
-def anvil(process_logs: Path) -> Iterator[Anvil]:
-    """A real anvil (automine) for the whole session."""
-    node = anvil_process(process_logs)
+@contextmanager
+def _running(node: Anvil) -> Iterator[Anvil]:
     node.start()
     try:
         yield node
     finally:
         node.stop()
+
+
+@pytest.fixture(scope="session")
+def anvil(process_logs: Path) -> Iterator[Anvil]:
+    """A real anvil (automine) for the whole session."""
+    with _running(anvil_process(process_logs)) as node:
+        yield node
+
+
+@pytest.fixture
+def own_anvil(process_logs: Path) -> Iterator[Anvil]:
+    """An anvil of a test's own, for tests that change the node's behaviour (automine off, block gas
+    limit, reorgs) or that must not depend on the shared node's long history."""
+    with _running(anvil_process(process_logs)) as node:
+        yield node
 
 
 @pytest.fixture(scope="session")

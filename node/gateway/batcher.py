@@ -190,7 +190,8 @@ class RequestBatcher:
         try:
             receipt = await self.send([item])
             (placed,) = match_receipt(receipt, [item], mined_at=time.monotonic())
-        except Exception as exc:
+        except Exception as exc:  # this request's own failure: its caller gets it, the others go on
+            log.info("request_alone_failed", error=type(exc).__name__)
             if not fut.done():
                 fut.set_exception(exc)
         else:

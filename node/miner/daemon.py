@@ -75,7 +75,7 @@ from node.miner.hubview import HubView, MinerEvent
 from node.miner.journal import OPEN, TERMINAL, UNFINISHED, Job, JobState, Journal, Role
 from node.miner.metrics import MinerMetrics, OpsServer
 from node.miner.money import refresh_money
-from node.miner.pipeline import EngineLike, Pipeline, Produced
+from node.miner.pipeline import EngineLike, Pipeline
 from node.miner.submitter import COMMIT_STATES, REVEAL_STATES, Submitter
 from node.stream.publisher import StreamPublisher
 from node.supervise import Supervisor, describe, wait_task
@@ -180,8 +180,6 @@ class MinerDaemon:
         self.publisher = publisher
         self.metrics = metrics or MinerMetrics()
         self.loops = Supervisor("miner")
-        self._deliveries: set[asyncio.Task[None]] = set()
-        """Sealed answers being handed to their gateways over HTTP (`Pipeline.deliver`)."""
         self.metrics.track_loops(self.loops)
         self.metrics.track_heads(lambda: {config.chain_id: self.follower.heads if self.follower else None})
         self.sender = TxSender(
@@ -353,27 +351,21 @@ class MinerDaemon:
                 job.max_tokens,
             ):
                 continue  # the request changed under us (reorg): redo
+            if self.publisher is not None:  # the gateway's answer first: MQTT, then HTTP
+                self.publisher.publish_result(request_id, produced.output.decode("utf-8"), produced.signature)
+            if produced.sealed:
+                # Before the journal: a journaled result goes on chain even after a crash, and a sealed
+                # answer lives only here until its gateway has it. A crash before this line redoes
+                # the job on restart (the same bytes and signature: the engine is deterministic).
+                await self.pipeline.deliver(produced)
             self.journal.mark_uploaded(request_id, produced.output_digest, produced.signature)
             log.info(
                 "job_uploaded", output_cid=produced.output_cid, generated=produced.completion_tokens,
                 error=produced.error_code, infer_s=round(produced.infer_s, 3),
             )  # fmt: skip
-            if self.publisher is not None:
-                self.publisher.publish_result(request_id, produced.output.decode("utf-8"), produced.signature)
-            if produced.sealed:  # the HTTP path to the requester's gateway, after MQTT and off the slot
-                self._spawn_delivery(produced)
             # a speculative seat is not committable before its assignment: the chain check waits
             self.submitter.enqueue(request_id, fresh=request_id not in self._speculative)
             return
-
-    def _spawn_delivery(self, produced: Produced) -> None:
-        async def deliver() -> None:
-            with bound(request_id=produced.request_id), self.loops.guard("deliver"):
-                await self.pipeline.deliver(produced)
-
-        task = asyncio.create_task(deliver(), name=f"deliver-{produced.request_id}")
-        self._deliveries.add(task)
-        task.add_done_callback(self._deliveries.discard)
 
     # ------------------------------------------------------------------ chain events
 
@@ -783,8 +775,6 @@ class MinerDaemon:
         for task in producing:
             with contextlib.suppress(BaseException):
                 await task
-        if self._deliveries:  # best effort, like the deliveries themselves
-            await asyncio.wait(set(self._deliveries), timeout=max(0.1, deadline - time.monotonic()))
         await self.disputes.close()
         await self.loops.close()
         if self.publisher is not None:

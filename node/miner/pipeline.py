@@ -333,8 +333,9 @@ class Pipeline:
 
     async def deliver(self, produced: Produced) -> None:
         """Hand a sealed answer to the requester's gateway over HTTP (`POST /envelope/output`), the
-        path without MQTT. Not part of `produce`: the daemon journals the signed result and
-        publishes it over MQTT first, so the gateway's answer does not wait for this round trip."""
+        path without MQTT. Not part of `produce`: the daemon publishes the signed result over MQTT
+        first (the gateway's fast path), then delivers, then journals (a journaled result may settle
+        on chain after a crash, so its sealed answer must have reached the gateway by then)."""
         if produced.sealed and self.envelopes is not None:
             await deliver_output(self.envelopes, produced.output)
 

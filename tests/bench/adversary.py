@@ -14,7 +14,8 @@ line of stdout, one JSON object) the expected values per trial:
 
 `ADVERSARY_SCALE=k` multiplies the trials of `sybil_quorum` and `equivocate` by k (rare cases, such
 as a coalition whose stake earlier offences already took, show up in longer runs); anvil's block
-hashes, and so every draw, differ from run to run.
+hashes, and so every draw, differ from run to run. `ADVERSARY_DEBUG=1` prints each trial an honest
+party lost, with every transaction of it (sender, gas, price), and each escalation's claims.
 
 The must-show is attacker_profit_wei <= 0 and honest_loss_wei <= 0; each line that is not says why
 (a protocol finding), and a few findings the attacks surface are printed as `finding:` lines.
@@ -68,7 +69,9 @@ from tests.bench.adversary_sim import (  # noqa: E402
 
 CLASS = FAKE_ENGINE_CLASS  # the class the fake engine declares: real daemons refuse any other
 MODEL = "bench-model"
-BASE_FEE = 10**15  # >= r x a seat's commit + reveal gas at the bench's gas price (about 1 gwei)
+# >= 3 x a seat's commit + reveal gas at the bench's gas price (about 1 gwei, up to 1.15 gwei in a fresh
+# anvil's first blocks); a model with more seats scales it (seat_fee): a seat's pay is fee / r
+BASE_FEE = 10**15
 PER_TOKEN = 10**9
 MIN_STAKE = 10**17
 TIMEOUT = 50  # blocks; every transaction mines one (automine)
@@ -586,9 +589,18 @@ def capture_bound(na: int, nh: int, r: int) -> tuple[float, float, list[str]]:
 SYBIL_R = 5  # the redundancy a 1/3 coalition needs for P(honest loss) <= 1% (see capture_bound)
 
 
+def seat_fee(r: int) -> int:
+    """The base fee of an r-seat model: each seat paid what an r = 3 seat is (BASE_FEE / 3). A seat
+    can pay for its work alone: a commit of its own (82k gas) and the reveal that settles the request
+    (154k at r = 5: the tally and r credits), about 2.6e14 wei at 1.1 gwei. At r = 5 BASE_FEE / 5 =
+    2e14 did not cover that (the honest seats of the first requests, committed alone because the
+    batch's later requests materialised them, lost ~5e13 each)."""
+    return BASE_FEE * r // 3
+
+
 async def sybil_quorum(b: Bench) -> Outcome:
     # every voter commits on every open escalation in one window
-    m = await b.model(SYBIL_R, 0, timeout_blocks=200)
+    m = await b.model(SYBIL_R, 0, base_fee=seat_fee(SYBIL_R), timeout_blocks=200)
     na, nh = 3, 6
     stake = 5 * m.min_stake  # every miner the same stake: the coalition holds 1/3 of it
     ac = await b.miners(m, na, stake)

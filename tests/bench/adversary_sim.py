@@ -46,7 +46,7 @@ from node.miner.testing import FakeEngine
 
 ROUNDS = 400
 GAS_MARGIN = 3.0
-DEBUG = bool(os.environ.get("ADVERSARY_DEBUG"))  # print the per-trial losses and escalations
+DEBUG = bool(os.environ.get("ADVERSARY_DEBUG"))  # print per-trial losses (with their txs) and escalations
 
 
 @dataclass(frozen=True)
@@ -224,6 +224,7 @@ class Sim:
         self.tried: set[tuple[str, int, str]] = set()
         self.votes: dict[int, dict[str, bytes]] = defaultdict(dict)
         self.failures: list[str] = []
+        self.txlog: dict[int, list[str]] = defaultdict(list)  # DEBUG: what each request's txs cost whom
         self._chain_id = 0
 
     def seat_cost(self, request_id: int) -> int:
@@ -321,8 +322,19 @@ class Sim:
             reverted = getattr(exc, "reverted", None)
             if reverted is not None:  # mined and reverted: its gas is spent
                 self.ledger.record(str(who.sender), ids, TxResult("", 0, reverted.fee_paid, 1, []))
+                if DEBUG:
+                    for i in ids:
+                        self.txlog[i].append(
+                            f"{what}x{len(ids)} by {str(who.sender)[:8]} REVERTED {reverted.fee_paid}"
+                        )
             return None
         self.ledger.record(str(who.sender), ids, tx, values)
+        if DEBUG:
+            for i in ids:
+                self.txlog[i].append(
+                    f"{what}x{len(ids)} by {str(who.sender)[:8]} gas {tx.gas_used} "
+                    f"price {tx.effective_gas_price} fee {tx.fee_paid} block {tx.block_number}"
+                )
         return tx
 
     # ------------------------------------------------------------------------------------------
@@ -692,6 +704,9 @@ async def account(
         losses = {a: v for a, v in losses.items() if a not in pooled}
         if losses and DEBUG:
             print("    loss in trial", list(t), {a[:8]: v for a, v in losses.items()}, sim.ledger.by_id[t[0]])
+            for i in t:
+                for line in sim.txlog[i]:
+                    print("      ", i, line)
         lost_trials += lost_here
         loss_total += sum(losses.values())
     loss_total += round(len(trials) * sum(-v for v in pooled_net.values() if v < 0))

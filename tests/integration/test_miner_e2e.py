@@ -50,7 +50,7 @@ from node.content.documents import (
     to_canonical_bytes,
 )
 from node.content.local import LocalStore
-from node.devnet.processes import Anvil, Mosquitto, anvil_process, free_port
+from node.devnet.processes import Anvil, Mosquitto, free_port
 from node.miner.daemon import DaemonConfig, MinerDaemon, engine_class_id
 from node.miner.journal import UNFINISHED, Journal
 from node.miner.pipeline import MAX_TOKENS_EXCEEDS_DECLARED, declared_tokens
@@ -204,18 +204,13 @@ async def net(
 
 @pytest.fixture()
 async def fresh_net(
-    process_logs: Path, mosquitto: Mosquitto, anvil_keys: list[str], data_dir: Path, miner_engine: Any
+    own_anvil: Anvil, mosquitto: Mosquitto, anvil_keys: list[str], data_dir: Path, miner_engine: Any
 ) -> AsyncIterator[Net]:
     """A Net on an anvil of its own: `anvil_reorg` on the session's long-lived anvil (over a thousand
     blocks in a full run) re-mined the reorged transactions on a state where the hub had no code (a
     reveal "succeeded" with 22,790 gas and no logs), which a fresh node does not do."""
-    node = anvil_process(process_logs)
-    node.start()
-    try:
-        async with _net(node, mosquitto, anvil_keys, data_dir, miner_engine) as n:
-            yield n
-    finally:
-        node.stop()
+    async with _net(own_anvil, mosquitto, anvil_keys, data_dir, miner_engine) as n:
+        yield n
 
 
 @contextlib.asynccontextmanager

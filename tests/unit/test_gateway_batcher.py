@@ -74,6 +74,17 @@ def item(i: int) -> BatchItem:
     return BatchItem(digest=i.to_bytes(32, "big"), max_tokens=10 + i, fee=1000 + i)
 
 
+async def hold_first(
+    batcher: RequestBatcher, behind: Sequence[BatchItem]
+) -> tuple[asyncio.Task[Any], list[asyncio.Task[Any]]]:
+    """item(0) goes out alone (the fake chain holds it at its gate); `behind` queue up meanwhile."""
+    first = asyncio.create_task(batcher.submit(item(0)))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(batcher.submit(x)) for x in behind]
+    await asyncio.sleep(0)
+    return first, rest
+
+
 def _needs_event_abi() -> None:
     try:
         event_topic("InferenceRequested")
@@ -96,10 +107,7 @@ async def test_arrivals_during_a_send_share_the_next_transaction() -> None:
     chain = FakeChain()
     chain.gate = asyncio.Event()
     batcher = RequestBatcher(chain.send)
-    first = asyncio.create_task(batcher.submit(item(0)))
-    await asyncio.sleep(0)
-    rest = [asyncio.create_task(batcher.submit(item(i))) for i in range(1, 11)]
-    await asyncio.sleep(0)
+    first, rest = await hold_first(batcher, [item(i) for i in range(1, 11)])
     assert len(chain.sent) == 1 and batcher.waiting == 10  # one slot: the others wait for it
     chain.gate.set()
     placed = [await first, *await asyncio.gather(*rest)]
@@ -127,10 +135,7 @@ async def test_a_failed_transaction_fails_each_caller() -> None:
     chain = FakeChain()
     chain.gate = asyncio.Event()
     batcher = RequestBatcher(chain.send)
-    first = asyncio.create_task(batcher.submit(item(0)))
-    await asyncio.sleep(0)
-    rest = [asyncio.create_task(batcher.submit(item(i))) for i in range(1, 4)]
-    await asyncio.sleep(0)
+    first, rest = await hold_first(batcher, [item(i) for i in range(1, 4)])
     chain.fail = ServiceUnavailable("requestInference failed on chain 31337: nonce gap")
     chain.gate.set()
     results = await asyncio.gather(first, *rest, return_exceptions=True)
@@ -222,11 +227,8 @@ async def test_a_batch_one_entry_spoils_is_sent_again_one_request_a_transaction(
     chain = HubLikeChain()
     chain.gate = asyncio.Event()
     batcher = RequestBatcher(chain.send)
-    first = asyncio.create_task(batcher.submit(item(0)))
-    await asyncio.sleep(0)
     bad = BatchItem(digest=b"\x09" * 32, max_tokens=0, fee=1)
-    rest = [asyncio.create_task(batcher.submit(x)) for x in (item(1), item(2), bad, item(3))]
-    await asyncio.sleep(0)
+    first, rest = await hold_first(batcher, [item(1), item(2), bad, item(3)])
     chain.gate.set()
     results = await asyncio.gather(first, *rest, return_exceptions=True)
     assert [len(tx) for tx in chain.sent] == [1, 4, 1, 1, 1, 1]  # the batch, then each alone
@@ -255,10 +257,7 @@ async def test_failures_that_would_repeat_fail_the_batch_once(cause: Exception) 
     chain = FakeChain()
     chain.gate = asyncio.Event()
     batcher = RequestBatcher(chain.send)
-    first = asyncio.create_task(batcher.submit(item(0)))
-    await asyncio.sleep(0)
-    rest = [asyncio.create_task(batcher.submit(item(i))) for i in range(1, 4)]
-    await asyncio.sleep(0)
+    first, rest = await hold_first(batcher, [item(i) for i in range(1, 4)])
     chain.fail = caller_facing(cause)
     chain.gate.set()
     results = await asyncio.gather(first, *rest, return_exceptions=True)
