@@ -46,6 +46,9 @@ class PendingInference:
         self.drawn = False
         """The assignees are the seats drawn off chain from the request's block (`node.chain.draw`),
         not yet confirmed by `InferenceAssigned` (which replaces them when it comes)."""
+        self.assigning: asyncio.Task[None] | None = None
+        """The `assign` still being mined in the background while the drawn seats answer: its gas
+        joins `submission.gas_cost` when it ends, so the call's spend settles after it."""
         self.answer_on_signature = False
         """Resolve on a verified signed result before settlement (`accept_signed`)."""
         self.audited = False

@@ -197,6 +197,7 @@ class Requester:
             )
             self._assigning.add(task)
             task.add_done_callback(self._assigning.discard)
+            pending.assigning = task  # the caller settles the call's spend once its gas is known
         else:
             await self._ensure_assigned(link, pending, since=placed.mined_at, batch=placed.size)
         if desk is not None:
@@ -274,13 +275,16 @@ class Requester:
                     self._on_receipt_events(link.chain_id, decode_logs(receipt["logs"]))
                 if pending.chain_assigned or pending.done():
                     return
+                # the chain's word, whether or not the registry still holds the request (a call
+                # answered on its drawn seat, or given up, is released before its assign is mined)
                 view = await link.hub.get_request(rid)
                 if view.phase == Phase.REFUNDED:
                     self.registry.on_failed(link.chain_id, rid, refunded(rid))
-                elif view.phase != Phase.PENDING:
+                    return
+                if view.phase != Phase.PENDING:
                     self.registry.on_assigned(link.chain_id, rid, view.assignees)
-                else:  # the batch went to requests due before it: assign again
-                    await asyncio.sleep(poll)
+                    return
+                await asyncio.sleep(poll)  # the batch went to requests due before it: assign again
         except (ChainError, TxError, OSError) as exc:
             # the request is paid for; anyone (the next request, a miner, the watcher) can assign it
             log.warning("assign_failed", request_id=rid, chain_id=link.chain_id, error=str(exc))
