@@ -259,6 +259,7 @@ class ChainBackend:
     async def close(self) -> None:
         self.loops.stop_restarts()
         await self.registry.close()
+        await self.requester.close()
         for task in list(self._nudges):
             task.cancel()
         if self.subscriber is not None:

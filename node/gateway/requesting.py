@@ -13,9 +13,12 @@ The seats are known before `assign` is mined, though: the gateway draws them its
 request's block (`node.chain.draw`, bit-exact with the hub) and hands them to the registry
 (`on_drawn`), so a request returns at once and accepts its seat's deltas and signed result while
 `assign` (still sent: it is what puts the seat, and so its signature, under the equivocation
-slashing) is mined in the background. A private input is sealed to the drawn seat at once too (the
-draw is the hub's, bit-exact, over the pool at the request's block: the seat the chain will name
-unless that block is reorged away; the chain's seats are sealed to when `InferenceAssigned` comes).
+slashing) is mined in the background. A private input is sealed to the drawn seat too, but only
+once the request's block has `chain.confirmations` blocks on it and is still the chain's block of
+that number: the same confirmations the gateway's follower waits for before it trusts
+`InferenceAssigned`, so the drawn seat is exactly as final as the assignment would be, and a reorg
+of the request block (a new seed, other seats) never hands the prompt to a miner the chain does
+not seat. The chain's seats are sealed to when `InferenceAssigned` comes, as before.
 
 `Requester` takes what it needs from the backend as callables (chain events a receipt carries, the
 private-input sealer, the recent-answers cache), so the backend stays the only place that wires them.
@@ -78,6 +81,11 @@ def gas_cost(receipt: Any) -> int:
         return 0
 
 
+def _hash(value: Any) -> str:
+    """A block hash as 0x-hex (receipts and blocks give HexBytes, some providers str)."""
+    return value if isinstance(value, str) else "0x" + bytes(value).hex()
+
+
 def refunded(request_id: int) -> UpstreamError:
     return UpstreamError(
         f"Request {request_id} was refunded on chain: no miner could be assigned, or none answered "
@@ -132,6 +140,8 @@ class Requester:
         self._assigning: set[asyncio.Task[None]] = set()
         """`_ensure_assigned` of requests already answering on their drawn seats."""
         self._draws: dict[int, SeatDraw] = {}
+        self._confirming: set[asyncio.Task[None]] = set()
+        """Private inputs waiting for their drawn seats' block to be confirmed (`_seal_drawn`)."""
         self.batch_slots = batch_slots
         """`gateway.request_batch_max` / `request_batch_slots`, for each model's `RequestBatcher`."""
 
@@ -200,11 +210,20 @@ class Requester:
             pending.assigning = task  # the caller settles the call's spend once its gas is known
         else:
             await self._ensure_assigned(link, pending, since=placed.mined_at, batch=placed.size)
-        if desk is not None:
+        if desk is not None and pending.drawn:
+            self._seal_drawn(link, requested.id, pending.submission.assignees, request_block, receipt)
+        elif desk is not None:
             self._seal(link, requested.id, pending.submission.assignees)
         if link.follower is not None:
             link.follower.wake()
         return pending
+
+    async def close(self) -> None:
+        """Stop the background `assign`s and waits for confirmations (the backend is closing)."""
+        tasks = [*self._assigning, *self._confirming]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _draw(self, link: ChainLink, pending: PendingInference, model: ModelInfo, receipt: Any) -> bool:
         """Hand the registry the seats drawn from the request's block; False when that failed or
@@ -213,11 +232,13 @@ class Requester:
         if draw is None:
             draw = self._draws[link.chain_id] = SeatDraw(link.hub)
         mid = bytes.fromhex(model.model_id.removeprefix("0x"))
-        block_hash = receipt["blockHash"]
-        block_hash = block_hash if isinstance(block_hash, str) else "0x" + bytes(block_hash).hex()
         try:
             seats = await draw.seats(
-                mid, model.redundancy, pending.request_id, int(receipt["blockNumber"]), block_hash
+                mid,
+                model.redundancy,
+                pending.request_id,
+                int(receipt["blockNumber"]),
+                _hash(receipt["blockHash"]),
             )
         except (ChainError, OSError, ValueError) as exc:
             log.warning("seat_draw_failed", request_id=pending.request_id, error=str(exc))
@@ -226,6 +247,43 @@ class Requester:
             return False
         self.registry.on_drawn(link.chain_id, pending.request_id, tuple(seats))
         return True
+
+    def _seal_drawn(
+        self, link: ChainLink, rid: int, seats: tuple[str, ...], block: int, receipt: Any
+    ) -> None:
+        """Seal a private input to its drawn seats once their block is as final as an assignment
+        (module docstring); at once when the gateway takes no confirmations."""
+        if link.settings.confirmations == 0:
+            self._seal(link, rid, seats)
+            return
+        coro = self._seal_when_confirmed(link, rid, seats, block, _hash(receipt["blockHash"]))
+        task = asyncio.create_task(coro, name=f"seal-drawn-{rid}")
+        self._confirming.add(task)
+        task.add_done_callback(self._confirming.discard)
+
+    async def _seal_when_confirmed(
+        self, link: ChainLink, rid: int, seats: tuple[str, ...], block: int, block_hash: str
+    ) -> None:
+        """Wait until `block` has `chain.confirmations` on it, then seal to `seats` if it is still
+        the request's block; otherwise (reorged away, request ended, RPC trouble, `ASSIGN_WAIT_S`)
+        leave the sealing to the chain's `InferenceAssigned`."""
+        assert link.private is not None
+        key = (link.chain_id, rid)
+        poll = max(0.05, min(link.settings.poll_interval_s, 1.0))
+        give_up = time.monotonic() + ASSIGN_WAIT_S
+        try:
+            while int(await link.hub.w3.eth.block_number) < block + link.settings.confirmations:
+                if link.private.get(key) is None or time.monotonic() > give_up:
+                    return
+                await asyncio.sleep(poll)
+            canonical = _hash((await link.hub.w3.eth.get_block(block))["hash"])
+        except (ChainError, OSError, ValueError) as exc:
+            log.warning("drawn_seal_failed", request_id=rid, chain_id=link.chain_id, error=str(exc))
+            return
+        if canonical.lower() != block_hash.lower():
+            log.warning("drawn_seat_reorged", request_id=rid, chain_id=link.chain_id, block=block)
+            return
+        self._seal(link, rid, seats)
 
     def _first_read(self, receipt: Any) -> bool:
         """True the first time an `assign` receipt is seen (its sharers all get the same one)."""
