@@ -169,7 +169,14 @@ class Requester:
         max_tokens = declared_max_tokens(document)
         fee = model.price(max_tokens)
         mid = bytes.fromhex(model.model_id.removeprefix("0x"))
-        placed = await self._batcher(link, mid, model).submit(BatchItem(digest, max_tokens, fee))
+        if desk is not None:  # a drawn seat asks for its envelope as soon as the request is mined:
+            desk.book.expect(input_cid)  # held until sealed, not a 404 that costs it a retry
+        try:
+            placed = await self._batcher(link, mid, model).submit(BatchItem(digest, max_tokens, fee))
+        except BaseException:
+            if desk is not None:
+                desk.book.drop(input_cid)
+            raise
         receipt, requested = placed.receipt, placed.requested
         request_block = int(receipt["blockNumber"])
         try:

@@ -29,6 +29,7 @@ from node.config import load_settings
 from node.devnet.processes import Anvil
 from node.gateway.app import create_app
 from node.gateway.pending import ResultMessage
+from node.gateway.private import EnvelopeBook
 from node.gateway.records import Delta
 from node.gateway.requesting import ASSIGN_BATCH, Requester
 from node.gateway.server import GatewayServer
@@ -80,9 +81,13 @@ async def test_the_chains_assignment_replaces_the_drawn_seats() -> None:
 
 @contextlib.asynccontextmanager
 async def _private_gateway(
-    anvil: Anvil, anvil_keys: list[str], data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    anvil: Anvil,
+    anvil_keys: list[str],
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    confirmations: int = 2,
 ) -> AsyncIterator[tuple[Any, Any, asyncio.Event]]:
-    """A chain gateway taking 2 confirmations whose `assign` waits for the returned event (so the
+    """A chain gateway taking `confirmations` whose `assign` waits for the returned event (so the
     only seats it knows are the drawn ones), on a hub with one miner."""
     release = asyncio.Event()
     send_assign = Requester._send_assign
@@ -98,7 +103,7 @@ async def _private_gateway(
     settings = load_settings(
         data_dir=data_dir,
         chain={"rpc_url": anvil.rpc_url, "hub_address": hub.owner.address, "private_key": anvil_keys[9],
-               "poll_interval_s": 0.05, "confirmations": CONFIRMATIONS},
+               "poll_interval_s": 0.05, "confirmations": confirmations},
         stream={"enabled": False},
         gateway={"request_timeout_s": 0.3, "require_auth": False},
     )  # fmt: skip
@@ -178,3 +183,53 @@ async def test_a_reorged_request_block_never_seals_to_its_drawn_seat(
         assert int(await w3.eth.block_number) >= block + CONFIRMATIONS  # another block `block`
         await _sealing_done(backend)
         assert not entry.sealed_to and link.private.book.get(entry.input_cid) is None
+
+
+async def test_a_seat_asking_for_the_envelope_before_the_request_is_mined_waits_for_it(
+    own_anvil: Anvil, anvil_keys: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drawn seat acts on the request's block and may ask for its envelope before the gateway
+    has read its own receipt: the gateway expects the input from before it sends the request, so
+    the seat's GET waits for the sealing instead of a 404 that costs it a retry with backoff."""
+    monkeypatch.setattr("node.gateway.private.ENVELOPE_WAIT_S", 60.0)  # the GET's wait is not tested
+    sending, send = asyncio.Event(), asyncio.Event()
+    send_request = Requester._send_request
+
+    async def held(self: Requester, *args: Any) -> Any:
+        sending.set()
+        await send.wait()
+        return await send_request(self, *args)
+
+    monkeypatch.setattr(Requester, "_send_request", held)
+    asked = asyncio.Event()
+    book_wait = EnvelopeBook.wait
+
+    async def wait(self: EnvelopeBook, input_cid: str, timeout_s: float) -> bytes | None:
+        asked.set()
+        return await book_wait(self, input_cid, timeout_s)
+
+    monkeypatch.setattr(EnvelopeBook, "wait", wait)
+    async with _private_gateway(own_anvil, anvil_keys, tmp_path, monkeypatch, confirmations=0) as (
+        server,
+        hub,
+        _,
+    ):
+        backend = server.app.state.gateway.backend
+        call = asyncio.create_task(_private_request(server, hub))
+        try:
+            async with asyncio.timeout(30):
+                await sending.wait()
+            (link,) = backend.links.values()
+            (input_cid,) = link.private.book._expected  # the call's input, expected before it is sent
+            async with httpx.AsyncClient(base_url=server.url, timeout=90) as http:
+                early = asyncio.create_task(http.get(f"/envelope/{input_cid}"))
+                async with asyncio.timeout(30):
+                    await asked.wait()  # the seat's GET is at the gateway before the request is sent
+                send.set()
+                rid, _ = await call
+                reply = await early
+        finally:
+            send.set()  # a failed step must not leave the call (and the server's shutdown) waiting
+        assert reply.status_code == 200, reply.text
+        entry = link.private.get((link.chain_id, rid))
+        assert entry is not None and entry.input_cid == input_cid and entry.sealed_to
