@@ -139,17 +139,19 @@ class SeatDraw:
 
     def __init__(self, hub: HubClient) -> None:  # used by the miner (speculative seats) and the gateway
         self.hub = hub
-        self._pools: OrderedDict[tuple[bytes, int], list[PoolEntry]] = OrderedDict()
+        self._pools: OrderedDict[tuple[bytes, int, str], asyncio.Future[list[PoolEntry]]] = OrderedDict()
+        """One read per (model, block, block hash), shared by the draws that wait for it: a batch of
+        64 requests in one block is drawn at once, by the miner and the gateway each (a reorged block
+        has another hash, so it is read afresh)."""
 
-    async def _pool(self, model: bytes, block: int) -> list[PoolEntry]:
-        key = (model, block)
-        pool = self._pools.get(key)
-        if pool is None:
-            pool = await pool_at(self.hub, model, block)
-            self._pools[key] = pool
+    async def _pool(self, model: bytes, block: int, block_hash: str) -> list[PoolEntry]:
+        key = (model, block, block_hash.lower())
+        read = self._pools.get(key)
+        if read is None or (read.done() and (read.cancelled() or read.exception() is not None)):
+            read = self._pools[key] = asyncio.ensure_future(pool_at(self.hub, model, block))
             while len(self._pools) > _POOL_CACHE:
                 self._pools.popitem(last=False)
-        return pool
+        return await asyncio.shield(read)  # one waiter cancelled does not cancel the others' read
 
     async def seats(
         self, model: bytes, redundancy: int, request_id: int, block: int, block_hash: str
@@ -159,7 +161,7 @@ class SeatDraw:
         `block_hash` is the request block's hash from the event's log (the pool is read at that
         block number: a reorg of it replaces the event, and the daemon's reorg handling re-checks).
         """
-        pool = await self._pool(model, block)
+        pool = await self._pool(model, block, block_hash)
         return draw_seats(pool, redundancy, bytes.fromhex(block_hash.removeprefix("0x")), request_id, block)
 
 
