@@ -179,6 +179,7 @@ class Requester:
             raise
         receipt, requested = placed.receipt, placed.requested
         request_block = int(receipt["blockNumber"])
+        drawn = asyncio.ensure_future(self._seats(link, model, requested.id, receipt))  # meanwhile
         try:
             block = await link.hub.w3.eth.get_block(request_block)
             created = int(block["timestamp"])
@@ -207,7 +208,7 @@ class Requester:
         pending.result_future.add_done_callback(lambda f: self._remember(f, pending.submission))
         if placed.index == 0:  # a batch's receipt is read once (it assigns requests before it)
             self._on_receipt_events(chain_id, decode_logs(receipt["logs"]))
-        if not pending.assigned and await self._draw(link, pending, model, receipt):
+        if not pending.assigned and await self._draw(link, pending, model, drawn):
             task = asyncio.create_task(
                 self._ensure_assigned(link, pending, since=placed.mined_at, batch=placed.size),
                 name=f"assign-{requested.id}",
@@ -232,25 +233,30 @@ class Requester:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _draw(self, link: ChainLink, pending: PendingInference, model: ModelInfo, receipt: Any) -> bool:
-        """Hand the registry the seats drawn from the request's block; False when that failed or
-        draws a refund (then the chain's answer is awaited as before)."""
+    async def _seats(self, link: ChainLink, model: ModelInfo, rid: int, receipt: Any) -> list[str] | None:
+        """The request's seats drawn from its receipt's block (None: the draw failed, logged)."""
         draw = self._draws.get(link.chain_id)
         if draw is None:
             draw = self._draws[link.chain_id] = SeatDraw(link.hub)
         mid = bytes.fromhex(model.model_id.removeprefix("0x"))
+        block, block_hash = int(receipt["blockNumber"]), _hash(receipt["blockHash"])
         try:
-            seats = await draw.seats(
-                mid,
-                model.redundancy,
-                pending.request_id,
-                int(receipt["blockNumber"]),
-                _hash(receipt["blockHash"]),
-            )
+            return await draw.seats(mid, model.redundancy, rid, block, block_hash)
         except (ChainError, OSError, ValueError) as exc:
-            log.warning("seat_draw_failed", request_id=pending.request_id, error=str(exc))
-            return False
-        if len(seats) < model.redundancy:
+            log.warning("seat_draw_failed", request_id=rid, error=str(exc))
+            return None
+
+    async def _draw(
+        self,
+        link: ChainLink,
+        pending: PendingInference,
+        model: ModelInfo,
+        drawn: asyncio.Future[list[str] | None],
+    ) -> bool:
+        """Hand the registry the seats drawn from the request's block (`_seats`); False when that
+        failed or draws a refund (then the chain's answer is awaited as before)."""
+        seats = await drawn
+        if seats is None or len(seats) < model.redundancy:
             return False
         self.registry.on_drawn(link.chain_id, pending.request_id, tuple(seats))
         return True
