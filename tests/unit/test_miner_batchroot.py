@@ -15,8 +15,9 @@ from eth_account import Account
 from eth_utils.crypto import keccak
 
 from node.chain.events import LogRef, ResultCommitted
-from node.chain.hub import UNAVAILABLE, Phase, RequestFlag, RequestInfo, commitment
+from node.chain.hub import UNAVAILABLE, HubClient, Phase, RequestFlag, RequestInfo, commitment
 from node.miner import batchroot
+from node.miner.hubview import HubView
 from node.miner.journal import BatchRecord, Job, JobState, Journal, Role
 
 ME = Account.from_key("0x" + "11" * 32).address
@@ -100,7 +101,7 @@ class Chain:
 def info(rid: int, mark: int = 50) -> RequestInfo:
     return RequestInfo(
         id=rid, phase=Phase.REVEAL, requester=OTHER, model_id=b"\x00" * 32, input_digest=b"\x01" * 32,
-        output_digest=None, fee=1, mark=mark, redundancy=1, flags=RequestFlag(32), committed=1, revealed=0,
+        output_digest=None, fee=1, mark=mark, redundancy=1, flags=RequestFlag.BATCH, committed=1, revealed=0,
         seats=(ME,), digests=(bytes(32),),
     )  # fmt: skip
 
@@ -159,3 +160,21 @@ async def test_resolve_rebuilds_a_root_the_journal_never_recorded(tmp_path: Path
     got = await batchroot.resolve(chain, j, ME, get(j, 4), info(4))
     assert got == BatchRecord(root, (4, 6), (digest(4), digest(6)))
     assert await batchroot.resolve(Chain([]), j, ME, get(j, 5), info(5)) is None  # nothing on chain
+
+
+def test_calldata_carries_the_root_and_the_withheld_leaves() -> None:
+    view = HubView(HubClient(HubClient.web3("http://127.0.0.1:9"), "0x" + "ab" * 20))  # never called
+    assert view.batch_roots  # this build's hub has commitBatch / revealBatch
+    rec = batchroot.build(ME, [(i, digest(i)) for i in (3, 5, 8)])
+    fn, args = view.hub.contract.decode_function_input(view.commit_batch_calldata(ME, rec.ids, rec.digests))
+    assert fn.fn_name == "commitBatch" and list(args["ids"]) == [3, 5, 8] and bytes(args["root"]) == rec.root
+    data = view.reveal_batch_calldata(ME, rec.ids, rec.digests, withheld={8, 3})
+    fn, args = view.hub.contract.decode_function_input(data)
+    assert fn.fn_name == "revealBatch" and int(args["withheld"]) == 0b101
+    assert [bytes(x) for x in args["items"]] == [
+        commitment(digest(3), ME, 3),
+        digest(5),
+        commitment(digest(8), ME, 8),
+    ]
+    with pytest.raises(ValueError, match="ascending"):
+        view.commit_batch_calldata(ME, [5, 3], [digest(5), digest(3)])
