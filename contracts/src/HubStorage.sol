@@ -229,6 +229,7 @@ abstract contract HubStorage {
     event InferenceAssigned(
         uint256 indexed id, bytes32 indexed modelId, bytes32 inputDigest, uint64 deadline, address[] assignees
     );
+    /// @notice `commitment` is the seat's commitment, or for a `commitBatch` entry the batch root.
     event ResultCommitted(uint256 indexed id, address indexed miner, bytes32 commitment);
     /// @notice Commit window over: seats reveal until `deadline`.
     event RevealOpened(uint256 indexed id, uint64 deadline);

@@ -25,6 +25,14 @@ import {HubDisputes} from "./HubDisputes.sol";
 ///    has committed, so the auditor cannot copy). Disagreement goes to a committee of three; the
 ///    losing side loses `minStake` (fraud slash). Cheating pays only if `p * S < (1 - p) * G`;
 ///    `registerModel` refuses prices where `p * minStake < AUDIT_MARGIN * (1 - p) * maxPrice`.
+///  - **Batch roots (r = 1).** An assignee may commit many results as one root
+///    `keccak256(abi.encodePacked(ids, leaves))`, each leaf its ordinary commitment (`commitBatch`):
+///    one stored word per batch instead of one per result. Ids ascend strictly and the root is
+///    stored under (miner, root, hash of the ids), so a root holds one leaf per request: a miner
+///    cannot keep two leaves for an id and choose after seeing its audit draw. `revealBatch` opens
+///    the root in a later block: entries final and paid (their digests only in the logs), except
+///    those drawn for audit, whose leaf is withheld into the request (a single commitment again).
+///    `BatchRevealed` carries every leaf so that `proveBatchEquivocation` can rebuild the root.
 ///  - **Escalation.** A seat outvoted in a committee or a quorum may escalate within `timeoutBlocks`
 ///    with a bond of `minStake`: every active miner of the model (eligible before the escalation)
 ///    may vote by commit-reveal, one miner one vote; the challenged digest stands unless the
@@ -416,6 +424,9 @@ contract InferenceHub is HubStorage {
         return _credits[account];
     }
 
+    /// @notice A request's state. A batch-committed r = 1 seat (flag 32) counts as committed; once
+    ///         `revealBatch` finalized it, `outputDigest` is 0 (the hub stores no digest for it):
+    ///         read it from the request's `InferenceFinalized` (or `ResultRevealed`) log.
     function getRequest(uint256 id) external view returns (RequestView memory v) {
         Request storage q = _requests[id];
         if (q.phase == Phase.None) revert UnknownRequest(id);
