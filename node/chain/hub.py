@@ -760,7 +760,9 @@ class HubClient:
             digests=tuple(bytes(d) for d in v[13]),
         )
         if info.phase == Phase.FINAL and RequestFlag.BATCH in info.flags and info.output_digest is None:
-            info = replace(info, output_digest=await self._finalized_digest(request_id, info.mark))
+            digest = await self._finalized_digest(request_id, info.mark)
+            # the seat's revealed digest too, so `revealed_digest` reads as for any other final request
+            info = replace(info, output_digest=digest, digests=(digest, *info.digests[1:]))
         return info
 
     async def _finalized_digest(self, request_id: int, commit_block: int) -> bytes:

@@ -90,6 +90,7 @@ async def test_commit_reveal_batch_round_trip_with_a_withheld_entry(
         if i in revealed:
             assert info.phase == Phase.FINAL and RequestFlag.BATCH in info.flags
             assert info.output_digest == _digest(k)  # from the InferenceFinalized log
+            assert info.revealed_digest(str(miner.sender)) == _digest(k)  # read as any final seat's
             assert info.verification_state == VerificationState.FINAL
         else:  # withheld: now a single commitment
             assert info.phase == Phase.REVEAL and RequestFlag.BATCH not in info.flags
