@@ -61,11 +61,21 @@ from node.content.store import ContentStore
 from node.log import bound, get_logger
 from node.miner.disputes import Disputes
 from node.miner.hubview import HubView, MinerEvent
-from node.miner.journal import OPEN, TERMINAL, UNFINISHED, Job, JobState, Journal, Role
+from node.miner.journal import (
+    COMMIT_STATES,
+    OPEN,
+    REVEAL_STATES,
+    TERMINAL,
+    UNFINISHED,
+    Job,
+    JobState,
+    Journal,
+    Role,
+)
 from node.miner.metrics import MinerMetrics, OpsServer
 from node.miner.money import refresh_money
 from node.miner.pipeline import EngineLike, Pipeline
-from node.miner.submitter import COMMIT_STATES, REVEAL_STATES, Submitter
+from node.miner.submitter import Submitter
 from node.stream.publisher import StreamPublisher
 from node.supervise import Supervisor, describe, wait_task
 

@@ -113,6 +113,10 @@ OPEN = UNFINISHED | {JobState.REVEALED}
 """States in which the request is not settled yet (we still follow its events)."""
 TERMINAL = frozenset({JobState.FINALIZED, JobState.EXPIRED, JobState.DROPPED, JobState.FAILED})
 SENDING = {JobState.COMMITTING: "commit_txs", JobState.REVEALING: "reveal_txs"}
+COMMIT_STATES = (JobState.UPLOADED, JobState.COMMITTING)
+"""States of a job whose commit (or vote commit) is still to land."""
+REVEAL_STATES = (JobState.COMMITTED, JobState.REVEALING)
+"""States of a job whose reveal (or vote reveal) is still to land."""
 
 _S = JobState
 _ALLOWED: dict[JobState, frozenset[JobState]] = {

@@ -41,9 +41,19 @@ from node.log import get_logger
 from node.miner import batchroot
 from node.miner.batching import BatchCollector
 from node.miner.hubview import COMMIT_PHASES, REVEAL_PHASES, HubView
-from node.miner.journal import TERMINAL, BatchRecord, Job, JobState, Journal, Role
+from node.miner.journal import (
+    COMMIT_STATES,
+    REVEAL_STATES,
+    TERMINAL,
+    BatchRecord,
+    Job,
+    JobState,
+    Journal,
+    Role,
+)
 from node.miner.metrics import MinerMetrics
 from node.miner.money import receipt_fee_wei
+from node.miner.votes import Votes
 
 log = get_logger("inferd.miner.submitter")
 
@@ -52,9 +62,6 @@ log = get_logger("inferd.miner.submitter")
 # (tallies, pays every seat, may seat a committee). Unused gas is not charged, so the headroom only
 # has to fit the wallet's balance at the fee cap.
 TRANSITION_GAS = 300_000
-
-COMMIT_STATES = (JobState.UPLOADED, JobState.COMMITTING)
-REVEAL_STATES = (JobState.COMMITTED, JobState.REVEALING)
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,10 @@ class Submitter:
         self._audits_opened: set[int] = set()
         self._busy: set[int] = set()  # ids in a batch being checked or sent: never two at once
         self._collector = BatchCollector(self._queue, batch_max=batch_max, wait_s=batch_wait_s, busy=busy)
+        self.votes = Votes(
+            journal=journal, hub=hub, sender=sender, miner=miner, metrics=metrics, extra_gas=TRANSITION_GAS,
+            settle=lambda job, v: self._settle(job, Verdict(*v)), requeue=self._requeue_later,
+        )  # fmt: skip
 
     def enqueue(self, request_id: int, *, fresh: bool = False) -> None:
         """A job reached `uploaded` or `committed` (or must be re-checked): act on it soon.
@@ -248,7 +259,7 @@ class Submitter:
             self._fresh.discard(rid)
             if job is not None and job.role == Role.VOTER:
                 if job.state in COMMIT_STATES + REVEAL_STATES + (JobState.REVEALED,):
-                    await self._vote(job, head)
+                    await self.votes.step(job, head)
                 continue
             if job is None or job.state not in COMMIT_STATES + REVEAL_STATES:
                 continue
@@ -305,77 +316,6 @@ class Submitter:
         loop = asyncio.get_running_loop()
         for rid in ids:
             loop.call_later(delay, self.enqueue, rid)
-
-    # ------------------------------------------------------------------ escalation votes
-
-    async def _vote(self, job: Job, head: int) -> None:
-        """One step of an escalation vote: commitVote, revealVote after the commit window, then
-        claimVote once final if our digest won (single transactions; votes are rare)."""
-        rid = job.request_id
-        try:
-            info = await self.hub.get_request(rid)
-            esc = await self.hub.hub.get_escalation(rid)
-        except Exception as exc:
-            log.warning("chain_check_failed", request_id=rid, error=f"{type(exc).__name__}: {exc}")
-            self._requeue_later([rid], 2.0)
-            return
-        if info is None or esc.challenger is None:
-            self._settle(job, Verdict("dropped", "no escalation on chain (reorg?)"))
-            return
-        digest = job.output_digest or b""
-        if job.state == JobState.REVEALED:
-            if info.phase != Phase.FINAL:
-                return  # InferenceFinalized enqueues the claim
-            if digest == info.output_digest and esc.voter_share > 0:
-                await self._vote_tx(job, "claim")
-            self.journal.mark(
-                rid, JobState.FINALIZED, "vote won" if digest == info.output_digest else "vote lost"
-            )
-            return
-        if info.phase != Phase.VOTE:
-            self._settle(job, Verdict("expired", f"escalation over (phase {info.phase.name})"))
-        elif job.state in COMMIT_STATES:
-            if head + 1 > esc.commit_end:
-                self._settle(job, Verdict("dropped", f"vote commit window closed at {esc.commit_end}"))
-            elif await self._vote_tx(job, "commit"):
-                self.journal.mark_committed(rid, None)
-        elif head + 1 <= esc.commit_end:
-            return  # reveal from block commitEnd + 1 (the sweeper re-checks committed jobs)
-        elif head + 1 > esc.reveal_end:
-            self._settle(job, Verdict("expired", f"vote reveal window closed at {esc.reveal_end}"))
-        elif await self._vote_tx(job, "reveal"):
-            self.journal.mark_revealed(rid, None)
-
-    async def _vote_tx(self, job: Job, action: str) -> bool:
-        """Send one vote transaction; True when it (or an earlier one) is on chain."""
-        rid = job.request_id
-        data = self.hub.vote_calldata(action, self.miner, rid, job.output_digest or b"")
-        state = {"commit": JobState.COMMITTING, "reveal": JobState.REVEALING}.get(action)
-
-        def on_signed(tx_hash: str) -> None:
-            if state is not None:
-                self.journal.mark_sending([rid], tx_hash, state)
-
-        try:
-            receipt = await self.sender.send(
-                self.hub.address, data, extra_gas=TRANSITION_GAS, on_signed=on_signed
-            )
-        except TxWouldRevert as exc:
-            name = decode_revert(exc.data if isinstance(exc.data, str | bytes) else None).name
-            if name in ("AlreadyCommitted", "AlreadyRevealed", "NothingToClaim"):
-                return True  # sent before a crash, or nothing to collect
-            log.warning("vote_would_revert", request_id=rid, action=action, error=str(exc))
-            self._requeue_later([rid], 2.0)
-            return False
-        except Exception as exc:
-            self.metrics.txs.labels("error").inc()
-            log.warning("vote_failed", request_id=rid, action=action, error=f"{type(exc).__name__}: {exc}")
-            self._requeue_later([rid], 2.0)
-            return False
-        self.metrics.txs.labels("ok").inc()
-        self.metrics.gas_spent_wei.inc(receipt_fee_wei(receipt))
-        log.info("vote_sent", request_id=rid, action=action, block=int(receipt["blockNumber"]))
-        return True
 
     async def _open_audit(self, job: Job) -> None:
         """Seat the auditor of our drawn result (once per process; the chain check guards restarts)."""
