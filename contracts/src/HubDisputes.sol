@@ -93,6 +93,11 @@ contract HubDisputes is HubStorage {
             }
         } else if (ph == Phase.Reveal) {
             if (q.redundancy == 1) {
+                // A batch-committed seat whose root was never opened: its leaf never reached the
+                // chain. Drawn, it goes to audit like a single commit its assignee leaves unrevealed
+                // (the auditor's digest stands; the assignee is slashed as hiding its result), so
+                // keeping a drawn batch closed never costs less than revealing a wrong result.
+                q.flags &= ~FLAG_BATCH;
                 if (q.flags & FLAG_NO_AUDIT == 0 && _drawn(id, q.mark, model.auditBps)) {
                     _openAudit(id, q); // a drawn audit nobody opened: open it now
                     return;
@@ -144,7 +149,8 @@ contract HubDisputes is HubStorage {
     ///         result goes unaudited.
     function openAudit(uint256 id) external {
         Request storage q = _requests[id];
-        if (q.phase != Phase.Reveal || q.redundancy != 1) revert WrongPhase(id, q.phase);
+        // A batch-committed seat has no leaf on chain until `revealBatch` withholds it.
+        if (q.phase != Phase.Reveal || q.redundancy != 1 || q.flags & FLAG_BATCH != 0) revert WrongPhase(id, q.phase);
         if (!auditDrawn(id)) revert NotDrawn(id);
         _openAudit(id, q);
     }
@@ -227,20 +233,14 @@ contract HubDisputes is HubStorage {
 
     /// @notice Slash `miner` for an EIP-712 `InferenceResult` signature over `signedDigest` for request
     ///         `id` that differs from what it committed or revealed there. The prover gets
-    ///         `BOUNTY_BPS` of the slash; the rest is burned.
-    function proveEquivocation(uint256 id, address miner, bytes32 signedDigest, bytes calldata signature)
-        external
-       
-    {
+    ///         `BOUNTY_BPS` of the slash; the rest is burned. A batch-committed seat (its leaf is in a
+    ///         root, not in the request) is proven with `proveBatchEquivocation`.
+    function proveEquivocation(uint256 id, address miner, bytes32 signedDigest, bytes calldata signature) external {
         Request storage q = _requests[id];
         if (q.phase == Phase.None) revert UnknownRequest(id);
-        bytes32 structHash = keccak256(abi.encode(RESULT_TYPEHASH, id, q.inputDigest, signedDigest));
-        if (_recover(keccak256(abi.encodePacked("\x19\x01", domainSeparator(), structHash)), signature) != miner) {
-            revert BadSignature();
-        }
+        if (q.flags & FLAG_BATCH != 0) revert NoEquivocation(id);
+        _checkSigned(id, q, miner, signedDigest, signature);
         uint256 seat = _seatOf(q, miner);
-        bytes32 key = keccak256(abi.encode(id, miner));
-        if (_equivocations[key]) revert NoEquivocation(id);
         bytes32 stored = q.digests[seat];
         bool differs;
         if (_revealedSeat(q, seat)) {
@@ -248,9 +248,67 @@ contract HubDisputes is HubStorage {
         } else if (_committedSeat(q, seat)) {
             // `stored` is the commitment, or the revealed digest of a seat already punished by an
             // overturning vote (its revealed bit is cleared): a signature over either is no proof.
-            differs = keccak256(abi.encode(signedDigest, miner, id)) != stored && stored != signedDigest;
+            // 0: a batch seat whose root was never opened (audited by timeout): nothing to differ from.
+            differs = keccak256(abi.encode(signedDigest, miner, id)) != stored && stored != signedDigest
+                && stored != bytes32(0);
         }
-        if (!differs) revert NoEquivocation(id);
+        _punishEquivocation(id, q, miner, signedDigest, differs);
+    }
+
+    /// @notice `proveEquivocation` for a seat committed in a batch root: `ids` and `leaves` are the
+    ///         root's (from `BatchRevealed`, or known to the prover); the leaf of `id` must differ from
+    ///         `keccak256(abi.encode(signedDigest, miner, id))`. Valid while the request is in Reveal
+    ///         or Final with the root's leaf still binding (not withheld into a single commitment).
+    function proveBatchEquivocation(
+        uint256 id,
+        address miner,
+        bytes32 signedDigest,
+        bytes calldata signature,
+        uint256[] calldata ids,
+        bytes32[] calldata leaves
+    ) external {
+        Request storage q = _requests[id];
+        if (q.flags & FLAG_BATCH == 0 || q.assignee0 != miner) revert NoEquivocation(id);
+        bool differs = _batchLeafDiffers(id, q.mark, miner, signedDigest, ids, leaves);
+        _checkSigned(id, q, miner, signedDigest, signature);
+        _punishEquivocation(id, q, miner, signedDigest, differs);
+    }
+
+    /// @dev Whether `id`'s leaf in the root `miner` committed at `commitBlock` for `ids` differs from
+    ///      the signed digest's leaf (reverts unless `ids`/`leaves` are that root's).
+    function _batchLeafDiffers(
+        uint256 id,
+        uint256 commitBlock,
+        address miner,
+        bytes32 signedDigest,
+        uint256[] calldata ids,
+        bytes32[] calldata leaves
+    ) internal view returns (bool) {
+        if (ids.length != leaves.length) revert LengthMismatch();
+        if (_batchRoots[_batchKey(miner, keccak256(abi.encodePacked(ids, leaves)), ids)] != commitBlock) {
+            revert CommitmentMismatch(id);
+        }
+        uint256 j;
+        while (j < ids.length && ids[j] != id) ++j;
+        if (j == ids.length) revert BadBatch();
+        return leaves[j] != keccak256(abi.encode(signedDigest, miner, id));
+    }
+
+    function _checkSigned(uint256 id, Request storage q, address miner, bytes32 signedDigest, bytes calldata signature)
+        internal
+        view
+    {
+        bytes32 structHash = keccak256(abi.encode(RESULT_TYPEHASH, id, q.inputDigest, signedDigest));
+        if (_recover(keccak256(abi.encodePacked("\x19\x01", domainSeparator(), structHash)), signature) != miner) {
+            revert BadSignature();
+        }
+    }
+
+    function _punishEquivocation(uint256 id, Request storage q, address miner, bytes32 signedDigest, bool differs)
+        internal
+    {
+        bytes32 key = keccak256(abi.encode(id, miner));
+        if (!differs || _equivocations[key]) revert NoEquivocation(id);
         _equivocations[key] = true;
         Model memory model = _models[_modelIds[q.modelIndex - 1]];
         uint256 taken = _slash(id, miner, model.minStake, SLASH_EQUIVOCATION);
@@ -258,7 +316,7 @@ contract HubDisputes is HubStorage {
         // A miner whose stake earlier offences took (its open seats are not bounded by its stake)
         // has nothing left to take: refused, so that the prover's estimate fails before it pays gas.
         if (bounty == 0) revert NothingToClaim(id);
-        if (bounty != 0) _credit(msg.sender, id, bounty, CREDIT_BOUNTY);
+        _credit(msg.sender, id, bounty, CREDIT_BOUNTY);
         _burn(id, taken - bounty);
         emit EquivocationProven(id, miner, signedDigest, msg.sender);
     }

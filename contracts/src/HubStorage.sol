@@ -8,24 +8,25 @@ pragma solidity ^0.8.28;
 ///         code-size limit (EIP-170). See InferenceHub.sol for the protocol.
 abstract contract HubStorage {
     // ----------------------------------------------------------------------------------------------
-    // Constants
+    // Constants (internal: public getters would be compiled into both the hub and its module, and
+    // the module has no room for them under EIP-170; their values are documented here)
     // ----------------------------------------------------------------------------------------------
 
-    uint8 public constant MAX_REDUNDANCY = 7;
-    uint32 public constant MAX_DECLARED_TOKENS = 65_536;
+    uint8 internal constant MAX_REDUNDANCY = 7;
+    uint32 internal constant MAX_DECLARED_TOKENS = 65_536;
     /// @notice Slash of a silent or outvoted seat, in basis points of the model's `minStake`.
-    uint256 public constant SLASH_BPS = 1_000;
+    uint256 internal constant SLASH_BPS = 1_000;
     /// @notice Share of a fraud slash paid to the escalator / equivocation prover.
-    uint256 public constant BOUNTY_BPS = 1_000;
+    uint256 internal constant BOUNTY_BPS = 1_000;
     /// @notice Share of the losing side's forfeit paid to the winning voters of an escalation.
-    uint256 public constant VOTER_BPS = 5_000;
-    uint256 public constant AUDIT_MARGIN = 2;
-    uint256 public constant COMMITTEE_SIZE = 3;
-    uint256 public constant AUTO_ASSIGN = 2;
-    uint256 public constant MAX_BATCH = 64;
-    uint64 public constant EXIT_COOLDOWN_TIMEOUTS = 12;
+    uint256 internal constant VOTER_BPS = 5_000;
+    uint256 internal constant AUDIT_MARGIN = 2;
+    uint256 internal constant COMMITTEE_SIZE = 3;
+    uint256 internal constant AUTO_ASSIGN = 2;
+    uint256 internal constant MAX_BATCH = 64;
+    uint64 internal constant EXIT_COOLDOWN_TIMEOUTS = 12;
     /// @notice Revealed by a miner that could not fetch the input before its deadline.
-    bytes32 public constant UNAVAILABLE = bytes32(uint256(1));
+    bytes32 internal constant UNAVAILABLE = bytes32(uint256(1));
 
     bytes32 internal constant RESULT_TYPEHASH =
         keccak256("InferenceResult(uint256 requestId,bytes32 inputDigest,bytes32 outputDigest)");
@@ -38,6 +39,10 @@ abstract contract HubStorage {
     uint8 internal constant FLAG_AUDIT = 4; // an auditor was seated: masks are authoritative
     uint8 internal constant FLAG_DISPUTE = 8; // a committee was seated
     uint8 internal constant FLAG_ESCALATED = 16;
+    /// @dev An r = 1 assignee seat committed inside a batch root (`commitBatch`): `digests[0]` is
+    ///      empty; the leaf is bound by `_batchRoots`. Cleared when the leaf is withheld into
+    ///      `digests[0]` (`revealBatch`) or the seat is reassigned.
+    uint8 internal constant FLAG_BATCH = 32;
 
     // A request's slot 2, its "head" (`assignee0`, `mark`, `modelIndex`, `redundancy`, `phase`,
     // `flags`; see `Request`): the hot paths (request, assign, r = 1 commit and reveal) read it once
@@ -52,19 +57,19 @@ abstract contract HubStorage {
         uint256(type(uint24).max) << HEAD_MODEL | uint256(0xff) << HEAD_R | uint256(0xff) << HEAD_FLAGS;
 
     // Slash reasons (event field)
-    uint8 public constant SLASH_SILENT = 1;
-    uint8 public constant SLASH_MINORITY = 2;
-    uint8 public constant SLASH_FRAUD = 3;
-    uint8 public constant SLASH_EQUIVOCATION = 4;
+    uint8 internal constant SLASH_SILENT = 1;
+    uint8 internal constant SLASH_MINORITY = 2;
+    uint8 internal constant SLASH_FRAUD = 3;
+    uint8 internal constant SLASH_EQUIVOCATION = 4;
     // Credit reasons (event field)
-    uint8 public constant CREDIT_FEE = 1;
-    uint8 public constant CREDIT_REFUND = 2;
-    uint8 public constant CREDIT_AUDIT = 3;
-    uint8 public constant CREDIT_COMMITTEE = 4;
-    uint8 public constant CREDIT_BOUNTY = 5;
-    uint8 public constant CREDIT_VOTE = 6;
-    uint8 public constant CREDIT_BOND = 7;
-    uint8 public constant CREDIT_COMPENSATION = 8;
+    uint8 internal constant CREDIT_FEE = 1;
+    uint8 internal constant CREDIT_REFUND = 2;
+    uint8 internal constant CREDIT_AUDIT = 3;
+    uint8 internal constant CREDIT_COMMITTEE = 4;
+    uint8 internal constant CREDIT_BOUNTY = 5;
+    uint8 internal constant CREDIT_VOTE = 6;
+    uint8 internal constant CREDIT_BOND = 7;
+    uint8 internal constant CREDIT_COMPENSATION = 8;
 
     // ----------------------------------------------------------------------------------------------
     // Types
@@ -224,6 +229,7 @@ abstract contract HubStorage {
     event InferenceAssigned(
         uint256 indexed id, bytes32 indexed modelId, bytes32 inputDigest, uint64 deadline, address[] assignees
     );
+    /// @notice `commitment` is the seat's commitment, or for a `commitBatch` entry the batch root.
     event ResultCommitted(uint256 indexed id, address indexed miner, bytes32 commitment);
     /// @notice Commit window over: seats reveal until `deadline`.
     event RevealOpened(uint256 indexed id, uint64 deadline);
@@ -242,6 +248,9 @@ abstract contract HubStorage {
     event Slashed(uint256 indexed id, address indexed miner, uint256 amount, uint8 reason);
     event Credited(address indexed account, uint256 indexed id, uint256 amount, uint8 reason);
     event Burned(uint256 indexed id, uint256 amount);
+    /// @notice The leaves behind `root` (withheld entries included), in the committed id order, so
+    ///         that anyone can rebuild the root from this one log (`proveBatchEquivocation`).
+    event BatchRevealed(address indexed miner, bytes32 indexed root, uint256[] ids, bytes32[] leaves);
     event EquivocationProven(uint256 indexed id, address indexed miner, bytes32 signedDigest, address prover);
     event Withdrawn(address indexed account, uint256 amount);
 
@@ -322,6 +331,9 @@ abstract contract HubStorage {
     /// @dev id => voter => 1 for, 2 against, 3 other (revealed); 4 claimed
     mapping(uint256 => mapping(address => uint8)) internal _voteSide;
     mapping(bytes32 => bool) internal _equivocations;
+    /// @dev `_batchKey(miner, root, ids)` => the block of its `commitBatch` (0 = none). Appended
+    ///      last: the layout before it is shared with HubDisputes.
+    mapping(bytes32 => uint256) internal _batchRoots;
 
 
     modifier nonReentrant() {
@@ -346,6 +358,13 @@ abstract contract HubStorage {
         m.index = uint24(w >> 184);
         m.auditBps = uint16(w >> 208);
         m.active = uint32(w >> 224);
+    }
+
+    /// @dev A committed batch root is keyed by its miner, the root and the committed ids: a root is
+    ///      revealable (and provable) only with the ids it was committed for, so one id never has
+    ///      two leaves even across batches committed in one block.
+    function _batchKey(address miner, bytes32 root, uint256[] calldata ids) internal pure returns (bytes32) {
+        return keccak256(abi.encode(miner, root, keccak256(abi.encodePacked(ids))));
     }
 
     function _head(Request storage q) internal view returns (uint256 w) {

@@ -25,6 +25,14 @@ import {HubDisputes} from "./HubDisputes.sol";
 ///    has committed, so the auditor cannot copy). Disagreement goes to a committee of three; the
 ///    losing side loses `minStake` (fraud slash). Cheating pays only if `p * S < (1 - p) * G`;
 ///    `registerModel` refuses prices where `p * minStake < AUDIT_MARGIN * (1 - p) * maxPrice`.
+///  - **Batch roots (r = 1).** An assignee may commit many results as one root
+///    `keccak256(abi.encodePacked(ids, leaves))`, each leaf its ordinary commitment (`commitBatch`):
+///    one stored word per batch instead of one per result. Ids ascend strictly and the root is
+///    stored under (miner, root, hash of the ids), so a root holds one leaf per request: a miner
+///    cannot keep two leaves for an id and choose after seeing its audit draw. `revealBatch` opens
+///    the root in a later block: entries final and paid (their digests only in the logs), except
+///    those drawn for audit, whose leaf is withheld into the request (a single commitment again).
+///    `BatchRevealed` carries every leaf so that `proveBatchEquivocation` can rebuild the root.
 ///  - **Escalation.** A seat outvoted in a committee or a quorum may escalate within `timeoutBlocks`
 ///    with a bond of `minStake`: every active miner of the model (eligible before the escalation)
 ///    may vote by commit-reveal, one miner one vote; the challenged digest stands unless the
@@ -281,6 +289,60 @@ contract InferenceHub is HubStorage {
         }
     }
 
+    /// @notice Commit the results of many r = 1 assignee seats at once, as one root
+    ///         `keccak256(abi.encodePacked(ids, leaves))` where `leaves[i]` is the commitment
+    ///         `keccak256(abi.encode(outputDigest, msg.sender, ids[i]))` (the same as `commit`'s).
+    ///         `ids` strictly ascending (one leaf per id), one model, every seat the caller's and
+    ///         still in its commit window; all or nothing. Reveal with `revealBatch`.
+    function commitBatch(uint256[] calldata ids, bytes32 root) external nonReentrant {
+        uint256 len = ids.length;
+        if (len == 0 || len > MAX_BATCH) revert BadBatch();
+        if (root == bytes32(0)) revert ZeroDigest();
+        uint256 prev;
+        uint256 modelBits;
+        // phase Reveal, mark = this block (seeds each audit draw), FLAG_BATCH: one head write per id
+        uint256 set = uint256(uint48(block.number)) << HEAD_MARK | uint256(uint8(Phase.Reveal)) << HEAD_PHASE
+            | uint256(FLAG_BATCH) << HEAD_FLAGS;
+        uint256 clear = ~(uint256(type(uint48).max) << HEAD_MARK | uint256(0xff) << HEAD_PHASE);
+        for (uint256 i; i < len; ++i) {
+            uint256 id = ids[i];
+            if (id <= prev) revert BadBatch();
+            prev = id;
+            Request storage q = _requests[id];
+            uint256 w = _head(q);
+            Phase ph = Phase(uint8(w >> HEAD_PHASE));
+            if (ph != Phase.Assigned || uint8(w >> HEAD_R) != 1) revert WrongPhase(id, ph);
+            if (address(uint160(w)) != msg.sender) revert NotSeated(id);
+            if (block.number > uint48(w >> HEAD_MARK)) revert DeadlinePassed(id);
+            uint256 m = w & uint256(type(uint24).max) << HEAD_MODEL;
+            if (i == 0) modelBits = m;
+            else if (m != modelBits) revert BadBatch();
+            _setHead(q, w & clear | set);
+            emit ResultCommitted(id, msg.sender, root);
+        }
+        bytes32 key = _batchKey(msg.sender, root, ids);
+        if (_batchRoots[key] != 0) revert AlreadyCommitted(ids[0]);
+        _batchRoots[key] = block.number;
+    }
+
+    /// @notice Open a committed root in a later block (within `timeoutBlocks` of the commit): bit i
+    ///         of `withheld` set means `items[i]` is that entry's leaf, kept hidden because its audit
+    ///         was drawn (`auditDrawn`): it becomes a single commitment (`openAudit`, then `reveal`).
+    ///         Otherwise `items[i]` is the output digest: the request finalizes and pays as `reveal`
+    ///         does (a drawn entry reverts `AuditDrawn`). The digest is not stored: read it from
+    ///         `ResultRevealed`/`InferenceFinalized`. Emits `BatchRevealed` with every leaf.
+    function revealBatch(uint256[] calldata ids, bytes32[] calldata items, uint256 withheld) external nonReentrant {
+        uint256 len = ids.length;
+        if (len != items.length) revert LengthMismatch();
+        if (len == 0 || len > MAX_BATCH) revert BadBatch();
+        (bytes32 root, bytes32[] memory leaves, uint256 commitBlock, Model memory model) =
+            _openRoot(ids, items, withheld);
+        for (uint256 i; i < len; ++i) {
+            _revealEntry(ids[i], items[i], leaves[i], (withheld >> i) & 1 != 0, commitBlock, model);
+        }
+        emit BatchRevealed(msg.sender, root, ids, leaves);
+    }
+
     /// @notice Move request `id` past a deadline that has passed (anyone): slash the silent seats and
     ///         reassign, resolve or refund as the phase requires.
     function timeout(uint256 id) external nonReentrant {
@@ -362,6 +424,9 @@ contract InferenceHub is HubStorage {
         return _credits[account];
     }
 
+    /// @notice A request's state. A batch-committed r = 1 seat (flag 32) counts as committed; once
+    ///         `revealBatch` finalized it, `outputDigest` is 0 (the hub stores no digest for it):
+    ///         read it from the request's `InferenceFinalized` (or `ResultRevealed`) log.
     function getRequest(uint256 id) external view returns (RequestView memory v) {
         Request storage q = _requests[id];
         if (q.phase == Phase.None) revert UnknownRequest(id);
@@ -390,7 +455,9 @@ contract InferenceHub is HubStorage {
         if (q.winner != 0) v.outputDigest = q.digests[q.winner - 1];
         else if (q.phase == Phase.Final && q.redundancy == 1) v.outputDigest = q.digests[0];
         if (q.phase == Phase.Final && q.redundancy == 1 && q.flags & FLAG_AUDIT == 0) v.revealed = 1;
-        if (q.redundancy == 1 && q.flags & FLAG_AUDIT == 0 && q.digests[0] != bytes32(0)) v.committed = 1;
+        if (q.redundancy == 1 && q.flags & FLAG_AUDIT == 0 && (q.digests[0] != bytes32(0) || q.flags & FLAG_BATCH != 0)) {
+            v.committed = 1;
+        }
     }
 
     function _checkPool(Model memory model) private pure {
@@ -484,6 +551,56 @@ contract InferenceHub is HubStorage {
         _setHead(q, w & ~(uint256(0xff) << HEAD_PHASE) | uint256(uint8(Phase.Final)) << HEAD_PHASE);
         emit ResultRevealed(id, msg.sender, d);
         _payFinal(id, q, model, d);
+    }
+
+    /// @dev The leaves of a `revealBatch`, its root, the root's commit block (checked against the
+    ///      reveal window) and the model of its requests (one per root, see `commitBatch`).
+    function _openRoot(uint256[] calldata ids, bytes32[] calldata items, uint256 withheld)
+        private
+        view
+        returns (bytes32 root, bytes32[] memory leaves, uint256 commitBlock, Model memory model)
+    {
+        uint256 len = ids.length;
+        leaves = new bytes32[](len);
+        for (uint256 i; i < len; ++i) {
+            bytes32 x = items[i];
+            if (x == bytes32(0)) revert ZeroDigest();
+            leaves[i] = (withheld >> i) & 1 != 0 ? x : keccak256(abi.encode(x, msg.sender, ids[i]));
+        }
+        root = keccak256(abi.encodePacked(ids, leaves));
+        uint256 first = ids[0];
+        commitBlock = _batchRoots[_batchKey(msg.sender, root, ids)];
+        if (commitBlock == 0) revert CommitmentMismatch(first);
+        if (block.number <= commitBlock) revert NotYet(first, uint64(commitBlock + 1));
+        model = _hotModel(_modelIds[uint24(_head(_requests[first]) >> HEAD_MODEL) - 1]);
+        if (block.number > commitBlock + model.timeoutBlocks) revert DeadlinePassed(first);
+    }
+
+    /// @dev One entry of a `revealBatch`: withheld (its leaf becomes a single commitment) or revealed
+    ///      (the r = 1 happy path of `_revealSingle`, without storing the digest).
+    function _revealEntry(uint256 id, bytes32 item, bytes32 leaf, bool withheld, uint256 commitBlock, Model memory model)
+        private
+    {
+        Request storage q = _requests[id];
+        uint256 w = _head(q);
+        Phase ph = Phase(uint8(w >> HEAD_PHASE));
+        if (
+            ph != Phase.Reveal || uint8(w >> HEAD_R) != 1
+                || uint8(w >> HEAD_FLAGS) & (FLAG_BATCH | FLAG_AUDIT) != FLAG_BATCH || uint48(w >> HEAD_MARK) != commitBlock
+        ) revert WrongPhase(id, ph);
+        if (address(uint160(w)) != msg.sender) revert NotSeated(id);
+        if (withheld) {
+            q.digests[0] = leaf;
+            _setHead(q, w & ~(uint256(FLAG_BATCH) << HEAD_FLAGS));
+            return;
+        }
+        if (
+            item != UNAVAILABLE && uint8(w >> HEAD_FLAGS) & FLAG_NO_AUDIT == 0
+                && _drawn(id, commitBlock, model.auditBps)
+        ) revert AuditDrawn(id);
+        _setHead(q, w & ~(uint256(0xff) << HEAD_PHASE) | uint256(uint8(Phase.Final)) << HEAD_PHASE);
+        emit ResultRevealed(id, msg.sender, item);
+        _payFinal(id, q, model, item);
     }
 
     function _payFinal(uint256 id, Request storage q, Model memory model, bytes32 d) private {

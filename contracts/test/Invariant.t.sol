@@ -7,8 +7,10 @@ import {HubStorage} from "../src/HubStorage.sol";
 import {HubDisputes} from "../src/HubDisputes.sol";
 
 /// @dev Drives the hub with bounded actions that mostly succeed: requests, assignment, the honest
-///      next step of an open request (commit, reveal, audit, committee, escalation, votes), timeouts,
-///      claims, withdrawals, stake moves, equivocation proofs, plus hostile calls that must fail.
+///      next step of an open request (commit, reveal, audit, committee, escalation, votes), r = 1
+///      batch roots (commitBatch of a miner's open seats, revealBatch withholding the drawn entries
+///      and a few more), timeouts, claims, withdrawals, stake moves, equivocation proofs (single and
+///      batch), plus hostile calls that must fail.
 ///      Every action reconciles the hub's events with its state (Slashed vs stakes, Credited and
 ///      Withdrawn vs credits, Burned vs `burned`) and books fee payments per request.
 contract HubHandler is Test {
@@ -45,6 +47,23 @@ contract HubHandler is Test {
     mapping(bytes32 => bool) internal voteRevealed;
     mapping(bytes32 => bool) internal voteClaimed;
     mapping(bytes32 => bool) internal proven;
+
+    /// @dev A committed r = 1 batch root: its miner, commit block, ids (ascending) and digests.
+    struct Batch {
+        address miner;
+        uint256 commitBlock;
+        bool opened;
+        uint256[] ids;
+        bytes32[] digests;
+    }
+
+    Batch[] internal batches;
+    uint256 internal batchCursor; // batches[0 .. batchCursor) are opened or past their window
+    mapping(uint256 => uint256) internal batchOf; // id => index in `batches` + 1
+    mapping(uint256 => bytes32) public finalOf; // id => its InferenceFinalized digest
+    uint256 public batchCommits; // roots committed
+    uint256 public batchEntries; // ids committed in roots
+    uint256 public batchProofs; // proveBatchEquivocation that slashed
     uint256 public poolExpected; // m1's audit pool, from the books
     uint256 internal nonce;
     uint256 public settledUpTo; // ids[0 .. settledUpTo) are settled (and were checked when passed)
@@ -166,6 +185,14 @@ contract HubHandler is Test {
         _run(abi.encodeCall(this.doStake, (who, kind)));
     }
 
+    function commitBatches(uint256 idSeed, uint256 behaviour) external {
+        _run(abi.encodeCall(this.doCommitBatch, (idSeed, behaviour)));
+    }
+
+    function revealBatches(uint256 idSeed, uint256 behaviour) external {
+        _run(abi.encodeCall(this.doRevealBatch, (idSeed, behaviour)));
+    }
+
     function equivocate(uint256 idSeed, uint256 who) external {
         _run(abi.encodeCall(this.doEquivocate, (idSeed, who)));
     }
@@ -229,6 +256,8 @@ contract HubHandler is Test {
         uint256 withdrawn;
         uint256 stakeIn;
         uint256 stakeOut;
+        uint256 fraudId; // the request of the latest fraud slashes in this action
+        uint256 fraud; // their sum (an overturning vote's `taken`)
     }
 
     function _settle(Snap memory before) internal {
@@ -241,8 +270,13 @@ contract HubHandler is Test {
             bytes32 sig = l.topics[0];
             ++seen[sig];
             if (sig == EV_SLASHED) {
-                (uint256 amount,) = abi.decode(l.data, (uint256, uint8));
+                (uint256 amount, uint8 reason) = abi.decode(l.data, (uint256, uint8));
                 t.slashed += amount;
+                if (reason == 3) {
+                    uint256 sid = uint256(l.topics[1]);
+                    if (t.fraudId != sid) (t.fraudId, t.fraud) = (sid, 0);
+                    t.fraud += amount;
+                }
             } else if (sig == EV_CREDITED) {
                 _booked(l, t);
             } else if (sig == EV_BURNED) {
@@ -257,13 +291,7 @@ contract HubHandler is Test {
             } else if (sig == EV_STAKE_OUT) {
                 t.stakeOut += abi.decode(l.data, (uint256));
             } else if (sig == EV_FINAL) {
-                uint256 id = uint256(l.topics[1]);
-                HubStorage.RequestView memory v = hub.getRequest(id);
-                if (v.modelId == m1 && abi.decode(l.data, (bytes32)) != UNAV) poolExpected += v.fee * BPS / 10_000;
-                if (v.flags & 16 != 0) {
-                    HubStorage.Escalation memory e = court.getEscalation(id);
-                    voterPool += uint256(e.voterShare) * (e.overturned ? e.votesAgainst : e.votesFor);
-                }
+                _finalBooks(l, t);
             } else if (sig == EV_REQUESTED) {
                 ids.push(uint256(l.topics[1]));
             }
@@ -276,6 +304,31 @@ contract HubHandler is Test {
         if (afterSnap.stakes + t.slashed + t.stakeOut != before.stakes + t.stakeIn) eventMismatch = true;
         if (afterSnap.credits + t.withdrawn != before.credits + t.credited) eventMismatch = true;
         if (afterSnap.burned != before.burned + t.burned) eventMismatch = true;
+    }
+
+    /// @dev A request's InferenceFinalized: the audit part joins m1's pool; an escalation's voter
+    ///      shares are set aside. An overturning vote on m1 first moved its slash's rest (after the
+    ///      challenger's bounty and the voters' pot) to the pool, which tops the pot up to baseFee a
+    ///      winning voter as far as it holds (HubDisputes._resolveVote).
+    function _finalBooks(Vm.Log memory l, Sums memory t) internal {
+        uint256 id = uint256(l.topics[1]);
+        HubStorage.RequestView memory v = hub.getRequest(id);
+        bytes32 fin = abi.decode(l.data, (bytes32));
+        finalOf[id] = fin; // a batch seat's digest is in this log only
+        if (v.flags & 16 != 0) {
+            HubStorage.Escalation memory e = court.getEscalation(id);
+            voterPool += uint256(e.voterShare) * (e.overturned ? e.votesAgainst : e.votesFor);
+            if (e.overturned && v.modelId == m1) {
+                uint256 taken = t.fraudId == id ? t.fraud : 0;
+                uint256 bounty = taken * 1_000 / 10_000;
+                uint256 pot = (taken - bounty) * 5_000 / 10_000;
+                uint256 pool = poolExpected + (taken - bounty - pot);
+                uint256 floor = uint256(e.votesAgainst) * BASE;
+                if (pot < floor) pool -= floor - pot < pool ? floor - pot : pool;
+                poolExpected = pool;
+            }
+        }
+        if (v.modelId == m1 && fin != UNAV) poolExpected += v.fee * BPS / 10_000;
     }
 
     function _booked(Vm.Log memory l, Sums memory t) internal {
@@ -346,7 +399,8 @@ contract HubHandler is Test {
         if (paid > v.fee) return false;
         if (v.phase != HubStorage.Phase.Final && v.phase != HubStorage.Phase.Refunded) return paid == 0;
         uint256 part;
-        if (v.phase == HubStorage.Phase.Final && v.redundancy == 1 && v.outputDigest != UNAV) part = v.fee * BPS / 10_000;
+        bytes32 out = v.outputDigest == bytes32(0) ? finalOf[id] : v.outputDigest;
+        if (v.phase == HubStorage.Phase.Final && v.redundancy == 1 && out != UNAV) part = v.fee * BPS / 10_000;
         return releases[id] == 1 && paid + part == v.fee;
     }
 
@@ -430,6 +484,8 @@ contract HubHandler is Test {
             vm.roll(block.number + 1); // this seat keeps silent
         } else if (p == HubStorage.Phase.Assigned && v.redundancy == 1 && block.number + 1 < v.mark && behaviour % 3 == 0) {
             vm.roll(block.number + 1); // commit later in the window: other blocks, other draws
+        } else if (p == HubStorage.Phase.Reveal && v.redundancy == 1 && v.flags & 32 != 0) {
+            _openBatch(batchOf[id] - 1, behaviour); // a batch seat: its root opens
         } else if (p == HubStorage.Phase.Reveal && v.redundancy == 1 && v.flags & 4 == 0) {
             if (block.number <= v.mark) vm.roll(block.number + 1);
             if (hub.auditDrawn(id)) court.openAudit(id);
@@ -598,17 +654,116 @@ contract HubHandler is Test {
                 uint256 i = (who + j) % v.seats.length;
                 address a = v.seats[i];
                 if ((v.committed | v.revealed) & (1 << i) == 0 || proven[_key(id, a)]) continue;
+                // an r = 1 seat audited by timeout after its root never opened holds nothing
+                if (i == 0 && v.redundancy == 1 && v.digests[0] == bytes32(0) && v.flags & 32 == 0) continue;
                 proven[_key(id, a)] = true;
                 bytes32 other = keccak256(abi.encode("equivocation", id));
                 bytes memory sig = _sign(a, id, v.inputDigest, other);
                 Snap memory s = _snap();
                 vm.prank(prover);
-                court.proveEquivocation(id, a, other, sig);
+                if (v.flags & 32 != 0) {
+                    Batch storage b = batches[batchOf[id] - 1];
+                    court.proveBatchEquivocation(id, a, other, sig, b.ids, _batchLeaves(b));
+                    ++batchProofs;
+                } else {
+                    court.proveEquivocation(id, a, other, sig);
+                }
                 _settle(s);
                 return;
             }
         }
         this.doStep(idSeed, who);
+    }
+
+    /// @dev A miner's open r = 1 seats (its oldest open one's miner, up to 64, ascending) in one root.
+    function doCommitBatch(uint256 idSeed, uint256 behaviour) external self {
+        _open(idSeed); // advances `settledUpTo`
+        address miner;
+        uint256[] memory picked = new uint256[](64);
+        uint256 n;
+        for (uint256 k = settledUpTo; k < ids.length && n < 64; ++k) {
+            HubStorage.RequestView memory w = hub.getRequest(ids[k]);
+            if (w.phase != HubStorage.Phase.Assigned || w.redundancy != 1 || block.number > w.mark) continue;
+            if (miner == address(0)) miner = w.seats[0];
+            if (w.seats[0] == miner) picked[n++] = ids[k];
+        }
+        if (n == 0) {
+            this.doStep(idSeed, behaviour);
+            return;
+        }
+        Snap memory s = _snap();
+        Batch storage b = batches.push();
+        b.miner = miner;
+        b.commitBlock = block.number;
+        for (uint256 i; i < n; ++i) {
+            b.ids.push(picked[i]);
+            b.digests.push(_digestFor(behaviour >> (4 * (i % 32)) ^ i));
+            batchOf[picked[i]] = batches.length;
+        }
+        vm.prank(miner);
+        hub.commitBatch(b.ids, keccak256(abi.encodePacked(b.ids, _batchLeaves(b))));
+        ++batchCommits;
+        batchEntries += n;
+        _settle(s);
+    }
+
+    /// @dev Open a committed root in its window (the oldest one first).
+    function doRevealBatch(uint256 idSeed, uint256 behaviour) external self {
+        while (batchCursor < batches.length) {
+            Batch storage b = batches[batchCursor];
+            if (!b.opened && block.number <= b.commitBlock + TIMEOUT) break;
+            ++batchCursor;
+        }
+        if (batchCursor == batches.length) {
+            this.doStep(idSeed, behaviour);
+            return;
+        }
+        Snap memory s = _snap();
+        _openBatch(batchCursor, behaviour);
+        _settle(s);
+    }
+
+    /// @dev The honest reveal of batch `k`: drawn entries (not UNAVAILABLE) withheld, and 1 in 8 more;
+    ///      a withheld entry is then a single commitment the steps reveal. Past its window: timeout.
+    function _openBatch(uint256 k, uint256 behaviour) internal {
+        Batch storage b = batches[k];
+        if (b.opened || block.number > b.commitBlock + TIMEOUT) {
+            hub.timeout(b.ids[0]);
+            return;
+        }
+        if (block.number <= b.commitBlock) vm.roll(block.number + 1);
+        uint256 n = b.ids.length;
+        uint256 withheld;
+        bytes32[] memory items = new bytes32[](n);
+        for (uint256 i; i < n; ++i) {
+            uint256 id = b.ids[i];
+            bytes32 d = b.digests[i];
+            bool hold = (d != UNAV && hub.auditDrawn(id)) || (behaviour >> (3 * (i % 64))) % 8 == 7;
+            if (hold) {
+                withheld |= 1 << i;
+                planned[_key(id, b.miner)] = d;
+                items[i] = keccak256(abi.encode(d, b.miner, id));
+            } else {
+                items[i] = d;
+            }
+        }
+        b.opened = true;
+        vm.prank(b.miner);
+        hub.revealBatch(b.ids, items, withheld);
+    }
+
+    function _batchLeaves(Batch storage b) internal view returns (bytes32[] memory leaves) {
+        leaves = new bytes32[](b.ids.length);
+        for (uint256 i; i < leaves.length; ++i) {
+            leaves[i] = keccak256(abi.encode(b.digests[i], b.miner, b.ids[i]));
+        }
+    }
+
+    function _batchDigest(Batch storage b, uint256 id) internal view returns (bytes32) {
+        for (uint256 i; i < b.ids.length; ++i) {
+            if (b.ids[i] == id) return b.digests[i];
+        }
+        return bytes32(0);
     }
 
     function _sign(address a, uint256 id, bytes32 input, bytes32 output) internal view returns (bytes memory) {
@@ -664,6 +819,19 @@ contract HubHandler is Test {
             try court.escalate{value: MIN_STAKE - 1}(id) {
                 hostileSucceeded = true;
             } catch {}
+        } else if (v.flags & 32 != 0) {
+            // a batch seat: its true signature is no proof against its root; no single proof applies
+            Batch storage b = batches[batchOf[id] - 1];
+            bytes32 d = _batchDigest(b, id);
+            bytes memory sig = _sign(s0, id, v.inputDigest, d);
+            try court.proveBatchEquivocation(id, s0, d, sig, b.ids, _batchLeaves(b)) {
+                hostileSucceeded = true;
+            } catch {}
+            bytes32 lie = keccak256(abi.encode("single proof", id));
+            bytes memory lieSig = _sign(s0, id, v.inputDigest, lie);
+            try court.proveEquivocation(id, s0, lie, lieSig) {
+                hostileSucceeded = true;
+            } catch {}
         } else {
             // a signature over what the seat committed is no equivocation
             bytes32 d = planned[_key(id, s0)];
@@ -696,7 +864,7 @@ contract InvariantTest is Test {
         h = new HubHandler(hub, m1, m3);
         h.seed();
         targetContract(address(h));
-        bytes4[] memory sel = new bytes4[](16);
+        bytes4[] memory sel = new bytes4[](18);
         sel[0] = HubHandler.request.selector;
         sel[1] = HubHandler.requestBatch.selector;
         sel[2] = HubHandler.roll.selector;
@@ -713,6 +881,8 @@ contract InvariantTest is Test {
         sel[13] = HubHandler.equivocate.selector;
         sel[14] = HubHandler.hostile.selector;
         sel[15] = HubHandler.roll.selector;
+        sel[16] = HubHandler.commitBatches.selector;
+        sel[17] = HubHandler.revealBatches.selector;
         targetSelector(FuzzSelector({addr: address(h), selectors: sel}));
     }
 
@@ -763,13 +933,15 @@ contract InvariantTest is Test {
         uint256 x = 1;
         for (uint256 i; i < 600; ++i) {
             x = uint256(keccak256(abi.encode(x, i)));
-            uint256 a = x % 16; // the campaign's selector weights
+            uint256 a = x % 18; // the campaign's selector weights
             uint256 p = x >> 8;
             uint256 q = uint256(keccak256(abi.encode(x)));
             if (a == 0) h.request(p, q, q >> 8);
             else if (a == 1) h.requestBatch(p, q, q >> 8, q >> 16);
             else if (a == 2 || a == 15) h.roll(p);
             else if (a == 3) h.assign();
+            else if (a == 16) h.commitBatches(p, q);
+            else if (a == 17) h.revealBatches(p, q);
             else if (a <= 9) h.step(p, q);
             else if (a == 10) h.claim(p);
             else if (a == 11) h.withdraw(p);
@@ -777,7 +949,7 @@ contract InvariantTest is Test {
             else if (a == 13) h.equivocate(p, q);
             else h.hostile(p, q);
         }
-        bytes4[9] memory acts = [
+        bytes4[11] memory acts = [
             HubHandler.doRequest.selector,
             HubHandler.doAssign.selector,
             HubHandler.doStep.selector,
@@ -786,15 +958,20 @@ contract InvariantTest is Test {
             HubHandler.doStake.selector,
             HubHandler.doEquivocate.selector,
             HubHandler.doHostile.selector,
+            HubHandler.doCommitBatch.selector,
+            HubHandler.doRevealBatch.selector,
             bytes4(0)
         ];
-        for (uint256 i; i < 8; ++i) {
+        for (uint256 i; i < 10; ++i) {
             console.log(string(abi.encodePacked("reverted ", _hex(acts[i]), " last error ", _hex(h.failedErr(acts[i])))), h.failedBy(acts[i]));
         }
         console.log("handler ok", h.ok());
         console.log("handler reverted", h.failed());
         console.log("requests", h.idCount());
-        string[12] memory evs = [
+        console.log("batch roots", h.batchCommits());
+        console.log("batch entries", h.batchEntries());
+        console.log("batch equivocation proofs", h.batchProofs());
+        string[13] memory evs = [
             "InferenceAssigned(uint256,bytes32,bytes32,uint64,address[])",
             "InferenceFinalized(uint256,bytes32)",
             "InferenceRefunded(uint256)",
@@ -806,7 +983,8 @@ contract InvariantTest is Test {
             "EquivocationProven(uint256,address,bytes32,address)",
             "Slashed(uint256,address,uint256,uint8)",
             "Withdrawn(address,uint256)",
-            "MinerActivated(address,bytes32)"
+            "MinerActivated(address,bytes32)",
+            "BatchRevealed(address,bytes32,uint256[],bytes32[])"
         ];
         for (uint256 i; i < evs.length; ++i) console.log(evs[i], h.seen(keccak256(bytes(evs[i]))));
         invariant_ethConservation();
@@ -828,6 +1006,8 @@ contract InvariantTest is Test {
             console.log("handler ok", h.ok());
             console.log("handler reverted", h.failed());
             console.log("requests", h.idCount());
+            console.log("batch roots", h.batchCommits());
+            console.log("batch entries", h.batchEntries());
             console.log("burned", hub.burned());
         }
     }

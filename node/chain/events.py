@@ -8,6 +8,8 @@ The request lifecycle, in the order a request meets them:
     → ResultCommitted* → RevealOpened (r > 1, or an audit/committee's commits are in) → ResultRevealed*
     → [AuditOpened → ... → CommitteeOpened → ...] → InferenceResolved (provisional, escalation window)
     → [EscalationOpened → VoteCommitted* → VoteRevealed*] → InferenceFinalized | InferenceRefunded
+    (an r = 1 batch: one `ResultCommitted` per id carrying the root, then one `BatchRevealed`
+    with every leaf of the root beside its ids' `ResultRevealed`)
 
 Money moves are their own events (`Slashed`, `Credited`, `Burned`), so indexers never recompute them.
 An event the ABI has but this module does not type (none today) decodes as `OtherHubEvent`.
@@ -278,6 +280,19 @@ class Burned:
 
 
 @dataclass(frozen=True)
+class BatchRevealed:
+    """A `revealBatch`: every leaf of the root `miner` committed (withheld entries included), in the
+    committed (ascending) id order, so `keccak256(abi.encodePacked(ids, leaves))` rebuilds `root`
+    (`node.chain.hub.batch_root`) for `proveBatchEquivocation`."""
+
+    miner: str
+    root: bytes
+    ids: tuple[int, ...]
+    leaves: tuple[bytes, ...]
+    log: LogRef
+
+
+@dataclass(frozen=True)
 class EquivocationProven:
     id: int
     miner: str
@@ -300,6 +315,7 @@ TYPED = (
     StakeWithdrawn, Withdrawn, InferenceRequested, InferenceAssigned, ResultCommitted, RevealOpened,
     ResultRevealed, AuditOpened, CommitteeOpened, InferenceResolved, EscalationOpened, VoteCommitted,
     VoteRevealed, InferenceFinalized, InferenceRefunded, Slashed, Credited, Burned, EquivocationProven,
+    BatchRevealed,
 )  # fmt: skip
 _BY_NAME: dict[str, type[Any]] = {cls.__name__: cls for cls in TYPED}
 _CONVERT: dict[tuple[str, str], Any] = {
@@ -312,7 +328,7 @@ HubEvent = (
     | StakeWithdrawn | Withdrawn | InferenceRequested | InferenceAssigned | ResultCommitted | RevealOpened
     | ResultRevealed | AuditOpened | CommitteeOpened | InferenceResolved | EscalationOpened | VoteCommitted
     | VoteRevealed | InferenceFinalized | InferenceRefunded | Slashed | Credited | Burned
-    | EquivocationProven | OtherHubEvent
+    | EquivocationProven | BatchRevealed | OtherHubEvent
 )  # fmt: skip
 """Any decoded hub event."""
 

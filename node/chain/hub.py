@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar, cast
 
 from eth_abi.abi import encode as abi_encode
@@ -33,7 +33,7 @@ from web3.types import BlockIdentifier, Nonce, TxParams, TxReceipt, Wei
 
 from node.chain.artifacts import hub_artifact
 from node.chain.errors import ChainError, TxFailed, decode_revert
-from node.chain.events import HubEvent, InferenceRequested, decode_logs
+from node.chain.events import HubEvent, InferenceFinalized, InferenceRequested, decode_logs, event_topic
 
 E = TypeVar("E")
 
@@ -75,6 +75,7 @@ class RequestFlag(enum.IntFlag):
     AUDITED = 4  # an auditor was seated
     DISPUTED = 8  # a committee was seated
     ESCALATED = 16
+    BATCH = 32  # r = 1: committed inside a batch root (`commitBatch`); the hub stores no digest
 
 
 class VerificationState(enum.StrEnum):
@@ -264,6 +265,18 @@ def commitment(output_digest: Digest, miner: str, request_id: int) -> bytes:
         ["bytes32", "address", "uint256"], [to_digest(output_digest), to_checksum_address(miner), request_id]
     )
     return bytes(keccak(data))
+
+
+def batch_root(ids: Sequence[int], leaves: Sequence[bytes]) -> bytes:
+    """`keccak256(abi.encodePacked(uint256[] ids, bytes32[] leaves))`: what `commitBatch` commits.
+
+    `leaves[i]` is `commitment(digest, miner, ids[i])`; ids strictly ascending (the hub refuses
+    others), so one root holds one leaf per request.
+    """
+    if len(ids) != len(leaves):
+        raise ValueError(f"{len(ids)} ids for {len(leaves)} leaves")
+    packed = b"".join(int(i).to_bytes(32, "big") for i in ids) + b"".join(to_digest(x) for x in leaves)
+    return bytes(keccak(packed))
 
 
 def _opt_digest(value: bytes) -> bytes | None:
@@ -546,6 +559,39 @@ class HubClient:
         values = [self.commitment_for(i, d) for i, d in results]
         return await self.transact(self.contract.functions.commitMany(ids, values))
 
+    def _batch(self, results: Sequence[tuple[int, Digest]]) -> tuple[list[int], list[bytes], list[bytes]]:
+        """`results` sorted by id: (ids, digests, this client's leaves); a repeated id is refused."""
+        ordered = sorted(((int(i), to_digest(d)) for i, d in results), key=lambda r: r[0])
+        ids = [i for i, _ in ordered]
+        if len(set(ids)) != len(ids):
+            raise ValueError("a batch holds each request id once")
+        digests = [d for _, d in ordered]
+        return ids, digests, [self.commitment_for(i, d) for i, d in ordered]
+
+    async def commit_batch(self, results: Sequence[tuple[int, Digest]]) -> TxResult:
+        """Commit many r = 1 assignee results `(id, digest)` as one root (`commitBatch`); any order.
+
+        All must be this client's seats of one model in their commit window. Reveal them in a later
+        block with `reveal_batch` (the same results), withholding the ids `audit_drawn` reports.
+        """
+        ids, _, leaves = self._batch(results)
+        return await self.transact(self.contract.functions.commitBatch(ids, batch_root(ids, leaves)))
+
+    async def reveal_batch(
+        self, results: Sequence[tuple[int, Digest]], withheld: Collection[int] = ()
+    ) -> TxResult:
+        """Open the root `commit_batch(results)` committed (`revealBatch`): every id not in `withheld`
+        is revealed, finalized and paid; a withheld id (its audit is drawn) passes its leaf and becomes
+        a single commitment: `open_audit`, then `reveal` after the auditor commits."""
+        ids, digests, leaves = self._batch(results)
+        held = {int(i) for i in withheld}
+        unknown = held - set(ids)
+        if unknown:
+            raise ValueError(f"withheld ids {sorted(unknown)} are not in the batch")
+        items = [leaf if i in held else d for i, d, leaf in zip(ids, digests, leaves, strict=True)]
+        mask = sum(1 << k for k, i in enumerate(ids) if i in held)
+        return await self.transact(self.contract.functions.revealBatch(ids, items, mask))
+
     async def reveal(self, request_id: int, output_digest: Digest) -> TxResult:
         """Reveal a committed digest; for r = 1 check `audit_drawn` first (else AuditDrawn)."""
         return await self.transact(self.contract.functions.reveal(request_id, to_digest(output_digest)))
@@ -608,6 +654,25 @@ class HubClient:
         fn = self.contract.functions.proveEquivocation(
             request_id, to_checksum_address(miner), to_digest(signed_digest), sig
         )
+        return await self.transact(fn)
+
+    async def prove_batch_equivocation(
+        self,
+        request_id: int,
+        miner: str,
+        signed_digest: Digest,
+        signature: str | bytes,
+        ids: Sequence[int],
+        leaves: Sequence[Digest],
+    ) -> TxResult:
+        """`prove_equivocation` for a batch-committed seat (`RequestFlag.BATCH`): `ids`/`leaves` are the
+        miner's root (a `BatchRevealed` event's); its leaf for `request_id` must differ from the signed
+        digest's."""
+        sig = bytes.fromhex(signature.removeprefix("0x")) if isinstance(signature, str) else bytes(signature)
+        fn = self.contract.functions.proveBatchEquivocation(
+            request_id, to_checksum_address(miner), to_digest(signed_digest), sig,
+            [int(i) for i in ids], [to_digest(x) for x in leaves],
+        )  # fmt: skip
         return await self.transact(fn)
 
     # ---------------------------------------------------------------------------------------------
@@ -675,8 +740,10 @@ class HubClient:
         return bytes(await self._call(self.contract.functions.domainSeparator()))
 
     async def get_request(self, request_id: int) -> RequestInfo:
+        """`getRequest(id)`. A batch-revealed r = 1 request (`RequestFlag.BATCH`, Final) has no digest
+        in storage: its `output_digest` is read from its `InferenceFinalized` log (one `eth_getLogs`)."""
         v = await self._call(self.contract.functions.getRequest(request_id))
-        return RequestInfo(
+        info = RequestInfo(
             id=int(v[0]),
             phase=Phase(int(v[1])),
             requester=to_checksum_address(v[2]),
@@ -692,6 +759,29 @@ class HubClient:
             seats=tuple(to_checksum_address(a) for a in v[12]),
             digests=tuple(bytes(d) for d in v[13]),
         )
+        if info.phase == Phase.FINAL and RequestFlag.BATCH in info.flags and info.output_digest is None:
+            digest = await self._finalized_digest(request_id, info.mark)
+            # the seat's revealed digest too, so `revealed_digest` reads as for any other final request
+            info = replace(info, output_digest=digest, digests=(digest, *info.digests[1:]))
+        return info
+
+    async def _finalized_digest(self, request_id: int, commit_block: int) -> bytes:
+        """The digest of `request_id`'s `InferenceFinalized` log, emitted after `commit_block`."""
+        logs = await self.w3.eth.get_logs(
+            {
+                "address": self.address,
+                "fromBlock": commit_block + 1,
+                "toBlock": "latest",
+                "topics": [
+                    HexStr(event_topic("InferenceFinalized")),
+                    HexStr("0x" + request_id.to_bytes(32, "big").hex()),
+                ],
+            }
+        )
+        for ev in decode_logs(cast(list[dict[str, Any]], logs)):
+            if isinstance(ev, InferenceFinalized) and ev.id == request_id:
+                return bytes(ev.output_digest)
+        raise ChainError(f"request {request_id} is final but its InferenceFinalized log was not found")
 
     async def get_escalation(self, request_id: int) -> EscalationInfo:
         v = await self._call(self.contract.functions.getEscalation(request_id))
@@ -732,6 +822,7 @@ __all__ = [
     "RequestResult",
     "TxResult",
     "VerificationState",
+    "batch_root",
     "commitment",
     "model_id",
     "to_digest",

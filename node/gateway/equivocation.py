@@ -9,8 +9,13 @@ signer's own `ResultCommitted` and `ResultRevealed`: a commitment that is not
 is proven at once with the gateway's wallet. The hub re-checks everything (a proof that is not one
 reverts in the gas estimate, before anything is paid), so a mistake here costs nothing but a log.
 
+An r = 1 seat may commit inside a batch root (`commitBatch`; the request's head has
+`RequestFlag.BATCH`): its `ResultCommitted` carries the root, which proves nothing alone, so the
+gateway waits for the reveal. A revealed digest other than the signed one is then proven with
+`proveBatchEquivocation`, from the batch's ids and leaves in the reveal's `BatchRevealed` log.
+
 `broken_promise` is the pure check; `PromiseKeeper` is what the chain backend calls from its event
-path: it looks the request up in the backend's recent answers, proves at most once per request in a
+path: it looks the request up in the backend's recent answers, proves at most once per event kind in a
 supervised background task (`equivocation`), and logs a signed answer the chain settled differently.
 """
 
@@ -21,8 +26,8 @@ from collections.abc import Mapping
 
 from eth_utils.address import to_checksum_address
 
-from node.chain.events import ResultCommitted, ResultRevealed
-from node.chain.hub import commitment
+from node.chain.events import BatchRevealed, ResultCommitted, ResultRevealed, decode_logs
+from node.chain.hub import RequestFlag, commitment
 from node.chain.sender import TxWouldRevert
 from node.content.cid import digest_of, digest_to_cid
 from node.gateway.link import ChainLink
@@ -69,8 +74,9 @@ class PromiseKeeper:
         self.recent = recent
         self.loops = loops
         self.tasks = tasks
-        self.proven: set[tuple[int, int]] = set()
-        """Requests whose signer's equivocation this gateway went to prove (`hold`)."""
+        self.proven: set[tuple[int, int, str]] = set()
+        """(chain, request, "commit" | "reveal"): the events whose contradiction this gateway went to
+        prove (`hold`; a batch root's commit proves nothing, so its reveal is tried on its own)."""
 
     def check_signed_answer(self, chain_id: int, request_id: int, digest: bytes) -> None:
         """An answer given on a signed result that the chain then settled differently: say so (its
@@ -86,29 +92,40 @@ class PromiseKeeper:
 
     def hold(self, chain_id: int, ev: ResultCommitted | ResultRevealed) -> None:
         """A seat we answered on committed or revealed something else than it signed: prove it."""
-        key = (chain_id, ev.id)
-        recent = self.recent.get(key)
+        recent = self.recent.get((chain_id, ev.id))
         signed = broken_promise(recent, ev)
         link = self.links.get(chain_id)
         if signed is None or recent is None or recent.signature is None or link is None:
             return
+        key = (chain_id, ev.id, "reveal" if isinstance(ev, ResultRevealed) else "commit")
         if key in self.proven:
             return
         self.proven.add(key)
-        task = asyncio.get_running_loop().create_task(
-            self.prove(link, ev.id, ev.miner, signed, recent.signature)
-        )
+        task = asyncio.get_running_loop().create_task(self.prove(link, ev, signed, recent.signature))
         self.tasks.add(task)  # background tasks cancelled on close
         task.add_done_callback(self.tasks.discard)
 
     async def prove(
-        self, link: ChainLink, request_id: int, miner: str, signed: bytes, signature: str
+        self, link: ChainLink, ev: ResultCommitted | ResultRevealed, signed: bytes, signature: str
     ) -> None:
-        """`proveEquivocation` with the gateway's wallet."""
+        """`proveEquivocation` (or, for a batch-committed seat, `proveBatchEquivocation`) with the
+        gateway's wallet."""
+        request_id, miner = ev.id, ev.miner
         with self.loops.guard("equivocation", request_id=request_id):
             sig = bytes.fromhex(signature.removeprefix("0x"))
-            args = [request_id, to_checksum_address(miner), signed, sig]
-            data = link.hub.contract.encode_abi("proveEquivocation", args=args)
+            args: list[object] = [request_id, to_checksum_address(miner), signed, sig]
+            fn = "proveEquivocation"
+            info = await link.hub.get_request(request_id)
+            if info.flags & RequestFlag.BATCH:
+                if isinstance(ev, ResultCommitted):  # a root: only its reveal can prove anything
+                    return
+                batch = await self._batch_of(link, ev)
+                if batch is None:
+                    log.warning("equivocation_batch_missing", request_id=request_id, miner=miner)
+                    return
+                fn = "proveBatchEquivocation"
+                args += [list(batch.ids), list(batch.leaves)]
+            data = link.hub.contract.encode_abi(fn, args=args)
             try:
                 call = {"from": link.sender.address, "to": link.hub_address, "data": data}
                 receipt = await link.sender.send(link.hub_address, data, gas=await link.sender.estimate(call))
@@ -120,6 +137,19 @@ class PromiseKeeper:
                 "equivocation_proven", request_id=request_id, miner=miner, signed="0x" + signed.hex(),
                 tx=tx.hex() if isinstance(tx, bytes) else str(tx),
             )  # fmt: skip
+
+    @staticmethod
+    async def _batch_of(link: ChainLink, ev: ResultRevealed) -> BatchRevealed | None:
+        """The `BatchRevealed` log of the transaction that revealed `ev` (it names the whole root)."""
+        receipt = await link.hub.w3.eth.get_transaction_receipt(ev.log.tx_hash)  # type: ignore[arg-type]
+        for other in decode_logs(receipt["logs"]):
+            if (
+                isinstance(other, BatchRevealed)
+                and other.miner.lower() == ev.miner.lower()
+                and ev.id in other.ids
+            ):
+                return other
+        return None
 
 
 __all__ = ["PromiseKeeper", "broken_promise"]

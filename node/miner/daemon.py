@@ -72,15 +72,28 @@ from node.content.store import ContentStore
 from node.log import bound, get_logger
 from node.miner.disputes import Disputes
 from node.miner.hubview import HubView, MinerEvent
-from node.miner.journal import OPEN, TERMINAL, UNFINISHED, Job, JobState, Journal, Role
+from node.miner.journal import (
+    COMMIT_STATES,
+    OPEN,
+    REVEAL_STATES,
+    TERMINAL,
+    UNFINISHED,
+    Job,
+    JobState,
+    Journal,
+    Role,
+)
 from node.miner.metrics import MinerMetrics, OpsServer
 from node.miner.money import refresh_money
 from node.miner.pipeline import EngineLike, Pipeline
-from node.miner.submitter import COMMIT_STATES, REVEAL_STATES, Submitter
+from node.miner.submitter import Submitter
 from node.stream.publisher import StreamPublisher
 from node.supervise import Supervisor, describe, wait_task
 
 log = get_logger("inferd.miner")
+
+BATCH_RECORD_TTL_S = 7 * 24 * 3600.0
+"""How long a batch root's record is kept: far past any reveal window (timeoutBlocks after commit)."""
 
 
 @dataclass
@@ -202,6 +215,7 @@ class MinerDaemon:
             batch_max=min(config.batch_max, MAX_BATCH),
             batch_wait_s=config.batch_wait_s,
             busy=lambda: len(self._running),  # results about to be ready: worth waiting for
+            redundancy=lambda: self.model.redundancy if self.model is not None else None,
         )
         self.follower: LogFollower[MinerEvent] | None = None
         self.ops: OpsServer | None = None
@@ -426,7 +440,7 @@ class MinerDaemon:
             return
         if isinstance(ev, ResultCommitted):
             if ev.miner == me and job.state in COMMIT_STATES:
-                self.journal.mark_committed(ev.id, ev.log.block_number)
+                self.journal.mark_committed(ev.id, ev.log.block_number, ev.commitment)
                 self.submitter.enqueue(ev.id)
             return
         if isinstance(ev, RevealOpened):
@@ -567,6 +581,7 @@ class MinerDaemon:
                     self.submitter.enqueue(job.request_id)
                 with self.loops.guard("sweeper", step="timeouts"):
                     await self.disputes.collect_timeouts()
+                self.journal.forget_batches(before=time.time() - BATCH_RECORD_TTL_S)
             self._refresh_gauges()
 
     def _sweep_job(self, job: Job) -> None:
@@ -643,12 +658,15 @@ class MinerDaemon:
             if receipt is None or int(receipt["status"]) != 1:
                 continue
             events = self.view.decode_receipt(receipt)
-            if any(
-                _by(e, self.address, committing) and getattr(e, "id", None) == job.request_id for e in events
-            ):
+            mine = [
+                e
+                for e in events
+                if _by(e, self.address, committing) and getattr(e, "id", None) == job.request_id
+            ]
+            if mine:
                 block = int(receipt["blockNumber"])
-                if committing:
-                    self.journal.mark_committed(job.request_id, block)
+                if committing:  # the commitment: our leaf, or the root of a commitBatch
+                    self.journal.mark_committed(job.request_id, block, getattr(mine[0], "commitment", None))
                 else:
                     self.journal.mark_revealed(job.request_id, block)
                     if any(isinstance(e, InferenceFinalized) and e.id == job.request_id for e in events):

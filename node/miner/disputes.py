@@ -33,9 +33,8 @@ from node.chain.hub import MAX_BATCH, UNAVAILABLE, Phase, RequestFlag, RequestIn
 from node.chain.sender import TxWouldRevert
 from node.log import get_logger
 from node.miner.hubview import TIMEOUT_PHASES, MinerEvent
-from node.miner.journal import EscalationState, Job, JobState, Role
+from node.miner.journal import COMMIT_STATES, REVEAL_STATES, EscalationState, Job, JobState, Role
 from node.miner.money import receipt_fee_wei
-from node.miner.submitter import COMMIT_STATES, REVEAL_STATES
 from node.supervise import describe
 
 if TYPE_CHECKING:

@@ -5,12 +5,14 @@ daemon and the submitter need: which events mean work (`InferenceAssigned` for a
 `AuditOpened` for an auditor, `CommitteeOpened` for a committee member, all three "run this input
 and commit to the output"), which move a seat on (`ResultCommitted`, `RevealOpened`,
 `ResultRevealed`) or settle it (`InferenceFinalized`, `InferenceRefunded`), and the calldata of the
-miner's own transactions (commit, reveal, openAudit, timeout, votes, escalate).
+miner's own transactions (commit, reveal, commitBatch/revealBatch of r = 1 results under one root,
+openAudit, timeout, votes, escalate).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from eth_utils.address import to_checksum_address
@@ -33,7 +35,7 @@ from node.chain.events import (
     decode_log,
     event_topic,
 )
-from node.chain.hub import HubClient, Phase, RequestInfo, commitment
+from node.chain.hub import HubClient, Phase, RequestInfo, batch_root, commitment
 
 MinerEvent = (
     InferenceRequested | InferenceAssigned | AuditOpened | CommitteeOpened | ResultCommitted | RevealOpened
@@ -122,6 +124,33 @@ class HubView:
                 return ev
         return None
 
+    async def commits_in_block(self, miner: str, block: int) -> list[ResultCommitted]:
+        """Every `ResultCommitted` of `miner` in `block` (its address is indexed: one cheap getLogs).
+
+        A `commitBatch` emits one per id, each carrying the batch root, so these name the ids of
+        every root `miner` committed in that block: the chain's answer when the journal is unsure.
+        """
+        logs = await self.hub.w3.eth.get_logs(
+            {
+                "address": self.address,
+                "fromBlock": block,
+                "toBlock": block,
+                "topics": [event_topic("ResultCommitted"), None, "0x" + bytes(12).hex() + miner[2:].lower()],
+            }
+        )
+        out = []
+        for entry in logs:
+            ev = decode_log(entry)
+            if isinstance(ev, ResultCommitted) and ev.miner == to_checksum_address(miner):
+                out.append(ev)
+        return out
+
+    @property
+    def batch_roots(self) -> bool:
+        """Whether this hub takes r = 1 results under one root (`commitBatch` / `revealBatch`)."""
+        names = {f.get("name") for f in self.hub.contract.abi if f.get("type") == "function"}
+        return {"commitBatch", "revealBatch"} <= names
+
     # ------------------------------------------------------------------ calldata
 
     def commit_calldata(self, miner: str, ids: Sequence[int], digests: Sequence[bytes]) -> str:
@@ -137,6 +166,29 @@ class HubView:
         if len(ids) == 1:
             return str(c.encode_abi("reveal", args=[ids[0], digests[0]]))
         return str(c.encode_abi("revealMany", args=[list(ids), list(digests)]))
+
+    def commit_batch_calldata(self, miner: str, ids: Sequence[int], digests: Sequence[bytes]) -> str:
+        """`commitBatch(ids, root)`: r = 1 assignee results under one root; `ids` strictly ascending
+        (the hub refuses anything else, so that no id can have two leaves)."""
+        _check_ascending(ids)
+        leaves = [commitment(d, miner, i) for i, d in zip(ids, digests, strict=True)]
+        return str(self.hub.contract.encode_abi("commitBatch", args=[list(ids), batch_root(ids, leaves)]))
+
+    def reveal_batch_calldata(
+        self, miner: str, ids: Sequence[int], digests: Sequence[bytes], withheld: Collection[int] = ()
+    ) -> str:
+        """`revealBatch(ids, items, withheld)` of a committed root: every id of the root, ascending;
+        an id in `withheld` (drawn for audit) passes its leaf, not its digest (bit i of the mask)."""
+        _check_ascending(ids)
+        items: list[bytes] = []
+        mask = 0
+        for pos, (i, d) in enumerate(zip(ids, digests, strict=True)):
+            if i in withheld:
+                mask |= 1 << pos
+                items.append(commitment(d, miner, i))
+            else:
+                items.append(d)
+        return str(self.hub.contract.encode_abi("revealBatch", args=[list(ids), items, mask]))
 
     def vote_calldata(self, action: str, miner: str, request_id: int, digest: bytes) -> str:
         """`commitVote` (action "commit") / `revealVote` ("reveal") / `claimVote` ("claim")."""
@@ -159,6 +211,11 @@ class HubView:
         if len(ids) == 1:
             return str(c.encode_abi("timeout", args=[ids[0]]))
         return str(c.encode_abi("timeoutMany", args=[list(ids)]))
+
+
+def _check_ascending(ids: Sequence[int]) -> None:
+    if not ids or any(a >= b for a, b in itertools.pairwise(ids)):
+        raise ValueError(f"a batch root needs 1+ strictly ascending ids, got {list(ids)[:8]}")
 
 
 __all__ = [

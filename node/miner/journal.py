@@ -28,6 +28,13 @@ The same database keeps the chain watcher's cursor and recent block hashes (reor
 small `requests` table of what `InferenceRequested` declared (max tokens, block timestamp): a seat is
 drawn in a later block than the request, and the output's `created` is the request block's time.
 
+A commit of several r = 1 assignee seats goes on chain as one batch root (`commitBatch`, see
+`node.miner.batchroot`); its reveal (`revealBatch`) must name the very same ids and leaves. So the
+`batches` table keeps, for each root, the ids and digests it was built from, written with the
+commit's transaction hash *before* the broadcast; and a job's `commitment` column keeps what its
+`ResultCommitted` event carried (the leaf, or the root for a batch) once a receipt or an event shows
+it, NULL while unknown (then the reveal asks the chain for the root).
+
 An `escalations` table records this miner's own challenges (`escalate`, bonded with minStake) of a
 provisional outcome its seat lost: `sending` with the signed transaction's hash before broadcast,
 then `sent`, or `missed` (the window closed first). A request is escalated at most once across
@@ -79,6 +86,16 @@ class EscalationRecord:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class BatchRecord:
+    """One batch root as we built it: `root = batch_root(ids, [commitment(d, miner, id)...])`,
+    ids strictly ascending, digests in the same order."""
+
+    root: bytes
+    ids: tuple[int, ...]
+    digests: tuple[bytes, ...]
+
+
 class Role(StrEnum):
     """Why this miner holds a seat on the request."""
 
@@ -96,6 +113,10 @@ OPEN = UNFINISHED | {JobState.REVEALED}
 """States in which the request is not settled yet (we still follow its events)."""
 TERMINAL = frozenset({JobState.FINALIZED, JobState.EXPIRED, JobState.DROPPED, JobState.FAILED})
 SENDING = {JobState.COMMITTING: "commit_txs", JobState.REVEALING: "reveal_txs"}
+COMMIT_STATES = (JobState.UPLOADED, JobState.COMMITTING)
+"""States of a job whose commit (or vote commit) is still to land."""
+REVEAL_STATES = (JobState.COMMITTED, JobState.REVEALING)
+"""States of a job whose reveal (or vote reveal) is still to land."""
 
 _S = JobState
 _ALLOWED: dict[JobState, frozenset[JobState]] = {
@@ -141,6 +162,7 @@ class Job:
     signature: str | None = None
     commit_txs: tuple[str, ...] = ()
     commit_block: int | None = None
+    commitment: bytes | None = None  # what our ResultCommitted carried (a leaf, or a batch root)
     reveal_txs: tuple[str, ...] = ()
     reveal_block: int | None = None
     reason: str | None = None
@@ -171,6 +193,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     commit_block  INTEGER,
     reveal_txs    TEXT NOT NULL DEFAULT '[]',
     reveal_block  INTEGER,
+    commitment    BLOB,
     reason        TEXT,
     attempts      INTEGER NOT NULL DEFAULT 0,
     assigned_at   REAL NOT NULL,
@@ -190,15 +213,26 @@ CREATE TABLE IF NOT EXISTS escalations (
     reason        TEXT,
     updated_at    REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS batches (
+    root          BLOB PRIMARY KEY,
+    ids           TEXT NOT NULL,
+    digests       TEXT NOT NULL,
+    created_at    REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS block_hashes (number INTEGER PRIMARY KEY, hash TEXT NOT NULL);
 """
 _COLUMNS = (
     "request_id, input_digest, deadline, block_number, block_hash, created, state, role, max_tokens, "
-    "output_digest, signature, commit_txs, commit_block, reveal_txs, reveal_block, reason, attempts, "
-    "assigned_at, updated_at"
+    "output_digest, signature, commit_txs, commit_block, reveal_txs, reveal_block, commitment, reason, "
+    "attempts, assigned_at, updated_at"
 )
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
+_MIGRATIONS = {
+    # 2 -> 3: batch roots (`batches`, created by _SCHEMA) and each job's on-chain commitment.
+    "2": ("ALTER TABLE jobs ADD COLUMN commitment BLOB",),
+}
+"""Schema upgrades in place, keyed by the version they start from (each ends one version later)."""
 
 
 def _row_to_job(row: Any) -> Job:
@@ -218,6 +252,7 @@ def _row_to_job(row: Any) -> Job:
         cb,
         rtx,
         rb,
+        commitment,
         reason,
         attempts,
         at,
@@ -239,6 +274,7 @@ def _row_to_job(row: Any) -> Job:
         commit_block=int(cb) if cb is not None else None,
         reveal_txs=tuple(json.loads(str(rtx))),
         reveal_block=int(rb) if rb is not None else None,
+        commitment=bytes(commitment) if commitment is not None else None,
         reason=str(reason) if reason is not None else None,
         attempts=int(attempts),
         assigned_at=float(at),
@@ -273,7 +309,7 @@ class Journal:
     def _check_scope(self) -> None:
         """Refuse a journal written for another chain/hub/miner: its jobs and cursor mean nothing here."""
         stored = self.get_meta("scope")
-        schema = self.get_meta("schema")
+        schema = self._migrate(self.get_meta("schema")) if stored is not None else None
         if stored is not None and schema != SCHEMA_VERSION:
             raise JournalError(
                 f"journal {self.path} was written by an older miner (schema {schema}, protocol v1); "
@@ -287,6 +323,18 @@ class Journal:
                 f"journal {self.path} belongs to {stored!r}, not {self.scope!r}; "
                 "use another miner.journal_path (or data_dir) per chain, hub and key"
             )
+
+    def _migrate(self, schema: str | None) -> str | None:
+        """Upgrade an older journal in place (operators upgrade the miner over its data dir); each
+        step is one transaction, so a crash mid-upgrade leaves the file at a version it can resume."""
+        while schema in _MIGRATIONS:
+            nxt = str(int(schema) + 1)
+            with self._tx() as db:
+                for statement in _MIGRATIONS[schema]:
+                    db.execute(statement)
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?)", (nxt,))
+            schema = nxt
+        return schema
 
     def close(self) -> None:
         with self._lock:
@@ -583,12 +631,21 @@ class Journal:
             request_id, JobState.UPLOADED, "output_digest = ?, signature = ?", (output_digest, signature)
         )
 
-    def mark_sending(self, request_ids: Iterable[int], tx_hash: str, state: JobState) -> None:
+    def mark_sending(
+        self, request_ids: Iterable[int], tx_hash: str, state: JobState, *, batch: BatchRecord | None = None
+    ) -> None:
         """Record a signed commit (`COMMITTING`) or reveal (`REVEALING`) transaction's hash before it
-        is broadcast, for every job in its batch."""
+        is broadcast, for every job in its batch; `batch`: the root a `commitBatch` commits, kept in
+        the same transaction (its reveal must rebuild it exactly)."""
         column = SENDING[state]
         before = JobState.UPLOADED if state == JobState.COMMITTING else JobState.COMMITTED
         with self._tx() as db:
+            if batch is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO batches(root, ids, digests, created_at) VALUES (?, ?, ?, ?)",
+                    (batch.root, json.dumps(list(batch.ids)), json.dumps([d.hex() for d in batch.digests]),
+                     time.time()),
+                )  # fmt: skip
             for rid in request_ids:
                 row = db.execute(f"SELECT state, {column} FROM jobs WHERE request_id = ?", (rid,)).fetchone()  # noqa: S608 - column from a constant table
                 if row is None:
@@ -611,11 +668,35 @@ class Journal:
     def mark_revealing(self, request_ids: Iterable[int], tx_hash: str) -> None:
         self.mark_sending(request_ids, tx_hash, JobState.REVEALING)
 
-    def mark_committed(self, request_id: int, block: int | None) -> Job:
-        return self._advance(request_id, JobState.COMMITTED, "commit_block = ?", (block,))
+    def mark_committed(self, request_id: int, block: int | None, commitment: bytes | None = None) -> Job:
+        """Our commitment is on chain; `commitment`: what its ResultCommitted carried (None: unknown)."""
+        return self._advance(
+            request_id, JobState.COMMITTED, "commit_block = ?, commitment = ?", (block, commitment)
+        )
 
     def mark_revealed(self, request_id: int, block: int | None) -> Job:
         return self._advance(request_id, JobState.REVEALED, "reveal_block = ?", (block,))
+
+    def set_commitment(self, request_id: int, commitment: bytes | None) -> None:
+        """What our ResultCommitted carried, learnt after the job was marked committed (None: unsure
+        again, e.g. a reveal of that root was refused; the chain is asked next time)."""
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET commitment = ? WHERE request_id = ?", (commitment, request_id))
+
+    def batch_record(self, root: bytes) -> BatchRecord | None:
+        """The ids and digests a batch root was built from (None: not built by this journal)."""
+        with self._lock:
+            row = self._db.execute("SELECT ids, digests FROM batches WHERE root = ?", (root,)).fetchone()
+        if row is None:
+            return None
+        ids = tuple(int(i) for i in json.loads(str(row[0])))
+        return BatchRecord(root, ids, tuple(bytes.fromhex(d) for d in json.loads(str(row[1]))))
+
+    def forget_batches(self, before: float) -> None:
+        """Drop batch records written before `before` (unix time): a root is needed only until its
+        reveal window (timeoutBlocks after the commit) closes."""
+        with self._tx() as db:
+            db.execute("DELETE FROM batches WHERE created_at < ?", (before,))
 
     def mark(self, request_id: int, state: JobState, reason: str | None = None) -> Job:
         """Any other transition (finalized, expired, dropped, failed, back to new/uploaded/committed)."""
@@ -627,6 +708,7 @@ __all__ = [
     "SENDING",
     "TERMINAL",
     "UNFINISHED",
+    "BatchRecord",
     "EscalationRecord",
     "EscalationState",
     "InvalidTransition",

@@ -17,6 +17,13 @@ transaction's hash before broadcast, and the contract rejects a second commit or
 
 `commitMany`/`revealMany` are atomic, so a batch whose estimate reverts (a race with a deadline) is
 split into single transactions.
+
+r = 1 assignee results that commit together (two or more) go under one root instead
+(`node.miner.batchroot`): one `commitBatch(ids, root)`, the root recorded in the journal before the
+broadcast. A request whose head says BATCH is revealed with every other id of its root in one
+`revealBatch`; the ids drawn for audit are withheld (their leaf, not their digest) and then take
+the single path above (`openAudit`, `reveal` after the auditor's commit). A batch commit whose
+estimate reverts is checked job by job and sent again as one root (once), then singly.
 """
 
 from __future__ import annotations
@@ -28,14 +35,25 @@ from dataclasses import dataclass
 
 from node.chain.errors import decode_revert
 from node.chain.events import InferenceFinalized, ResultCommitted, ResultRevealed
-from node.chain.hub import Phase, RequestFlag
+from node.chain.hub import Phase, RequestFlag, RequestInfo
 from node.chain.sender import TxError, TxReverted, TxSender, TxWouldRevert
 from node.log import get_logger
+from node.miner import batchroot
 from node.miner.batching import BatchCollector
 from node.miner.hubview import COMMIT_PHASES, REVEAL_PHASES, HubView
-from node.miner.journal import TERMINAL, Job, JobState, Journal, Role
+from node.miner.journal import (
+    COMMIT_STATES,
+    REVEAL_STATES,
+    TERMINAL,
+    BatchRecord,
+    Job,
+    JobState,
+    Journal,
+    Role,
+)
 from node.miner.metrics import MinerMetrics
 from node.miner.money import receipt_fee_wei
+from node.miner.votes import Votes
 
 log = get_logger("inferd.miner.submitter")
 
@@ -45,20 +63,18 @@ log = get_logger("inferd.miner.submitter")
 # has to fit the wallet's balance at the fee cap.
 TRANSITION_GAS = 300_000
 
-COMMIT_STATES = (JobState.UPLOADED, JobState.COMMITTING)
-REVEAL_STATES = (JobState.COMMITTED, JobState.REVEALING)
-
 
 @dataclass(frozen=True)
 class Verdict:
     """What the chain says about one job now.
 
-    action: "commit" | "reveal" | "open_audit" | "wait" | "committed" | "revealed" | "finalized"
-    | "expired" | "dropped" | "recommit".
+    action: "commit" | "reveal" | "reveal_batch" | "open_audit" | "wait" | "committed" | "revealed"
+    | "finalized" | "expired" | "dropped" | "recommit". `info`: the request as read ("reveal_batch").
     """
 
     action: str
     reason: str = ""
+    info: RequestInfo | None = None
 
 
 class Submitter:
@@ -77,6 +93,7 @@ class Submitter:
         max_in_flight: int = 4,
         on_settled: Callable[[Job], None] | None = None,
         busy: Callable[[], int] | None = None,
+        redundancy: Callable[[], int | None] | None = None,
     ) -> None:
         self.journal = journal
         self.hub = hub
@@ -86,6 +103,7 @@ class Submitter:
         self.batch_max = batch_max
         self.batch_wait_s = batch_wait_s
         self.on_settled = on_settled
+        self.redundancy = redundancy or (lambda: None)  # the model's r: 1 lets assignees use roots
         self._queue: asyncio.Queue[int] = asyncio.Queue()
         self._queued: set[int] = set()
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -94,6 +112,10 @@ class Submitter:
         self._audits_opened: set[int] = set()
         self._busy: set[int] = set()  # ids in a batch being checked or sent: never two at once
         self._collector = BatchCollector(self._queue, batch_max=batch_max, wait_s=batch_wait_s, busy=busy)
+        self.votes = Votes(
+            journal=journal, hub=hub, sender=sender, miner=miner, metrics=metrics, extra_gas=TRANSITION_GAS,
+            settle=lambda job, v: self._settle(job, Verdict(*v)), requeue=self._requeue_later,
+        )  # fmt: skip
 
     def enqueue(self, request_id: int, *, fresh: bool = False) -> None:
         """A job reached `uploaded` or `committed` (or must be re-checked): act on it soon.
@@ -172,6 +194,8 @@ class Submitter:
         if job.state in COMMIT_STATES:
             return Verdict("committed", "our commitment is on chain")
         ph = info.phase
+        if ph == Phase.REVEAL and info.redundancy == 1 and RequestFlag.BATCH in info.flags:
+            return Verdict("reveal_batch", "committed under a root", info)
         if ph == Phase.REVEAL and info.redundancy == 1 and RequestFlag.AUDITED not in info.flags:
             if await self.hub.audit_drawn(job.request_id):
                 return Verdict("open_audit", "drawn for audit")
@@ -230,13 +254,14 @@ class Submitter:
         head = int(await self._retry_head())
         commits: list[Job] = []
         reveals: list[Job] = []
+        rooted: list[tuple[Job, RequestInfo]] = []
         for rid in ids:
             job = self.journal.get(rid)
             fresh = rid in self._fresh
             self._fresh.discard(rid)
             if job is not None and job.role == Role.VOTER:
                 if job.state in COMMIT_STATES + REVEAL_STATES + (JobState.REVEALED,):
-                    await self._vote(job, head)
+                    await self.votes.step(job, head)
                 continue
             if job is None or job.state not in COMMIT_STATES + REVEAL_STATES:
                 continue
@@ -258,14 +283,26 @@ class Submitter:
                 if job.state == JobState.REVEALING:
                     job = self.journal.mark(rid, JobState.COMMITTED, "revealing again")
                 reveals.append(job)
+            elif v.action == "reveal_batch" and v.info is not None:
+                if job.state == JobState.REVEALING:
+                    job = self.journal.mark(rid, JobState.COMMITTED, "revealing again")
+                rooted.append((job, v.info))
             elif v.action == "open_audit":
                 await self._open_audit(job)
             elif v.action != "wait":
                 self._settle(job, v)
         if commits:
-            await self._send(commits, JobState.COMMITTING)
+            batched, singles = batchroot.plan_commits(
+                commits, redundancy=self.redundancy(), enabled=self.hub.batch_roots
+            )
+            if batched:
+                await self._send(batched, JobState.COMMITTING, batch=self._root(batched))
+            if singles:
+                await self._send(singles, JobState.COMMITTING)
         if reveals:
             await self._send(reveals, JobState.REVEALING)
+        if rooted:
+            await self._reveal_roots(rooted, set(ids))
 
     async def _retry_head(self) -> int:
         delay = 0.2
@@ -281,77 +318,6 @@ class Submitter:
         loop = asyncio.get_running_loop()
         for rid in ids:
             loop.call_later(delay, self.enqueue, rid)
-
-    # ------------------------------------------------------------------ escalation votes
-
-    async def _vote(self, job: Job, head: int) -> None:
-        """One step of an escalation vote: commitVote, revealVote after the commit window, then
-        claimVote once final if our digest won (single transactions; votes are rare)."""
-        rid = job.request_id
-        try:
-            info = await self.hub.get_request(rid)
-            esc = await self.hub.hub.get_escalation(rid)
-        except Exception as exc:
-            log.warning("chain_check_failed", request_id=rid, error=f"{type(exc).__name__}: {exc}")
-            self._requeue_later([rid], 2.0)
-            return
-        if info is None or esc.challenger is None:
-            self._settle(job, Verdict("dropped", "no escalation on chain (reorg?)"))
-            return
-        digest = job.output_digest or b""
-        if job.state == JobState.REVEALED:
-            if info.phase != Phase.FINAL:
-                return  # InferenceFinalized enqueues the claim
-            if digest == info.output_digest and esc.voter_share > 0:
-                await self._vote_tx(job, "claim")
-            self.journal.mark(
-                rid, JobState.FINALIZED, "vote won" if digest == info.output_digest else "vote lost"
-            )
-            return
-        if info.phase != Phase.VOTE:
-            self._settle(job, Verdict("expired", f"escalation over (phase {info.phase.name})"))
-        elif job.state in COMMIT_STATES:
-            if head + 1 > esc.commit_end:
-                self._settle(job, Verdict("dropped", f"vote commit window closed at {esc.commit_end}"))
-            elif await self._vote_tx(job, "commit"):
-                self.journal.mark_committed(rid, None)
-        elif head + 1 <= esc.commit_end:
-            return  # reveal from block commitEnd + 1 (the sweeper re-checks committed jobs)
-        elif head + 1 > esc.reveal_end:
-            self._settle(job, Verdict("expired", f"vote reveal window closed at {esc.reveal_end}"))
-        elif await self._vote_tx(job, "reveal"):
-            self.journal.mark_revealed(rid, None)
-
-    async def _vote_tx(self, job: Job, action: str) -> bool:
-        """Send one vote transaction; True when it (or an earlier one) is on chain."""
-        rid = job.request_id
-        data = self.hub.vote_calldata(action, self.miner, rid, job.output_digest or b"")
-        state = {"commit": JobState.COMMITTING, "reveal": JobState.REVEALING}.get(action)
-
-        def on_signed(tx_hash: str) -> None:
-            if state is not None:
-                self.journal.mark_sending([rid], tx_hash, state)
-
-        try:
-            receipt = await self.sender.send(
-                self.hub.address, data, extra_gas=TRANSITION_GAS, on_signed=on_signed
-            )
-        except TxWouldRevert as exc:
-            name = decode_revert(exc.data if isinstance(exc.data, str | bytes) else None).name
-            if name in ("AlreadyCommitted", "AlreadyRevealed", "NothingToClaim"):
-                return True  # sent before a crash, or nothing to collect
-            log.warning("vote_would_revert", request_id=rid, action=action, error=str(exc))
-            self._requeue_later([rid], 2.0)
-            return False
-        except Exception as exc:
-            self.metrics.txs.labels("error").inc()
-            log.warning("vote_failed", request_id=rid, action=action, error=f"{type(exc).__name__}: {exc}")
-            self._requeue_later([rid], 2.0)
-            return False
-        self.metrics.txs.labels("ok").inc()
-        self.metrics.gas_spent_wei.inc(receipt_fee_wei(receipt))
-        log.info("vote_sent", request_id=rid, action=action, block=int(receipt["blockNumber"]))
-        return True
 
     async def _open_audit(self, job: Job) -> None:
         """Seat the auditor of our drawn result (once per process; the chain check guards restarts)."""
@@ -373,26 +339,47 @@ class Submitter:
         log.info("audit_opened", request_id=rid, block=int(receipt["blockNumber"]))
         self._requeue_later([rid], 0.5)  # no auditor eligible: reveal now; else wait for RevealOpened
 
-    async def _send(self, jobs: list[Job], state: JobState) -> None:
+    def _root(self, jobs: Sequence[Job]) -> BatchRecord:
+        return batchroot.build(self.miner, [(j.request_id, j.output_digest or b"") for j in jobs])
+
+    async def _send(
+        self,
+        jobs: list[Job],
+        state: JobState,
+        *,
+        batch: BatchRecord | None = None,
+        withheld: frozenset[int] = frozenset(),
+        retried: bool = False,
+    ) -> None:
+        """One commit or reveal transaction for `jobs`. `batch`: a root (`commitBatch` of exactly
+        these jobs, or `revealBatch` of every id of the root, `jobs` being the journal's among them);
+        `withheld`: ids of the root revealed by their leaf (drawn for audit)."""
         committing = state == JobState.COMMITTING
         ids = [j.request_id for j in jobs]
         digests = [j.output_digest or b"" for j in jobs]
-        if committing:
+        if batch is not None and committing:
+            data = self.hub.commit_batch_calldata(self.miner, batch.ids, batch.digests)
+        elif batch is not None:
+            data = self.hub.reveal_batch_calldata(self.miner, batch.ids, batch.digests, withheld)
+        elif committing:
             data = self.hub.commit_calldata(self.miner, ids, digests)
         else:
             data = self.hub.reveal_calldata(ids, digests)
-        what = "commit" if committing else "reveal"
+        what = ("commit" if committing else "reveal") + ("_batch" if batch is not None else "")
         started = time.monotonic()
 
         def on_signed(tx_hash: str) -> None:
-            self.journal.mark_sending(ids, tx_hash, state)
+            self.journal.mark_sending(ids, tx_hash, state, batch=batch if committing else None)
 
+        # A root's transaction changes no other seat: one transition's headroom is plenty.
+        extra = TRANSITION_GAS if batch is not None else TRANSITION_GAS * len(jobs)
         try:
-            receipt = await self.sender.send(
-                self.hub.address, data, extra_gas=TRANSITION_GAS * len(jobs), on_signed=on_signed
-            )
+            receipt = await self.sender.send(self.hub.address, data, extra_gas=extra, on_signed=on_signed)
         except TxWouldRevert as exc:
             self.metrics.txs.labels("would_revert").inc()
+            if batch is not None:
+                await self._batch_would_revert(jobs, state, batch, exc, retried)
+                return
             if len(jobs) > 1:
                 log.info("batch_would_revert_splitting", action=what, size=len(jobs), error=str(exc))
                 for job in jobs:
@@ -402,7 +389,7 @@ class Submitter:
             job = jobs[0]
             log.warning(f"{what}_would_revert", request_id=job.request_id, error=str(exc))
             v = await self.verdict(job, await self._retry_head())
-            if v.action in ("commit", "reveal"):
+            if v.action in ("commit", "reveal", "reveal_batch"):
                 self._requeue_later(ids, 2.0)
             elif v.action == "open_audit":
                 await self._open_audit(job)
@@ -428,15 +415,105 @@ class Submitter:
         self.metrics.batch_size.observe(len(jobs))
         events = self.hub.decode_receipt(receipt)
         log.info("results_committed" if committing else "results_revealed", count=len(jobs), block=block,
-                 gas=gas, tx_s=round(time.monotonic() - started, 3))  # fmt: skip
+                 gas=gas, tx_s=round(time.monotonic() - started, 3), root=batch is not None,
+                 withheld=len(withheld))  # fmt: skip
         with self.journal.batch():  # one fsync for the whole batch's marks
             if committing:
                 self._after_commit(jobs, events, block)
             else:
-                self._after_reveal(jobs, events, block)
+                self._after_reveal(jobs, events, block, withheld)
+
+    async def _batch_would_revert(
+        self, jobs: list[Job], state: JobState, batch: BatchRecord, exc: TxWouldRevert, retried: bool
+    ) -> None:
+        """A root's estimate reverted. A commit: check each job, send what may still commit as one
+        root again (once), then singly. A reveal cannot be split (the root is all or nothing): the
+        chain check looks again, and asks the chain for the root if ours did not match."""
+        name = decode_revert(exc.data if isinstance(exc.data, str | bytes) else None).name
+        ids = [j.request_id for j in jobs]
+        log.info("root_would_revert", state=state.value, size=len(batch.ids), error=name or str(exc))
+        if state == JobState.REVEALING:
+            if name == "CommitmentMismatch":
+                for rid in ids:
+                    self.journal.set_commitment(rid, None)
+            self._requeue_later(ids, 2.0)
+            return
+        head = await self._retry_head()
+        still: list[Job] = []
+        for job in jobs:
+            try:
+                v = await self.verdict(job, head)
+            except Exception:
+                self._requeue_later([job.request_id])
+                continue
+            if v.action == "commit":
+                still.append(job)
+            elif v.action != "wait":
+                self._settle(job, v)
+        if not retried and len(still) >= batchroot.MIN_BATCH:
+            await self._send(still, state, batch=self._root(still), retried=True)
+            return
+        for job in still:
+            await self._send([job], state)
+
+    async def _reveal_roots(self, rooted: list[tuple[Job, RequestInfo]], held: set[int]) -> None:
+        """Reveal every root these batch-committed jobs belong to, each in one `revealBatch`.
+
+        A root's other ids are claimed too (`_busy`); when another batch holds one of them, the
+        jobs come back later. Ids drawn for audit are withheld.
+        """
+        done: set[int] = set()
+        for job, info in rooted:
+            rid = job.request_id
+            if rid in done:
+                continue
+            try:
+                record = await batchroot.resolve(self.hub, self.journal, self.miner, job, info)
+            except Exception as exc:
+                log.warning("chain_check_failed", request_id=rid, error=f"{type(exc).__name__}: {exc}")
+                self.metrics.rpc_errors.labels("submitter").inc()
+                self._requeue_later([rid], 2.0)
+                continue
+            if record is None:
+                # Nothing we hold rebuilds the root on chain: the seat cannot be revealed (it will be
+                # timed out as silent). Looked at again later in case a log was not served yet.
+                log.error("batch_root_unknown", request_id=rid, commit_block=info.mark)
+                self._requeue_later([rid], 10.0)
+                continue
+            done.update(record.ids)
+            extra = [i for i in record.ids if i not in held]
+            if any(i in self._busy for i in extra):
+                self._requeue_later([i for i in record.ids if i in held], 0.5)
+                continue
+            self._busy.update(extra)
+            try:
+                await self._reveal_root(record, info)
+            finally:
+                self._busy.difference_update(extra)
+
+    async def _reveal_root(self, record: BatchRecord, info: RequestInfo) -> None:
+        try:
+            flags = await asyncio.gather(*(self.hub.audit_drawn(i) for i in record.ids))
+        except Exception as exc:
+            log.warning("chain_check_failed", ids=list(record.ids), error=f"{type(exc).__name__}: {exc}")
+            self.metrics.rpc_errors.labels("submitter").inc()
+            self._requeue_later(list(record.ids), 2.0)
+            return
+        withheld = batchroot.withheld(record, dict(zip(record.ids, flags, strict=True)))
+        jobs: list[Job] = []
+        for job in batchroot.members(record, self.journal):
+            if job.state in COMMIT_STATES:  # the chain has it under this root: committed
+                job = self.journal.mark_committed(job.request_id, info.mark, record.root)
+            if job.state in REVEAL_STATES:
+                jobs.append(job)
+        if not jobs:  # nothing of ours left open under this root (settled meanwhile)
+            return
+        await self._send(jobs, JobState.REVEALING, batch=record, withheld=withheld)
 
     def _after_commit(self, jobs: list[Job], events: Sequence[object], block: int) -> None:
-        done = {e.id for e in events if isinstance(e, ResultCommitted) and e.miner == self.miner}
+        done = {
+            e.id: e.commitment for e in events if isinstance(e, ResultCommitted) and e.miner == self.miner
+        }
         for job in jobs:
             rid = job.request_id
             if rid not in done:
@@ -444,14 +521,22 @@ class Submitter:
                 continue
             current = self.journal.get(rid) or job
             if current.state in COMMIT_STATES:
-                self.journal.mark_committed(rid, block)
+                self.journal.mark_committed(rid, block, done[rid])
             self.enqueue(rid)  # the reveal: the chain check says when (now, or after RevealOpened)
 
-    def _after_reveal(self, jobs: list[Job], events: Sequence[object], block: int) -> None:
+    def _after_reveal(
+        self, jobs: list[Job], events: Sequence[object], block: int, withheld: frozenset[int] = frozenset()
+    ) -> None:
         done = {e.id for e in events if isinstance(e, ResultRevealed) and e.miner == self.miner}
         finalized = {e.id for e in events if isinstance(e, InferenceFinalized)}
         for job in jobs:
             rid = job.request_id
+            if rid in withheld:  # its leaf is on chain now: on to openAudit, then the single reveal
+                current = self.journal.get(rid) or job
+                if current.state == JobState.REVEALING:
+                    self.journal.mark(rid, JobState.COMMITTED, "withheld for audit")
+                self.enqueue(rid)
+                continue
             if rid not in done:
                 self._requeue_later([rid], 0.5)
                 continue

@@ -5,14 +5,18 @@ JSON object with every key below.
 
 Keys kept from v1, with their v2 meaning: `request_r1` (the request transaction alone: seats are
 drawn later), `request_r3`, `submit` (= the r = 1 `commit`), `submit_batch32_per_result` (= one
-`commitMany` + one `revealMany` of 32, per result), `expire` (= `timeout` of a silent r = 1 seat:
-slash + reassign) and `expire_refund`.
+`commitBatch` + one `revealBatch` of 32 r = 1 results, per result: one commitment root per batch;
+`commit_batch32_per_result` and `reveal_batch32_per_result` are its two halves), `expire`
+(= `timeout` of a silent r = 1 seat: slash + reassign) and `expire_refund`.
 New: `commit`, `reveal` (r = 1, unaudited: finalizes and pays), `commit_reveal` (their sum, one
 assignee), `commit_r3`, `reveal_r3` (a seat that does not complete the set), `reveal_r3_last` (the
 reveal that finalizes and pays all seats), `request_with_assignment` (request + the `assign` a lone
 request needs: everything before a miner can start, r = 1), `assign_one`, `audit_submit` (the
 auditor's commit + reveal, the reveal resolving the agreement), `open_audit`,
-`equivocation_proof`, `request_batch16_per_request` (`requestInferences` of 16, per request) and
+`equivocation_proof`, `batch_equivocation_proof` (`proveBatchEquivocation` against a root of 32),
+`commit_many32_per_result` / `reveal_many32_per_result` / `submit_many32_per_result` (the per-seat
+path, `commitMany` + `revealMany` of 32 r = 1 results: what `submit_batch32_per_result` measured
+before batch roots), `request_batch16_per_request` (`requestInferences` of 16, per request) and
 `assign_batch16_per_request`.
 Ratios (issue 14; floats, the only non-integer keys): `request_batch16_ratio` (a request in a batch of
 16 against a lone one: request_batch16_per_request / request_r1) and
@@ -35,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from eth_utils.crypto import keccak
 
+from node.chain.events import BatchRevealed
 from node.chain.hub import HubClient
 from node.chain.signing import sign_result
 from node.devnet.processes import anvil_private_keys, anvil_process
@@ -100,18 +105,32 @@ async def measure(rpc_url: str, keys: list[str]) -> dict[str, int]:
     gas["reveal"] = rv.gas_used
     gas["commit_reveal"] = c.gas_used + rv.gas_used
 
-    # a batch of 32: commitMany + revealMany per result
+    # a batch of 32: commitBatch + revealBatch (one root), per result
     ids = [
         r.id for r in await requester.request_inferences(m1, [(digest(200 + i), TOKENS) for i in range(32)])
     ]
     await requester.transact(requester.contract.functions.assign(32))
-    cm = await solo.commit_many([(i, digest(300 + i)) for i in ids])
+    batch32 = [(i, digest(300 + i)) for i in ids]
+    cb = await solo.commit_batch(batch32)
     if any([await solo.audit_drawn(i) for i in ids]):
         raise RuntimeError("a 1 bps audit was drawn in the batch: run again")
-    rm = await solo.reveal_many([(i, digest(300 + i)) for i in ids])
-    gas["submit_batch32_per_result"] = -(-(cm.gas_used + rm.gas_used) // 32)
-    gas["commit_batch32_per_result"] = -(-cm.gas_used // 32)
-    gas["reveal_batch32_per_result"] = -(-rm.gas_used // 32)
+    rb = await solo.reveal_batch(batch32)
+    gas["submit_batch32_per_result"] = -(-(cb.gas_used + rb.gas_used) // 32)
+    gas["commit_batch32_per_result"] = -(-cb.gas_used // 32)
+    gas["reveal_batch32_per_result"] = -(-rb.gas_used // 32)
+
+    # the same with a commitment per seat: commitMany + revealMany, per result
+    ids = [
+        r.id for r in await requester.request_inferences(m1, [(digest(500 + i), TOKENS) for i in range(32)])
+    ]
+    await requester.transact(requester.contract.functions.assign(32))
+    cm = await solo.commit_many([(i, digest(600 + i)) for i in ids])
+    if any([await solo.audit_drawn(i) for i in ids]):
+        raise RuntimeError("a 1 bps audit was drawn in the batch: run again")
+    rm = await solo.reveal_many([(i, digest(600 + i)) for i in ids])
+    gas["submit_many32_per_result"] = -(-(cm.gas_used + rm.gas_used) // 32)
+    gas["commit_many32_per_result"] = -(-cm.gas_used // 32)
+    gas["reveal_many32_per_result"] = -(-rm.gas_used // 32)
 
     # requestInferences of 16, and the assign that materialises them
     batch = await requester.request_inferences(m1, [(digest(400 + i), TOKENS) for i in range(16)])
@@ -154,6 +173,19 @@ async def measure(rpc_url: str, keys: list[str]) -> dict[str, int]:
     )  # fmt: skip
     gas["equivocation_proof"] = (
         await prover.prove_equivocation(re_.id, str(solo.sender), digest(999), sig)
+    ).gas_used
+
+    # batch equivocation: solo signed another digest for one result of the root of 32 (solo restakes:
+    # the proof above took its stake)
+    await solo.add_stake(STAKE)
+    (br,) = rb.of(BatchRevealed)
+    target = br.ids[7]
+    bsig = sign_result(
+        keys[1], chain_id=chain_id, hub=owner.address, request_id=target, input_digest=digest(200 + 7),
+        output_digest=digest(998),
+    )  # fmt: skip
+    gas["batch_equivocation_proof"] = (
+        await prover.prove_batch_equivocation(target, str(solo.sender), digest(998), bsig, br.ids, br.leaves)
     ).gas_used
 
     # a silent seat: timeout slashes and reassigns, then (silent again) refunds

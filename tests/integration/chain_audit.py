@@ -3,9 +3,11 @@
 Events are not enough to show that a miner never committed or revealed twice: the contract refuses
 a second commit or reveal (the transaction reverts and emits nothing), so the events look the same
 either way. These helpers read the blocks themselves (`eth_getBlockByNumber` with full
-transactions), keep the transactions sent from one address, decode `commit`/`commitMany` and
-`reveal`/`revealMany` calldata into the (request id, commitment or digest) pairs they carried, and
-pair each with its receipt's status.
+transactions), keep the transactions sent from one address, decode `commit`/`commitMany`/
+`commitBatch` and `reveal`/`revealMany`/`revealBatch` calldata into the (request id, commitment or
+digest) pairs they carried, and pair each with its receipt's status. A `commitBatch` commits each of
+its ids (the pair carries the root); a `revealBatch` reveals the ids it passes a digest for, and
+*withholds* those it passes a leaf for (drawn for audit: revealed later by a single `reveal`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class SentTx:
     function: str  # the hub function called, or "" for anything that is not a hub call
     commits: tuple[tuple[int, bytes], ...]  # (request id, commitment) pairs it committed
     reveals: tuple[tuple[int, bytes], ...]  # (request id, output digest) pairs it revealed
+    withheld: tuple[tuple[int, bytes], ...] = ()  # (request id, leaf) a revealBatch withheld
 
     @property
     def results(self) -> tuple[tuple[int, bytes], ...]:
@@ -43,6 +46,18 @@ def _pairs(
     if name == many:
         return tuple((int(i), bytes(d)) for i, d in zip(args["ids"], args[values], strict=True))
     return ()
+
+
+def _batch(name: str, args: dict[str, Any]) -> tuple[tuple[tuple[int, bytes], ...], ...]:
+    """(commits, reveals, withheld) of a `commitBatch` / `revealBatch` call."""
+    if name == "commitBatch":
+        return tuple((int(i), bytes(args["root"])) for i in args["ids"]), (), ()
+    if name == "revealBatch":
+        mask = int(args["withheld"])
+        pairs = [(int(i), bytes(x)) for i, x in zip(args["ids"], args["items"], strict=True)]
+        shown = tuple(p for n, p in enumerate(pairs) if not mask >> n & 1)
+        return (), shown, tuple(p for n, p in enumerate(pairs) if mask >> n & 1)
+    return (), (), ()
 
 
 async def sent_by(w3: Any, hub: Any, sender: str, first: int = 0, last: int | None = None) -> list[SentTx]:
@@ -61,15 +76,18 @@ async def sent_by(w3: Any, hub: Any, sender: str, first: int = 0, last: int | No
             name = ""
             commits: tuple[tuple[int, bytes], ...] = ()
             reveals: tuple[tuple[int, bytes], ...] = ()
+            withheld: tuple[tuple[int, bytes], ...] = ()
             if tx.get("to") is not None and str(tx["to"]).lower() == str(hub.address).lower():
                 fn, args = hub.decode_function_input(tx["input"])
                 name = str(fn.fn_name)
                 commits = _pairs(name, dict(args), "commit", "commitMany", "commitment", "commitments")
                 reveals = _pairs(name, dict(args), "reveal", "revealMany", "outputDigest", "outputDigests")
+                if name in ("commitBatch", "revealBatch"):
+                    commits, reveals, withheld = _batch(name, dict(args))
             out.append(
                 SentTx(
                     number, "0x" + bytes(tx["hash"]).hex(), int(tx["nonce"]), receipt["status"] == 1, name,
-                    commits, reveals,
+                    commits, reveals, withheld,
                 )
             )  # fmt: skip
     return out

@@ -241,11 +241,18 @@ async def test_forged_results_are_never_answered(net: Net, anvil_keys: list[str]
     assert body["signer"].lower() == str(net.manual.sender).lower()  # read from its reveal, not MQTT
 
 
-async def test_a_signer_that_settles_something_else_is_slashed(net: Net, anvil_keys: list[str]) -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["commit", "commit_batch"])
+async def test_a_signer_that_settles_something_else_is_slashed(
+    net: Net, anvil_keys: list[str], batched: bool
+) -> None:
     """The gateway answered on a signature; the signer then commits another digest: the gateway
-    proves the equivocation itself and the signer loses its minStake (the gateway earns 10%)."""
-    liar = HubClient(net.owner.w3, net.owner.address, anvil_keys[5])
-    name = "promise-model"
+    proves the equivocation itself and the signer loses its minStake (the gateway earns 10%).
+
+    Batched, the commit is a root (`commitBatch`) that proves nothing alone: the gateway must
+    wait for the `revealBatch` and prove it with the batch's leaves (`proveBatchEquivocation`)."""
+    liar_key = anvil_keys[6] if batched else anvil_keys[5]  # a fresh miner each
+    liar = HubClient(net.owner.w3, net.owner.address, liar_key)
+    name = "promise-batch" if batched else "promise-model"
     await net.owner.register_model(name, FAKE_ENGINE_CLASS, 10**18, 10**12, 0, 50, 1, 1)
     await liar.register_miner(model_id(name), FAKE_ENGINE_CLASS, 10**18)
     gateway = str(net.backend.links[31337].sender.address)
@@ -267,7 +274,7 @@ async def test_a_signer_that_settles_something_else_is_slashed(net: Net, anvil_k
         sub = pending.submission
         promised = _output(rid, sub.input_cid, "promised")
         signature = sign_result(
-            anvil_keys[5], chain_id=31337, hub=net.hub, request_id=rid, input_digest=sub.input_digest,
+            liar_key, chain_id=31337, hub=net.hub, request_id=rid, input_digest=sub.input_digest,
             output_digest=digest_of(promised),
         )  # fmt: skip
         payload = {"output": promised.decode(), "signature": signature, "miner": str(liar.sender)}
@@ -285,7 +292,13 @@ async def test_a_signer_that_settles_something_else_is_slashed(net: Net, anvil_k
     assert reply.json()["onchain_data"]["settlement"] == "pending"
     assert reply.json()["choices"][0]["message"]["content"] == "promised"
 
-    await liar.commit(rid, digest_of(_output(rid, sub.input_cid, "something else")))
+    lie = digest_of(_output(rid, sub.input_cid, "something else"))
+    if not batched:
+        await liar.commit(rid, lie)
+    else:
+        await liar.commit_batch([(rid, lie)])
+        assert not await liar.audit_drawn(rid), "a 1 bps audit was drawn: run again"
+        await liar.reveal_batch([(rid, lie)])
 
     async def slashed() -> bool:
         return (await net.owner.get_miner(str(liar.sender))).stake == 0

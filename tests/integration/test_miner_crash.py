@@ -3,9 +3,9 @@
 Proves: after three SIGKILLs during a 30-request run (and restarts), every request is finalized and
 the miner never broadcast a commit or a reveal twice. The contract refuses a second commit or reveal,
 so its events would look the same either way; the test therefore reads what the miner signed: every
-transaction from its address in every block (calldata of `commit`/`commitMany` and
-`reveal`/`revealMany` decoded), which must carry each request id exactly once as a commit and once
-as a reveal, all succeeded, and account for its whole nonce (nothing sent that was not mined,
+transaction from its address in every block (calldata of `commit`/`commitMany`/`commitBatch` and
+`reveal`/`revealMany`/`revealBatch` decoded), which must carry each request id exactly once as a
+commit and once as a reveal, all succeeded, and account for its whole nonce (nothing sent that was not mined,
 nothing pending). No journal entry is left unfinished.
 
 The kill moments come from a seed printed at the start (`INFERD_CRASH_SEED=<seed>` repeats a run).
@@ -42,8 +42,10 @@ MINER_FUNCTIONS = {
     "registerMiner",
     "commit",
     "commitMany",
+    "commitBatch",
     "reveal",
     "revealMany",
+    "revealBatch",
     "openAudit",
     "timeout",
     "timeoutMany",

@@ -8,6 +8,7 @@ from eth_utils.crypto import keccak
 from node.chain.artifacts import hub_abi, hub_artifact
 from node.chain.errors import HubError, decode_revert
 from node.chain.events import (
+    BatchRevealed,
     CommitteeOpened,
     Credited,
     CreditReason,
@@ -25,6 +26,7 @@ from node.chain.hub import (
     RequestFlag,
     RequestInfo,
     VerificationState,
+    batch_root,
     commitment,
     model_id,
     to_digest,
@@ -59,6 +61,10 @@ def test_artifact_has_abi_and_bytecode() -> None:
         "revealVote",
         "claimVote",
         "proveEquivocation",
+        "commitBatch",
+        "revealBatch",
+        "proveBatchEquivocation",
+        "BatchRevealed",
         "price",
         "withdraw",
         "getRequest",
@@ -157,6 +163,24 @@ def test_decode_committee_money_and_foreign_logs() -> None:
     assert decode_log(_log([], b"")) is None
 
 
+def test_decode_batch_revealed_rebuilds_its_root() -> None:
+    leaves = [commitment(b"\x07" * 32, ADDR, i) for i in (3, 4)]
+    root = batch_root([3, 4], leaves)
+    assert root == keccak(encode(["uint256", "uint256", "bytes32", "bytes32"], [3, 4, *leaves]))
+    t_br = bytes.fromhex(event_topic("BatchRevealed")[2:])
+    data = encode(["uint256[]", "bytes32[]"], [[3, 4], leaves])
+    ev = decode_log(_log([t_br, encode(["address"], [ADDR]), root], data))
+    assert isinstance(ev, BatchRevealed)
+    assert (ev.miner, ev.root, ev.ids, ev.leaves) == (ADDR, root, (3, 4), tuple(leaves))
+    assert batch_root(ev.ids, ev.leaves) == ev.root
+    try:
+        batch_root([1, 2], leaves[:1])
+    except ValueError as exc:
+        assert "2 ids for 1 leaves" in str(exc)
+    else:
+        raise AssertionError("unequal lengths accepted")
+
+
 def test_commitment_is_abi_encoded_keccak() -> None:
     digest = b"\x07" * 32
     expected = keccak(encode(["bytes32", "address", "uint256"], [digest, ADDR, 9]))
@@ -178,6 +202,8 @@ def test_verification_state() -> None:
     assert _info(Phase.PENDING).verification_state is vs.PENDING
     assert _info(Phase.ASSIGNED).verification_state is vs.ASSIGNED
     assert _info(Phase.REVEAL, committed=1).verification_state is vs.SUBMITTED
+    assert _info(Phase.REVEAL, flags=RequestFlag.BATCH, committed=1).verification_state is vs.SUBMITTED
+    assert _info(Phase.FINAL, flags=RequestFlag.BATCH).verification_state is vs.FINAL
     assert _info(Phase.ASSIGNED, committed=1, r=3).verification_state is vs.SUBMITTED
     assert _info(Phase.AUDIT, flags=4).verification_state is vs.AUDIT_PENDING
     assert _info(Phase.AUDIT_REVEAL, flags=4).verification_state is vs.AUDIT_PENDING

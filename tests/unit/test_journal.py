@@ -9,6 +9,7 @@ import pytest
 
 from node.miner.journal import (
     UNFINISHED,
+    BatchRecord,
     EscalationState,
     InvalidTransition,
     JobState,
@@ -188,3 +189,77 @@ def test_a_batch_that_raises_writes_nothing(tmp_path: Path) -> None:
     assert j.get(1) is None
     assign(j, 1)  # the journal is usable afterwards
     assert j.get(1) is not None
+
+
+# The jobs table as the schema-2 miner wrote it (the release before batch roots).
+_V2_JOBS = """
+CREATE TABLE jobs (
+    request_id INTEGER PRIMARY KEY, input_digest BLOB NOT NULL, deadline INTEGER NOT NULL,
+    block_number INTEGER NOT NULL, block_hash TEXT NOT NULL, created INTEGER NOT NULL, state TEXT NOT NULL,
+    role TEXT NOT NULL, max_tokens INTEGER, output_digest BLOB, signature TEXT,
+    commit_txs TEXT NOT NULL DEFAULT '[]', commit_block INTEGER, reveal_txs TEXT NOT NULL DEFAULT '[]',
+    reveal_block INTEGER, reason TEXT, attempts INTEGER NOT NULL DEFAULT 0, assigned_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('scope', 's'), ('schema', '2'), ('cursor', '41');
+INSERT INTO jobs(request_id, input_digest, deadline, block_number, block_hash, created, state, role,
+                 output_digest, signature, commit_txs, commit_block, assigned_at, updated_at)
+VALUES (3, x'0101010101010101010101010101010101010101010101010101010101010101', 100, 5, '0xaa', 7,
+        'committed', 'assignee', x'0909090909090909090909090909090909090909090909090909090909090909',
+        '0xsig', '["0xc1"]', 12, 1.0, 1.0);
+"""
+
+
+def test_schema_2_journal_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Operators upgrade the miner over its data dir: a schema-2 journal keeps its jobs and cursor,
+    gains the batch-root columns and table, and a reopened upgraded file stays as it is."""
+    path = tmp_path / "j.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(_V2_JOBS)
+    old.close()
+    j = Journal(path, scope="s")
+    assert j.get_meta("schema") == "3" and j.load_cursor() == 41
+    job = j.get(3)
+    assert job is not None and job.state == JobState.COMMITTED and job.commit_txs == ("0xc1",)
+    assert job.output_digest == OUT and job.commitment is None  # unknown: the chain is asked
+    root = b"\x07" * 32
+    assign(j, 4)
+    j.mark_uploaded(4, OUT, "0xsig")
+    j.mark_sending([4], "0xc4", JobState.COMMITTING, batch=BatchRecord(root, (3, 4), (OUT, OUT)))
+    j.mark_committed(4, 20, root)
+    j.close()
+    j = Journal(path, scope="s")  # a second open migrates nothing
+    assert j.get_meta("schema") == "3"
+    job4 = j.get(4)
+    assert job4 is not None and job4.commitment == root and job4.commit_txs == ("0xc4",)
+    assert j.batch_record(root) == BatchRecord(root, (3, 4), (OUT, OUT))
+
+
+def test_batch_record_is_written_with_the_commit_hash(tmp_path: Path) -> None:
+    """The root and its ids/digests are durable in the same transaction as the signed hash (before
+    the broadcast); a failed mark writes neither."""
+    path = tmp_path / "j.sqlite"
+    j = Journal(path, scope="s")
+    assign(j, 1)
+    assign(j, 2, digest=D2)
+    j.mark_uploaded(1, OUT, "0xsig")
+    rec = BatchRecord(b"\x05" * 32, (1, 2), (OUT, OUT))
+    with pytest.raises(InvalidTransition):  # job 2 has no output yet: nothing is written
+        j.mark_sending([1, 2], "0xtx", JobState.COMMITTING, batch=rec)
+    assert j.batch_record(rec.root) is None
+    j.mark_uploaded(2, OUT, "0xsig")
+    j.mark_sending([1, 2], "0xtx", JobState.COMMITTING, batch=rec)
+    j.close()
+    j = Journal(path, scope="s")
+    assert j.batch_record(rec.root) == rec
+    one = j.get(1)
+    assert one is not None and one.state == JobState.COMMITTING and one.commitment is None
+    j.mark_committed(1, 9, rec.root)
+    j.set_commitment(1, None)  # a refused reveal: unsure again
+    one = j.get(1)
+    assert one is not None and one.commitment is None and one.commit_block == 9
+    j.forget_batches(before=0.0)
+    assert j.batch_record(rec.root) == rec
+    j.forget_batches(before=float("inf"))
+    assert j.batch_record(rec.root) is None
