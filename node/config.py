@@ -142,6 +142,9 @@ class MinerSettings(BaseModel):
     escalate: bool = True
     """Challenge (`escalate`, bond = the model's minStake) a provisional outcome our revealed seat lost
     (`node.miner.disputes`); the wallet must hold the bond plus gas."""
+    speculate: bool = True
+    """Start a seat at its request's block from our own draw of the seats (`node.chain.draw`), a block
+    before `InferenceAssigned` writes them; commits still wait for the assignment."""
     models: list[MinerModelSettings] = Field(default_factory=list)
     """Several models on one box (`[[miner.models]]`); empty: one model, `[engine]` with `[chain]`'s
     key and `journal_path` (today's single-miner config). See `per_model_settings`."""

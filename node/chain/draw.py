@@ -21,6 +21,7 @@ tests/integration/test_seat_draw.py compares it against every `InferenceAssigned
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -130,4 +131,38 @@ async def seats_for(hub: HubClient, model: bytes, r: int, request_id: int, reque
     return draw_seats(pool, r, bytes(block_hash), request_id, request_block)
 
 
-__all__ = ["MAX_SWAPS", "PoolEntry", "draw_seats", "pick", "pool_at", "seat_seed", "seats_for"]
+_POOL_CACHE = 8  # recent (model, block) pools: requests of one block share one read
+
+
+class SeatDraw:
+    """Who holds request `id`'s seats, from its block's hash and pool (reads cached per block)."""
+
+    def __init__(self, hub: HubClient) -> None:  # used by the miner (speculative seats) and the gateway
+        self.hub = hub
+        self._pools: OrderedDict[tuple[bytes, int, str], asyncio.Future[list[PoolEntry]]] = OrderedDict()
+        """One read per (model, block, block hash), shared by the draws that wait for it: a batch of
+        64 requests in one block is drawn at once, by the miner and the gateway each (a reorged block
+        has another hash, so it is read afresh)."""
+
+    async def _pool(self, model: bytes, block: int, block_hash: str) -> list[PoolEntry]:
+        key = (model, block, block_hash.lower())
+        read = self._pools.get(key)
+        if read is None or (read.done() and (read.cancelled() or read.exception() is not None)):
+            read = self._pools[key] = asyncio.ensure_future(pool_at(self.hub, model, block))
+            while len(self._pools) > _POOL_CACHE:
+                self._pools.popitem(last=False)
+        return await asyncio.shield(read)  # one waiter cancelled does not cancel the others' read
+
+    async def seats(
+        self, model: bytes, redundancy: int, request_id: int, block: int, block_hash: str
+    ) -> list[str]:
+        """The seats `assign()` will write for the request; fewer than `redundancy` means a refund.
+
+        `block_hash` is the request block's hash from the event's log (the pool is read at that
+        block number: a reorg of it replaces the event, and the daemon's reorg handling re-checks).
+        """
+        pool = await self._pool(model, block, block_hash)
+        return draw_seats(pool, redundancy, bytes.fromhex(block_hash.removeprefix("0x")), request_id, block)
+
+
+__all__ = ["MAX_SWAPS", "PoolEntry", "SeatDraw", "draw_seats", "pick", "pool_at", "seat_seed", "seats_for"]

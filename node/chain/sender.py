@@ -20,11 +20,15 @@ Generic on purpose: the miner sends `submitResults` with it and the gateway `req
 * `on_signed(tx_hash)` runs before every broadcast so that a caller can make the hash durable
   first (the miner's journal), and find the transaction again after a crash.
 * RPC outages: broadcasts and receipt polls are retried with exponential backoff.
+* Receipts are polled every `poll_s`, and at once when a new head is pushed (`on_head`, wired to
+  the `chain.ws_url` subscription by the gateway): on a 2 s chain that is the block's push, not up
+  to a poll interval after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -135,6 +139,8 @@ class TxSender:
         self.stuck_after_s = stuck_after_s
         self.receipt_timeout_s = receipt_timeout_s
         self.poll_s = poll_s
+        self._new_head = asyncio.Event()
+        """Pulsed by `on_head`: receipt polls look at once instead of sleeping out `poll_s`."""
         self.fee_bump = fee_bump
         self.max_backoff_s = max_backoff_s
         self.max_fee_per_gas = max_fee_per_gas
@@ -302,6 +308,11 @@ class TxSender:
                 self._in_flight.discard(nonce)
         raise TxError("could not find a usable nonce after 3 resyncs")
 
+    def on_head(self, number: int) -> None:
+        """A new block was pushed (`chain.ws_url`): look for the receipts we wait on now."""
+        self._new_head.set()  # wakes every waiting poll; clearing at once makes it a pulse
+        self._new_head.clear()
+
     async def _find_receipt(self, pending: _Pending) -> Any | None:
         for tx_hash in reversed(pending.hashes):
             try:
@@ -343,7 +354,8 @@ class TxSender:
                 await self._check_gap(pending)
                 if self.max_replacements is None or pending.replacements < self.max_replacements:
                     await self._replace(pending, on_signed)
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):  # the next poll, or a new head pushed sooner
+                await asyncio.wait_for(self._new_head.wait(), delay)
 
     async def _check_gap(self, pending: _Pending) -> None:
         """A lower nonce of ours vanished (e.g. dropped by a reorg): no fee bump can mine this one.

@@ -152,6 +152,8 @@ class LogFollower(Generic[T]):
         self._pending_save: tuple[int, dict[int, str]] = (-1, {})
         self.push_poll_interval_s = push_poll_interval_s
         self._pushed_head = -1
+        self.head_listeners: list[Callable[[int], None]] = []
+        """Also told of every pushed head (e.g. `TxSender.on_head`: a receipt may be in it)."""
         self.heads: HeadSubscription | None = None
         if ws_url:
             self.heads = HeadSubscription(ws_url, on_head=self._on_head, on_change=lambda _up: self.wake())
@@ -163,6 +165,8 @@ class LogFollower(Generic[T]):
     def _on_head(self, number: int) -> None:
         self._pushed_head = max(self._pushed_head, number)
         self._wake.set()
+        for listener in self.head_listeners:
+            listener(number)
 
     def _idle_interval(self) -> float:
         """How long to wait when there is nothing to read: long only while pushed heads are trusted."""

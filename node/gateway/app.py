@@ -22,10 +22,11 @@ assignee's signed result verifies (`PendingInference.accept_signed`; `settlement
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
@@ -41,7 +42,7 @@ from node.content.store import ContentStore
 from node.gate import HTTP_BODY_LIMITS
 from node.gateway.auth import ApiKeyRecord, extract_key
 from node.gateway.backend import InferenceBackend
-from node.gateway.budget import Budget
+from node.gateway.budget import Budget, Reservation
 from node.gateway.errors import (
     REQUEST_ID_HEADER,
     AuthenticationError,
@@ -101,6 +102,8 @@ class GatewayState:
     metrics: GatewayMetrics
     ledger: SpendLedgers
     concurrency: InFlightLimits
+    settling: set[asyncio.Task[None]] = field(default_factory=set)
+    """Spend settling after a background `assign` (`PendingInference.assigning`) is mined."""
 
 
 def _state(request: Request) -> GatewayState:
@@ -194,6 +197,32 @@ def _relay_live(parsed: ParsedRequest) -> bool:
         return not doc.params.logprobs
     cp = doc.params
     return cp.logprobs is None and not cp.echo and (cp.best_of or 1) <= (cp.n or 1)
+
+
+async def _settle(st: GatewayState, reservation: Reservation, pending: PendingInference) -> None:
+    """Replace the call's reservation by what it paid: the fee and its share of the gas of its
+    `requestInference` and of the `assign` that materialised it."""
+    sub = pending.submission
+    chain_id = sub.chain_id
+    await st.ledger.asettle(reservation, sub.fee + sub.gas_cost)
+    st.metrics.spent.inc(sub.fee + sub.gas_cost)
+    st.metrics.gas_spent.labels(chain_id=str(chain_id)).inc(sub.gas_cost)
+    if sub.gas_cost > 0:
+        st.ledger.observe_gas(chain_id, sub.gas_cost)
+
+
+async def _settle_after(
+    st: GatewayState, assigning: asyncio.Task[None], reservation: Reservation, pending: PendingInference
+) -> None:
+    """Settle once the background `assign` ended (mined, given up or failed); the
+    reservation counts against the budgets meanwhile. Cancelled (shutdown): the reservation stands
+    as spent, since the `assign` may be out."""
+    try:
+        await asyncio.wait({assigning})
+    except asyncio.CancelledError:
+        await st.ledger.asettle(reservation, None)
+        raise
+    await _settle(st, reservation, pending)
 
 
 class _Inference:
@@ -306,13 +335,14 @@ class _Inference:
         except BaseException:
             await st.ledger.asettle(reservation, None)  # a transaction may be out: count it as spent
             raise
-        sub = pending.submission
-        await st.ledger.asettle(reservation, sub.fee + sub.gas_cost)
-        st.metrics.spent.inc(sub.fee + sub.gas_cost)
-        st.metrics.gas_spent.labels(chain_id=str(chain_id)).inc(sub.gas_cost)
-        if sub.gas_cost > 0:
-            st.ledger.observe_gas(chain_id, sub.gas_cost)
-        await st.ledger.arecord_owner(chain_id, sub.request_id, self.who.key_id)
+        await st.ledger.arecord_owner(chain_id, pending.request_id, self.who.key_id)
+        assigning = pending.assigning
+        if assigning is None or assigning.done():
+            await _settle(st, reservation, pending)
+        else:  # the drawn seat answers while `assign` is mined: its gas is this call's spend too
+            task = asyncio.create_task(_settle_after(st, assigning, reservation, pending))
+            st.settling.add(task)
+            task.add_done_callback(st.settling.discard)
         return pending
 
     def _finished(self, result: VerifiedResult | None, error: GatewayError | None) -> None:
@@ -473,6 +503,9 @@ def create_app(
         try:
             yield
         finally:
+            for task in list(state.settling):  # each settles its reservation as it stops
+                task.cancel()
+            await asyncio.gather(*state.settling, return_exceptions=True)
             await state.backend.close()
             await stores.aclose()
             if own_store:

@@ -232,6 +232,7 @@ class ChainBackend:
                 poll_interval_s=cs.poll_interval_s,
                 ws_url=cs.ws_url,
             )
+            link.follower.head_listeners.append(sender.on_head)  # our receipts: no poll wait
             link.task = self.loops.spawn(f"watcher-{chain_id}", functools.partial(self._follow, link))
             self.links[chain_id] = link
             log.info("gateway_chain_ready", chain_id=chain_id, hub=link.hub_address, wallet=sender.address)
@@ -259,6 +260,7 @@ class ChainBackend:
     async def close(self) -> None:
         self.loops.stop_restarts()
         await self.registry.close()
+        await self.requester.close()
         for task in list(self._nudges):
             task.cancel()
         if self.subscriber is not None:

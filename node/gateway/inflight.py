@@ -43,6 +43,12 @@ class PendingInference:
         self.committed = False
         self.commits: dict[str, str] = {}
         """Commit transaction per seat (lowercase address) as `ResultCommitted` showed them."""
+        self.drawn = False
+        """The assignees are the seats drawn off chain from the request's block (`node.chain.draw`),
+        not yet confirmed by `InferenceAssigned` (which replaces them when it comes)."""
+        self.assigning: asyncio.Task[None] | None = None
+        """The `assign` still being mined in the background while the drawn seats answer: its gas
+        joins `submission.gas_cost` when it ends, so the call's spend settles after it."""
         self.answer_on_signature = False
         """Resolve on a verified signed result before settlement (`accept_signed`)."""
         self.audited = False
@@ -70,6 +76,11 @@ class PendingInference:
         return bool(self.submission.assignees)
 
     @property
+    def chain_assigned(self) -> bool:
+        """The chain named the seats (`InferenceAssigned` or the request view), not only our draw."""
+        return self.assigned and not self.drawn
+
+    @property
     def verification(self) -> VerificationState:
         """The verification state the chain's events showed so far (`node.chain.hub.VerificationState`)."""
         if self.disputed:
@@ -80,7 +91,7 @@ class PendingInference:
             return VerificationState.AUDIT_PENDING
         if self.committed:
             return VerificationState.SUBMITTED
-        return VerificationState.ASSIGNED if self.assigned else VerificationState.PENDING
+        return VerificationState.ASSIGNED if self.chain_assigned else VerificationState.PENDING
 
     async def next_delta(self) -> Delta:
         """The next accepted delta, in arrival order (its bytes leave the buffer bounds)."""

@@ -17,7 +17,11 @@ in `drops` by reason; it never raises into the MQTT loop.
 
 Protocol v2 assigns a request in a later block than the request itself (`InferenceAssigned`), so a
 request is registered before its assignees are known. Until they are, its MQTT messages are held
-(charged to the same bounds) and checked against the assignees once `on_assigned` names them. The
+(charged to the same bounds) and checked against the assignees once `on_assigned` names them, or
+sooner: `on_drawn` names the seats the hub will write, drawn by the gateway itself from the request's
+block (`node.chain.draw`, bit-exact with the hub's draw), so a seat's deltas and signed result are
+accepted while the assignment is still a block away; the chain's `InferenceAssigned` replaces the
+drawn seats (every other check is the same: the signature must recover to a seat). The
 registry also records what the chain said about verification on the way (committed, audit opened,
 committee opened), so the answer can say how its result was verified.
 
@@ -210,6 +214,14 @@ class PendingRegistry:
         pending.final_digest, pending.final_tx = digest, tx_hash
         self._advance(pending)
 
+    def on_drawn(self, chain_id: int, request_id: int, seats: tuple[str, ...]) -> None:
+        """The seats `assign()` will write, drawn from the request's block (`node.chain.draw`): act
+        on them as on `InferenceAssigned` until it comes. Ignored once the chain named the seats."""
+        pending = self._pending.get((chain_id, request_id))
+        if pending is None or pending.assigned or pending.done() or not seats:
+            return
+        self._seat(pending, tuple(seats), drawn=True)
+
     def on_assigned(self, chain_id: int, request_id: int, assignees: tuple[str, ...]) -> None:
         """`InferenceAssigned`: the request's seats (first assignment, or a reassignment after a
         timeout, whose new seats are valid signers too). Held MQTT messages are checked now."""
@@ -217,9 +229,24 @@ class PendingRegistry:
         if pending is None:
             self._early.events_for((chain_id, request_id)).assigned.append(tuple(assignees))
             return
+        if pending.drawn and {a.lower() for a in assignees} != {
+            a.lower() for a in pending.submission.assignees
+        }:
+            log.warning(
+                "drawn_seats_differ",
+                request_id=request_id,
+                drawn=pending.submission.assignees,
+                chain=assignees,
+            )
+        self._seat(pending, tuple(assignees), drawn=False)
+
+    def _seat(self, pending: PendingInference, assignees: tuple[str, ...], *, drawn: bool) -> None:
+        """Name the request's seats (the chain's replace drawn ones; a reassignment's are added)."""
+        known = () if pending.drawn else pending.submission.assignees
+        pending.drawn = drawn
         pending.submission = replace(
             pending.submission,
-            assignees=tuple(dict.fromkeys((*pending.submission.assignees, *assignees))),
+            assignees=tuple(dict.fromkeys((*known, *assignees))),
         )
         held, pending.held = pending.held, []
         for message in held:

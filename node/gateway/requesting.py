@@ -9,6 +9,17 @@ an automining dev chain the `assign` transaction is itself the next block. Reque
 share a transaction (`node.gateway.batcher` holds that policy) and the requests of one batch share
 one `assign`; each submission's `gas_cost` carries its share of both.
 
+The seats are known before `assign` is mined, though: the gateway draws them itself from its
+request's block (`node.chain.draw`, bit-exact with the hub) and hands them to the registry
+(`on_drawn`), so a request returns at once and accepts its seat's deltas and signed result while
+`assign` (still sent: it is what puts the seat, and so its signature, under the equivocation
+slashing) is mined in the background. A private input is sealed to the drawn seat too, but only
+once the request's block has `chain.confirmations` blocks on it and is still the chain's block of
+that number: the same confirmations the gateway's follower waits for before it trusts
+`InferenceAssigned`, so the drawn seat is exactly as final as the assignment would be, and a reorg
+of the request block (a new seed, other seats) never hands the prompt to a miner the chain does
+not seat. The chain's seats are sealed to when `InferenceAssigned` comes, as before.
+
 `Requester` takes what it needs from the backend as callables (chain events a receipt carries, the
 private-input sealer, the recent-answers cache), so the backend stays the only place that wires them.
 """
@@ -23,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from node.chain.draw import SeatDraw
 from node.chain.errors import ChainError, decode_revert
 from node.chain.events import HubEvent, InferenceAssigned, InferenceRefunded, decode_logs
 from node.chain.hub import ASSIGN_GAS, AUTO_ASSIGN, MAX_BATCH, Phase
@@ -67,6 +79,11 @@ def gas_cost(receipt: Any) -> int:
         return int(receipt.get("gasUsed", 0)) * int(receipt.get("effectiveGasPrice", 0))
     except (AttributeError, TypeError, ValueError):
         return 0
+
+
+def _hash(value: Any) -> str:
+    """A block hash as 0x-hex (receipts and blocks give HexBytes, some providers str)."""
+    return value if isinstance(value, str) else "0x" + bytes(value).hex()
 
 
 def refunded(request_id: int) -> UpstreamError:
@@ -120,6 +137,11 @@ class Requester:
         self._read_receipts: OrderedDict[bytes | int, None] = OrderedDict()
         """Shared `assign` receipts already read (`_first_read`), newest last."""
         self.batch_max = batch_max
+        self._assigning: set[asyncio.Task[None]] = set()
+        """`_ensure_assigned` of requests already answering on their drawn seats."""
+        self._draws: dict[int, SeatDraw] = {}
+        self._confirming: set[asyncio.Task[None]] = set()
+        """Private inputs waiting for their drawn seats' block to be confirmed (`_seal_drawn`)."""
         self.batch_slots = batch_slots
         """`gateway.request_batch_max` / `request_batch_slots`, for each model's `RequestBatcher`."""
 
@@ -147,9 +169,17 @@ class Requester:
         max_tokens = declared_max_tokens(document)
         fee = model.price(max_tokens)
         mid = bytes.fromhex(model.model_id.removeprefix("0x"))
-        placed = await self._batcher(link, mid, model).submit(BatchItem(digest, max_tokens, fee))
+        if desk is not None:  # a drawn seat asks for its envelope as soon as the request is mined:
+            desk.book.expect(input_cid)  # held until sealed, not a 404 that costs it a retry
+        try:
+            placed = await self._batcher(link, mid, model).submit(BatchItem(digest, max_tokens, fee))
+        except BaseException:
+            if desk is not None:
+                desk.book.drop(input_cid)
+            raise
         receipt, requested = placed.receipt, placed.requested
         request_block = int(receipt["blockNumber"])
+        drawn = asyncio.ensure_future(self._seats(link, model, requested.id, receipt))  # meanwhile
         try:
             block = await link.hub.w3.eth.get_block(request_block)
             created = int(block["timestamp"])
@@ -178,12 +208,95 @@ class Requester:
         pending.result_future.add_done_callback(lambda f: self._remember(f, pending.submission))
         if placed.index == 0:  # a batch's receipt is read once (it assigns requests before it)
             self._on_receipt_events(chain_id, decode_logs(receipt["logs"]))
-        await self._ensure_assigned(link, pending, since=placed.mined_at, batch=placed.size)
-        if desk is not None:
+        if not pending.assigned and await self._draw(link, pending, model, drawn):
+            task = asyncio.create_task(
+                self._ensure_assigned(link, pending, since=placed.mined_at, batch=placed.size),
+                name=f"assign-{requested.id}",
+            )
+            self._assigning.add(task)
+            task.add_done_callback(self._assigning.discard)
+            pending.assigning = task  # the caller settles the call's spend once its gas is known
+        else:
+            await self._ensure_assigned(link, pending, since=placed.mined_at, batch=placed.size)
+        if desk is not None and pending.drawn:
+            self._seal_drawn(link, requested.id, pending.submission.assignees, request_block, receipt)
+        elif desk is not None:
             self._seal(link, requested.id, pending.submission.assignees)
         if link.follower is not None:
             link.follower.wake()
         return pending
+
+    async def close(self) -> None:
+        """Stop the background `assign`s and waits for confirmations (the backend is closing)."""
+        tasks = [*self._assigning, *self._confirming]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _seats(self, link: ChainLink, model: ModelInfo, rid: int, receipt: Any) -> list[str] | None:
+        """The request's seats drawn from its receipt's block (None: the draw failed, logged)."""
+        draw = self._draws.get(link.chain_id)
+        if draw is None:
+            draw = self._draws[link.chain_id] = SeatDraw(link.hub)
+        mid = bytes.fromhex(model.model_id.removeprefix("0x"))
+        block, block_hash = int(receipt["blockNumber"]), _hash(receipt["blockHash"])
+        try:
+            return await draw.seats(mid, model.redundancy, rid, block, block_hash)
+        except (ChainError, OSError, ValueError) as exc:
+            log.warning("seat_draw_failed", request_id=rid, error=str(exc))
+            return None
+
+    async def _draw(
+        self,
+        link: ChainLink,
+        pending: PendingInference,
+        model: ModelInfo,
+        drawn: asyncio.Future[list[str] | None],
+    ) -> bool:
+        """Hand the registry the seats drawn from the request's block (`_seats`); False when that
+        failed or draws a refund (then the chain's answer is awaited as before)."""
+        seats = await drawn
+        if seats is None or len(seats) < model.redundancy:
+            return False
+        self.registry.on_drawn(link.chain_id, pending.request_id, tuple(seats))
+        return True
+
+    def _seal_drawn(
+        self, link: ChainLink, rid: int, seats: tuple[str, ...], block: int, receipt: Any
+    ) -> None:
+        """Seal a private input to its drawn seats once their block is as final as an assignment
+        (module docstring); at once when the gateway takes no confirmations."""
+        if link.settings.confirmations == 0:
+            self._seal(link, rid, seats)
+            return
+        coro = self._seal_when_confirmed(link, rid, seats, block, _hash(receipt["blockHash"]))
+        task = asyncio.create_task(coro, name=f"seal-drawn-{rid}")
+        self._confirming.add(task)
+        task.add_done_callback(self._confirming.discard)
+
+    async def _seal_when_confirmed(
+        self, link: ChainLink, rid: int, seats: tuple[str, ...], block: int, block_hash: str
+    ) -> None:
+        """Wait until `block` has `chain.confirmations` on it, then seal to `seats` if it is still
+        the request's block; otherwise (reorged away, request ended, RPC trouble, `ASSIGN_WAIT_S`)
+        leave the sealing to the chain's `InferenceAssigned`."""
+        assert link.private is not None
+        key = (link.chain_id, rid)
+        poll = max(0.05, min(link.settings.poll_interval_s, 1.0))
+        give_up = time.monotonic() + ASSIGN_WAIT_S
+        try:
+            while int(await link.hub.w3.eth.block_number) < block + link.settings.confirmations:
+                if link.private.get(key) is None or time.monotonic() > give_up:
+                    return
+                await asyncio.sleep(poll)
+            canonical = _hash((await link.hub.w3.eth.get_block(block))["hash"])
+        except (ChainError, OSError, ValueError) as exc:
+            log.warning("drawn_seal_failed", request_id=rid, chain_id=link.chain_id, error=str(exc))
+            return
+        if canonical.lower() != block_hash.lower():
+            log.warning("drawn_seat_reorged", request_id=rid, chain_id=link.chain_id, block=block)
+            return
+        self._seal(link, rid, seats)
 
     def _first_read(self, receipt: Any) -> bool:
         """True the first time an `assign` receipt is seen (its sharers all get the same one)."""
@@ -218,7 +331,7 @@ class Requester:
         give_up = time.monotonic() + ASSIGN_WAIT_S
         poll = max(0.05, min(link.settings.poll_interval_s, 1.0))
         try:
-            while not pending.assigned and not pending.done():
+            while not pending.chain_assigned and not pending.done():
                 if time.monotonic() > give_up:
                     log.warning("assign_wait_gave_up", request_id=rid, chain_id=link.chain_id)
                     return
@@ -231,15 +344,18 @@ class Requester:
                 )
                 if self._first_read(receipt):  # its sharers' seats too: decoded once, not once each
                     self._on_receipt_events(link.chain_id, decode_logs(receipt["logs"]))
-                if pending.assigned or pending.done():
+                if pending.chain_assigned or pending.done():
                     return
+                # the chain's word, whether or not the registry still holds the request (a call
+                # answered on its drawn seat, or given up, is released before its assign is mined)
                 view = await link.hub.get_request(rid)
                 if view.phase == Phase.REFUNDED:
                     self.registry.on_failed(link.chain_id, rid, refunded(rid))
-                elif view.phase != Phase.PENDING:
+                    return
+                if view.phase != Phase.PENDING:
                     self.registry.on_assigned(link.chain_id, rid, view.assignees)
-                else:  # the batch went to requests due before it: assign again
-                    await asyncio.sleep(poll)
+                    return
+                await asyncio.sleep(poll)  # the batch went to requests due before it: assign again
         except (ChainError, TxError, OSError) as exc:
             # the request is paid for; anyone (the next request, a miner, the watcher) can assign it
             log.warning("assign_failed", request_id=rid, chain_id=link.chain_id, error=str(exc))

@@ -13,6 +13,16 @@ is kept for what it declared: the max tokens the fee paid for, and the request b
 every seat's output document carries. An input still unfetchable `unavailable_margin_blocks` before
 the commit deadline is committed and revealed as `UNAVAILABLE` rather than left silent.
 
+Speculative seats (`miner.speculate`, on by default): the hub fixes a request's seats when its
+block N is mined (seed `blockhash(N)`, the pool at the end of N) but writes them a block later
+(`assign()`). On `InferenceRequested` (fresh, not a replay) the daemon draws them itself
+(`node.chain.draw`) and, holding one, journals an assignee job (the request block as its block,
+`N + 1 + timeoutBlocks` as a provisional deadline: the real one is never earlier) and runs it at
+once: fetch, engine, signed result and deltas over MQTT. Nothing goes on chain from the draw: the
+submitter's check waits while the request is `Pending`; `InferenceAssigned` re-journals the job with
+its real block and deadline (the output kept) and queues the commit, and an assignment naming
+others or a refund closes it like any reassignment. One row per request id, one commit, as ever.
+
 Disputes live in `node.miner.disputes`: escalating a provisional outcome our seat lost
 (`InferenceResolved` for another digest than ours; `miner.escalate`), voting on others' escalations
 (`EscalationOpened` on our model where we hold no seat), and the sweeper's `timeoutMany` for
@@ -39,6 +49,7 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 
 from node import __version__
+from node.chain.draw import SeatDraw
 from node.chain.events import (
     AuditOpened,
     CommitteeOpened,
@@ -114,6 +125,9 @@ class DaemonConfig:
     """`chain.ws_url`: new heads pushed over it wake the watcher (`node.chain.heads`); None: poll only."""
     escalate: bool = True
     """`miner.escalate`: challenge (bond minStake) a provisional outcome our revealed seat lost."""
+    speculate: bool = True
+    """Start a seat at its request's block, drawn off chain (`node.chain.draw`), before
+    `InferenceAssigned`; nothing goes on chain before the assignment confirms the seat."""
 
 
 class MinerStartError(RuntimeError):
@@ -218,6 +232,12 @@ class MinerDaemon:
         self._last_chain_ok = 0.0
         self.ready = asyncio.Event()
         self.disputes = Disputes(self)
+        self.draw = SeatDraw(hub)
+        self._speculative: set[int] = set()
+        """Request ids seated from our own draw whose `InferenceAssigned` we have not seen yet."""
+        self._drawing: set[asyncio.Task[None]] = set()
+        self._overtaken: dict[int, bool] = {}
+        """Draws in progress: True once the request's assignment or refund was seen meanwhile."""
 
     # ------------------------------------------------------------------ status
 
@@ -357,7 +377,8 @@ class MinerDaemon:
                 "job_uploaded", output_cid=produced.output_cid, generated=produced.completion_tokens,
                 error=produced.error_code, infer_s=round(produced.infer_s, 3),
             )  # fmt: skip
-            self.submitter.enqueue(request_id, fresh=True)
+            # a speculative seat is not committable before its assignment: the chain check waits
+            self.submitter.enqueue(request_id, fresh=request_id not in self._speculative)
             return
 
     # ------------------------------------------------------------------ chain events
@@ -382,7 +403,22 @@ class MinerDaemon:
                     ev.id, max_tokens=ev.max_tokens, block_number=ev.log.block_number,
                     created=timestamps.get(ev.log.block_number, 0),
                 )  # fmt: skip
+                fresh = ev.log.block_number + self.config.confirmations + 2 >= self._head  # not a replay
+                if (
+                    self.config.speculate
+                    and fresh
+                    and self.model is not None
+                    and self.journal.get(ev.id) is None
+                ):
+                    self._overtaken[ev.id] = False
+                    task = asyncio.create_task(self._speculate(ev), name=f"draw-{ev.id}")
+                    self._drawing.add(task)
+                    task.add_done_callback(self._drawing.discard)
             return
+        if isinstance(ev, (InferenceAssigned, InferenceRefunded)):
+            self._speculative.discard(ev.id)
+            if ev.id in self._overtaken:
+                self._overtaken[ev.id] = True  # a draw still reading the pool must not seat us now
         if isinstance(ev, InferenceAssigned):
             if me in ev.assignees:
                 self._seat(ev.id, Role.ASSIGNEE, ev.input_digest, ev.deadline, ev)
@@ -428,6 +464,26 @@ class MinerDaemon:
             return
         if isinstance(ev, InferenceRefunded) and job.state in OPEN:
             self._close(ev.id, JobState.EXPIRED, "refunded")
+
+    async def _speculate(self, ev: InferenceRequested) -> None:
+        """Draw the request's seats from its block; seat ourselves at once when we hold one."""
+        model = self.model
+        assert model is not None
+        with self.loops.guard("draw", request_id=ev.id):
+            try:
+                seats = await self.draw.seats(
+                    model.model_id, model.redundancy, ev.id, ev.log.block_number, ev.log.block_hash
+                )
+            finally:
+                overtaken = self._overtaken.pop(ev.id, True)
+            if overtaken or self.address not in seats or not self._accepting:
+                return
+            if self.journal.get(ev.id) is not None:  # a seat from the chain came first
+                return
+            self._speculative.add(ev.id)
+            provisional = ev.log.block_number + 1 + model.timeout_blocks  # the real one is never earlier
+            self._seat(ev.id, Role.ASSIGNEE, ev.input_digest, provisional, ev)
+            self.metrics.speculative_seats.inc()
 
     def _close(self, rid: int, state: JobState, reason: str) -> None:
         log.warning("job_closed", request_id=rid, state=state.value, reason=reason)

@@ -69,6 +69,11 @@ class MinerMetrics:
             "inferd_miner_job_transitions", "Jobs reaching a state", ["state"], registry=r
         )
         self.in_flight = Gauge("inferd_miner_in_flight", "Jobs being fetched/inferred now", registry=r)
+        self.speculative_seats = Counter(
+            "inferd_miner_speculative_seats",
+            "Seats started from our own draw at the request's block, before InferenceAssigned",
+            registry=r,
+        )
         self.tokens = Counter("inferd_miner_output_tokens_total", "Completion tokens generated", registry=r)
         self.prompt_tokens = Counter(
             "inferd_miner_prompt_tokens_total", "Prompt tokens processed", registry=r

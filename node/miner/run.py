@@ -149,6 +149,7 @@ async def build_daemon(
         metrics_host=miner.metrics_host,
         metrics_port=miner.metrics_port if own_ops_server else None,
         escalate=miner.escalate,
+        speculate=miner.speculate,
     )
     journal = Journal(settings.journal_path(), scope=f"{chain_id}:{hub.address}:{account.address}")
     store = open_store(settings.content, settings.content_path()) if store is None else store

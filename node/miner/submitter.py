@@ -177,6 +177,8 @@ class Submitter:
             return Verdict("expired", "finalized without our result")
         if info.phase == Phase.REFUNDED:
             return Verdict("expired", "request refunded")
+        if info.phase == Phase.PENDING:  # a seat we drew ourselves (miner.speculate)
+            return Verdict("wait", "not assigned yet: InferenceAssigned queues the commit")
         if info.seat_of(me) is None:
             return Verdict("dropped", "no longer seated (reassigned)")
         if info.has_revealed(me):

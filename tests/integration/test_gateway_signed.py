@@ -187,7 +187,7 @@ async def test_forged_results_are_never_answered(net: Net, anvil_keys: list[str]
 
         async def assigned() -> bool:
             pending = net.backend.registry.get(31337, rid)
-            return pending is not None and pending.assigned
+            return pending is not None and pending.chain_assigned
 
         await until(assigned)
         pending = net.backend.registry.get(31337, rid)
@@ -266,7 +266,7 @@ async def test_a_signer_that_settles_something_else_is_slashed(
 
         async def assigned() -> bool:
             pending = net.backend.registry.get(31337, rid)
-            return pending is not None and pending.assigned
+            return pending is not None and pending.chain_assigned
 
         await until(assigned)
         pending = net.backend.registry.get(31337, rid)

@@ -28,6 +28,7 @@ from node.gateway.auth import KeyStore
 from node.gateway.budget import TOTAL, Budget, SpendLedger
 from node.gateway.errors import GatewayBudgetExhausted, InsufficientQuota
 from node.gateway.ratelimit import ConcurrencyLimiter
+from node.gateway.requesting import ASSIGN_BATCH, Requester
 from node.gateway.server import GatewayServer
 from node.log import configure_logging
 from node.miner.testing import deploy_dev_hub
@@ -251,6 +252,14 @@ async def _gas_since(w3: Any, block: int, wallet: str) -> tuple[int, int, int]:
     return head, count, wei
 
 
+async def _settled(st: GatewayState) -> None:
+    """Until every call's spend settled (one whose drawn seat may answer settles once its background
+    `assign` is mined: `GatewayState.settling`)."""
+    async with asyncio.timeout(60):
+        while st.settling:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
 async def test_chain_spend_counts_fee_plus_gas_paid(
     anvil: Anvil, anvil_keys: list[str], tmp_path: Path
 ) -> None:
@@ -265,6 +274,7 @@ async def test_chain_spend_counts_fee_plus_gas_paid(
             start = int(await w3.eth.block_number)
             reply = await http.post("/v1/chat/completions", json=CHAT)
             assert_envelope(reply, 504, code="timeout")  # no miner runs: the request stays open
+            await _settled(st)
             block, sent, gas = await _gas_since(w3, start, wallet)
             assert sent == 2 and gas > 0  # requestInference, then assign in the next block
             assert await st.ledger.aspent(record.id) == PRICE + gas == await st.ledger.aspent(TOTAL)
@@ -279,6 +289,7 @@ async def test_chain_spend_counts_fee_plus_gas_paid(
 
             tight, _ = keys.add("tight", daily_budget_wei=PRICE + gas + PRICE)  # one more price, not its gas
             assert_envelope(await http.post("/v1/chat/completions", json=CHAT, headers=auth(tight)), 504)
+            await _settled(st)
             block = int(await w3.eth.block_number)
             reply = await http.post("/v1/chat/completions", json=CHAT, headers=auth(tight))
             assert_envelope(reply, 429, code="insufficient_quota")
@@ -292,6 +303,47 @@ async def test_chain_spend_counts_fee_plus_gas_paid(
     finally:
         await server.stop()
         await owner.w3.provider.disconnect()
+
+
+async def test_gas_of_the_assign_after_a_drawn_seat_is_charged(
+    anvil: Anvil, anvil_keys: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway draws a request's seat itself and returns at once; its `assign` is mined in the
+    background, after the call's fee and request gas are known. That gas is the call's spend too:
+    it is charged to the key when the `assign` ends. The test holds the `assign` back until the
+    call has answered, so its order of events is fixed (no timing)."""
+    release = asyncio.Event()
+    send_assign = Requester._send_assign
+
+    async def held(self: Requester, link: Any, count: int = ASSIGN_BATCH) -> Any:
+        await release.wait()
+        return await send_assign(self, link, count)
+
+    monkeypatch.setattr(Requester, "_send_assign", held)
+    server, keys, hub = await _chain_gateway(anvil, anvil_keys, tmp_path)
+    st = state(server.app)
+    w3 = hub.owner.w3
+    wallet = Account.from_key(anvil_keys[9]).address
+    try:
+        key, record = keys.add("payer")
+        async with httpx.AsyncClient(base_url=server.url, headers=auth(key), timeout=30) as http:
+            start = int(await w3.eth.block_number)
+            reply = await http.post("/v1/chat/completions", json=CHAT)
+            assert_envelope(reply, 504, code="timeout")  # answered (no miner) with the assign held
+            _, sent, request_gas = await _gas_since(w3, start, wallet)
+            assert sent == 1, "only requestInference is out"
+            assert await st.ledger.aspent(record.id) == 0, "the reservation holds the call until its assign"
+            release.set()
+            await _settled(st)
+            _, sent, gas = await _gas_since(w3, start, wallet)
+            assert sent == 2 and gas > request_gas  # requestInference, then the held assign
+            assert await st.ledger.aspent(record.id) == PRICE + gas == await st.ledger.aspent(TOTAL)
+            rid = int(reply.headers["X-Inferd-Request-Id"])
+            assert list((await hub.owner.get_request(rid)).assignees) == hub.miners
+    finally:
+        release.set()
+        await server.stop()
+        await hub.owner.w3.provider.disconnect()
 
 
 async def test_gas_price_cap_refuses_before_signing(

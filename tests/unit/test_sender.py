@@ -90,3 +90,25 @@ async def test_revert_is_reported_before_anything_is_sent(anvil: Anvil, anvil_ke
     with pytest.raises(TxWouldRevert):
         await s.send(hub.address, data, on_signed=seen.append)
     assert not seen
+
+
+async def test_a_pushed_head_ends_the_receipt_wait(anvil: Anvil, anvil_keys: list[str]) -> None:
+    """`on_head` (a head pushed over `chain.ws_url`) looks for the receipt at once: with a poll
+    interval longer than the test's timeout, only the pushes can find it."""
+    s = sender_for(anvil, anvil_keys[6], poll_s=3600, stuck_after_s=3600)
+    rpc = s.w3.provider
+    await rpc.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+    try:
+        hashes: list[str] = []
+        task = asyncio.create_task(s.send(SINK, b"", value=3, on_signed=hashes.append))
+        while not hashes:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        await rpc.make_request("evm_mine", [])  # type: ignore[arg-type]
+        head = int(await s.w3.eth.block_number)
+        while not task.done():  # a push that lands mid-poll is missed; the next one is not
+            s.on_head(head)
+            await asyncio.sleep(0.05)
+        receipt = task.result()
+    finally:
+        await rpc.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+    assert receipt["status"] == 1 and int(receipt["blockNumber"]) == head
