@@ -148,7 +148,7 @@ class ChainBackend:
         self.requester = Requester(
             store,
             self.registry,
-            on_event=lambda chain_id, ev: self._on_event(chain_id, ev),
+            on_event=lambda chain_id, ev: self._registry_event(chain_id, ev),
             private_event=lambda chain_id, ev: self._private_event(chain_id, ev),
             seal=self.sealer.seal,
             remember=self._remember,
@@ -299,7 +299,13 @@ class ChainBackend:
         await wait_task(sub._task)
 
     def _on_event(self, chain_id: int, ev: HubEvent) -> None:
+        """A confirmed event from the follower: seal (private inputs), then the registry's part."""
         self._private_event(chain_id, ev)
+        self._registry_event(chain_id, ev)
+
+    def _registry_event(self, chain_id: int, ev: HubEvent) -> None:
+        """What an event means for the requests in flight (also fed from our own receipts, which
+        decide about sealing themselves: `Requester._on_receipt_events`)."""
         reg = self.registry
         if isinstance(ev, InferenceAssigned):
             reg.on_assigned(chain_id, ev.id, ev.assignees)

@@ -18,7 +18,8 @@ once the request's block has `chain.confirmations` blocks on it and is still the
 that number: the same confirmations the gateway's follower waits for before it trusts
 `InferenceAssigned`, so the drawn seat is exactly as final as the assignment would be, and a reorg
 of the request block (a new seed, other seats) never hands the prompt to a miner the chain does
-not seat. The chain's seats are sealed to when `InferenceAssigned` comes, as before.
+not seat. The chain's seats are sealed to when `InferenceAssigned` comes: read from the gateway's
+own `assign` receipt at once when it takes no confirmations, else as the follower delivers it.
 
 `Requester` takes what it needs from the backend as callables (chain events a receipt carries, the
 private-input sealer, the recent-answers cache), so the backend stays the only place that wires them.
@@ -207,7 +208,7 @@ class Requester:
         pending = self.registry.register(sub)
         pending.result_future.add_done_callback(lambda f: self._remember(f, pending.submission))
         if placed.index == 0:  # a batch's receipt is read once (it assigns requests before it)
-            self._on_receipt_events(chain_id, decode_logs(receipt["logs"]))
+            self._on_receipt_events(link, decode_logs(receipt["logs"]))
         if not pending.assigned and await self._draw(link, pending, model, drawn):
             task = asyncio.create_task(
                 self._ensure_assigned(link, pending, since=placed.mined_at, batch=placed.size),
@@ -220,7 +221,9 @@ class Requester:
             await self._ensure_assigned(link, pending, since=placed.mined_at, batch=placed.size)
         if desk is not None and pending.drawn:
             self._seal_drawn(link, requested.id, pending.submission.assignees, request_block, receipt)
-        elif desk is not None:
+        elif desk is not None and link.settings.confirmations == 0:
+            # taking confirmations, the seats of our own `assign` receipt wait for them too: the
+            # follower's `InferenceAssigned` seals then (`node.gateway.sealing`)
             self._seal(link, requested.id, pending.submission.assignees)
         if link.follower is not None:
             link.follower.wake()
@@ -308,12 +311,16 @@ class Requester:
             self._read_receipts.popitem(last=False)
         return True
 
-    def _on_receipt_events(self, chain_id: int, events: list[HubEvent]) -> None:
-        """Assignments a receipt carries (a request materialises earlier ones; `assign` ours)."""
+    def _on_receipt_events(self, link: ChainLink, events: list[HubEvent]) -> None:
+        """Assignments a receipt carries (a request materialises earlier ones; `assign` ours). A
+        private input is sealed to them at once only when the gateway takes no confirmations;
+        otherwise when the follower delivers them (a reorg could still change a fresh receipt's
+        seats, and the prompt must reach no miner the chain does not name)."""
         for ev in events:
-            self._private_event(chain_id, ev)
+            if link.settings.confirmations == 0:
+                self._private_event(link.chain_id, ev)
             if isinstance(ev, InferenceAssigned | InferenceRefunded):
-                self._on_event(chain_id, ev)
+                self._on_event(link.chain_id, ev)
 
     async def _ensure_assigned(
         self, link: ChainLink, pending: PendingInference, *, since: float = 0.0, batch: int = 1
@@ -343,7 +350,7 @@ class Requester:
                     pending.submission, gas_cost=pending.submission.gas_cost + gas_cost(receipt) // sharers
                 )
                 if self._first_read(receipt):  # its sharers' seats too: decoded once, not once each
-                    self._on_receipt_events(link.chain_id, decode_logs(receipt["logs"]))
+                    self._on_receipt_events(link, decode_logs(receipt["logs"]))
                 if pending.chain_assigned or pending.done():
                     return
                 # the chain's word, whether or not the registry still holds the request (a call

@@ -23,7 +23,7 @@ import pytest
 from eth_account import Account
 
 from node.chain.draw import seats_for
-from node.chain.events import InferenceRequested, decode_logs
+from node.chain.events import InferenceAssigned, InferenceRequested, decode_logs
 from node.chain.hub import Phase, VerificationState
 from node.config import load_settings
 from node.devnet.processes import Anvil
@@ -166,6 +166,43 @@ async def test_a_private_input_reaches_the_drawn_seat_only_with_its_confirmation
         await _sealing_done(backend)  # the drawn seat's block has its confirmations now
         assert entry.sealed_to == {seat.lower()} and link.private.book.get(entry.input_cid) is not None
         assert (await hub.owner.get_request(rid)).phase == Phase.PENDING  # before the chain named it
+
+
+async def test_without_a_draw_the_assign_receipts_seat_waits_for_its_confirmations_too(
+    own_anvil: Anvil, anvil_keys: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No drawn seat (the draw is off): the seat comes from the gateway's own `assign` receipt, and
+    a private input is sealed to it only once the assign's block has the gateway's confirmations
+    (the follower's `InferenceAssigned`), not at once from a receipt a reorg could still undo."""
+
+    async def no_draw(*_: Any) -> bool:
+        return False
+
+    monkeypatch.setattr(Requester, "_draw", no_draw)
+    async with _private_gateway(own_anvil, anvil_keys, tmp_path, monkeypatch) as (server, hub, release):
+        release.set()
+        backend = server.app.state.gateway.backend
+        w3 = hub.owner.w3
+        rid, _ = await _private_request(server, hub)
+        link = backend.links[await w3.eth.chain_id]
+        entry = link.private.get((link.chain_id, rid))
+        assigned = [
+            e
+            for e in decode_logs(await w3.eth.get_logs({"address": hub.owner.address, "fromBlock": 0}))
+            if isinstance(e, InferenceAssigned) and e.id == rid
+        ]
+        assert len(assigned) == 1 and (await hub.owner.get_request(rid)).phase == Phase.ASSIGNED
+        at = assigned[0].log.block_number
+        while int(await w3.eth.block_number) < at + CONFIRMATIONS:
+            await _sealing_done(backend)
+            assert not entry.sealed_to and link.private.book.get(entry.input_cid) is None, "sealed too early"
+            await w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        async with asyncio.timeout(30):
+            while not entry.sealed_to:  # noqa: ASYNC110 (the follower delivers it with its confirmations)
+                await asyncio.sleep(0.02)
+        await _sealing_done(backend)
+        assert entry.sealed_to == {assigned[0].assignees[0].lower()}
+        assert link.private.book.get(entry.input_cid) is not None
 
 
 async def test_a_reorged_request_block_never_seals_to_its_drawn_seat(
