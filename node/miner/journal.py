@@ -566,6 +566,12 @@ class Journal:
                     and job.role == role
                 ):
                     return job, False
+                if same_input and job.role == role and job.state == JobState.FINALIZED:
+                    # Our result is final on chain: a late or replayed assignment (a seat started
+                    # at its request's block finishes before the follower delivers its
+                    # InferenceAssigned) changes nothing. A reorg of our blocks reopens the job
+                    # first (`MinerDaemon._on_reorg`).
+                    return job, False
                 keep = same_input and job.output_digest is not None
                 if not keep:
                     state = JobState.NEW

@@ -95,6 +95,24 @@ def test_assign_is_idempotent_and_keeps_deterministic_output(tmp_path: Path) -> 
     assert changed and job.state == JobState.NEW and job.role == Role.COMMITTEE
 
 
+def test_a_final_job_is_not_reopened_by_its_late_assignment(tmp_path: Path) -> None:
+    """A seat started at its request's block (journaled from that block, provisional deadline) can
+    be final on chain before the follower delivers its InferenceAssigned: that event (another
+    block, the real deadline) must not reopen the job, else it is settled, and counted, twice."""
+    j = Journal(tmp_path / "j.sqlite")
+    assign(j)
+    j.mark_uploaded(1, OUT, "0xsig")
+    j.mark_committing([1], "0xc")
+    j.mark_committed(1, 12)
+    j.mark_revealing([1], "0xr")
+    j.mark_revealed(1, 13)
+    j.mark(1, JobState.FINALIZED)
+    job, changed = assign(j, block_hash="0xbb", deadline=99)
+    assert not changed and job.state == JobState.FINALIZED
+    job, changed = assign(j, block_hash="0xcc", role=Role.AUDITOR)  # another seat: a new job still
+    assert changed and job.state == JobState.UPLOADED and job.role == Role.AUDITOR
+
+
 def test_invalid_transitions_raise(tmp_path: Path) -> None:
     j = Journal(tmp_path / "j.sqlite")
     assign(j)
