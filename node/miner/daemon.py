@@ -228,6 +228,8 @@ class MinerDaemon:
         self._last_recheck = 0.0
         self.model: ModelInfo | None = None
         self._head = 0
+        self._start_head = 0
+        """The chain head when `run` started: events from blocks up to it are the start-up scan's."""
         self._started_at = time.time()
         self._last_chain_ok = 0.0
         self.ready = asyncio.Event()
@@ -403,7 +405,11 @@ class MinerDaemon:
                     ev.id, max_tokens=ev.max_tokens, block_number=ev.log.block_number,
                     created=timestamps.get(ev.log.block_number, 0),
                 )  # fmt: skip
-                fresh = ev.log.block_number + self.config.confirmations + 2 >= self._head  # not a replay
+                # not a replay of the start-up scan: mined since we started, or near the head (a
+                # loaded box's follower can be several automined blocks behind a fresh request)
+                fresh = ev.log.block_number > self._start_head or (
+                    ev.log.block_number + self.config.confirmations + 2 >= self._head
+                )
                 if (
                     self.config.speculate
                     and fresh
@@ -722,7 +728,7 @@ class MinerDaemon:
         head = await self._wait_for_chain(stop)
         if head is None:
             return
-        self._head = head
+        self._head = self._start_head = head
         self._last_chain_ok = time.time()
         await self._check_start()
         start = max(0, head - self.config.lookback_blocks)
