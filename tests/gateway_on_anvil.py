@@ -23,6 +23,7 @@ from node.config import load_settings
 from node.content.local import LocalStore
 from node.gateway.app import create_app
 from node.gateway.auth import KeyStore
+from node.gateway.requesting import ASSIGN_BATCH, Requester
 from node.gateway.server import GatewayServer
 from node.miner.daemon import DaemonConfig, MinerDaemon
 from node.miner.testing import FakeEngine, local_daemon, serve_gateways
@@ -92,4 +93,18 @@ async def gateway_on_anvil(
         await asyncio.gather(*tasks)
 
 
-__all__ = ["GatewayRun", "fake_miner", "gateway_on_anvil"]
+def hold_assign(monkeypatch: Any) -> asyncio.Event:
+    """Hold every gateway `assign` transaction back until the returned event is set (the gateway's
+    only seats are then the ones it drew): tests fix the order of events with it, not timing."""
+    release = asyncio.Event()
+    send_assign = Requester._send_assign
+
+    async def held(self: Requester, link: Any, count: int = ASSIGN_BATCH) -> Any:
+        await release.wait()
+        return await send_assign(self, link, count)
+
+    monkeypatch.setattr(Requester, "_send_assign", held)
+    return release
+
+
+__all__ = ["GatewayRun", "fake_miner", "gateway_on_anvil", "hold_assign"]

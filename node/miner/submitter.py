@@ -443,7 +443,11 @@ class Submitter:
         for job in jobs:
             try:
                 v = await self.verdict(job, head)
-            except Exception:
+            except Exception as exc:  # RPC trouble: this job is checked again later, the others go on
+                log.warning(
+                    "chain_check_failed", request_id=job.request_id, error=f"{type(exc).__name__}: {exc}"
+                )
+                self.metrics.rpc_errors.labels("submitter").inc()
                 self._requeue_later([job.request_id])
                 continue
             if v.action == "commit":

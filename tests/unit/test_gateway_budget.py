@@ -28,10 +28,10 @@ from node.gateway.auth import KeyStore
 from node.gateway.budget import TOTAL, Budget, SpendLedger
 from node.gateway.errors import GatewayBudgetExhausted, InsufficientQuota
 from node.gateway.ratelimit import ConcurrencyLimiter
-from node.gateway.requesting import ASSIGN_BATCH, Requester
 from node.gateway.server import GatewayServer
 from node.log import configure_logging
 from node.miner.testing import deploy_dev_hub
+from tests.gateway_on_anvil import hold_assign
 from tests.unit.test_gateway_http import CHAT, MODEL, Gateway, assert_envelope
 
 pytestmark = pytest.mark.timeout(180)
@@ -312,14 +312,7 @@ async def test_gas_of_the_assign_after_a_drawn_seat_is_charged(
     background, after the call's fee and request gas are known. That gas is the call's spend too:
     it is charged to the key when the `assign` ends. The test holds the `assign` back until the
     call has answered, so its order of events is fixed (no timing)."""
-    release = asyncio.Event()
-    send_assign = Requester._send_assign
-
-    async def held(self: Requester, link: Any, count: int = ASSIGN_BATCH) -> Any:
-        await release.wait()
-        return await send_assign(self, link, count)
-
-    monkeypatch.setattr(Requester, "_send_assign", held)
+    release = hold_assign(monkeypatch)
     server, keys, hub = await _chain_gateway(anvil, anvil_keys, tmp_path)
     st = state(server.app)
     w3 = hub.owner.w3

@@ -31,9 +31,10 @@ from node.gateway.app import create_app
 from node.gateway.pending import ResultMessage
 from node.gateway.private import EnvelopeBook
 from node.gateway.records import Delta
-from node.gateway.requesting import ASSIGN_BATCH, Requester
+from node.gateway.requesting import Requester
 from node.gateway.server import GatewayServer
 from node.miner.testing import deploy_dev_hub
+from tests.gateway_on_anvil import hold_assign
 from tests.unit.test_gateway_http import CHAT, MODEL
 from tests.unit.test_gateway_parts import MINER, output, registry, sign, submission
 
@@ -89,14 +90,7 @@ async def _private_gateway(
 ) -> AsyncIterator[tuple[Any, Any, asyncio.Event]]:
     """A chain gateway taking `confirmations` whose `assign` waits for the returned event (so the
     only seats it knows are the drawn ones), on a hub with one miner."""
-    release = asyncio.Event()
-    send_assign = Requester._send_assign
-
-    async def held(self: Requester, link: Any, count: int = ASSIGN_BATCH) -> Any:
-        await release.wait()
-        return await send_assign(self, link, count)
-
-    monkeypatch.setattr(Requester, "_send_assign", held)
+    release = hold_assign(monkeypatch)
     hub = await deploy_dev_hub(
         anvil.rpc_url, anvil_keys[0], [anvil_keys[5]], model_name=MODEL, timeout_blocks=200
     )
