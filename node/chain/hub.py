@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar, cast
@@ -31,6 +32,7 @@ from web3.contract.async_contract import AsyncContractFunction
 from web3.exceptions import ContractLogicError
 from web3.types import BlockIdentifier, Nonce, TxParams, TxReceipt, Wei
 
+from node.chain.abicall import FunctionCodec, checksum, codecs, eth_call, lean
 from node.chain.artifacts import hub_artifact
 from node.chain.errors import ChainError, TxFailed, decode_revert
 from node.chain.events import HubEvent, InferenceFinalized, InferenceRequested, decode_logs, event_topic
@@ -287,6 +289,11 @@ def _secret(key: str | SecretStr) -> str:
     return key.get_secret_value() if isinstance(key, SecretStr) else key
 
 
+@functools.cache
+def _hub_codecs() -> dict[str, FunctionCodec]:
+    return codecs(hub_artifact().abi)
+
+
 def _revert_data(exc: ContractLogicError) -> str | None:
     data = exc.data
     if isinstance(data, dict):
@@ -309,6 +316,7 @@ class HubClient:
         self.w3 = w3
         self.address: ChecksumAddress = to_checksum_address(address)
         self.contract: AsyncContract = w3.eth.contract(address=self.address, abi=hub_artifact().abi)
+        self._codecs = _hub_codecs()
         self._account: LocalAccount | None = (
             Account.from_key(_secret(private_key)) if private_key is not None else None
         )
@@ -321,7 +329,8 @@ class HubClient:
 
     @staticmethod
     def web3(rpc_url: str, timeout: float = 30.0) -> AsyncWeb3[Any]:
-        return AsyncWeb3(AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+        """An HTTP `AsyncWeb3` without the middleware that costs a round trip or a walk per call."""
+        return lean(AsyncWeb3(AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": timeout})))
 
     @classmethod
     def connect(cls, rpc_url: str, address: str, private_key: str | SecretStr | None = None) -> HubClient:
@@ -411,7 +420,7 @@ class HubClient:
             if tx is not None:
                 await self._raise_replayed(tx, block)
             raise TxFailed(tx_hash, block)
-        own = [lg for lg in receipt["logs"] if to_checksum_address(lg["address"]) == self.address]
+        own = [lg for lg in receipt["logs"] if checksum(lg["address"]) == self.address]
         return TxResult(
             tx_hash=tx_hash,
             block_number=block,
@@ -495,7 +504,7 @@ class HubClient:
 
     async def price(self, model: bytes, max_tokens: int) -> int:
         """The exact fee of a request declaring `max_tokens` (a view)."""
-        return int(await self._call(self.contract.functions.price(model, max_tokens)))
+        return int(await self._view("price", model, max_tokens))
 
     async def request_inference(
         self, model: bytes, input_digest: Digest, max_tokens: int, *, fee: int | None = None
@@ -679,14 +688,18 @@ class HubClient:
     # Views
     # ---------------------------------------------------------------------------------------------
 
-    async def _call(self, fn: AsyncContractFunction, block: BlockIdentifier = "latest") -> Any:
-        try:
-            return await fn.call(block_identifier=block)
-        except ContractLogicError as exc:
-            raise decode_revert(_revert_data(exc)) from exc
+    async def _view(self, name: str, *args: Any, block: BlockIdentifier = "latest") -> Any:
+        """Call view `name` (see `node.chain.abicall`: one RPC, no per-call ABI work)."""
+        codec = self._codecs[name]
+        return codec.decode(await eth_call(self.w3, self.address, codec.encode(args), block))
+
+    def encode(self, name: str, *args: Any) -> str:
+        """The 0x-hex calldata of hub function `name`: what `contract.encode_abi(name, args)` gives,
+        without web3's per-call ABI lookup and argument normalisation."""
+        return "0x" + self._codecs[name].encode(args).hex()
 
     async def get_model(self, model: bytes) -> ModelInfo:
-        v = await self._call(self.contract.functions.getModel(model))
+        v = await self._view("getModel", model)
         return ModelInfo(
             model_id=bytes(v[0]),
             name=str(v[1]),
@@ -702,16 +715,15 @@ class HubClient:
         )
 
     async def model_ids(self) -> list[bytes]:
-        return [bytes(m) for m in await self._call(self.contract.functions.modelIds())]
+        return [bytes(m) for m in await self._view("modelIds")]
 
     async def active_miners(self, model: bytes, *, block: BlockIdentifier = "latest") -> list[str]:
         """The model's active pool in the hub's order (the draw's positions), as of `block`."""
-        fn = self.contract.functions.activeMiners(model)
-        return [to_checksum_address(a) for a in await self._call(fn, block)]
+        return [checksum(a) for a in await self._view("activeMiners", model, block=block)]
 
     async def get_miner(self, address: str, *, block: BlockIdentifier = "latest") -> MinerInfo:
-        addr = to_checksum_address(address)
-        v = await self._call(self.contract.functions.getMiner(addr), block)
+        addr = checksum(address)
+        v = await self._view("getMiner", addr, block=block)
         return MinerInfo(
             address=addr,
             model_id=_opt_digest(bytes(v[0])),
@@ -723,30 +735,30 @@ class HubClient:
         )
 
     async def credits_of(self, address: str) -> int:
-        return int(await self._call(self.contract.functions.creditsOf(to_checksum_address(address))))
+        return int(await self._view("creditsOf", checksum(address)))
 
     async def burned(self) -> int:
         """Slashed wei gone for good."""
-        return int(await self._call(self.contract.functions.burned()))
+        return int(await self._view("burned"))
 
     async def request_count(self) -> int:
-        return int(await self._call(self.contract.functions.requestCount()))
+        return int(await self._view("requestCount"))
 
     async def next_assign(self) -> int:
         """The lowest request id not materialised yet."""
-        return int(await self._call(self.contract.functions.nextAssign()))
+        return int(await self._view("nextAssign"))
 
     async def domain_separator(self) -> bytes:
-        return bytes(await self._call(self.contract.functions.domainSeparator()))
+        return bytes(await self._view("domainSeparator"))
 
     async def get_request(self, request_id: int) -> RequestInfo:
         """`getRequest(id)`. A batch-revealed r = 1 request (`RequestFlag.BATCH`, Final) has no digest
         in storage: its `output_digest` is read from its `InferenceFinalized` log (one `eth_getLogs`)."""
-        v = await self._call(self.contract.functions.getRequest(request_id))
+        v = await self._view("getRequest", request_id)
         info = RequestInfo(
             id=int(v[0]),
             phase=Phase(int(v[1])),
-            requester=to_checksum_address(v[2]),
+            requester=checksum(v[2]),
             model_id=bytes(v[3]),
             input_digest=bytes(v[4]),
             output_digest=_opt_digest(bytes(v[5])),
@@ -756,7 +768,7 @@ class HubClient:
             flags=RequestFlag(int(v[9])),
             committed=int(v[10]),
             revealed=int(v[11]),
-            seats=tuple(to_checksum_address(a) for a in v[12]),
+            seats=tuple(checksum(a) for a in v[12]),
             digests=tuple(bytes(d) for d in v[13]),
         )
         if info.phase == Phase.FINAL and RequestFlag.BATCH in info.flags and info.output_digest is None:
@@ -784,8 +796,8 @@ class HubClient:
         raise ChainError(f"request {request_id} is final but its InferenceFinalized log was not found")
 
     async def get_escalation(self, request_id: int) -> EscalationInfo:
-        v = await self._call(self.contract.functions.getEscalation(request_id))
-        challenger = to_checksum_address(v[0])
+        v = await self._view("getEscalation", request_id)
+        challenger = checksum(v[0])
         return EscalationInfo(
             challenger=None if int(challenger, 16) == 0 else challenger,
             commit_end=int(v[1]),
