@@ -1,11 +1,13 @@
-"""Hub calls without web3.py's per-call machinery: cached selectors and ABI types, one RPC each.
+"""Hub calls and JSON-RPC without web3.py's per-call machinery: cached ABI codecs, one RPC each.
 
 `contract.functions.getRequest(id).call()` looks the function up in the ABI, hashes its signature,
 validates and normalises every argument, and sends its `eth_call` through the middleware onion
 (whose `validation` layer asks the node for its chain id first: a second round trip). Under load
 that was a quarter of the gateway's and the miner's CPU per request (py-spy, the fake-engine
 devnet at concurrency 64). Here each function's selector and types are derived once from the ABI,
-arguments are encoded with eth-abi, and the `eth_call` goes straight to the provider.
+arguments are encoded with eth-abi, and the `eth_call` goes straight to the provider; `rpc` does
+the same for the log follower's hot calls (block number, block hash, logs), whose results web3
+would otherwise turn into AttributeDicts of HexBytes field by field.
 
 Results have web3's shape (one output: the value; several: a tuple; structs: tuples) but addresses
 come back as eth-abi gives them (lowercase hex): callers that show or compare them checksum them with
@@ -56,7 +58,7 @@ def _abi_type(param: dict[str, Any]) -> str:
     typ = str(param["type"])
     if typ.startswith("tuple"):
         inner = ",".join(_abi_type(c) for c in param.get("components", []))
-        return f"({inner}){typ[len('tuple'):]}"
+        return f"({inner}){typ[len('tuple') :]}"
     return typ
 
 
@@ -104,6 +106,35 @@ def _block_param(block: BlockIdentifier) -> str:
     return str(block)
 
 
+async def rpc(w3: AsyncWeb3[Any], method: str, params: list[Any]) -> Any:
+    """One JSON-RPC call straight to `w3`'s provider: the raw `result` (hex strings, plain dicts),
+    none of web3's result formatting. An `error` answer raises web3's `Web3RPCError`."""
+    response = cast(dict[str, Any], await w3.provider.make_request(RPCEndpoint(method), params))
+    error = response.get("error")
+    if error is not None:
+        message = str(error.get("message", "")) if isinstance(error, dict) else str(error)
+        raise Web3RPCError(f"{method}: {message}"[:300], rpc_response=cast(Any, response))
+    return response.get("result")
+
+
+def hex_param(value: Any) -> Any:
+    """A value as JSON-RPC wants it: ints as 0x-quantities, bytes as 0x-data, lists element-wise."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return hex(value)
+    if isinstance(value, bytes | bytearray):
+        return "0x" + bytes(value).hex()
+    if isinstance(value, list | tuple):
+        return [hex_param(v) for v in value]
+    return value
+
+
+def quantity(value: Any) -> int:
+    """A JSON-RPC quantity (0x-hex string) or an int as int."""
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
 async def eth_call(w3: AsyncWeb3[Any], to: str, data: bytes, block: BlockIdentifier = "latest") -> bytes:
     """`eth_call` straight to the provider. A revert raises the hub's typed `HubError` (as web3's
     `ContractLogicError` path did); any other RPC error raises web3's `Web3RPCError`."""
@@ -126,4 +157,14 @@ async def eth_call(w3: AsyncWeb3[Any], to: str, data: bytes, block: BlockIdentif
     return bytes.fromhex(result.removeprefix("0x"))
 
 
-__all__ = ["LEAN_DROPPED", "FunctionCodec", "checksum", "codecs", "eth_call", "lean"]
+__all__ = [
+    "LEAN_DROPPED",
+    "FunctionCodec",
+    "checksum",
+    "codecs",
+    "eth_call",
+    "hex_param",
+    "lean",
+    "quantity",
+    "rpc",
+]

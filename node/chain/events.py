@@ -25,9 +25,9 @@ from functools import cache
 from typing import Any
 
 from eth_abi.abi import decode as abi_decode
-from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
+from node.chain.abicall import checksum
 from node.chain.artifacts import hub_abi
 
 
@@ -386,9 +386,16 @@ def _get(log: Mapping[str, Any], key: str, default: Any = None) -> Any:
         return default
 
 
+def _int(value: Any) -> int:
+    """A log field as web3 gives it (int) or as the node does (0x-quantity)."""
+    if not value:
+        return 0
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
 def _norm(value: Any) -> Any:
     if isinstance(value, str) and value.startswith("0x") and len(value) == 42:
-        return to_checksum_address(value)
+        return checksum(value)
     if isinstance(value, tuple | list):
         return tuple(_norm(v) for v in value)
     return value
@@ -418,11 +425,11 @@ def decode_log(log: Mapping[str, Any]) -> HubEvent | None:
     args = {k: _norm(v) for k, v in args.items()}
     block_hash = _get(log, "blockHash")
     ref = LogRef(
-        block_number=int(_get(log, "blockNumber", 0) or 0),
+        block_number=_int(_get(log, "blockNumber", 0)),
         block_hash=_hex(block_hash) if block_hash is not None else "",
         tx_hash=_hex(_get(log, "transactionHash", b"")),
-        log_index=int(_get(log, "logIndex", 0) or 0),
-        address=to_checksum_address(_get(log, "address")) if _get(log, "address") else "",
+        log_index=_int(_get(log, "logIndex", 0)),
+        address=checksum(_get(log, "address")) if _get(log, "address") else "",
     )
     cls = _BY_NAME.get(ev.name)
     if cls is None:

@@ -33,6 +33,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from eth_utils.address import to_checksum_address
 from web3 import AsyncWeb3
 
+from node.chain.abicall import hex_param, quantity, rpc
 from node.chain.heads import HeadSubscription
 from node.log import get_logger
 
@@ -186,12 +187,12 @@ class LogFollower(Generic[T]):
 
     async def _block_hash(self, number: int) -> str | None:
         try:
-            block = await self.w3.eth.get_block(number)
+            block = await rpc(self.w3, "eth_getBlockByNumber", [hex(number), False])
         except Exception as exc:
             if "not found" in str(exc).lower():
                 return None
             raise
-        return _hex(block["hash"])
+        return None if block is None else _hex(block["hash"])
 
     async def _check_reorg(self, head: int) -> Reorg | None:
         """Compare remembered hashes with the chain, newest first; rewind to the last match."""
@@ -222,18 +223,20 @@ class LogFollower(Generic[T]):
     async def _timestamps(self, logs: list[Any]) -> dict[int, int]:
         out: dict[int, int] = {}
         for entry in logs:
-            n = int(entry["blockNumber"])
+            n = quantity(entry["blockNumber"])
             if n in out:
                 continue
             ts = entry.get("blockTimestamp")
-            if ts is not None:
-                out[n] = int(ts, 16) if isinstance(ts, str) else int(ts)
-            else:
-                out[n] = int((await self.w3.eth.get_block(n))["timestamp"])
+            if ts is None:
+                block = await rpc(self.w3, "eth_getBlockByNumber", [hex(n), False])
+                if block is None:
+                    raise RuntimeError(f"block {n} of a log is gone (reorg); re-reading")
+                ts = block["timestamp"]
+            out[n] = quantity(ts)
         return out
 
     async def _step(self) -> LogBatch[T] | Reorg | None:
-        head = int(await self.w3.eth.block_number)
+        head = quantity(await rpc(self.w3, "eth_blockNumber", []))
         stored = self.cursor.load_cursor()
         loop = asyncio.get_running_loop()
         idle = head == self.stats.head and stored is not None and stored >= head - self.confirmations
@@ -252,15 +255,15 @@ class LogFollower(Generic[T]):
         frm = cursor + 1
         to = min(safe, frm + self.range_blocks - 1)
         to_hash = await self._block_hash(to)
-        params: dict[str, Any] = {"address": self.address, "fromBlock": frm, "toBlock": to}
+        params: dict[str, Any] = {"address": self.address, "fromBlock": hex(frm), "toBlock": hex(to)}
         if self.topics is not None:
-            params["topics"] = self.topics
-        logs = list(await self.w3.eth.get_logs(params))  # type: ignore[arg-type]
+            params["topics"] = hex_param(self.topics)
+        logs = list(await rpc(self.w3, "eth_getLogs", [params]) or [])
         if to_hash is None or await self._block_hash(to) != to_hash:
             return None  # the chain moved under us; the next step sees the reorg
         hashes: dict[int, str] = {to: to_hash}
         for entry in logs:
-            n, h = int(entry["blockNumber"]), _hex(entry["blockHash"])
+            n, h = quantity(entry["blockNumber"]), _hex(entry["blockHash"])
             if hashes.setdefault(n, h) != h:
                 return None  # logs from two forks in one answer: retry
         timestamps = await self._timestamps(logs)
