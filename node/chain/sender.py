@@ -39,6 +39,7 @@ from eth_utils.address import to_checksum_address
 from web3 import AsyncWeb3
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 
+from node.chain.abicall import hex_param, quantity, rpc
 from node.log import get_logger
 
 MIN_BUMP = 1.125
@@ -81,6 +82,15 @@ class TxTimeout(TxError):
 
 
 OnSigned = Callable[[str], Awaitable[None] | None]
+
+
+def _rpc_data(exc: Web3RPCError) -> Any:
+    """The revert data of an RPC error answer, if the node gave one."""
+    if isinstance(exc.rpc_response, dict):
+        err = exc.rpc_response.get("error")
+        if isinstance(err, dict):
+            return err.get("data")
+    return None
 
 
 def _rpc_message(exc: BaseException) -> str:
@@ -184,10 +194,16 @@ class TxSender:
         now = time.monotonic()
         if not fresh and self._quote is not None and now - self._quote[0] < self.fee_ttl_s:
             return self._quote[1], self._quote[2]
-        block = await self._retry("get_block", lambda: self.w3.eth.get_block("latest"), 60)
-        base = int(block.get("baseFeePerGas") or 0)
+        block = await self._retry(
+            "get_block", lambda: rpc(self.w3, "eth_getBlockByNumber", ["latest", False]), 60
+        )
+        base = quantity(block.get("baseFeePerGas") or 0)
         try:
-            tip = int(await self._retry("max_priority_fee", lambda: self.w3.eth.max_priority_fee, 60))
+            tip = quantity(
+                await self._retry(
+                    "max_priority_fee", lambda: rpc(self.w3, "eth_maxPriorityFeePerGas", []), 60
+                )
+            )
         except Web3RPCError:
             tip = 1_000_000_000
         self._quote = (now, base, tip)
@@ -211,21 +227,24 @@ class TxSender:
         Estimated on the pending block, where the transaction will run: a hub call that is only
         allowed in a block after another (an r = 1 reveal after its commit) would revert on `latest`.
         """
+        call = {k: hex_param(v) for k, v in tx.items() if v is not None}
         try:
-            gas = await self._retry("estimate_gas", lambda: self.w3.eth.estimate_gas(tx, "pending"), 60)  # type: ignore[arg-type]
+            gas = await self._retry(
+                "estimate_gas", lambda: rpc(self.w3, "eth_estimateGas", [call, "pending"]), 60
+            )
         except ContractLogicError as exc:
             raise TxWouldRevert(str(exc.message or exc), exc.data) from exc
         except Web3RPCError as exc:
-            raise TxWouldRevert(_rpc_message(exc)) from exc
-        return int(int(gas) * self.gas_margin) + 1
+            raise TxWouldRevert(_rpc_message(exc), _rpc_data(exc)) from exc
+        return int(quantity(gas) * self.gas_margin) + 1
 
     async def _nonce(self) -> int:
         if self._next_nonce is None:
             tag: Literal["latest", "pending"] = "latest" if self._from_latest else "pending"
-            self._next_nonce = int(
+            self._next_nonce = quantity(
                 await self._retry(
                     "get_transaction_count",
-                    lambda: self.w3.eth.get_transaction_count(self.account.address, tag),
+                    lambda: rpc(self.w3, "eth_getTransactionCount", [self.account.address, tag]),
                     60,
                 )
             )
@@ -240,9 +259,11 @@ class TxSender:
             if result is not None:
                 await result
         pending.hashes.append(tx_hash)
-        raw = signed.raw_transaction
+        raw = "0x" + bytes(signed.raw_transaction).hex()
         try:
-            await self._retry("send_raw_transaction", lambda: self.w3.eth.send_raw_transaction(raw), 120)
+            await self._retry(
+                "send_raw_transaction", lambda: rpc(self.w3, "eth_sendRawTransaction", [raw]), 120
+            )
         except Web3RPCError as exc:
             msg = _rpc_message(exc).lower()
             if "already known" not in msg and "already imported" not in msg:
