@@ -282,6 +282,7 @@ class ChainBackend:
         async for item in link.follower.follow():
             if not isinstance(item, LogBatch):
                 continue  # a reorg: the follower re-scans; answered results were final on chain
+            self.promises.block_events(item.events)  # where a commit's batch siblings are
             for ev in item.events:
                 with self.loops.guard(
                     f"watcher-{link.chain_id}", request_id=getattr(ev, "id", None), kind=type(ev).__name__
@@ -308,6 +309,7 @@ class ChainBackend:
         decide about sealing themselves: `Requester._on_receipt_events`)."""
         reg = self.registry
         if isinstance(ev, InferenceAssigned):
+            self.requester.on_materialised(chain_id, ev.id)
             reg.on_assigned(chain_id, ev.id, ev.assignees)
         elif isinstance(ev, ResultCommitted):
             reg.on_committed(chain_id, ev.id, ev.miner, ev.log.tx_hash)
@@ -326,6 +328,7 @@ class ChainBackend:
                 self.promises.check_signed_answer(chain_id, ev.id, ev.output_digest)
                 reg.on_finalized(chain_id, ev.id, ev.output_digest, ev.log.tx_hash)
         elif isinstance(ev, InferenceRefunded):
+            self.requester.on_materialised(chain_id, ev.id)
             reg.on_failed(chain_id, ev.id, _refunded(ev.id))
 
     def _private_event(self, chain_id: int, ev: HubEvent) -> None:

@@ -14,6 +14,16 @@ An r = 1 seat may commit inside a batch root (`commitBatch`; the request's head 
 gateway waits for the reveal. A revealed digest other than the signed one is then proven with
 `proveBatchEquivocation`, from the batch's ids and leaves in the reveal's `BatchRevealed` log.
 
+Whether a contradicted `ResultCommitted` is a batch root is read from the events themselves, not
+from the chain: `commitBatch` emits the same root for every id of the batch in one transaction, and
+two ordinary commitments of different ids never coincide (each hashes its id), so a commitment the
+same miner's other `ResultCommitted` of that transaction carries is a root; a root of one id is
+recognised by recomputing it from the signed leaf. The follower hands over each block range's events
+(`block_events`), where all the logs of a transaction are. Honest batch commits thus cost no
+`getRequest` each; only a contradiction the events cannot place (a commitment that is no root: a
+real lie, or a root the events did not show) is read from the chain, as a reveal's contradiction
+of a seat whose commit was not seen as a root is.
+
 `broken_promise` is the pure check; `PromiseKeeper` is what the chain backend calls from its event
 path: it looks the request up in the backend's recent answers, proves at most once per event kind in a
 supervised background task (`equivocation`), and logs a signed answer the chain settled differently.
@@ -22,12 +32,13 @@ supervised background task (`equivocation`), and logs a signed answer the chain 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Mapping, Sequence
 
 from eth_utils.address import to_checksum_address
 
 from node.chain.events import BatchRevealed, ResultCommitted, ResultRevealed, decode_logs
-from node.chain.hub import RequestFlag, commitment
+from node.chain.hub import RequestFlag, batch_root, commitment
 from node.chain.sender import TxWouldRevert
 from node.content.cid import digest_of, digest_to_cid
 from node.gateway.link import ChainLink
@@ -36,6 +47,9 @@ from node.log import get_logger
 from node.supervise import Supervisor
 
 log = get_logger("gateway.chain")  # the chain backend's logger: its events did not change with the split
+
+BATCHED_REMEMBERED = 4096
+"""Requests remembered as committed inside a batch root (their reveal's proof needs to know it)."""
 
 
 def broken_promise(result: VerifiedResult | None, ev: ResultCommitted | ResultRevealed) -> bytes | None:
@@ -77,6 +91,28 @@ class PromiseKeeper:
         self.proven: set[tuple[int, int, str]] = set()
         """(chain, request, "commit" | "reveal"): the events whose contradiction this gateway went to
         prove (`hold`; a batch root's commit proves nothing, so its reveal is tried on its own)."""
+        self.batched: OrderedDict[tuple[int, int], None] = OrderedDict()
+        """(chain, request): seats whose `ResultCommitted` carried a batch root (module docstring)."""
+        self._events: Sequence[object] = ()
+        self._roots: Counter[tuple[str, str, bytes]] | None = None
+        """(transaction, miner, commitment) → how many ids carry it among `_events` (built lazily)."""
+
+    def block_events(self, events: Sequence[object]) -> None:
+        """The events of the block range the follower is delivering (the context `hold` reads roots
+        from: a transaction's logs all come in one range)."""
+        self._events, self._roots = events, None
+
+    def _is_root(self, ev: ResultCommitted, signed: bytes) -> bool:
+        """Whether `ev.commitment` is a `commitBatch` root (module docstring)."""
+        if ev.commitment == batch_root([ev.id], [commitment(signed, ev.miner, ev.id)]):
+            return True  # a root of one id, whose leaf is the signed digest's: no contradiction
+        if self._roots is None:
+            self._roots = Counter(
+                (e.log.tx_hash, e.miner.lower(), e.commitment)
+                for e in self._events
+                if isinstance(e, ResultCommitted)
+            )
+        return self._roots[(ev.log.tx_hash, ev.miner.lower(), ev.commitment)] > 1
 
     def check_signed_answer(self, chain_id: int, request_id: int, digest: bytes) -> None:
         """An answer given on a signed result that the chain then settled differently: say so (its
@@ -97,34 +133,51 @@ class PromiseKeeper:
         link = self.links.get(chain_id)
         if signed is None or recent is None or recent.signature is None or link is None:
             return
+        batch: bool | None = None  # unknown: the request view says
+        if isinstance(ev, ResultCommitted):
+            if self._is_root(ev, signed):  # a root proves nothing alone: its reveal will
+                self.batched[(chain_id, ev.id)] = None
+                while len(self.batched) > BATCHED_REMEMBERED:
+                    self.batched.popitem(last=False)
+                return
+        elif (chain_id, ev.id) in self.batched:
+            batch = True
         key = (chain_id, ev.id, "reveal" if isinstance(ev, ResultRevealed) else "commit")
         if key in self.proven:
             return
         self.proven.add(key)
-        task = asyncio.get_running_loop().create_task(self.prove(link, ev, signed, recent.signature))
+        coro = self.prove(link, ev, signed, recent.signature, batch=batch)
+        task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)  # background tasks cancelled on close
         task.add_done_callback(self.tasks.discard)
 
     async def prove(
-        self, link: ChainLink, ev: ResultCommitted | ResultRevealed, signed: bytes, signature: str
+        self,
+        link: ChainLink,
+        ev: ResultCommitted | ResultRevealed,
+        signed: bytes,
+        signature: str,
+        *,
+        batch: bool | None = None,
     ) -> None:
         """`proveEquivocation` (or, for a batch-committed seat, `proveBatchEquivocation`) with the
-        gateway's wallet."""
+        gateway's wallet; `batch` None: whether the seat committed in a root is read from the chain."""
         request_id, miner = ev.id, ev.miner
         with self.loops.guard("equivocation", request_id=request_id):
             sig = bytes.fromhex(signature.removeprefix("0x"))
             args: list[object] = [request_id, to_checksum_address(miner), signed, sig]
             fn = "proveEquivocation"
-            info = await link.hub.get_request(request_id)
-            if info.flags & RequestFlag.BATCH:
+            if batch is None:
+                batch = RequestFlag.BATCH in (await link.hub.get_request(request_id)).flags
+            if batch:
                 if isinstance(ev, ResultCommitted):  # a root: only its reveal can prove anything
                     return
-                batch = await self._batch_of(link, ev)
-                if batch is None:
+                root = await self._batch_of(link, ev)
+                if root is None:
                     log.warning("equivocation_batch_missing", request_id=request_id, miner=miner)
                     return
                 fn = "proveBatchEquivocation"
-                args += [list(batch.ids), list(batch.leaves)]
+                args += [list(root.ids), list(root.leaves)]
             data = link.hub.contract.encode_abi(fn, args=args)
             try:
                 call = {"from": link.sender.address, "to": link.hub_address, "data": data}

@@ -145,6 +145,10 @@ class Requester:
         """Private inputs waiting for their drawn seats' block to be confirmed (`_seal_drawn`)."""
         self.batch_slots = batch_slots
         """`gateway.request_batch_max` / `request_batch_slots`, for each model's `RequestBatcher`."""
+        self._materialised: dict[int, int] = {}
+        """Per chain, the highest request id an `InferenceAssigned` or `InferenceRefunded` named (a
+        receipt's or the follower's: `on_materialised`). The hub materialises due requests in id
+        order, so every id up to it has left `Pending` (`_ensure_assigned` need not ask the chain)."""
 
     async def submit(
         self,
@@ -228,6 +232,11 @@ class Requester:
         if link.follower is not None:
             link.follower.wake()
         return pending
+
+    def on_materialised(self, chain_id: int, request_id: int) -> None:
+        """An `InferenceAssigned` or `InferenceRefunded` of `request_id` (see `_materialised`)."""
+        if request_id > self._materialised.get(chain_id, 0):
+            self._materialised[chain_id] = request_id
 
     async def close(self) -> None:
         """Stop the background `assign`s and waits for confirmations (the backend is closing)."""
@@ -329,9 +338,12 @@ class Requester:
 
         A transaction sent after the request's receipt is mined in a later block, where the
         request's block hash (its seed) exists: on an automining chain the `assign` is that next
-        block. When another request or party materialised it first, the request view gives the
-        seats. The requests of one batch share one `assign` (sent after their receipt: `since`), and
-        its gas, added to each submission's `gas_cost`, is split among them. Gives up
+        block. When another request or party materialised it first (the hub materialises in id
+        order: an assignment or refund of a later id, `_materialised`, says so without a chain
+        read), a drawn request leaves its seats to the follower's `InferenceAssigned`; only one
+        without drawn seats reads them from the request view. The requests of one batch share
+        one `assign` (sent after their receipt: `since`), and its gas, added to each submission's
+        `gas_cost`, is split among them. Gives up
         after `ASSIGN_WAIT_S` (RPC trouble): the watcher still delivers `InferenceAssigned`.
         """
         rid = pending.request_id
@@ -353,8 +365,12 @@ class Requester:
                     self._on_receipt_events(link, decode_logs(receipt["logs"]))
                 if pending.chain_assigned or pending.done():
                     return
-                # the chain's word, whether or not the registry still holds the request (a call
-                # answered on its drawn seat, or given up, is released before its assign is mined)
+                if self._materialised.get(link.chain_id, 0) < rid:  # still due, as far as events
+                    await asyncio.sleep(poll)  # show: the batch went to requests due before it
+                    continue
+                if pending.drawn:  # materialised in a transaction we did not read: its
+                    return  # `InferenceAssigned` (or refund) comes with the follower
+                # seats we never saw: the chain's word (the request view)
                 view = await link.hub.get_request(rid)
                 if view.phase == Phase.REFUNDED:
                     self.registry.on_failed(link.chain_id, rid, refunded(rid))

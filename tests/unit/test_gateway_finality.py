@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -21,7 +22,7 @@ import pytest
 from eth_account import Account
 
 from node.chain.events import LogRef, ResultCommitted, ResultRevealed
-from node.chain.hub import commitment
+from node.chain.hub import RequestFlag, batch_root, commitment
 from node.chain.signing import sign_result
 from node.config import load_settings
 from node.content.cid import cid_for_bytes, digest_of, digest_to_cid
@@ -30,13 +31,14 @@ from node.content.errors import ContentNotFound
 from node.content.local import LocalStore
 from node.gateway.app import create_app
 from node.gateway.auth import KeyStore
-from node.gateway.equivocation import broken_promise
+from node.gateway.equivocation import PromiseKeeper, broken_promise
 from node.gateway.errors import InvalidRequest
 from node.gateway.pending import PendingRegistry, ResultMessage, recover_submission_signer
 from node.gateway.records import Submission
 from node.gateway.responses import build_response
 from node.gateway.schemas import parse_chat_request, parse_completion_request
 from node.gateway.testing import FakeBackend
+from node.supervise import Supervisor
 
 HUB = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 INPUT = b'{"v":1,"input":"x"}'
@@ -274,3 +276,50 @@ async def test_broken_promise_sees_a_commit_or_reveal_other_than_the_signed_dige
     assert broken_promise(answered, ResultRevealed(rid + 1, me, digest_of(other), ref)) is None
     final = replace(answered, extra={**answered.extra, "settlement": "final"})
     assert broken_promise(final, ResultRevealed(rid, me, digest_of(other), ref)) is None  # not answered early
+
+
+async def test_a_batch_root_is_told_from_its_events_not_read_from_the_chain(
+    registry: tuple[PendingRegistry, Store],
+) -> None:
+    """`commitBatch` emits one root per id in one transaction: the keeper tells a root from a lie by
+    those events (no `getRequest` per honest batch commit) and proves the reveal as a batch's; a
+    contradicted commit the events cannot place is still read from the chain and proven."""
+    reg, _ = registry
+    sub = _submission()
+    good, other = _output(sub, "honest"), _output(sub, "other")
+    pending = reg.register(sub)
+    pending.accept_signed()
+    reg.on_result_message(31337, sub.request_id, _signed(sub, good))
+    answered = await pending.wait(1)
+    me, rid = ASSIGNEE.address, sub.request_id
+    reads: list[int] = []
+    receipts: list[str] = []
+
+    async def get_request(request_id: int) -> Any:
+        reads.append(request_id)
+        return SimpleNamespace(flags=RequestFlag.BATCH)
+
+    async def get_transaction_receipt(tx: str) -> dict[str, Any]:
+        receipts.append(tx)
+        return {"logs": []}  # no BatchRevealed: the proof stops there (logged)
+
+    w3 = SimpleNamespace(eth=SimpleNamespace(get_transaction_receipt=get_transaction_receipt))
+    link = SimpleNamespace(hub=SimpleNamespace(get_request=get_request, w3=w3))
+    tasks: set[asyncio.Task[None]] = set()
+    keeper = PromiseKeeper({31337: link}, {(31337, rid): answered}, Supervisor("test"), tasks)  # type: ignore[dict-item]
+
+    commit_tx, reveal_tx = LogRef(5, "0x05", "0xc0", 0, HUB), LogRef(6, "0x06", "0xe0", 0, HUB)
+    root = batch_root([rid, rid + 1], [commitment(digest_of(good), me, rid), b"\x01" * 32])
+    block = [ResultCommitted(rid, me, root, commit_tx), ResultCommitted(rid + 1, me, root, commit_tx)]
+    keeper.block_events(block)
+    keeper.hold(31337, block[0])
+    assert not tasks and reads == []  # an honest batch commit: nothing to prove, nothing read
+    keeper.hold(31337, ResultRevealed(rid, me, digest_of(other), reveal_tx))
+    await asyncio.gather(*tasks)
+    assert reads == [] and receipts == ["0xe0"]  # proven as a batch's, from the reveal's receipt
+
+    lone = ResultCommitted(rid, me, commitment(digest_of(other), me, rid), LogRef(7, "0x07", "0xd0", 0, HUB))
+    keeper.block_events([lone])
+    keeper.hold(31337, lone)
+    await asyncio.gather(*tasks)
+    assert reads == [rid]  # not a root the events show: the chain says what it is
