@@ -426,6 +426,9 @@ class _Observe:
     def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._series: dict[tuple[str, int], tuple[Any, Any]] = {}
+        """(endpoint, status) → its counter and latency children (`labels()` locks and hashes on
+        every call); the routes and statuses are few."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -449,8 +452,14 @@ class _Observe:
 
     def _record(self, scope: Scope, status: int, start: float) -> None:
         endpoint = _endpoint_label(scope)
-        self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
-        self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - start)
+        series = self._series.get((endpoint, status))
+        if series is None:
+            series = self._series[(endpoint, status)] = (
+                self.metrics.requests.labels(endpoint=endpoint, status=str(status)),
+                self.metrics.latency.labels(endpoint=endpoint),
+            )
+        series[0].inc()
+        series[1].observe(time.perf_counter() - start)
 
 
 def create_app(

@@ -178,7 +178,7 @@ class PromiseKeeper:
                     return
                 fn = "proveBatchEquivocation"
                 args += [list(root.ids), list(root.leaves)]
-            data = link.hub.contract.encode_abi(fn, args=args)
+            data = link.hub.encode(fn, *args)
             try:
                 call = {"from": link.sender.address, "to": link.hub_address, "data": data}
                 receipt = await link.sender.send(link.hub_address, data, gas=await link.sender.estimate(call))

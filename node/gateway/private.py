@@ -256,6 +256,8 @@ class PrivateDesk:
         self.keys = keys or PublicKeys()
         self.book = book or EnvelopeBook()
         self._entries: OrderedDict[tuple[int, int], PrivateEntry] = OrderedDict()
+        self._chains: set[int] = set()
+        """The chains `_entries` holds requests of (an answer names its request, not its chain)."""
         self._locks: dict[tuple[int, int], asyncio.Lock] = {}
         self.outputs: OrderedDict[str, bytes] = OrderedDict()
         """Plaintext outputs handed in over HTTP (`accept_output`), by CID, for the registry's fetch."""
@@ -264,6 +266,7 @@ class PrivateDesk:
         `POST /envelope/output`), and the second needs no ECIES again."""
 
     def register(self, key: tuple[int, int], input_cid: str, plaintext: bytes, salt: str) -> None:
+        self._chains.add(key[0])
         self._entries[key] = PrivateEntry(input_cid, plaintext, delta_key(salt))
         self.book.expect(input_cid)
         while len(self._entries) > MAX_PRIVATE_REQUESTS:
@@ -325,15 +328,8 @@ class PrivateDesk:
             doc = parse_output_document(plain)
         except ContentError:
             return False
-        entry = next(
-            (
-                e
-                for (_, rid), e in self._entries.items()
-                if rid == doc.request_id and e.input_cid == doc.input_cid
-            ),
-            None,
-        )
-        if entry is None:
+        entries = (self._entries.get((chain_id, doc.request_id)) for chain_id in self._chains)
+        if not any(e is not None and e.input_cid == doc.input_cid for e in entries):
             return False
         self.outputs[digest_to_cid(digest_of(plain))] = plain
         while len(self.outputs) > MAX_PRIVATE_REQUESTS:

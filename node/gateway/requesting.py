@@ -66,6 +66,8 @@ ASSIGN_BATCH = 4
 """Requests one `assign` transaction may materialise (ours and any due before it)."""
 RECEIPTS_REMEMBERED = 256
 """Shared `assign` receipts remembered as read (a batch's sharers read theirs within moments)."""
+BLOCK_TIMES_REMEMBERED = 64
+"""Request blocks whose timestamp reads are kept (a batch's requests share one block, one read)."""
 ASSIGN_WAIT_S = 30.0
 """How long `submit` keeps trying to assign its request before leaving that to the watcher."""
 
@@ -145,6 +147,8 @@ class Requester:
         """Private inputs waiting for their drawn seats' block to be confirmed (`_seal_drawn`)."""
         self.batch_slots = batch_slots
         """`gateway.request_batch_max` / `request_batch_slots`, for each model's `RequestBatcher`."""
+        self._block_times: OrderedDict[tuple[int, str], asyncio.Future[int]] = OrderedDict()
+        """(chain, block hash) → its timestamp read (`_block_time`), shared by the block's requests."""
         self._materialised: dict[int, int] = {}
         """Per chain, the highest request id an `InferenceAssigned` or `InferenceRefunded` named (a
         receipt's or the follower's: `on_materialised`). The hub materialises due requests in id
@@ -185,11 +189,7 @@ class Requester:
         receipt, requested = placed.receipt, placed.requested
         request_block = int(receipt["blockNumber"])
         drawn = asyncio.ensure_future(self._seats(link, model, requested.id, receipt))  # meanwhile
-        try:
-            block = await link.hub.w3.eth.get_block(request_block)
-            created = int(block["timestamp"])
-        except Exception:
-            created = int(time.time())
+        created = await self._block_time(link, receipt)
         sub = Submission(
             chain_id=chain_id,
             hub=link.hub_address,
@@ -244,6 +244,26 @@ class Requester:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _block_time(self, link: ChainLink, receipt: Any) -> int:
+        """The timestamp of the receipt's block (a submission's `created`; now when it cannot be
+        read): one `eth_getBlockByNumber` per block, however many requests of a batch it holds."""
+        key = (link.chain_id, _hash(receipt["blockHash"]).lower())
+        reading = self._block_times.get(key)
+        if reading is None:
+            reading = self._block_times[key] = asyncio.ensure_future(
+                self._read_block_time(link, int(receipt["blockNumber"]))
+            )
+            while len(self._block_times) > BLOCK_TIMES_REMEMBERED:
+                self._block_times.popitem(last=False)
+        return await asyncio.shield(reading)
+
+    @staticmethod
+    async def _read_block_time(link: ChainLink, number: int) -> int:
+        try:
+            return int((await link.hub.w3.eth.get_block(number))["timestamp"])
+        except Exception:
+            return int(time.time())
 
     async def _seats(self, link: ChainLink, model: ModelInfo, rid: int, receipt: Any) -> list[str] | None:
         """The request's seats drawn from its receipt's block (None: the draw failed, logged)."""
@@ -385,7 +405,7 @@ class Requester:
 
     async def _send_assign(self, link: ChainLink, count: int = ASSIGN_BATCH) -> Any:
         """`assign(count)`; gas for each request it may materialise on top of the estimate."""
-        data = link.hub.contract.encode_abi("assign", args=[count])
+        data = link.hub.encode("assign", count)
         gas = await link.sender.estimate({"from": link.sender.address, "to": link.hub_address, "data": data})
         return await link.sender.send(link.hub_address, data, gas=gas + ASSIGN_BATCH * ASSIGN_GAS)
 
@@ -396,11 +416,10 @@ class Requester:
 
             async def send(items: Sequence[BatchItem]) -> Any:
                 if len(items) == 1:
-                    args: list[Any] = [mid, items[0].digest, items[0].max_tokens]
-                    data = link.hub.contract.encode_abi("requestInference", args=args)
+                    data = link.hub.encode("requestInference", mid, items[0].digest, items[0].max_tokens)
                 else:
-                    args = [mid, [i.digest for i in items], [i.max_tokens for i in items]]
-                    data = link.hub.contract.encode_abi("requestInferences", args=args)
+                    digests, tokens = [i.digest for i in items], [i.max_tokens for i in items]
+                    data = link.hub.encode("requestInferences", mid, digests, tokens)
                 return await self._send_request(link, data, sum(i.fee for i in items), model)
 
             batcher = link.batchers[mid] = RequestBatcher(
