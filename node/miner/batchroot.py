@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from node.chain.events import ResultCommitted
-from node.chain.hub import UNAVAILABLE, RequestInfo, batch_root, commitment
+from node.chain.hub import UNAVAILABLE, batch_root, commitment
 from node.miner.journal import BatchRecord, Job, Journal, Role
 
 MIN_BATCH = 2
@@ -111,12 +111,12 @@ def check(miner: str, record: BatchRecord) -> bool:
 
 
 async def resolve(
-    view: CommitLookup, journal: Journal, miner: str, job: Job, info: RequestInfo
+    view: CommitLookup, journal: Journal, miner: str, job: Job, commit_block: int
 ) -> BatchRecord | None:
     """The root `job` was committed under, with every id and digest of it (None: not found).
 
     The job's own `commitment` (from our receipt or event) names the root when known, else the
-    chain does (our `ResultCommitted` for this id in the commit block `info.mark`). The ids and
+    chain does (our `ResultCommitted` for this id in `commit_block`, the request's mark). The ids and
     digests come from the journal's record of that root, else from the chain's logs plus the
     journal's digests. A record is returned only if it rebuilds the root.
     """
@@ -125,7 +125,7 @@ async def resolve(
     record = journal.batch_record(root) if root is not None else None
     if record is not None and rid in record.ids and check(miner, record):
         return record
-    events = await view.commits_in_block(miner, info.mark)
+    events = await view.commits_in_block(miner, commit_block)
     ours = [e for e in events if e.id == rid]
     if not ours:
         return None

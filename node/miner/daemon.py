@@ -216,6 +216,7 @@ class MinerDaemon:
             batch_wait_s=config.batch_wait_s,
             busy=lambda: len(self._running),  # results about to be ready: worth waiting for
             redundancy=lambda: self.model.redundancy if self.model is not None else None,
+            audit_bps=lambda: self.model.audit_bps if self.model is not None else None,
         )
         self.follower: LogFollower[MinerEvent] | None = None
         self.ops: OpsServer | None = None
@@ -237,6 +238,8 @@ class MinerDaemon:
         self.draw = SeatDraw(hub)
         self._speculative: set[int] = set()
         """Request ids seated from our own draw whose `InferenceAssigned` we have not seen yet."""
+        self._held: set[int] = set()
+        """Speculative seats uploaded before their `InferenceAssigned`, which queues their commit."""
         self._drawing: set[asyncio.Task[None]] = set()
         self._overtaken: dict[int, bool] = {}
         """Draws in progress: True once the request's assignment or refund was seen meanwhile."""
@@ -379,8 +382,12 @@ class MinerDaemon:
                 "job_uploaded", output_cid=produced.output_cid, generated=produced.completion_tokens,
                 error=produced.error_code, infer_s=round(produced.infer_s, 3),
             )  # fmt: skip
-            # a speculative seat is not committable before its assignment: the chain check waits
-            self.submitter.enqueue(request_id, fresh=request_id not in self._speculative)
+            if request_id in self._speculative:
+                # not committable before its assignment, which queues the commit (`_on_event`); a
+                # refund or another seat closes the job instead: no chain check to ask meanwhile
+                self._held.add(request_id)
+            else:
+                self.submitter.enqueue(request_id, fresh=True)
             return
 
     # ------------------------------------------------------------------ chain events
@@ -423,11 +430,18 @@ class MinerDaemon:
             return
         if isinstance(ev, (InferenceAssigned, InferenceRefunded)):
             self._speculative.discard(ev.id)
+            held = ev.id in self._held
+            self._held.discard(ev.id)
             if ev.id in self._overtaken:
                 self._overtaken[ev.id] = True  # a draw still reading the pool must not seat us now
         if isinstance(ev, InferenceAssigned):
             if me in ev.assignees:
                 self._seat(ev.id, Role.ASSIGNEE, ev.input_digest, ev.deadline, ev)
+                job = self.journal.get(ev.id)
+                if held and job is not None and job.state == JobState.UPLOADED and not job.commit_txs:
+                    # uploaded here from our own draw, never sent, and now the chain's seat with its
+                    # real deadline: as fresh as a seat seen first (the estimate still checks)
+                    self.submitter.enqueue(ev.id, fresh=True)
                 return
             job = self.journal.get(ev.id)
             if job is not None and job.role == Role.ASSIGNEE and job.state in OPEN:
@@ -520,6 +534,7 @@ class MinerDaemon:
         """Re-check every job the replaced blocks touched; the re-scan re-assigns what still exists."""
         self.metrics.reorgs.inc()
         fork = reorg.fork_block
+        self.submitter.on_reorg(fork)
         touched = [
             j for j in self.journal.jobs()
             if j.block_number >= fork

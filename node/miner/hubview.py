@@ -15,7 +15,9 @@ import itertools
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from eth_abi.abi import encode
 from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 
 from node.chain.errors import HubError
 from node.chain.events import (
@@ -66,6 +68,7 @@ class HubView:
     def __init__(self, hub: HubClient) -> None:
         self.hub = hub
         self.address = hub.address
+        self._address_lower = hub.address.lower()  # receipts' log addresses compared without a keccak
 
     @property
     def topics(self) -> list[list[str]]:
@@ -83,7 +86,7 @@ class HubView:
     def decode_receipt(self, receipt: Any) -> list[MinerEvent]:
         out: list[MinerEvent] = []
         for entry in receipt.get("logs", []):
-            if to_checksum_address(entry["address"]) != self.address:
+            if _lower_address(entry["address"]) != self._address_lower:
                 continue
             ev = self.decode(entry)
             if ev is not None:
@@ -213,12 +216,38 @@ class HubView:
         return str(c.encode_abi("timeoutMany", args=[list(ids)]))
 
 
+BLOCKHASH_WINDOW = 256
+"""`blockhash(n)` is zero for blocks more than this many before the executing one."""
+
+
+def audit_draw(commit_block_hash: bytes, request_id: int, audit_bps: int) -> bool:
+    """`HubStorage._drawn` off chain: whether an r = 1 result committed in the block with this hash
+    is drawn for audit, `keccak256(abi.encode(blockhash, id, "audit")) % 10_000 < auditBps`.
+
+    Only what the chain's `auditDrawn` adds is left to the caller: the request in phase Reveal
+    without FLAG_NO_AUDIT (true right after our own commit), evaluated within `BLOCKHASH_WINDOW`
+    blocks of the commit (beyond it the chain says drawn).
+    """
+    if len(commit_block_hash) != 32:
+        raise ValueError(f"a block hash is 32 bytes, got {len(commit_block_hash)}")
+    seed = keccak(encode(["bytes32", "uint256", "string"], [commit_block_hash, request_id, "audit"]))
+    return int.from_bytes(seed, "big") % 10_000 < audit_bps
+
+
+def _lower_address(value: Any) -> str:
+    """A log's address as 0x + lowercase hex (a string from JSON-RPC, 20 bytes from some providers)."""
+    if isinstance(value, bytes | bytearray):
+        return "0x" + bytes(value).hex()
+    return str(value).lower()
+
+
 def _check_ascending(ids: Sequence[int]) -> None:
     if not ids or any(a >= b for a, b in itertools.pairwise(ids)):
         raise ValueError(f"a batch root needs 1+ strictly ascending ids, got {list(ids)[:8]}")
 
 
 __all__ = [
+    "BLOCKHASH_WINDOW",
     "COMMIT_PHASES",
     "EVENT_NAMES",
     "REVEAL_PHASES",
@@ -226,4 +255,5 @@ __all__ = [
     "HubView",
     "MinerEvent",
     "RequestInfo",
+    "audit_draw",
 ]

@@ -133,15 +133,16 @@ def own_address(private_key: str) -> str:
 
 
 def open_private_input(
-    envelope: bytes, *, private_key: str, input_digest: bytes
+    envelope: bytes, *, private_key: str, input_digest: bytes, address: str | None = None
 ) -> InputDocument | ContentError | None:
     """The private input sealed in `envelope`, the error to answer with, or None: not sealed to us.
 
     None (the gateway has not added this seat yet, e.g. an auditor drawn later) leaves the input
-    unavailable for now; the caller retries it like a missing block.
+    unavailable for now; the caller retries it like a missing block. `address`: `own_address` of
+    the key when the caller holds it (a key's address costs a curve multiplication and a keccak).
     """
     try:
-        plaintext = open_envelope(envelope, private_key, own_address(private_key))
+        plaintext = open_envelope(envelope, private_key, address or own_address(private_key))
     except NotARecipient:
         return None
     except EnvelopeError:
@@ -158,13 +159,15 @@ def open_private_input(
 
 
 async def fetch_private(
-    source: EnvelopeSource, input_cid: str, input_digest: bytes, private_key: str
+    source: EnvelopeSource, input_cid: str, input_digest: bytes, private_key: str, address: str | None = None
 ) -> InputDocument | ContentError | None:
     """The newest envelope of `input_cid` from `source`, opened (`open_private_input`); None: none for us."""
     envelope = await source.envelope(input_cid)
     if envelope is None:
         return None
-    opened = open_private_input(envelope, private_key=private_key, input_digest=input_digest)
+    opened = open_private_input(
+        envelope, private_key=private_key, input_digest=input_digest, address=address
+    )
     if isinstance(opened, InputTampered):
         log.warning("private_input_tampered", input_cid=input_cid, reason=str(opened))
     return opened
@@ -209,11 +212,14 @@ def encode_private(
         return salted, data, seal_output(data, doc)
 
 
-def sealed_deltas(sink: DeltaSink, doc: InputDocument, request_id: int, private_key: str) -> DeltaSink:
-    """A delta sink that encrypts each delta of a private request (module docstring: Deltas)."""
+def sealed_deltas(
+    sink: DeltaSink, doc: InputDocument, request_id: int, private_key: str, address: str | None = None
+) -> DeltaSink:
+    """A delta sink that encrypts each delta of a private request (module docstring: Deltas).
+    `address`: `own_address(private_key)` when the caller holds it."""
     assert doc.salt is not None
     key = delta_key(doc.salt)
-    miner = own_address(private_key)
+    miner = address or own_address(private_key)
 
     def send(seq: int, choice: int, delta: dict[str, Any]) -> None:
         sink(seq, choice, seal_delta(key, request_id, miner, seq, delta))

@@ -15,6 +15,14 @@ result was not drawn for audit (`auditDrawn`, evaluated on the pending block): w
 check is what makes resending after a crash or reorg safe; the journal records each signed
 transaction's hash before broadcast, and the contract rejects a second commit or reveal anyway.
 
+Two cases skip the chain's view (an eth_call per job) because this process already knows the
+answer: a *fresh* commit (uploaded here from a seat it saw, never sent) and the reveal right after
+our own r = 1 commit receipt: that receipt put the request in phase Reveal with the commit block as
+its mark, and the audit draw is `hubview.audit_draw` over the receipt's block hash and the model's
+auditBps (registered once, never changed). Either way the transaction's gas estimate still runs
+the contract's checks; a job whose estimate reverts, a reorg of the commit block, a restart, a
+retry all go through the chain check.
+
 `commitMany`/`revealMany` are atomic, so a batch whose estimate reverts (a race with a deadline) is
 split into single transactions.
 
@@ -30,17 +38,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from node.chain.errors import decode_revert
 from node.chain.events import InferenceFinalized, ResultCommitted, ResultRevealed
-from node.chain.hub import Phase, RequestFlag, RequestInfo
+from node.chain.hub import Phase, RequestFlag
 from node.chain.sender import TxError, TxReverted, TxSender, TxWouldRevert
 from node.log import get_logger
 from node.miner import batchroot
 from node.miner.batching import BatchCollector
-from node.miner.hubview import COMMIT_PHASES, REVEAL_PHASES, HubView
+from node.miner.hubview import BLOCKHASH_WINDOW, COMMIT_PHASES, REVEAL_PHASES, HubView, audit_draw
 from node.miner.journal import (
     COMMIT_STATES,
     REVEAL_STATES,
@@ -62,6 +71,8 @@ log = get_logger("inferd.miner.submitter")
 # (tallies, pays every seat, may seat a committee). Unused gas is not charged, so the headroom only
 # has to fit the wallet's balance at the fee cap.
 TRANSITION_GAS = 300_000
+OWN_COMMITS_KEPT = 10_000
+"""Our r = 1 commit receipts remembered for the reveal (oldest forgotten first: then the chain says)."""
 
 
 @dataclass(frozen=True)
@@ -69,12 +80,21 @@ class Verdict:
     """What the chain says about one job now.
 
     action: "commit" | "reveal" | "reveal_batch" | "open_audit" | "wait" | "committed" | "revealed"
-    | "finalized" | "expired" | "dropped" | "recommit". `info`: the request as read ("reveal_batch").
+    | "finalized" | "expired" | "dropped" | "recommit". `mark`: the root's commit block
+    ("reveal_batch").
     """
 
     action: str
     reason: str = ""
-    info: RequestInfo | None = None
+    mark: int | None = None
+
+
+@dataclass(frozen=True)
+class OwnCommit:
+    """Our receipt of an r = 1 assignee commit: the block that is now the request's mark."""
+
+    block: int
+    block_hash: bytes
 
 
 class Submitter:
@@ -94,6 +114,7 @@ class Submitter:
         on_settled: Callable[[Job], None] | None = None,
         busy: Callable[[], int] | None = None,
         redundancy: Callable[[], int | None] | None = None,
+        audit_bps: Callable[[], int | None] | None = None,
     ) -> None:
         self.journal = journal
         self.hub = hub
@@ -104,6 +125,8 @@ class Submitter:
         self.batch_wait_s = batch_wait_s
         self.on_settled = on_settled
         self.redundancy = redundancy or (lambda: None)  # the model's r: 1 lets assignees use roots
+        self.audit_bps = audit_bps or (lambda: None)  # the model's: None keeps every reveal on chain
+        self._own_commits: dict[int, OwnCommit] = {}
         self._queue: asyncio.Queue[int] = asyncio.Queue()
         self._queued: set[int] = set()
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -137,6 +160,11 @@ class Submitter:
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
+
+    def on_reorg(self, fork_block: int) -> None:
+        """Forget our commit receipts from replaced blocks: their jobs go through the chain check."""
+        for rid in [r for r, own in self._own_commits.items() if own.block >= fork_block]:
+            del self._own_commits[rid]
 
     async def run(self) -> None:
         """Collect batches forever; cancel to stop (in-flight batches are awaited by `drain`)."""
@@ -195,7 +223,7 @@ class Submitter:
             return Verdict("committed", "our commitment is on chain")
         ph = info.phase
         if ph == Phase.REVEAL and info.redundancy == 1 and RequestFlag.BATCH in info.flags:
-            return Verdict("reveal_batch", "committed under a root", info)
+            return Verdict("reveal_batch", "committed under a root", info.mark)
         if ph == Phase.REVEAL and info.redundancy == 1 and RequestFlag.AUDITED not in info.flags:
             if await self.hub.audit_drawn(job.request_id):
                 return Verdict("open_audit", "drawn for audit")
@@ -207,6 +235,33 @@ class Submitter:
         if ph in (Phase.RESOLVED, Phase.VOTE):
             return Verdict("expired", "resolved without our reveal")
         return Verdict("wait", f"phase {ph.name}: other seats are committing")
+
+    def _own_verdict(self, job: Job, head: int) -> Verdict | None:
+        """The reveal of a job right after our own r = 1 commit receipt, without the chain (module
+        docstring); None: unsure (not ours to judge, already tried, too old), ask the chain."""
+        own = self._own_commits.get(job.request_id)
+        if own is None or job.state != JobState.COMMITTED or job.commit_block != own.block:
+            self._own_commits.pop(job.request_id, None)
+            return None
+        if job.commitment is not None and self.journal.batch_record(job.commitment) is not None:
+            return Verdict("reveal_batch", "committed under a root (our receipt)", own.block)
+        drawn = self._own_draws([job.request_id], own.block, head)
+        if drawn is None:
+            return None
+        if drawn[job.request_id]:
+            return Verdict("open_audit", "drawn for audit (our receipt's block)")
+        return Verdict("reveal")
+
+    def _own_draws(self, ids: Sequence[int], mark: int, head: int) -> dict[int, bool] | None:
+        """The audit draw of each id from our commit receipts of block `mark` (used once: a retry
+        asks the chain); None when one of them is not ours to judge."""
+        owns = [self._own_commits.pop(i, None) for i in ids]
+        bps = self.audit_bps()
+        if bps is None or self.redundancy() != 1 or not mark <= head < mark + BLOCKHASH_WINDOW // 2:
+            return None
+        if any(own is None or own.block != mark for own in owns):
+            return None
+        return {i: audit_draw(own.block_hash, i, bps) for i, own in zip(ids, owns, strict=True) if own}
 
     def _settle(self, job: Job, v: Verdict, block: int | None = None) -> None:
         """Apply a verdict that sends nothing to the journal."""
@@ -254,7 +309,7 @@ class Submitter:
         head = int(await self._retry_head())
         commits: list[Job] = []
         reveals: list[Job] = []
-        rooted: list[tuple[Job, RequestInfo]] = []
+        rooted: list[tuple[Job, int]] = []
         for rid in ids:
             job = self.journal.get(rid)
             fresh = rid in self._fresh
@@ -269,7 +324,7 @@ class Submitter:
                 commits.append(job)
                 continue
             try:
-                v = await self.verdict(job, head)
+                v = self._own_verdict(job, head) or await self.verdict(job, head)
             except Exception as exc:
                 log.warning("chain_check_failed", request_id=rid, error=f"{type(exc).__name__}: {exc}")
                 self.metrics.rpc_errors.labels("submitter").inc()
@@ -283,10 +338,10 @@ class Submitter:
                 if job.state == JobState.REVEALING:
                     job = self.journal.mark(rid, JobState.COMMITTED, "revealing again")
                 reveals.append(job)
-            elif v.action == "reveal_batch" and v.info is not None:
+            elif v.action == "reveal_batch" and v.mark is not None:
                 if job.state == JobState.REVEALING:
                     job = self.journal.mark(rid, JobState.COMMITTED, "revealing again")
-                rooted.append((job, v.info))
+                rooted.append((job, v.mark))
             elif v.action == "open_audit":
                 await self._open_audit(job)
             elif v.action != "wait":
@@ -302,7 +357,7 @@ class Submitter:
         if reveals:
             await self._send(reveals, JobState.REVEALING)
         if rooted:
-            await self._reveal_roots(rooted, set(ids))
+            await self._reveal_roots(rooted, set(ids), head)
 
     async def _retry_head(self) -> int:
         delay = 0.2
@@ -419,7 +474,7 @@ class Submitter:
                  withheld=len(withheld))  # fmt: skip
         with self.journal.batch():  # one fsync for the whole batch's marks
             if committing:
-                self._after_commit(jobs, events, block)
+                self._after_commit(jobs, events, block, _block_hash(receipt))
             else:
                 self._after_reveal(jobs, events, block, withheld)
 
@@ -460,19 +515,19 @@ class Submitter:
         for job in still:
             await self._send([job], state)
 
-    async def _reveal_roots(self, rooted: list[tuple[Job, RequestInfo]], held: set[int]) -> None:
+    async def _reveal_roots(self, rooted: list[tuple[Job, int]], held: set[int], head: int) -> None:
         """Reveal every root these batch-committed jobs belong to, each in one `revealBatch`.
 
         A root's other ids are claimed too (`_busy`); when another batch holds one of them, the
         jobs come back later. Ids drawn for audit are withheld.
         """
         done: set[int] = set()
-        for job, info in rooted:
+        for job, mark in rooted:
             rid = job.request_id
             if rid in done:
                 continue
             try:
-                record = await batchroot.resolve(self.hub, self.journal, self.miner, job, info)
+                record = await batchroot.resolve(self.hub, self.journal, self.miner, job, mark)
             except Exception as exc:
                 log.warning("chain_check_failed", request_id=rid, error=f"{type(exc).__name__}: {exc}")
                 self.metrics.rpc_errors.labels("submitter").inc()
@@ -481,7 +536,7 @@ class Submitter:
             if record is None:
                 # Nothing we hold rebuilds the root on chain: the seat cannot be revealed (it will be
                 # timed out as silent). Looked at again later in case a log was not served yet.
-                log.error("batch_root_unknown", request_id=rid, commit_block=info.mark)
+                log.error("batch_root_unknown", request_id=rid, commit_block=mark)
                 self._requeue_later([rid], 10.0)
                 continue
             done.update(record.ids)
@@ -491,33 +546,39 @@ class Submitter:
                 continue
             self._busy.update(extra)
             try:
-                await self._reveal_root(record, info)
+                await self._reveal_root(record, mark, self._own_draws(record.ids, mark, head))
             finally:
                 self._busy.difference_update(extra)
 
-    async def _reveal_root(self, record: BatchRecord, info: RequestInfo) -> None:
-        try:
-            flags = await asyncio.gather(*(self.hub.audit_drawn(i) for i in record.ids))
-        except Exception as exc:
-            log.warning("chain_check_failed", ids=list(record.ids), error=f"{type(exc).__name__}: {exc}")
-            self.metrics.rpc_errors.labels("submitter").inc()
-            self._requeue_later(list(record.ids), 2.0)
-            return
-        withheld = batchroot.withheld(record, dict(zip(record.ids, flags, strict=True)))
+    async def _reveal_root(self, record: BatchRecord, mark: int, drawn: Mapping[int, bool] | None) -> None:
+        """`drawn`: each id's audit draw from our commit receipt; None: the chain's `auditDrawn`."""
+        if drawn is None:
+            try:
+                flags = await asyncio.gather(*(self.hub.audit_drawn(i) for i in record.ids))
+            except Exception as exc:
+                log.warning("chain_check_failed", ids=list(record.ids), error=f"{type(exc).__name__}: {exc}")
+                self.metrics.rpc_errors.labels("submitter").inc()
+                self._requeue_later(list(record.ids), 2.0)
+                return
+            drawn = dict(zip(record.ids, flags, strict=True))
+        withheld = batchroot.withheld(record, drawn)
         jobs: list[Job] = []
         for job in batchroot.members(record, self.journal):
             if job.state in COMMIT_STATES:  # the chain has it under this root: committed
-                job = self.journal.mark_committed(job.request_id, info.mark, record.root)
+                job = self.journal.mark_committed(job.request_id, mark, record.root)
             if job.state in REVEAL_STATES:
                 jobs.append(job)
         if not jobs:  # nothing of ours left open under this root (settled meanwhile)
             return
         await self._send(jobs, JobState.REVEALING, batch=record, withheld=withheld)
 
-    def _after_commit(self, jobs: list[Job], events: Sequence[object], block: int) -> None:
+    def _after_commit(
+        self, jobs: list[Job], events: Sequence[object], block: int, block_hash: bytes | None
+    ) -> None:
         done = {
             e.id: e.commitment for e in events if isinstance(e, ResultCommitted) and e.miner == self.miner
         }
+        single = self.redundancy() == 1
         for job in jobs:
             rid = job.request_id
             if rid not in done:
@@ -526,6 +587,11 @@ class Submitter:
             current = self.journal.get(rid) or job
             if current.state in COMMIT_STATES:
                 self.journal.mark_committed(rid, block, done[rid])
+                if single and block_hash is not None and job.role == Role.ASSIGNEE:
+                    # an r = 1 seat's commit from phase Assigned: Reveal now, marked at this block
+                    self._own_commits[rid] = OwnCommit(block, block_hash)
+                    while len(self._own_commits) > OWN_COMMITS_KEPT:
+                        del self._own_commits[next(iter(self._own_commits))]
             self.enqueue(rid)  # the reveal: the chain check says when (now, or after RevealOpened)
 
     def _after_reveal(
@@ -555,4 +621,16 @@ class Submitter:
                 self.on_settled(current)
 
 
-__all__ = ["COMMIT_STATES", "REVEAL_STATES", "Submitter", "Verdict"]
+def _block_hash(receipt: Any) -> bytes | None:
+    """The receipt's block hash as 32 bytes (None when the provider gave none)."""
+    value = receipt.get("blockHash")
+    if isinstance(value, bytes | bytearray):
+        raw = bytes(value)
+    elif isinstance(value, str):
+        raw = bytes.fromhex(value.removeprefix("0x"))
+    else:
+        return None
+    return raw if len(raw) == 32 else None
+
+
+__all__ = ["COMMIT_STATES", "REVEAL_STATES", "OwnCommit", "Submitter", "Verdict"]

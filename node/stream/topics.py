@@ -13,32 +13,40 @@ payload field a stranger could fill in):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
-from eth_utils.address import is_checksum_address, to_checksum_address
+from eth_utils.address import is_hex_address, to_checksum_address
 
 PREFIX = "inferd/v1"
 
 Kind = Literal["delta", "result"]
 
 
+@lru_cache(maxsize=256)
+def _checksum(address: str) -> str:
+    """`to_checksum_address`, remembered: a keccak per call, and a publisher names the same hub and
+    miner in every delta's topic (a few addresses per process, so a small cache holds them all)."""
+    return str(to_checksum_address(address))
+
+
 def _base(chain_id: int, hub: str) -> str:
-    return f"{PREFIX}/{int(chain_id)}/{to_checksum_address(hub)}"
+    return f"{PREFIX}/{int(chain_id)}/{_checksum(hub)}"
 
 
 def delta_topic(chain_id: int, hub: str, request_id: int, miner: str) -> str:
     """QoS 0 token deltas `{"seq", "choice", "delta"}` of one request, published by `miner`."""
-    return f"{_base(chain_id, hub)}/req/{int(request_id)}/{to_checksum_address(miner)}/delta"
+    return f"{_base(chain_id, hub)}/req/{int(request_id)}/{_checksum(miner)}/delta"
 
 
 def result_topic(chain_id: int, hub: str, request_id: int, miner: str) -> str:
     """QoS 1 final `{"output": <doc as string>, "signature", "miner"}` of one request, by `miner`."""
-    return f"{_base(chain_id, hub)}/req/{int(request_id)}/{to_checksum_address(miner)}/result"
+    return f"{_base(chain_id, hub)}/req/{int(request_id)}/{_checksum(miner)}/result"
 
 
 def miner_topic(chain_id: int, hub: str, miner: str) -> str:
     """Retained heartbeat of one miner."""
-    return f"{_base(chain_id, hub)}/miner/{to_checksum_address(miner)}"
+    return f"{_base(chain_id, hub)}/miner/{_checksum(miner)}"
 
 
 def request_filters(chain_id: int, hub: str) -> list[str]:
@@ -72,9 +80,14 @@ def parse_request_topic(topic: str) -> RequestTopic | None:
     chain, hub, request, miner, kind = parts[2], parts[3], parts[5], parts[6], parts[7]
     if kind not in ("delta", "result") or not (_canonical_uint(chain) and _canonical_uint(request)):
         return None
-    if not (is_checksum_address(hub) and is_checksum_address(miner)):
+    if not (_is_checksum(hub) and _is_checksum(miner)):
         return None
     return RequestTopic(int(chain), hub, int(request), miner, "delta" if kind == "delta" else "result")
+
+
+def _is_checksum(text: str) -> bool:
+    """`is_checksum_address` through the cache of `_checksum` (the few miners of a hub recur)."""
+    return is_hex_address(text) and text.startswith("0x") and _checksum(text) == text
 
 
 def _canonical_uint(text: str) -> bool:

@@ -127,7 +127,7 @@ async def test_resolve_trusts_a_root_the_journal_saw_on_chain(tmp_path: Path) ->
     for i in (1, 2, 3):
         j.mark_committed(i, 50, rec.root)  # from our receipt: the root it carried
     chain = Chain([])
-    got = await batchroot.resolve(chain, j, ME, get(j, 2), info(2))
+    got = await batchroot.resolve(chain, j, ME, get(j, 2), info(2).mark)
     assert got == rec and chain.calls == 0
 
 
@@ -143,10 +143,10 @@ async def test_resolve_groups_by_the_root_on_chain_not_the_one_we_meant(tmp_path
     for i in (2, 3):
         j.mark_committed(i, 50)
     chain = Chain([committed(2, b.root), committed(3, b.root), committed(1, commitment(digest(1), ME, 1))])
-    got = await batchroot.resolve(chain, j, ME, get(j, 3), info(3))
+    got = await batchroot.resolve(chain, j, ME, get(j, 3), info(3).mark)
     assert got == b and chain.calls == 1
     assert get(j, 3).commitment == b.root  # learnt: no second lookup
-    assert await batchroot.resolve(chain, j, ME, get(j, 3), info(3)) == b
+    assert await batchroot.resolve(chain, j, ME, get(j, 3), info(3).mark) == b
     assert chain.calls == 1
 
 
@@ -157,9 +157,9 @@ async def test_resolve_rebuilds_a_root_the_journal_never_recorded(tmp_path: Path
     root = batchroot.build(ME, [(i, digest(i)) for i in (4, 6)]).root
     j.mark_committed(4, 50, b"\x99" * 32)
     chain = Chain([committed(4, root), committed(6, root), committed(5, b"\x55" * 32, block=51)])
-    got = await batchroot.resolve(chain, j, ME, get(j, 4), info(4))
+    got = await batchroot.resolve(chain, j, ME, get(j, 4), info(4).mark)
     assert got == BatchRecord(root, (4, 6), (digest(4), digest(6)))
-    assert await batchroot.resolve(Chain([]), j, ME, get(j, 5), info(5)) is None  # nothing on chain
+    assert await batchroot.resolve(Chain([]), j, ME, get(j, 5), info(5).mark) is None  # nothing on chain
 
 
 def test_calldata_carries_the_root_and_the_withheld_leaves() -> None:
