@@ -818,6 +818,10 @@ class MinerDaemon:
         await self.loops.close()
         if self.publisher is not None:
             await self.publisher.close()
+        close_envelopes = getattr(self.pipeline.envelopes, "close", None)
+        if close_envelopes is not None:  # the envelope source's kept-alive HTTP connections
+            with contextlib.suppress(Exception):
+                await close_envelopes()
         if self.ops is not None:
             await self.ops.stop()
         await close_rpc(self.hub.w3)  # the kept-alive JSON-RPC connections (`node.chain.keepalive`)

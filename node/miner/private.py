@@ -36,7 +36,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-import httpx
+import aiohttp
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -52,7 +52,7 @@ from node.content.documents import (
 )
 from node.content.envelope import EnvelopeError, NotARecipient, open_envelope, seal
 from node.content.errors import ContentError, DocumentError
-from node.content.http import RetryPolicy, request
+from node.content.http import RetryPolicy, session_request
 from node.content.salt import output_salt
 from node.log import get_logger
 
@@ -79,18 +79,39 @@ class EnvelopeSource(Protocol):
 
 
 class HttpEnvelopeSource:
-    """`GET {url}/envelope/{input_cid}` on each of `urls` (requesters' gateways) until one has it."""
+    """`GET {url}/envelope/{input_cid}` on each of `urls` (requesters' gateways) until one has it.
 
-    def __init__(self, urls: list[str], *, timeout_s: float = 5.0, retries: int = 1) -> None:
+    One aiohttp session for every fetch and delivery (`node.content.http.session_request`: an
+    exchange per inference each way, where httpx's pool cost about ten times the CPU), at most
+    `max_connections` connections, kept alive between jobs; opened on first use (in the loop)."""
+
+    def __init__(
+        self, urls: list[str], *, timeout_s: float = 5.0, retries: int = 1, max_connections: int = 64
+    ) -> None:
         self.urls = [u.rstrip("/") for u in urls]
-        self._client = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
+        )
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
         self._policy = RetryPolicy(retries=retries)
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                timeout=self._timeout,
+                trust_env=True,  # proxy settings from the environment, as httpx's default
+            )
+        return self._session
 
     async def envelope(self, input_cid: str) -> bytes | None:
         cid = normalize_cid(input_cid)
         for url in self.urls:
             try:
-                reply = await request(self._client, "envelope", "GET", f"{url}/envelope/{cid}", self._policy)
+                reply = await session_request(
+                    self._client(), "envelope", "GET", f"{url}/envelope/{cid}", self._policy
+                )
             except ContentError as exc:
                 log.info("envelope_source_down", url=url, error=type(exc).__name__)
                 continue
@@ -105,14 +126,16 @@ class HttpEnvelopeSource:
         """
         for url in self.urls:
             try:
-                await self._client.post(
-                    f"{url}/envelope/output", content=envelope, headers={"Content-Type": "application/json"}
-                )
-            except httpx.HTTPError as exc:
+                async with self._client().post(
+                    f"{url}/envelope/output", data=envelope, headers={"Content-Type": "application/json"}
+                ) as response:
+                    await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 log.info("envelope_deliver_failed", url=url, error=type(exc).__name__)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 class InputTampered(ContentError):

@@ -176,7 +176,7 @@ async def build_daemon(
     )
     envelope_urls = list(miner.envelope_urls) or list(settings.content.gateway_urls)
     if envelope_urls:  # private inputs (issue 16): sealed envelopes from the requesters' gateways
-        daemon.pipeline.envelopes = HttpEnvelopeSource(envelope_urls)
+        daemon.pipeline.envelopes = HttpEnvelopeSource(envelope_urls, max_connections=miner.max_concurrency)
     else:  # gateways are private by default: their inputs exist only as envelopes they serve
         log.warning("private_inputs_unreadable", reason=NO_ENVELOPE_SOURCE)
     if publisher is not None:
