@@ -188,9 +188,7 @@ async def fetch_private(
     envelope = await source.envelope(input_cid)
     if envelope is None:
         return None
-    opened = open_private_input(
-        envelope, private_key=private_key, input_digest=input_digest, address=address
-    )
+    opened = open_private_input(envelope, private_key=private_key, input_digest=input_digest, address=address)
     if isinstance(opened, InputTampered):
         log.warning("private_input_tampered", input_cid=input_cid, reason=str(opened))
     return opened
