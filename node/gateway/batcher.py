@@ -26,7 +26,9 @@ is left out of it (nothing is paid for it).
 `gateway.request_batch_slots`.
 
 `SharedCall` lets the callers of one batch share the `assign` transaction that materialises their
-seats, instead of sending one each.
+seats, instead of sending one each. `next_mined` hands out the transaction on its way (every request
+transaction materialises the requests due before it: `node.gateway.requesting` waits for it before
+paying for an `assign` of its own).
 """
 
 from __future__ import annotations
@@ -123,6 +125,8 @@ class RequestBatcher:
         self.split = split
         self._waiting: list[tuple[BatchItem, asyncio.Future[Placed]]] = []
         self._in_flight = 0
+        self._mined: asyncio.Future[Any] | None = None
+        """The receipt of the latest request transaction sent (None once it failed)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self.sent_txs = 0
         self.sent_requests = 0
@@ -131,6 +135,11 @@ class RequestBatcher:
     @property
     def waiting(self) -> int:
         return len(self._waiting)
+
+    def next_mined(self) -> asyncio.Future[Any] | None:
+        """The receipt (None: failed) of the request transaction on its way now, if there is one."""
+        mined = self._mined
+        return None if mined is None or mined.done() else asyncio.shield(mined)
 
     async def submit(self, item: BatchItem) -> Placed:
         """Send `item` in the next transaction; returns once it is mined (raises what the send did)."""
@@ -156,6 +165,8 @@ class RequestBatcher:
     async def _run(self, batch: list[tuple[BatchItem, asyncio.Future[Placed]]]) -> None:
         items = [item for item, _ in batch]
         started = time.monotonic()
+        mined = self._mined = asyncio.get_running_loop().create_future()
+        receipt: Any = None
         try:
             receipt = await self.send(items)
             placed = match_receipt(receipt, items, mined_at=time.monotonic())
@@ -181,6 +192,8 @@ class RequestBatcher:
                 log.info("requests_batched", size=len(batch), block=int(receipt["blockNumber"]),
                          tx_s=round(time.monotonic() - started, 3))  # fmt: skip
         finally:
+            if not mined.done():
+                mined.set_result(receipt)
             self._in_flight -= 1
             self._pump()
 

@@ -31,7 +31,7 @@ import asyncio
 import functools
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -137,8 +137,9 @@ class Requester:
         self._private_event = private_event
         self._seal = seal
         self._remember = remember
-        self._read_receipts: OrderedDict[bytes | int, None] = OrderedDict()
-        """Shared `assign` receipts already read (`_first_read`), newest last."""
+        self._read_receipts: OrderedDict[bytes | int, bool] = OrderedDict()
+        """Receipts already read (`_first_read`), newest last: True for an `assign` that materialised
+        fewer requests than it could (every request due at its block left `Pending`)."""
         self.batch_max = batch_max
         self._assigning: set[asyncio.Task[None]] = set()
         """`_ensure_assigned` of requests already answering on their drawn seats."""
@@ -149,6 +150,8 @@ class Requester:
         """`gateway.request_batch_max` / `request_batch_slots`, for each model's `RequestBatcher`."""
         self._block_times: OrderedDict[tuple[int, str], asyncio.Future[int]] = OrderedDict()
         """(chain, block hash) → its timestamp read (`_block_time`), shared by the block's requests."""
+        self._requested: dict[int, int] = {}
+        """Per chain, the highest request id this gateway placed (what an `assign` should reach)."""
         self._materialised: dict[int, int] = {}
         """Per chain, the highest request id an `InferenceAssigned` or `InferenceRefunded` named (a
         receipt's or the follower's: `on_materialised`). The hub materialises due requests in id
@@ -187,6 +190,8 @@ class Requester:
                 desk.book.drop(input_cid)
             raise
         receipt, requested = placed.receipt, placed.requested
+        last = requested.id - placed.index + placed.size - 1  # the batch's last id
+        self._requested[chain_id] = max(self._requested.get(chain_id, 0), last)
         request_block = int(receipt["blockNumber"])
         drawn = asyncio.ensure_future(self._seats(link, model, requested.id, receipt))  # meanwhile
         created = await self._block_time(link, receipt)
@@ -211,11 +216,13 @@ class Requester:
             desk.register((chain_id, requested.id), input_cid, document_bytes, document.salt)
         pending = self.registry.register(sub)
         pending.result_future.add_done_callback(lambda f: self._remember(f, pending.submission))
-        if placed.index == 0:  # a batch's receipt is read once (it assigns requests before it)
+        if self._first_read(receipt):  # a batch's receipt is read once (it assigns requests before it)
             self._on_receipt_events(link, decode_logs(receipt["logs"]))
         if not pending.assigned and await self._draw(link, pending, model, drawn):
+            # the request transaction on its way materialises the first due requests: maybe this one
+            later = self._batcher(link, mid, model).next_mined()
             task = asyncio.create_task(
-                self._ensure_assigned(link, pending, since=placed.mined_at, batch=placed.size),
+                self._ensure_assigned(link, pending, since=placed.mined_at, batch=placed.size, later=later),
                 name=f"assign-{requested.id}",
             )
             self._assigning.add(task)
@@ -331,14 +338,23 @@ class Requester:
         self._seal(link, rid, seats)
 
     def _first_read(self, receipt: Any) -> bool:
-        """True the first time an `assign` receipt is seen (its sharers all get the same one)."""
-        key = bytes(receipt.get("transactionHash") or b"") or id(receipt)
+        """True the first time a receipt is seen (a batch's requests, an `assign`'s sharers and the
+        requests waiting for the next request transaction all get the same one)."""
+        key = self._receipt_key(receipt)
         if key in self._read_receipts:
             return False
-        self._read_receipts[key] = None
+        self._read_receipts[key] = False
         while len(self._read_receipts) > RECEIPTS_REMEMBERED:
             self._read_receipts.popitem(last=False)
         return True
+
+    @staticmethod
+    def _receipt_key(receipt: Any) -> bytes | int:
+        return bytes(receipt.get("transactionHash") or b"") or id(receipt)
+
+    def _materialises(self, link: ChainLink, pending: PendingInference) -> bool:
+        """Whether the chain named the request's seats, or events say it left `Pending` (`_materialised`)."""
+        return pending.chain_assigned or self._materialised.get(link.chain_id, 0) >= pending.request_id
 
     def _on_receipt_events(self, link: ChainLink, events: list[HubEvent]) -> None:
         """Assignments a receipt carries (a request materialises earlier ones; `assign` ours). A
@@ -352,62 +368,80 @@ class Requester:
                 self._on_event(link.chain_id, ev)
 
     async def _ensure_assigned(
-        self, link: ChainLink, pending: PendingInference, *, since: float = 0.0, batch: int = 1
+        self,
+        link: ChainLink,
+        pending: PendingInference,
+        *,
+        since: float = 0.0,
+        batch: int = 1,
+        later: Awaitable[Any] | None = None,
     ) -> None:
-        """Materialise the request's seats with `assign`, unless its own receipt already showed them.
+        """Materialise the request's seats with `assign`, unless a receipt already showed them.
 
         A transaction sent after the request's receipt is mined in a later block, where the
         request's block hash (its seed) exists: on an automining chain the `assign` is that next
-        block. When another request or party materialised it first (the hub materialises in id
-        order: an assignment or refund of a later id, `_materialised`, says so without a chain
-        read), a drawn request leaves its seats to the follower's `InferenceAssigned`; only one
-        without drawn seats reads them from the request view. The requests of one batch share
-        one `assign` (sent after their receipt: `since`), and its gas, added to each submission's
-        `gas_cost`, is split among them. Gives up
-        after `ASSIGN_WAIT_S` (RPC trouble): the watcher still delivers `InferenceAssigned`.
+        block. `later` is the request transaction already on its way (`RequestBatcher.next_mined`):
+        it materialises the first `AUTO_ASSIGN` due requests, and the requests it places join the
+        `assign` sent after it: it is waited for (once) before paying for an `assign`, so under a
+        steady stream of small batches most requests need none of their own and the others share
+        one for several batches (`_send_assign` reaches every request placed). The hub
+        materialises due requests in id order, so an assignment or refund of a later id
+        (`_materialised`), or an `assign` that materialised fewer requests than it could, says that
+        this one left `Pending` without a chain read: a drawn request then leaves its seats to the
+        follower's `InferenceAssigned`; only one without drawn seats reads them from the request
+        view. The requests of one batch share one `assign` (sent after their receipt: `since`),
+        and its gas, added to each submission's `gas_cost`, is split among them. It is sent whether
+        or not the call was answered meanwhile (the request is paid for; its seat must be able to
+        commit). Gives up after `ASSIGN_WAIT_S` (RPC trouble): the watcher still delivers
+        `InferenceAssigned`.
         """
         rid = pending.request_id
         give_up = time.monotonic() + ASSIGN_WAIT_S
         poll = max(0.05, min(link.settings.poll_interval_s, 1.0))
         try:
-            while not pending.chain_assigned and not pending.done():
+            receipt = None if later is None else await later
+            if receipt is not None and self._first_read(receipt):
+                self._on_receipt_events(link, decode_logs(receipt["logs"]))
+            while not self._materialises(link, pending):
                 if time.monotonic() > give_up:
                     log.warning("assign_wait_gave_up", request_id=rid, chain_id=link.chain_id)
                     return
                 if link.assigner is None:
                     link.assigner = SharedCall(functools.partial(self._send_assign, link))
-                receipt, sharers = await link.assigner.run(since, max(ASSIGN_BATCH, batch))
+                (receipt, count), sharers = await link.assigner.run(since, max(ASSIGN_BATCH, batch))
                 since = time.monotonic()  # assigning again: a later transaction
                 pending.submission = replace(
                     pending.submission, gas_cost=pending.submission.gas_cost + gas_cost(receipt) // sharers
                 )
                 if self._first_read(receipt):  # its sharers' seats too: decoded once, not once each
-                    self._on_receipt_events(link, decode_logs(receipt["logs"]))
-                if pending.chain_assigned or pending.done():
-                    return
-                if self._materialised.get(link.chain_id, 0) < rid:  # still due, as far as events
-                    await asyncio.sleep(poll)  # show: the batch went to requests due before it
-                    continue
-                if pending.drawn:  # materialised in a transaction we did not read: its
-                    return  # `InferenceAssigned` (or refund) comes with the follower
-                # seats we never saw: the chain's word (the request view)
-                view = await link.hub.get_request(rid)
-                if view.phase == Phase.REFUNDED:
-                    self.registry.on_failed(link.chain_id, rid, refunded(rid))
-                    return
-                if view.phase != Phase.PENDING:
-                    self.registry.on_assigned(link.chain_id, rid, view.assignees)
-                    return
-                await asyncio.sleep(poll)  # the batch went to requests due before it: assign again
+                    events = decode_logs(receipt["logs"])
+                    self._on_receipt_events(link, events)
+                    done = sum(isinstance(e, InferenceAssigned | InferenceRefunded) for e in events)
+                    self._read_receipts[self._receipt_key(receipt)] = done < count
+                if self._read_receipts.get(self._receipt_key(receipt)):
+                    self.on_materialised(link.chain_id, rid)  # due at the assign's block: done
+                if self._materialises(link, pending):
+                    break
+                await asyncio.sleep(poll)  # the assign went to requests due before it: assign again
+            if pending.chain_assigned or pending.drawn or pending.done():
+                return  # the follower brings the seats of a drawn request
+            view = await link.hub.get_request(rid)  # seats we never saw: the chain's word
+            if view.phase == Phase.REFUNDED:
+                self.registry.on_failed(link.chain_id, rid, refunded(rid))
+            elif view.phase != Phase.PENDING:
+                self.registry.on_assigned(link.chain_id, rid, view.assignees)
         except (ChainError, TxError, OSError) as exc:
             # the request is paid for; anyone (the next request, a miner, the watcher) can assign it
             log.warning("assign_failed", request_id=rid, chain_id=link.chain_id, error=str(exc))
 
-    async def _send_assign(self, link: ChainLink, count: int = ASSIGN_BATCH) -> Any:
-        """`assign(count)`; gas for each request it may materialise on top of the estimate."""
+    async def _send_assign(self, link: ChainLink, count: int = ASSIGN_BATCH) -> tuple[Any, int]:
+        """`assign(count)`: (its receipt, the count sent); enough to reach every request this gateway
+        placed (up to `MAX_BATCH`), gas for each request it may materialise on top of the estimate."""
+        behind = self._requested.get(link.chain_id, 0) - self._materialised.get(link.chain_id, 0)
+        count = max(count, min(behind, MAX_BATCH))
         data = link.hub.encode("assign", count)
         gas = await link.sender.estimate({"from": link.sender.address, "to": link.hub_address, "data": data})
-        return await link.sender.send(link.hub_address, data, gas=gas + ASSIGN_BATCH * ASSIGN_GAS)
+        return await link.sender.send(link.hub_address, data, gas=gas + ASSIGN_BATCH * ASSIGN_GAS), count
 
     def _batcher(self, link: ChainLink, mid: bytes, model: ModelInfo) -> RequestBatcher:
         """The request batcher of `model` on `link`: `requestInference` alone, else `requestInferences`."""
