@@ -158,24 +158,22 @@ class HubView:
 
     def commit_calldata(self, miner: str, ids: Sequence[int], digests: Sequence[bytes]) -> str:
         """`commit` (one) or `commitMany` (many) of `commitment(digest, miner, id)`."""
-        c = self.hub.contract
         values = [commitment(d, miner, i) for i, d in zip(ids, digests, strict=True)]
         if len(ids) == 1:
-            return str(c.encode_abi("commit", args=[ids[0], values[0]]))
-        return str(c.encode_abi("commitMany", args=[list(ids), values]))
+            return self.hub.encode("commit", ids[0], values[0])
+        return self.hub.encode("commitMany", list(ids), values)
 
     def reveal_calldata(self, ids: Sequence[int], digests: Sequence[bytes]) -> str:
-        c = self.hub.contract
         if len(ids) == 1:
-            return str(c.encode_abi("reveal", args=[ids[0], digests[0]]))
-        return str(c.encode_abi("revealMany", args=[list(ids), list(digests)]))
+            return self.hub.encode("reveal", ids[0], digests[0])
+        return self.hub.encode("revealMany", list(ids), list(digests))
 
     def commit_batch_calldata(self, miner: str, ids: Sequence[int], digests: Sequence[bytes]) -> str:
         """`commitBatch(ids, root)`: r = 1 assignee results under one root; `ids` strictly ascending
         (the hub refuses anything else, so that no id can have two leaves)."""
         _check_ascending(ids)
         leaves = [commitment(d, miner, i) for i, d in zip(ids, digests, strict=True)]
-        return str(self.hub.contract.encode_abi("commitBatch", args=[list(ids), batch_root(ids, leaves)]))
+        return self.hub.encode("commitBatch", list(ids), batch_root(ids, leaves))
 
     def reveal_batch_calldata(
         self, miner: str, ids: Sequence[int], digests: Sequence[bytes], withheld: Collection[int] = ()
@@ -191,29 +189,27 @@ class HubView:
                 items.append(commitment(d, miner, i))
             else:
                 items.append(d)
-        return str(self.hub.contract.encode_abi("revealBatch", args=[list(ids), items, mask]))
+        return self.hub.encode("revealBatch", list(ids), items, mask)
 
     def vote_calldata(self, action: str, miner: str, request_id: int, digest: bytes) -> str:
         """`commitVote` (action "commit") / `revealVote` ("reveal") / `claimVote` ("claim")."""
-        c = self.hub.contract
         if action == "commit":
-            return str(c.encode_abi("commitVote", args=[request_id, commitment(digest, miner, request_id)]))
+            return self.hub.encode("commitVote", request_id, commitment(digest, miner, request_id))
         if action == "reveal":
-            return str(c.encode_abi("revealVote", args=[request_id, digest]))
-        return str(c.encode_abi("claimVote", args=[request_id]))
+            return self.hub.encode("revealVote", request_id, digest)
+        return self.hub.encode("claimVote", request_id)
 
     def escalate_calldata(self, request_id: int) -> str:
         """`escalate(id)`: sent with the model's minStake as the bond."""
-        return str(self.hub.contract.encode_abi("escalate", args=[request_id]))
+        return self.hub.encode("escalate", request_id)
 
     def open_audit_calldata(self, request_id: int) -> str:
-        return str(self.hub.contract.encode_abi("openAudit", args=[request_id]))
+        return self.hub.encode("openAudit", request_id)
 
     def timeout_calldata(self, ids: Sequence[int]) -> str:
-        c = self.hub.contract
         if len(ids) == 1:
-            return str(c.encode_abi("timeout", args=[ids[0]]))
-        return str(c.encode_abi("timeoutMany", args=[list(ids)]))
+            return self.hub.encode("timeout", ids[0])
+        return self.hub.encode("timeoutMany", list(ids))
 
 
 BLOCKHASH_WINDOW = 256

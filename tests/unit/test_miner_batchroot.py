@@ -178,3 +178,32 @@ def test_calldata_carries_the_root_and_the_withheld_leaves() -> None:
     ]
     with pytest.raises(ValueError, match="ascending"):
         view.commit_batch_calldata(ME, [5, 3], [digest(5), digest(3)])
+
+
+def test_every_calldata_is_what_web3_encodes() -> None:
+    """HubView encodes through the hub's cached codecs (no web3 ABI lookup per transaction): the
+    bytes are exactly `contract.encode_abi`'s for every transaction the miner sends."""
+    view = HubView(HubClient(HubClient.web3("http://127.0.0.1:9"), "0x" + "ab" * 20))  # never called
+    c = view.hub.contract
+    d = [digest(i) for i in range(3)]
+    leaves = [commitment(x, ME, i) for i, x in zip((1, 2, 3), d, strict=True)]
+    rec = batchroot.build(ME, [(i, x) for i, x in zip((1, 2, 3), d, strict=True)])
+    assert view.commit_calldata(ME, [1], d[:1]) == c.encode_abi("commit", args=[1, leaves[0]])
+    assert view.commit_calldata(ME, [1, 2, 3], d) == c.encode_abi("commitMany", args=[[1, 2, 3], leaves])
+    assert view.reveal_calldata([1], d[:1]) == c.encode_abi("reveal", args=[1, d[0]])
+    assert view.reveal_calldata([1, 2, 3], d) == c.encode_abi("revealMany", args=[[1, 2, 3], d])
+    assert view.commit_batch_calldata(ME, [1, 2, 3], d) == c.encode_abi(
+        "commitBatch", args=[[1, 2, 3], rec.root]
+    )
+    assert view.reveal_batch_calldata(ME, [1, 2, 3], d, {2}) == c.encode_abi(
+        "revealBatch", args=[[1, 2, 3], [d[0], leaves[1], d[2]], 0b10]
+    )
+    assert view.vote_calldata("commit", ME, 7, d[0]) == c.encode_abi(
+        "commitVote", args=[7, commitment(d[0], ME, 7)]
+    )
+    assert view.vote_calldata("reveal", ME, 7, d[0]) == c.encode_abi("revealVote", args=[7, d[0]])
+    assert view.vote_calldata("claim", ME, 7, d[0]) == c.encode_abi("claimVote", args=[7])
+    assert view.escalate_calldata(7) == c.encode_abi("escalate", args=[7])
+    assert view.open_audit_calldata(7) == c.encode_abi("openAudit", args=[7])
+    assert view.timeout_calldata([7]) == c.encode_abi("timeout", args=[7])
+    assert view.timeout_calldata([7, 9]) == c.encode_abi("timeoutMany", args=[[7, 9]])
