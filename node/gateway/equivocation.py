@@ -102,10 +102,14 @@ class PromiseKeeper:
         from: a transaction's logs all come in one range)."""
         self._events, self._roots = events, None
 
-    def _is_root(self, ev: ResultCommitted, signed: bytes) -> bool:
-        """Whether `ev.commitment` is a `commitBatch` root (module docstring)."""
-        if ev.commitment == batch_root([ev.id], [commitment(signed, ev.miner, ev.id)]):
-            return True  # a root of one id, whose leaf is the signed digest's: no contradiction
+    def _batched(self, chain_id: int, request_id: int) -> None:
+        self.batched[(chain_id, request_id)] = None
+        while len(self.batched) > BATCHED_REMEMBERED:
+            self.batched.popitem(last=False)
+
+    def _shared_root(self, ev: ResultCommitted) -> bool:
+        """Whether another id's `ResultCommitted` of the same miner and transaction carries the
+        same commitment: a `commitBatch` root (module docstring)."""
         if self._roots is None:
             self._roots = Counter(
                 (e.log.tx_hash, e.miner.lower(), e.commitment)
@@ -129,16 +133,19 @@ class PromiseKeeper:
     def hold(self, chain_id: int, ev: ResultCommitted | ResultRevealed) -> None:
         """A seat we answered on committed or revealed something else than it signed: prove it."""
         recent = self.recent.get((chain_id, ev.id))
+        if recent is None:
+            return
+        if isinstance(ev, ResultCommitted) and self._shared_root(ev):  # before hashing anything
+            self._batched(chain_id, ev.id)  # a root proves nothing alone: its reveal will
+            return
         signed = broken_promise(recent, ev)
         link = self.links.get(chain_id)
-        if signed is None or recent is None or recent.signature is None or link is None:
+        if signed is None or recent.signature is None or link is None:
             return
         batch: bool | None = None  # unknown: the request view says
         if isinstance(ev, ResultCommitted):
-            if self._is_root(ev, signed):  # a root proves nothing alone: its reveal will
-                self.batched[(chain_id, ev.id)] = None
-                while len(self.batched) > BATCHED_REMEMBERED:
-                    self.batched.popitem(last=False)
+            if ev.commitment == batch_root([ev.id], [commitment(signed, ev.miner, ev.id)]):
+                self._batched(chain_id, ev.id)  # a root of one id, the signed digest's leaf
                 return
         elif (chain_id, ev.id) in self.batched:
             batch = True
