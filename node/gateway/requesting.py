@@ -35,9 +35,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from node.chain.abicall import quantity, rpc
 from node.chain.draw import SeatDraw
 from node.chain.errors import ChainError, decode_revert
-from node.chain.events import HubEvent, InferenceAssigned, InferenceRefunded, decode_logs
+from node.chain.events import HubEvent, InferenceAssigned, InferenceRefunded, decode_logs, event_topic
 from node.chain.hub import ASSIGN_GAS, AUTO_ASSIGN, MAX_BATCH, Phase
 from node.chain.sender import (
     TxError,
@@ -82,6 +83,23 @@ def gas_cost(receipt: Any) -> int:
         return int(receipt.get("gasUsed", 0)) * int(receipt.get("effectiveGasPrice", 0))
     except (AttributeError, TypeError, ValueError):
         return 0
+
+
+_REQUESTED = bytes.fromhex(event_topic("InferenceRequested").removeprefix("0x"))
+
+
+def receipt_events(receipt: Any) -> list[HubEvent]:
+    """The hub events of a receipt that say something about seats (a request transaction's own
+    `InferenceRequested` logs, one per request it placed, are the batcher's: not decoded again)."""
+    return decode_logs(log for log in receipt["logs"] if _topic0(log) != _REQUESTED)
+
+
+def _topic0(log: Any) -> bytes | None:
+    topics = log.get("topics")
+    if not topics:
+        return None
+    first = topics[0]
+    return bytes.fromhex(first.removeprefix("0x")) if isinstance(first, str) else bytes(first)
 
 
 def _hash(value: Any) -> str:
@@ -217,7 +235,7 @@ class Requester:
         pending = self.registry.register(sub)
         pending.result_future.add_done_callback(lambda f: self._remember(f, pending.submission))
         if self._first_read(receipt):  # a batch's receipt is read once (it assigns requests before it)
-            self._on_receipt_events(link, decode_logs(receipt["logs"]))
+            self._on_receipt_events(link, receipt_events(receipt))
         if not pending.assigned and await self._draw(link, pending, model, drawn):
             # the request transaction on its way materialises the first due requests: maybe this one
             later = self._batcher(link, mid, model).next_mined()
@@ -268,7 +286,9 @@ class Requester:
     @staticmethod
     async def _read_block_time(link: ChainLink, number: int) -> int:
         try:
-            return int((await link.hub.w3.eth.get_block(number))["timestamp"])
+            return quantity(
+                (await rpc(link.hub.w3, "eth_getBlockByNumber", [hex(number), False]))["timestamp"]
+            )
         except Exception:
             return int(time.time())
 
@@ -401,7 +421,7 @@ class Requester:
         try:
             receipt = None if later is None else await later
             if receipt is not None and self._first_read(receipt):
-                self._on_receipt_events(link, decode_logs(receipt["logs"]))
+                self._on_receipt_events(link, receipt_events(receipt))
             while not self._materialises(link, pending):
                 if time.monotonic() > give_up:
                     log.warning("assign_wait_gave_up", request_id=rid, chain_id=link.chain_id)
@@ -414,7 +434,7 @@ class Requester:
                     pending.submission, gas_cost=pending.submission.gas_cost + gas_cost(receipt) // sharers
                 )
                 if self._first_read(receipt):  # its sharers' seats too: decoded once, not once each
-                    events = decode_logs(receipt["logs"])
+                    events = receipt_events(receipt)
                     self._on_receipt_events(link, events)
                     done = sum(isinstance(e, InferenceAssigned | InferenceRefunded) for e in events)
                     self._read_receipts[self._receipt_key(receipt)] = done < count

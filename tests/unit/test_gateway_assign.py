@@ -42,7 +42,7 @@ class Chain:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, *assigns: tuple[dict[str, Any], int]) -> None:
         self.assigns = list(assigns)
         self.sent = 0
-        monkeypatch.setattr(requesting, "decode_logs", list)  # the receipts carry events already
+        monkeypatch.setattr(requesting, "receipt_events", lambda r: list(r["logs"]))  # events already
 
         async def get_request(rid: int) -> Any:
             raise AssertionError(f"request {rid} was read from the chain")
