@@ -281,7 +281,7 @@ class Requester:
             )
             while len(self._block_times) > BLOCK_TIMES_REMEMBERED:
                 self._block_times.popitem(last=False)
-        return await asyncio.shield(reading)
+        return reading.result() if reading.done() else await asyncio.shield(reading)
 
     @staticmethod
     async def _read_block_time(link: ChainLink, number: int) -> int:
