@@ -50,6 +50,9 @@ _TYPES = (
     InferenceRefunded,
 )  # fmt: skip
 EVENT_NAMES = tuple(t.__name__ for t in _TYPES)
+_FOLLOWED: frozenset[bytes] = frozenset(bytes.fromhex(event_topic(n)[2:]) for n in EVENT_NAMES)
+"""topic0 of each followed event: a receipt's other logs (Credited, BatchRevealed, ...) are skipped
+before any ABI decoding."""
 
 REQUEST_LOOKBACK = 10_000
 """Blocks before a seat's event searched for its request (seats come within a few timeouts of it)."""
@@ -78,6 +81,12 @@ class HubView:
     @staticmethod
     def decode(entry: Any) -> MinerEvent | None:
         """A typed event for one raw log; None for hub events the miner does not follow."""
+        try:
+            topics = entry["topics"] or ()
+        except (KeyError, TypeError):
+            return None
+        if not topics or _topic_bytes(topics[0]) not in _FOLLOWED:
+            return None
         ev = decode_log(entry)
         if isinstance(ev, _TYPES):
             return ev
@@ -228,6 +237,17 @@ def audit_draw(commit_block_hash: bytes, request_id: int, audit_bps: int) -> boo
         raise ValueError(f"a block hash is 32 bytes, got {len(commit_block_hash)}")
     seed = keccak(encode(["bytes32", "uint256", "string"], [commit_block_hash, request_id, "audit"]))
     return int.from_bytes(seed, "big") % 10_000 < audit_bps
+
+
+def _topic_bytes(value: Any) -> bytes:
+    """A log topic as bytes (0x-hex from JSON-RPC, bytes/HexBytes from web3's formatters)."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    text = str(value)
+    try:
+        return bytes.fromhex(text.removeprefix("0x"))
+    except ValueError:
+        return b""
 
 
 def _lower_address(value: Any) -> str:
