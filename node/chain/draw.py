@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from eth_abi.abi import encode
-from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
+
+from node.chain.abicall import checksum
 
 if TYPE_CHECKING:
     from node.chain.hub import HubClient
@@ -81,11 +82,11 @@ def pick(pool: Sequence[PoolEntry], r: int, seed: int, cutoff: int, exclude: Seq
     n = len(pool)
     if n == 0:
         return []
-    excluded = {to_checksum_address(a) for a in exclude}
+    excluded = {checksum(a) for a in exclude}
     if r == 1 and not exclude:
         e = pool[seed % n]
         if e.since < cutoff:
-            return [to_checksum_address(e.miner)]
+            return [checksum(e.miner)]
     cap = min(n, MAX_SWAPS)
     swap_pos = [0] * cap
     swap_val = [0] * cap
@@ -96,7 +97,7 @@ def pick(pool: Sequence[PoolEntry], r: int, seed: int, cutoff: int, exclude: Seq
         k = j + _step(seed, j) % (n - j)
         vk, swaps = _swap(swap_pos, swap_val, swaps, j, k)
         e = pool[vk]
-        miner = to_checksum_address(e.miner)
+        miner = checksum(e.miner)
         if e.since < cutoff and miner not in excluded:
             chosen.append(miner)
         j += 1

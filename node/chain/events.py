@@ -401,6 +401,7 @@ def _norm(value: Any) -> Any:
     return value
 
 
+@cache
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 

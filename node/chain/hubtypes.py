@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from eth_abi.abi import encode as abi_encode
-from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
 from web3.types import TxReceipt
 
+from node.chain.abicall import checksum
 from node.chain.events import HubEvent
 
 E = TypeVar("E")
@@ -152,7 +152,7 @@ class RequestInfo:
 
     def seat_of(self, miner: str) -> int | None:
         """The seat index of `miner`, None when it holds none."""
-        who = to_checksum_address(miner)
+        who = checksum(miner)
         return self.seats.index(who) if who in self.seats else None
 
     def has_committed(self, miner: str) -> bool:
@@ -247,7 +247,7 @@ def to_digest(value: Digest) -> bytes:
 def commitment(output_digest: Digest, miner: str, request_id: int) -> bytes:
     """`keccak256(abi.encode(outputDigest, miner, id))`: what a seat commits (and a voter, its vote)."""
     data = abi_encode(
-        ["bytes32", "address", "uint256"], [to_digest(output_digest), to_checksum_address(miner), request_id]
+        ["bytes32", "address", "uint256"], [to_digest(output_digest), checksum(miner), request_id]
     )
     return bytes(keccak(data))
 

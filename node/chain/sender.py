@@ -40,6 +40,7 @@ from web3 import AsyncWeb3
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 
 from node.chain.abicall import hex_param, quantity, rpc
+from node.chain.abicall import receipt as receipt_of
 from node.log import get_logger
 
 MIN_BUMP = 1.125
@@ -337,11 +338,11 @@ class TxSender:
     async def _find_receipt(self, pending: _Pending) -> Any | None:
         for tx_hash in reversed(pending.hashes):
             try:
-                receipt = await self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+                raw = await rpc(self.w3, "eth_getTransactionReceipt", [tx_hash])
             except TransactionNotFound:
                 continue
-            if receipt is not None and receipt.get("blockNumber") is not None:
-                return receipt
+            if raw is not None and raw.get("blockNumber") is not None:
+                return receipt_of(raw)
         return None
 
     async def _await_receipt(self, pending: _Pending, on_signed: OnSigned | None) -> Any:

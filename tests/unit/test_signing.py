@@ -45,6 +45,29 @@ def test_known_vector_matches_encode_typed_data() -> None:
     assert Account.recover_message(msg, signature=sign_result(KEY, **ARGS)) == Account.from_key(KEY).address  # type: ignore[arg-type]
 
 
+def test_fast_encoding_is_eth_accounts_encode_typed_data() -> None:
+    """`result_signable` hashes the two fixed types itself: byte-equal to the generic encoder."""
+    import random
+
+    from eth_account.messages import encode_typed_data
+
+    from node.chain.signing import result_signable, result_typed_data
+
+    seed = random.randrange(2**32)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    for _ in range(50):
+        args = (
+            rng.choice([1, 31337, 8453, 2**40]),
+            "0x" + rng.randbytes(20).hex(),
+            rng.randrange(2**256),
+            rng.randbytes(32),
+            rng.randbytes(32),
+        )
+        expected = encode_typed_data(full_message=result_typed_data(*args))
+        assert result_signable(*args) == expected, f"seed {seed}: {args}"
+
+
 def test_malformed_inputs() -> None:
     with pytest.raises(SignatureError):
         sign_result(KEY, **{**ARGS, "output_digest": b"\x01"})  # type: ignore[arg-type]
