@@ -388,11 +388,7 @@ class HubClient:
         Evaluated on the pending block by default: the reveal would be mined there, and the view
         answers false in the commit block itself.
         """
-        fn = self.contract.functions.auditDrawn(request_id)
-        try:
-            return bool(await fn.call(block_identifier=block))
-        except ContractLogicError as exc:
-            raise decode_revert(_revert_data(exc)) from exc
+        return bool(await self._view("auditDrawn", request_id, block=block))
 
     async def open_audit(self, request_id: int) -> TxResult:
         """Seat the auditor of a drawn r = 1 result (anyone): `AuditOpened`, or unaudited if none."""
