@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import math
 import os
 import re
@@ -174,6 +175,21 @@ def _associated_data(header: dict[str, Any]) -> bytes:
     return b"inferd-envelope\x00" + jcs_json(header)
 
 
+@functools.lru_cache(maxsize=4096)
+def _verified_key(public: bytes | str, address: str) -> bytes:
+    """`verify_public_key`, remembered: a gateway seals to the same few seats' keys on every
+    request, and the check (a curve point parse, keccak and two checksums) gave the same answer each
+    time. Keyed by the exact key and address given; a refusal raises and is not remembered."""
+    return verify_public_key(public, address)
+
+
+@functools.lru_cache(maxsize=16)
+def _own_address(secret: bytes) -> str:
+    """The address of a private key (a point multiplication and keccak), remembered per key: the
+    opener is the same wallet on every answer."""
+    return address_of_public_key(public_key_of(secret))
+
+
 def max_plaintext_bytes(recipients: int, limit: int = MAX_DOCUMENT_BYTES) -> int:
     """The largest plaintext whose envelope for `recipients` recipients is at most `limit` bytes."""
     entries = [{"address": "0x" + "0" * 40, "key": _b64(bytes(WRAPPED_KEY_BYTES))}] * recipients
@@ -186,7 +202,8 @@ def seal(
 ) -> bytes:
     """The canonical envelope of `plaintext` for `recipients` (address -> public key, any source).
 
-    Every public key is checked against its address first (`WrongPublicKey` from
+    Every public key is checked against its address first (remembered per key and address;
+    `WrongPublicKey` from
     `node.chain.pubkeys`); ValueError for no recipients, more than `MAX_RECIPIENTS`, an address
     given twice or a plaintext over 1 MiB; `EnvelopeTooLarge` for an envelope over `max_bytes`.
     """
@@ -196,7 +213,7 @@ def seal(
         raise DocumentTooLarge(len(plaintext))
     keys: dict[str, bytes] = {}
     for address, public in recipients.items():
-        key = verify_public_key(public, address)
+        key = _verified_key(public if isinstance(public, str) else bytes(public), address)
         normalized = address.lower()
         if normalized in keys:
             raise ValueError(f"recipient {address} is given twice")
@@ -254,7 +271,7 @@ def open_envelope(raw: bytes, private_key: bytes | str, address: str) -> bytes:
     `TamperedEnvelope` as the module docstring says. The caller then checks the plaintext's digest.
     """
     secret = bytes.fromhex(private_key.removeprefix("0x")) if isinstance(private_key, str) else private_key
-    own = address_of_public_key(public_key_of(secret))
+    own = _own_address(secret)
     if own.lower() != address.lower():
         raise ValueError(f"the private key belongs to {own}, not {address}")
     envelope = parse_envelope(raw)
