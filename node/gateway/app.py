@@ -527,16 +527,18 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_exception_handler(Exception, handle_unexpected)
 
+    envelopes = getattr(state.backend, "envelopes", None)
+    if envelopes is not None:  # sealed private inputs for their seats (node.gateway.private)
+        from node.gateway.private import EnvelopeRoutes, envelope_router
+
+        accept = getattr(state.backend, "accept_private_output", None)
+        app.add_middleware(EnvelopeRoutes, book=envelopes, accept=accept)  # inside _Observe: counted
+        app.include_router(envelope_router(envelopes, accept))
     app.add_middleware(_Observe, metrics=metrics)
 
     from node.content.trustless import trustless_router
 
     app.include_router(trustless_router(content_store))
-    envelopes = getattr(state.backend, "envelopes", None)
-    if envelopes is not None:  # sealed private inputs for their seats (node.gateway.private)
-        from node.gateway.private import envelope_router
-
-        app.include_router(envelope_router(envelopes, getattr(state.backend, "accept_private_output", None)))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, who: Authenticated) -> Response:

@@ -30,6 +30,7 @@ from typing import Final
 
 from eth_utils.address import is_checksum_address, to_checksum_address
 from fastapi import APIRouter, Request, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from node.chain.events import event_topic
 from node.chain.hub import HubClient
@@ -164,12 +165,108 @@ class EnvelopeBook:
         self._expected.pop(input_cid, None)
 
 
+_TEXT: Final = b"text/plain; charset=utf-8"
+
+
+async def _read_envelope_body(receive: Receive) -> bytes | None:
+    """A request body of at most `ENVELOPE_LIMITS.max_bytes`; None once it is larger (or the client
+    left), without reading the rest."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        body += message.get("body", b"")
+        if len(body) > ENVELOPE_LIMITS.max_bytes:
+            return None
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
+async def _envelope_answer(book: EnvelopeBook, cid: str) -> tuple[int, bytes, bytes]:
+    """`GET /envelope/{cid}`'s status, body and content type (both routes' one answer)."""
+    try:
+        key = normalize_cid(cid)
+    except (InvalidCID, ContentError):
+        return 400, b"malformed CID\n", _TEXT
+    data = await book.wait(key, ENVELOPE_WAIT_S)
+    if data is None:
+        return 404, b"no envelope for this input\n", _TEXT
+    return 200, data, b"application/json"
+
+
+class _RouteLabel:
+    """What `scope["route"]` needs to carry for the metrics: the route's path template."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+_GET_ROUTE: Final = _RouteLabel("/envelope/{cid}")
+_POST_ROUTE: Final = _RouteLabel("/envelope/output")
+
+
+class EnvelopeRoutes:
+    """The seats' envelope routes as a plain ASGI middleware, in front of FastAPI's router.
+
+    Two of the three HTTP requests of a private inference are a seat's `GET /envelope/{cid}` and
+    `POST /envelope/output`; through FastAPI's router, exception middleware and per-request
+    dependency machinery they cost about as much CPU as their work. Here they are answered with the
+    same checks as `envelope_router` (a CID that parses, the body cap read as it streams in, the
+    answer kept only if `accept` opens it for a request in flight) and the same statuses; anything
+    else (another method, path) goes on to the app, where `envelope_router` answers as before. Sits
+    inside the metrics middleware, which labels these requests by `scope["route"]` as the router
+    would.
+    """
+
+    def __init__(
+        self, app: ASGIApp, book: EnvelopeBook, accept: Callable[[bytes], bool] | None = None
+    ) -> None:
+        self.app = app
+        self.book = book
+        self.accept = accept
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path.startswith("/envelope/"):
+            method = scope["method"]
+            if method == "POST" and path == "/envelope/output" and self.accept is not None:
+                scope["route"] = _POST_ROUTE
+                body = await _read_envelope_body(receive)
+                if body is None:
+                    await _respond(send, 413, b"envelope too large\n", _TEXT)
+                    return
+                await _respond(send, 202 if self.accept(body) else 422, b"", None)
+                return
+            cid = path[len("/envelope/") :]
+            if method == "GET" and cid and "/" not in cid:
+                scope["route"] = _GET_ROUTE
+                status, data, media = await _envelope_answer(self.book, cid)
+                await _respond(send, status, data, media, no_store=status == 200)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, media: bytes | None, *, no_store: bool = False
+) -> None:
+    headers = [(b"content-length", str(len(body)).encode())]
+    if media is not None:
+        headers.append((b"content-type", media))
+    if no_store:
+        headers.append((b"cache-control", b"no-store"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def envelope_router(book: EnvelopeBook, desk_for: Callable[[bytes], bool] | None = None) -> APIRouter:
     """`GET /envelope/{input_cid}`: the newest envelope of a private input (404: none here).
 
     `POST /envelope/output` (with `desk_for`): a seat hands in its sealed answer, the path that
     works without the MQTT broker; `desk_for(envelope)` keeps it only if it opens with one of this
     gateway's wallet keys to an output of a private request in flight here (202), else 422.
+    The gateway answers both in `EnvelopeRoutes` before its router; these routes answer the rest
+    (a HEAD, another app that includes only this router).
     """
     router = APIRouter()
 
@@ -188,14 +285,9 @@ def envelope_router(book: EnvelopeBook, desk_for: Callable[[bytes], bool] | None
 
     @router.get("/envelope/{cid}")
     async def get_envelope(cid: str) -> Response:
-        try:
-            key = normalize_cid(cid)
-        except (InvalidCID, ContentError):
-            return Response("malformed CID\n", status_code=400, media_type="text/plain; charset=utf-8")
-        data = await book.wait(key, ENVELOPE_WAIT_S)
-        if data is None:
-            return Response("no envelope for this input\n", status_code=404, media_type="text/plain")
-        return Response(data, media_type="application/json", headers={"Cache-Control": "no-store"})
+        status, data, media = await _envelope_answer(book, cid)
+        headers = {"Cache-Control": "no-store"} if status == 200 else None
+        return Response(data, status_code=status, media_type=media.decode(), headers=headers)
 
     return router
 
@@ -383,6 +475,7 @@ def offer_heartbeat(keys: PublicKeys, topic: str, payload: bytes) -> bool:
 __all__ = [
     "MAX_PRIVATE_DOCUMENT_BYTES",
     "EnvelopeBook",
+    "EnvelopeRoutes",
     "PrivateDesk",
     "PrivateEntry",
     "PublicKeyUnavailable",
