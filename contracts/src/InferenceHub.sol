@@ -400,11 +400,14 @@ contract InferenceHub is HubStorage {
         }
     }
 
-    function activeMiners(bytes32 modelId) external view returns (address[] memory miners) {
+    /// @notice The model's active pool in draw order, each miner with the block it was activated in
+    ///         (a draw skips entries activated in or after the request's block): one read gives
+    ///         off-chain drawers (`node.chain.draw`) everything `_pick` uses.
+    function activeMiners(bytes32 modelId) external view returns (PoolEntry[] memory entries) {
         mapping(uint256 => PoolEntry) storage pool = _pool[modelId];
-        miners = new address[](_models[modelId].active);
-        for (uint256 i; i < miners.length; ++i) {
-            miners[i] = pool[i].miner;
+        entries = new PoolEntry[](_models[modelId].active);
+        for (uint256 i; i < entries.length; ++i) {
+            entries[i] = pool[i];
         }
     }
 

@@ -101,15 +101,17 @@ contract RegistryTest is HubBase {
         assertEq(hub.getModel(m1).activeMinerCount, 3);
         vm.prank(a);
         hub.requestExit(); // c moves into a's place
-        address[] memory pool = hub.activeMiners(m1);
+        uint256 cSince = hub.getMiner(c).activeSince;
+        HubStorage.PoolEntry[] memory pool = hub.activeMiners(m1);
         assertEq(pool.length, 2);
-        assertEq(pool[0], c);
-        assertEq(pool[1], b);
+        assertEq(pool[0].miner, c);
+        assertEq(pool[0].since, cSince); // the moved entry keeps its activation block
+        assertEq(pool[1].miner, b);
         vm.prank(b);
         hub.requestExit(); // the last entry leaves
         pool = hub.activeMiners(m1);
         assertEq(pool.length, 1);
-        assertEq(pool[0], c);
+        assertEq(pool[0].miner, c);
         assertEq(hub.getModel(m1).activeMinerCount, 1);
         assertTrue(hub.getMiner(c).active);
         // the moved miner still leaves cleanly

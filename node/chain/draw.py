@@ -117,9 +117,7 @@ def draw_seats(
 
 async def pool_at(hub: HubClient, model: bytes, block: int) -> list[PoolEntry]:
     """The model's active pool, in the hub's order, as of the end of `block`."""
-    miners = await hub.active_miners(model, block=block)
-    infos = await asyncio.gather(*(hub.get_miner(miner, block=block) for miner in miners))
-    return [PoolEntry(miner=m, since=info.active_since) for m, info in zip(miners, infos, strict=True)]
+    return [PoolEntry(miner=m, since=since) for m, since in await hub.active_pool(model, block=block)]
 
 
 async def seats_for(hub: HubClient, model: bytes, r: int, request_id: int, request_block: int) -> list[str]:

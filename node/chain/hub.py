@@ -487,7 +487,13 @@ class HubClient:
 
     async def active_miners(self, model: bytes, *, block: BlockIdentifier = "latest") -> list[str]:
         """The model's active pool in the hub's order (the draw's positions), as of `block`."""
-        return [checksum(a) for a in await self._view("activeMiners", model, block=block)]
+        return [miner for miner, _ in await self.active_pool(model, block=block)]
+
+    async def active_pool(self, model: bytes, *, block: BlockIdentifier = "latest") -> list[tuple[str, int]]:
+        """The model's active pool in the hub's order, each miner with its activation block, as of
+        `block`: what the hub's draw (`_pick`) reads, in one call."""
+        entries = await self._view("activeMiners", model, block=block)
+        return [(checksum(miner), int(since)) for miner, since in entries]
 
     async def get_miner(self, address: str, *, block: BlockIdentifier = "latest") -> MinerInfo:
         addr = checksum(address)

@@ -6,8 +6,6 @@ tests/integration/test_seat_draw.py."""
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
-from typing import Any
 
 from node.chain.draw import SeatDraw
 
@@ -15,19 +13,15 @@ MINERS = ["0x" + f"{i:040x}" for i in range(1, 4)]
 
 
 class CountingHub:
-    """The two views `pool_at` reads, counting calls; each read yields to the loop first."""
+    """The view `pool_at` reads, counting calls; each read yields to the loop first."""
 
     def __init__(self) -> None:
         self.reads = 0
 
-    async def active_miners(self, model: bytes, block: int | None = None) -> list[str]:
+    async def active_pool(self, model: bytes, block: int | None = None) -> list[tuple[str, int]]:
         self.reads += 1
         await asyncio.sleep(0)
-        return MINERS
-
-    async def get_miner(self, miner: str, block: int | None = None) -> Any:
-        await asyncio.sleep(0)
-        return SimpleNamespace(active_since=1)
+        return [(m, 1) for m in MINERS]
 
 
 async def test_the_draws_of_one_block_share_one_pool_read() -> None:
