@@ -134,6 +134,7 @@ class Submitter:
         self._fresh: set[int] = set()
         self._audits_opened: set[int] = set()
         self._busy: set[int] = set()  # ids in a batch being checked or sent: never two at once
+        self._waiting: set[int] = set()  # ids found busy: enqueued again once their holder lets go
         self._collector = BatchCollector(self._queue, batch_max=batch_max, wait_s=batch_wait_s, busy=busy)
         self.votes = Votes(
             journal=journal, hub=hub, sender=sender, miner=miner, metrics=metrics, extra_gas=TRANSITION_GAS,
@@ -295,15 +296,23 @@ class Submitter:
     # ------------------------------------------------------------------ sending
 
     async def _submit_batch(self, ids: list[int]) -> None:
-        busy = [rid for rid in ids if rid in self._busy]
-        if busy:  # another batch is checking or sending these: look again once it is done
-            self._requeue_later(busy, 0.5)
+        # Another batch is checking or sending some of these (e.g. the follower delivered our
+        # ResultCommitted while the commit's receipt was on its way): look again once it is done.
+        self._waiting.update(rid for rid in ids if rid in self._busy)
         ids = [rid for rid in ids if rid not in self._busy]
         self._busy.update(ids)
         try:
             await self._check_and_send(ids)
         finally:
-            self._busy.difference_update(ids)
+            self._release(ids)
+
+    def _release(self, ids: Sequence[int]) -> None:
+        """Let go of ids claimed by a batch; those another batch found busy are enqueued again."""
+        self._busy.difference_update(ids)
+        for rid in ids:
+            if rid in self._waiting:
+                self._waiting.discard(rid)
+                self.enqueue(rid)
 
     async def _check_and_send(self, ids: list[int]) -> None:
         head = int(await self._retry_head())
@@ -548,7 +557,7 @@ class Submitter:
             try:
                 await self._reveal_root(record, mark, self._own_draws(record.ids, mark, head))
             finally:
-                self._busy.difference_update(extra)
+                self._release(extra)
 
     async def _reveal_root(self, record: BatchRecord, mark: int, drawn: Mapping[int, bool] | None) -> None:
         """`drawn`: each id's audit draw from our commit receipt; None: the chain's `auditDrawn`."""
@@ -586,12 +595,14 @@ class Submitter:
                 continue
             current = self.journal.get(rid) or job
             if current.state in COMMIT_STATES:
-                self.journal.mark_committed(rid, block, done[rid])
-                if single and block_hash is not None and job.role == Role.ASSIGNEE:
-                    # an r = 1 seat's commit from phase Assigned: Reveal now, marked at this block
-                    self._own_commits[rid] = OwnCommit(block, block_hash)
-                    while len(self._own_commits) > OWN_COMMITS_KEPT:
-                        del self._own_commits[next(iter(self._own_commits))]
+                current = self.journal.mark_committed(rid, block, done[rid])
+            # The follower may have marked it committed from the same block's ResultCommitted first.
+            ours = current.state == JobState.COMMITTED and current.commit_block == block
+            if ours and single and block_hash is not None and job.role == Role.ASSIGNEE:
+                # an r = 1 seat's commit from phase Assigned: Reveal now, marked at this block
+                self._own_commits[rid] = OwnCommit(block, block_hash)
+                while len(self._own_commits) > OWN_COMMITS_KEPT:
+                    del self._own_commits[next(iter(self._own_commits))]
             self.enqueue(rid)  # the reveal: the chain check says when (now, or after RevealOpened)
 
     def _after_reveal(
