@@ -258,14 +258,17 @@ class LogFollower(Generic[T]):
         params: dict[str, Any] = {"address": self.address, "fromBlock": hex(frm), "toBlock": hex(to)}
         if self.topics is not None:
             params["topics"] = hex_param(self.topics)
+        if to_hash is None:
+            return None  # `to` is gone already; the next step sees the reorg
         logs = list(await rpc(self.w3, "eth_getLogs", [params]) or [])
-        if to_hash is None or await self._block_hash(to) != to_hash:
-            return None  # the chain moved under us; the next step sees the reorg
+        # A reorg between the hash read and the logs shows as a log whose block hash differs from
+        # the one read (retry now) or, for a block without logs, at the next step's reorg check of
+        # `to` (rewind and re-read: consumers are idempotent). No second read of `to` is needed.
         hashes: dict[int, str] = {to: to_hash}
         for entry in logs:
             n, h = quantity(entry["blockNumber"]), _hex(entry["blockHash"])
             if hashes.setdefault(n, h) != h:
-                return None  # logs from two forks in one answer: retry
+                return None  # logs from two forks in one answer, or a log not on `to`'s fork: retry
         timestamps = await self._timestamps(logs)
         events = [ev for ev in map(self._decode, logs) if ev is not None]
         self._pending_save = (to, hashes)
