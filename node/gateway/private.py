@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,12 +31,15 @@ from typing import Final
 
 from eth_utils.address import is_checksum_address, to_checksum_address
 from fastapi import APIRouter, Request, Response
+from pydantic import TypeAdapter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from node.chain.events import event_topic
 from node.chain.hub import HubClient
 from node.chain.pubkeys import WrongPublicKey, public_key_of, recover_public_key_from_tx, verify_public_key
+from node.content.canonical import DOCUMENT_VERSION_3, jcs_json
 from node.content.cid import digest_of, digest_to_cid, normalize_cid
+from node.content.doc_parts import PublicKeyHex, Salt
 from node.content.documents import InputDocument, parse_output_document, to_canonical_bytes
 from node.content.envelope import (
     ENVELOPE_LIMITS,
@@ -298,16 +302,36 @@ block (base64 costs 4/3) when sealed to as many seats as an envelope can name, s
 committee drawn later makes the gateway seal it again to more recipients."""
 
 
-def make_private(document: InputDocument, reply_to: bytes) -> tuple[InputDocument, bytes]:
+_SALT: Final = TypeAdapter(Salt)
+_REPLY_TO: Final = TypeAdapter(PublicKeyHex)
+
+
+def make_private(
+    document: InputDocument, reply_to: bytes, document_bytes: bytes | None = None
+) -> tuple[InputDocument, bytes]:
     """`document` as a private document (fresh salt, `reply_to` = the requester's public key).
+
+    `document_bytes`, when given, are `document`'s canonical bytes as the request was parsed with
+    (`node.gateway.schemas`: validated and encoded once). A version-3 document then is not
+    validated and encoded a second time: it passed every check of its version, and only the two
+    private fields are new, so they are checked (format, both set, `v` 3) and added to its data,
+    which is encoded again as RFC 8785 (with its number check), the same bytes as encoding the
+    private model. Otherwise the private document is validated and encoded from the model.
 
     `InvalidRequest` (400, before anything is paid) for a document whose envelope would not fit a
     block (`MAX_PRIVATE_DOCUMENT_BYTES`): found later, the request would be on chain with an input
     no seat can ever read.
     """
-    private = document.model_copy(update={"v": 3, "salt": private_salt(), "reply_to": reply_to.hex()})
-    private = type(document).model_validate(private.model_dump())  # re-run the cross-field checks
-    data = to_canonical_bytes(private)
+    salt, reply_hex = private_salt(), reply_to.hex()
+    update = {"v": DOCUMENT_VERSION_3, "salt": salt, "reply_to": reply_hex}
+    private = document.model_copy(update=update)
+    if document_bytes is not None and document.v == DOCUMENT_VERSION_3 and document.salt is None:
+        _SALT.validate_python(salt)  # the checks the private fields get from the model
+        _REPLY_TO.validate_python(reply_hex)
+        data = jcs_json(json.loads(document_bytes) | {"salt": salt, "reply_to": reply_hex})
+    else:
+        private = type(document).model_validate(private.model_dump())  # re-run the cross-field checks
+        data = to_canonical_bytes(private)
     if len(data) > MAX_PRIVATE_DOCUMENT_BYTES:
         raise InvalidRequest(
             f"The input document is {len(data)} bytes: a private request's input (the default of this "

@@ -188,7 +188,7 @@ class Requester:
         chain_id = link.chain_id
         desk = link.private if private else None
         if desk is not None:  # never stored in plaintext: sealed to the seats once they are known
-            document, document_bytes = make_private(document, desk.public_key)
+            document, document_bytes = make_private(document, desk.public_key, document_bytes)
             input_cid = digest_to_cid(digest_of(document_bytes))
         else:
             try:

@@ -1,14 +1,27 @@
-"""The seats' envelope routes answered in front of FastAPI's router (`EnvelopeRoutes`): the same
-statuses, headers and checks as `envelope_router`, and the rest of the app untouched."""
+"""The gateway's cheaper private-request paths: the seats' envelope routes answered in front of
+FastAPI's router (`EnvelopeRoutes`: the same statuses, headers and checks as `envelope_router`, the
+rest of the app untouched), and a parsed request made private without a second validation."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from node.content.cid import digest_of, digest_to_cid
+from node.content.documents import to_canonical_bytes, validate_input_document
 from node.content.envelope import ENVELOPE_LIMITS
-from node.gateway.private import EnvelopeBook, EnvelopeRoutes, envelope_router
+from node.gateway.errors import InvalidRequest
+from node.gateway.private import (
+    MAX_PRIVATE_DOCUMENT_BYTES,
+    EnvelopeBook,
+    EnvelopeRoutes,
+    envelope_router,
+    make_private,
+)
+from node.gateway.schemas import parse_chat_request
 
 
 def _client(book: EnvelopeBook, accepted: list[bytes]) -> TestClient:
@@ -49,3 +62,23 @@ def test_envelope_routes_answer_like_the_router() -> None:
     assert client.get("/other").json() == {"ok": "yes"}
     assert client.get("/envelope/a/b").status_code == 404  # not an envelope route: the app's 404
     assert client.put(f"/envelope/{cid}").status_code == 405  # the router's answer, as before
+
+
+def test_make_private_from_the_parsed_bytes_is_the_private_models_encoding() -> None:
+    """A request parsed once (`parse_chat_request`) is made private from its bytes: the same bytes as
+    validating and encoding the private document, and a document that does not fit is still refused."""
+    reply_to = bytes(range(64))
+    unicode = "é 🙂 \u2028 " * 3
+    for body in (
+        {"model": "m", "messages": [{"role": "user", "content": unicode}], "max_tokens": 8, "seed": 7},
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.7, "top_p": 1e-7},
+    ):
+        parsed = parse_chat_request(body)
+        private, data = make_private(parsed.document, reply_to, parsed.document_bytes)
+        assert private.v == 3 and private.reply_to == reply_to.hex() and private.salt is not None
+        assert data == to_canonical_bytes(validate_input_document(json.loads(data)))
+        assert data == to_canonical_bytes(private)
+    big = {"model": "m", "messages": [{"role": "user", "content": "x" * MAX_PRIVATE_DOCUMENT_BYTES}]}
+    parsed = parse_chat_request(big)
+    with pytest.raises(InvalidRequest):
+        make_private(parsed.document, reply_to, parsed.document_bytes)
