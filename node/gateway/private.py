@@ -172,17 +172,17 @@ class EnvelopeBook:
 _TEXT: Final = b"text/plain; charset=utf-8"
 
 
-async def _read_envelope_body(receive: Receive) -> bytes | None:
-    """A request body of at most `ENVELOPE_LIMITS.max_bytes`; None once it is larger (or the client
-    left), without reading the rest."""
+async def _read_envelope_body(receive: Receive) -> bytes | bool:
+    """A request body of at most `ENVELOPE_LIMITS.max_bytes`; True once it is larger (the rest is
+    not read), False if the client left first."""
     body = bytearray()
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            return None
+            return False
         body += message.get("body", b"")
         if len(body) > ENVELOPE_LIMITS.max_bytes:
-            return None
+            return True
         if not message.get("more_body", False):
             return bytes(body)
 
@@ -237,8 +237,9 @@ class EnvelopeRoutes:
             if method == "POST" and path == "/envelope/output" and self.accept is not None:
                 scope["route"] = _POST_ROUTE
                 body = await _read_envelope_body(receive)
-                if body is None:
+                if body is True:
                     await _respond(send, 413, b"envelope too large\n", _TEXT)
+                if not isinstance(body, bytes):  # too large, or nobody left to answer
                     return
                 await _respond(send, 202 if self.accept(body) else 422, b"", None)
                 return

@@ -82,3 +82,28 @@ def test_make_private_from_the_parsed_bytes_is_the_private_models_encoding() -> 
     parsed = parse_chat_request(big)
     with pytest.raises(InvalidRequest):
         make_private(parsed.document, reply_to, parsed.document_bytes)
+
+
+async def test_a_seat_that_leaves_mid_answer_is_not_answered() -> None:
+    accepted: list[bytes] = []
+
+    def accept(body: bytes) -> bool:
+        accepted.append(body)
+        return True
+
+    routes = EnvelopeRoutes(_client(EnvelopeBook(), accepted).app, EnvelopeBook(), accept)
+    messages: list[dict[str, object]] = [
+        {"type": "http.request", "body": b"part", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[object] = []
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    async def send(message: object) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/envelope/output", "headers": []}
+    await routes(scope, receive, send)  # type: ignore[arg-type]
+    assert sent == [] and accepted == []  # nothing half-read reaches the desk; no one to answer
