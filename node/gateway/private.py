@@ -5,8 +5,9 @@ public key, so answers are sealed to the requester). Its plaintext is never put 
 the gateway keeps it in memory (`PrivateDesk`) until the request ends and, whenever the chain names a
 seat (`InferenceAssigned`, `AuditOpened`'s auditor, `CommitteeOpened`'s members), seals it again to
 every seat so far (`node.content.envelope.seal`), stores the envelope and serves the newest one at
-`GET /envelope/{input_cid}` (`envelope_router`: ciphertext, no auth, bounded). The raw block route
-then answers 404 for the input CID, since the plaintext block does not exist anywhere.
+`GET /envelope/{input_cid}` (`EnvelopeRoutes` in front of the app's router, `envelope_router` for
+the rest: ciphertext, no auth, bounded). The raw block route then answers 404 for the input CID,
+since the plaintext block does not exist anywhere.
 
 Seats' public keys (`PublicKeys`) are accepted from any source because they authenticate
 themselves (`node.chain.pubkeys`: keccak(key)[12:] == address): offered by a miner's MQTT heartbeat
