@@ -141,3 +141,21 @@ async def test_fake_engine_miner_refuses_a_chain_that_is_not_the_devnets(tmp_pat
             await build_daemon(Settings(data_dir=tmp_path, chain=chain), FakeEngine(), fake_engine=True)
     finally:
         node.stop()
+
+
+def test_anvil_keeps_its_historical_states_in_its_own_folder_and_removes_them(tmp_path: Path) -> None:
+    """States an anvil writes to disk live under its log folder, bounded, and go when it stops (not in
+    the shared `~/.foundry/anvil/tmp`, where every stopped anvil left gigabytes)."""
+    import httpx
+
+    node = anvil_process(tmp_path)
+    assert node.state_cache is not None and node.state_cache.parent == tmp_path
+    assert "--max-persisted-states" in node.argv
+    node.start()
+    try:
+        mine = {"jsonrpc": "2.0", "id": 1, "method": "anvil_mine", "params": [hex(1500)]}
+        assert "result" in httpx.post(node.rpc_url, json=mine, timeout=60).json()
+        assert node.state_cache.exists()  # states beyond those kept in memory went here
+    finally:
+        node.stop()
+    assert not node.state_cache.exists()
