@@ -217,6 +217,7 @@ class MinerDaemon:
             busy=lambda: len(self._running),  # results about to be ready: worth waiting for
             redundancy=lambda: self.model.redundancy if self.model is not None else None,
             audit_bps=lambda: self.model.audit_bps if self.model is not None else None,
+            head=lambda: self._head,
         )
         self.follower: LogFollower[MinerEvent] | None = None
         self.ops: OpsServer | None = None

@@ -21,7 +21,9 @@ our own r = 1 commit receipt: that receipt put the request in phase Reveal with 
 its mark, and the audit draw is `hubview.audit_draw` over the receipt's block hash and the model's
 auditBps (registered once, never changed). Either way the transaction's gas estimate still runs
 the contract's checks; a job whose estimate reverts, a reorg of the commit block, a restart, a
-retry all go through the chain check.
+retry all go through the chain check. A batch is checked against the latest head this process saw
+(follower, sweeper, our receipts), not an eth_blockNumber per batch: a head a block behind only
+errs towards sending, and a job whose estimate then reverts is checked against the chain's head.
 
 `commitMany`/`revealMany` are atomic, so a batch whose estimate reverts (a race with a deadline) is
 split into single transactions.
@@ -115,6 +117,7 @@ class Submitter:
         busy: Callable[[], int] | None = None,
         redundancy: Callable[[], int | None] | None = None,
         audit_bps: Callable[[], int | None] | None = None,
+        head: Callable[[], int] | None = None,
     ) -> None:
         self.journal = journal
         self.hub = hub
@@ -126,6 +129,8 @@ class Submitter:
         self.on_settled = on_settled
         self.redundancy = redundancy or (lambda: None)  # the model's r: 1 lets assignees use roots
         self.audit_bps = audit_bps or (lambda: None)  # the model's: None keeps every reveal on chain
+        self.head = head  # the latest block the daemon saw (follower, sweeper); None: ask the chain
+        self._receipt_head = 0  # the latest block of our own receipts (the follower may lag it)
         self._own_commits: dict[int, OwnCommit] = {}
         self._queue: asyncio.Queue[int] = asyncio.Queue()
         self._queued: set[int] = set()
@@ -166,6 +171,7 @@ class Submitter:
         """Forget our commit receipts from replaced blocks: their jobs go through the chain check."""
         for rid in [r for r, own in self._own_commits.items() if own.block >= fork_block]:
             del self._own_commits[rid]
+        self._receipt_head = min(self._receipt_head, fork_block - 1)
 
     async def run(self) -> None:
         """Collect batches forever; cancel to stop (in-flight batches are awaited by `drain`)."""
@@ -315,7 +321,7 @@ class Submitter:
                 self.enqueue(rid)
 
     async def _check_and_send(self, ids: list[int]) -> None:
-        head = int(await self._retry_head())
+        head = await self._batch_head()
         commits: list[Job] = []
         reveals: list[Job] = []
         rooted: list[tuple[Job, int]] = []
@@ -367,6 +373,14 @@ class Submitter:
             await self._send(reveals, JobState.REVEALING)
         if rooted:
             await self._reveal_roots(rooted, set(ids), head)
+
+    async def _batch_head(self) -> int:
+        """The head a batch is checked against: the latest block this process saw (the follower's,
+        the sweeper's, our receipts'), without an eth_blockNumber per batch. It may lag the chain by
+        a block or two, which only errs towards trying: a commit or reveal past its window fails its
+        gas estimate, and that job is checked again against the chain's head (`_retry_head`)."""
+        known = max(self.head(), self._receipt_head) if self.head is not None else 0
+        return known if known > 0 else await self._retry_head()
 
     async def _retry_head(self) -> int:
         delay = 0.2
@@ -472,6 +486,7 @@ class Submitter:
             self._requeue_later(ids, 2.0)
             return
         block = int(receipt["blockNumber"])
+        self._receipt_head = max(self._receipt_head, block)
         gas = int(receipt.get("gasUsed", 0))
         self.metrics.txs.labels("ok").inc()
         self.metrics.tx_gas.inc(gas)

@@ -1,9 +1,10 @@
-"""The submitter's own-receipt reveal: no chain check when the follower marked the commit first.
+"""The submitter without a chain read: the reveal after our own commit receipt, the batch head.
 
 Under load the log follower often delivers our `ResultCommitted` (and marks the job committed)
 before the commit transaction's receipt reaches the submitter. The receipt still proves the r = 1
 commit and its block, so the reveal that follows is judged from it (`_own_verdict`) and not by a
-`getRequest` + `auditDrawn` per job. A hub that is never asked stands in for the chain.
+`getRequest` + `auditDrawn` per job. A batch is checked against the latest head the process saw
+(no eth_blockNumber per batch). A hub that is never asked stands in for the chain.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ class NoChain:
         raise AssertionError(f"the chain was asked ({name})")
 
 
-def submitter(journal: Journal, audit_bps: int) -> Submitter:
+def submitter(journal: Journal, audit_bps: int, head: int = 0) -> Submitter:
     hub: Any = NoChain()
     return Submitter(
         journal=journal, hub=hub, sender=hub, miner=ME, metrics=MinerMetrics(include_default=False),
         batch_max=8, batch_wait_s=0.1, redundancy=lambda: 1, audit_bps=lambda: audit_bps,
+        head=lambda: head,
     )  # fmt: skip
 
 
@@ -81,3 +83,12 @@ async def test_an_id_found_busy_is_enqueued_when_its_batch_lets_go(tmp_path: Pat
     sub._waiting.add(4)  # a second batch found it busy
     sub._release([4])
     assert sub.pending == 1 and not sub._waiting
+
+
+async def test_a_batch_is_checked_against_the_latest_head_seen(tmp_path: Path) -> None:
+    sub = submitter(Journal(tmp_path / "j.sqlite"), 0, head=BLOCK)
+    assert await sub._batch_head() == BLOCK  # the daemon's head: no eth_blockNumber
+    sub._receipt_head = BLOCK + 2  # our receipt is ahead of the follower
+    assert await sub._batch_head() == BLOCK + 2
+    sub.on_reorg(BLOCK + 1)  # that receipt's block was replaced
+    assert await sub._batch_head() == BLOCK
