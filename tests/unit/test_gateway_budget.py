@@ -23,12 +23,13 @@ from node.chain.hub import HubClient
 from node.chain.sender import TxFeeCapExceeded, TxSender
 from node.config import load_settings
 from node.devnet.processes import Anvil
-from node.gateway.app import GatewayState, create_app
+from node.gateway.app import create_app
 from node.gateway.auth import KeyStore
 from node.gateway.budget import TOTAL, Budget, SpendLedger
 from node.gateway.errors import GatewayBudgetExhausted, InsufficientQuota
 from node.gateway.ratelimit import ConcurrencyLimiter
 from node.gateway.server import GatewayServer
+from node.gateway.state import GatewayState
 from node.log import configure_logging
 from node.miner.testing import deploy_dev_hub
 from tests.gateway_on_anvil import hold_assign
