@@ -382,6 +382,9 @@ class PrivateDesk:
         self._opened: OrderedDict[bytes, bytes] = OrderedDict()
         """Recently opened answers by their envelope's sha256: a seat sends each one twice (MQTT, then
         `POST /envelope/output`), and the second needs no ECIES again."""
+        self._ended: OrderedDict[tuple[int, int], None] = OrderedDict()
+        """Private requests forgotten once final or refunded (plaintext dropped): a seat's MQTT result
+        can arrive after the chain finalized (a fast chain), and is still sealed; see `ended`."""
 
     def register(self, key: tuple[int, int], input_cid: str, plaintext: bytes, salt: str) -> None:
         self._chains.add(key[0])
@@ -396,10 +399,18 @@ class PrivateDesk:
         return self._entries.get(key)
 
     def forget(self, key: tuple[int, int]) -> None:
+        """Drop an ended request's plaintext and envelope; remember (bounded) that it was private."""
         entry = self._entries.pop(key, None)
         self._locks.pop(key, None)
         if entry is not None:
             self.book.drop(entry.input_cid)
+            self._ended[key] = None
+            while len(self._ended) > MAX_PRIVATE_REQUESTS:
+                self._ended.popitem(last=False)
+
+    def ended(self, key: tuple[int, int]) -> bool:
+        """Whether `key` was a private request of ours that has ended (its late answers are sealed)."""
+        return key in self._ended
 
     async def add_seats(self, key: tuple[int, int], seats: tuple[str, ...], hub: HubClient) -> bool:
         """Seal the input to every seat so far (plus new `seats`) and publish the envelope.

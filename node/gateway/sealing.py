@@ -83,14 +83,18 @@ class Sealer:
     def open(self, msg: Routed) -> Routed | None:
         """A private request's MQTT result or delta, opened (None: not ours to open, dropped)."""
         link = self.links.get(msg.chain_id)
-        entry = link.private.get((msg.chain_id, msg.request_id)) if link and link.private else None
-        if entry is None or link is None or link.private is None:
+        desk = link.private if link is not None else None
+        if desk is None:
             return msg
-        if msg.result is not None:
-            plain = link.private.open_output(msg.result.output_bytes)
-            if plain is None:
-                return None
-            return replace(msg, result=replace(msg.result, output_bytes=plain))
+        key = (msg.chain_id, msg.request_id)
+        entry = desk.get(key)
+        if entry is None and not desk.ended(key):
+            return msg  # not a private request of ours
+        if msg.result is not None:  # after the end too: a result that lost the race to the chain
+            plain = desk.open_output(msg.result.output_bytes)
+            return None if plain is None else replace(msg, result=replace(msg.result, output_bytes=plain))
+        if entry is None:
+            return None  # a delta after the end: nobody streams it any more
         if msg.delta is not None and msg.delta.sealed is not None:
             d = msg.delta
             try:

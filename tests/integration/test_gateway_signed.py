@@ -57,6 +57,8 @@ class Net:
     store: LocalStore
     http: httpx.AsyncClient
     backend: ChainBackend
+    submissions: asyncio.Event
+    """Set: the miner's submitter sends; cleared by a test, its commits wait (nothing else does)."""
 
     @property
     def hub(self) -> str:
@@ -68,6 +70,18 @@ async def until(what: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) ->
     while not await what():
         assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
         await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def commits_held(net: Net) -> AsyncIterator[None]:
+    """The miner sends no commit inside this block. In one process on automine its commit and
+    reveal can settle before the gateway's loop reads the MQTT result; the answer is then `final`
+    (also correct), and a test of the answer before settlement would prove nothing."""
+    net.submissions.clear()
+    try:
+        yield
+    finally:
+        net.submissions.set()
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +103,15 @@ async def net(
         broker_url=mosquitto.url,
         config=DaemonConfig(chain_id=31337, poll_interval_s=0.1, batch_wait_s=0.02, sweep_interval_s=0.5),
     )  # fmt: skip
+    submissions = asyncio.Event()
+    submissions.set()
+    submit_batch = daemon.submitter._submit_batch
+
+    async def gated(ids: list[int]) -> None:
+        await submissions.wait()
+        await submit_batch(ids)
+
+    daemon.submitter._submit_batch = gated  # type: ignore[method-assign]
     stop = asyncio.Event()
     miner_task = asyncio.create_task(daemon.run(stop))
     settings = load_settings(
@@ -108,7 +131,7 @@ async def net(
         async with httpx.AsyncClient(
             base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=90
         ) as http:
-            yield Net(owner, manual, mosquitto, store, http, backend)
+            yield Net(owner, manual, mosquitto, store, http, backend, submissions)
     finally:
         await server.stop()
         stop.set()
@@ -118,7 +141,9 @@ async def net(
 
 
 async def test_answered_on_the_signature_then_final(net: Net) -> None:
-    reply = await net.http.post("/v1/chat/completions", json={"model": MODEL, **CHAT})
+    """The answer comes before settlement (the miner's commit waits for it: `commits_held`)."""
+    async with commits_held(net):
+        reply = await net.http.post("/v1/chat/completions", json={"model": MODEL, **CHAT})
     assert reply.status_code == 200, reply.text
     body = reply.json()
     od = body["onchain_data"]
@@ -145,7 +170,7 @@ async def test_answered_on_the_signature_then_final(net: Net) -> None:
 
 async def test_a_stream_ends_on_the_signed_result(net: Net) -> None:
     body = {"model": MODEL, **CHAT, "stream": True, "stream_options": {"include_usage": True}}
-    async with net.http.stream("POST", "/v1/chat/completions", json=body) as reply:
+    async with commits_held(net), net.http.stream("POST", "/v1/chat/completions", json=body) as reply:
         assert reply.status_code == 200
         events = [line[6:] async for line in reply.aiter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"

@@ -40,8 +40,9 @@ from node.content.errors import ContentError, DocumentError, InputUnavailable
 from node.content.local import LocalStore
 from node.content.salt import output_salt, private_salt
 from node.devnet.processes import Anvil
+from node.gateway.early import ResultMessage
 from node.gateway.errors import InvalidRequest
-from node.gateway.mqtt import delta_of
+from node.gateway.mqtt import Routed, delta_of
 from node.gateway.private import (
     MAX_PRIVATE_DOCUMENT_BYTES,
     EnvelopeBook,
@@ -53,6 +54,8 @@ from node.gateway.private import (
     make_private,
     offer_heartbeat,
 )
+from node.gateway.records import Delta
+from node.gateway.sealing import Sealer
 from node.miner.pipeline import Pipeline
 from node.miner.private import (
     INPUT_TAMPERED,
@@ -63,6 +66,7 @@ from node.miner.private import (
     seal_delta,
 )
 from node.miner.testing import FakeEngine
+from node.supervise import Supervisor
 
 MARKER = "zebra-marker-7731"
 MINER_A, MINER_B, OUTSIDER, REQUESTER = (
@@ -418,3 +422,24 @@ async def test_the_gateway_seals_to_each_seat_the_chain_names_then_forgets(tmp_p
     assert OUTSIDER.address.lower() in voters  # a voter re-executes the input
     backend._private_event(31337, InferenceFinalized(5, digest, ref))
     assert backend.envelopes.get(cid) is None and link.private.get((31337, 5)) is None
+
+
+async def test_a_sealed_result_that_arrives_after_the_end_is_still_opened(tmp_path: Path) -> None:
+    """A seat's MQTT result can reach the gateway after the chain finalized its request (a fast chain)
+    and the desk forgot the plaintext: it is opened all the same (not rejected as a digest mismatch),
+    a late delta is dropped, and a request that was never private here passes untouched."""
+    doc, data = _private_doc()
+    desk = PrivateDesk(LocalStore(tmp_path / "gw"), _key(REQUESTER), PublicKeys(), EnvelopeBook())
+    sealer = Sealer({1: SimpleNamespace(private=desk, chain_id=1)}, Supervisor("test"))  # type: ignore[dict-item]
+    desk.register((1, 7), digest_to_cid(digest_of(data)), data, doc.salt or "")
+    desk.forget((1, 7))
+    assert desk.get((1, 7)) is None and desk.ended((1, 7))
+    answer = seal(b'{"late":1}', {REQUESTER.address: public_key_of(_key(REQUESTER))})
+    hub, miner = "0x" + "22" * 20, MINER_A.address
+    late = Routed(1, hub, 7, miner, result=ResultMessage(answer, "0x00", miner))
+    opened = sealer.open(late)
+    assert opened is not None and opened.result is not None and opened.result.output_bytes == b'{"late":1}'
+    delta = Routed(1, hub, 7, miner, delta=Delta(0, 0, "", miner, sealed="x"))
+    assert sealer.open(delta) is None
+    public = Routed(1, hub, 8, miner, result=ResultMessage(b"{}", "0x00", miner))
+    assert sealer.open(public) is public
