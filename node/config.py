@@ -186,6 +186,10 @@ class GatewaySettings(BaseModel):
     request_batch_slots: int = Field(default=1, ge=1, le=16)
     """Request transactions per model on their way at once; requests that arrive while all are on
     their way wait for the next and share it. More slots: less waiting, fuller blocks, smaller batches."""
+    request_batch_wait_s: float = Field(default=0.25, ge=0, le=10)
+    """How long a request waits for a free slot at most before its batch goes out beside those on
+    their way (`node.gateway.batcher`): on a chain with a block time it still makes the next block.
+    0 turns the bound off (a request waits for a slot however long)."""
     require_auth: bool = True
     redis_url: SecretStr | None = None
     """`redis://[:password@]host:port/db`: several gateways share rate limits, in-flight slots, spend

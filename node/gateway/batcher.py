@@ -22,8 +22,16 @@ may still be mined), or a mined revert (`TxReverted`: its estimate passed, so th
 not the content, changed; and its gas is spent). A caller that goes away before its batch is sent
 is left out of it (nothing is paid for it).
 
-`max_batch` (≤ `MAX_BATCH`) and `max_in_flight` come from `gateway.request_batch_max` and
-`gateway.request_batch_slots`.
+**A bounded wait** (`max_wait_s`, `gateway.request_batch_wait_s`, 0.25 s): a request waits for a free
+slot at most that long; then its batch goes out beside those on their way (at most `OVERFLOW_SLOTS`
+more). On automine a transaction is mined within milliseconds, so a slot frees first and nothing
+changes. On a chain with a block time a slot frees only when a block is mined: without the bound, a
+request that arrived just after a batch was sent waited for that block, then for the next one (a
+whole block more); with it, it still makes the next block, and the requests of one block share a
+few transactions (at most one per `max_wait_s`) instead of one.
+
+`max_batch` (≤ `MAX_BATCH`), `max_in_flight` and `max_wait_s` come from `gateway.request_batch_max`,
+`gateway.request_batch_slots` and `gateway.request_batch_wait_s`.
 
 `SharedCall` lets the callers of one batch share the `assign` transaction that materialises their
 seats, instead of sending one each. `next_mined` hands out the transaction on its way (every request
@@ -79,6 +87,10 @@ SendBatch = Callable[[Sequence[BatchItem]], Awaitable[Any]]
 the caller-facing error on failure."""
 
 
+OVERFLOW_SLOTS = 8
+"""Request transactions a model may have on its way beyond `max_in_flight`, sent by the wait bound."""
+
+
 SPLIT_ON = frozenset({"ZeroDigest", "BadMaxTokens", "BadBatch", "LengthMismatch", "ValueTooLarge"})
 """Hub errors of a batch's gas estimate that one entry (or the batch's shape) can cause."""
 
@@ -117,12 +129,17 @@ class RequestBatcher:
         *,
         max_batch: int = MAX_BATCH,
         max_in_flight: int = 1,
+        max_wait_s: float | None = 0.25,
         split: Callable[[BaseException], bool] = content_revert,
     ) -> None:
         self.send = send
         self.max_batch = max(1, min(max_batch, MAX_BATCH))
         self.max_in_flight = max(1, max_in_flight)
+        self.max_wait_s = max_wait_s if max_wait_s and max_wait_s > 0 else None
         self.split = split
+        self._overdue: asyncio.TimerHandle | None = None
+        """Fires `max_wait_s` after a request found every slot taken (the wait bound)."""
+        self.overflow_txs = 0
         self._waiting: list[tuple[BatchItem, asyncio.Future[Placed]]] = []
         self._in_flight = 0
         self._mined: asyncio.Future[Any] | None = None
@@ -156,11 +173,28 @@ class RequestBatcher:
 
     def _pump(self) -> None:
         while self._waiting and self._in_flight < self.max_in_flight:
-            batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
-            self._in_flight += 1
-            task = asyncio.create_task(self._run(batch), name=f"request-batch-{len(batch)}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._launch()
+        if not self._waiting:
+            if self._overdue is not None:
+                self._overdue.cancel()
+                self._overdue = None
+        elif self._overdue is None and self.max_wait_s is not None:
+            self._overdue = asyncio.get_running_loop().call_later(self.max_wait_s, self._overflow)
+
+    def _overflow(self) -> None:
+        """The wait bound: send what waited `max_wait_s` beside the transactions on their way."""
+        self._overdue = None
+        while self._waiting and self._in_flight < self.max_in_flight + OVERFLOW_SLOTS:
+            self.overflow_txs += 1
+            self._launch()
+        self._pump()
+
+    def _launch(self) -> None:
+        batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
+        self._in_flight += 1
+        task = asyncio.create_task(self._run(batch), name=f"request-batch-{len(batch)}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[BatchItem, asyncio.Future[Placed]]]) -> None:
         items = [item for item, _ in batch]
@@ -215,6 +249,9 @@ class RequestBatcher:
 
     async def close(self) -> None:
         """Wait for the transactions on their way (their callers are answered either way)."""
+        if self._overdue is not None:
+            self._overdue.cancel()
+            self._overdue = None
         if self._tasks:
             await asyncio.wait(set(self._tasks))
 

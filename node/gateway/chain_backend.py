@@ -120,6 +120,7 @@ class ChainBackend:
         private_by_default: bool = False,
         request_batch_max: int = MAX_BATCH,
         request_batch_slots: int = 1,
+        request_batch_wait_s: float | None = 0.25,
     ) -> None:
         if not chains:
             raise GatewayConfigError("the gateway needs at least one chain")
@@ -154,6 +155,7 @@ class ChainBackend:
             remember=self._remember,
             batch_max=request_batch_max,
             batch_slots=request_batch_slots,
+            batch_wait_s=request_batch_wait_s,
         )
         """The request path (`node.gateway.requesting`)."""
 
@@ -172,6 +174,7 @@ class ChainBackend:
             private_by_default=settings.gateway.private_by_default,
             request_batch_max=settings.gateway.request_batch_max,
             request_batch_slots=settings.gateway.request_batch_slots,
+            request_batch_wait_s=settings.gateway.request_batch_wait_s,
         )
 
     # ------------------------------------------------------------------ lifecycle

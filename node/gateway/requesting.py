@@ -147,6 +147,7 @@ class Requester:
         remember: Remember,
         batch_max: int = MAX_BATCH,
         batch_slots: int = 1,
+        batch_wait_s: float | None = 0.25,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -165,7 +166,8 @@ class Requester:
         self._confirming: set[asyncio.Task[None]] = set()
         """Private inputs waiting for their drawn seats' block to be confirmed (`_seal_drawn`)."""
         self.batch_slots = batch_slots
-        """`gateway.request_batch_max` / `request_batch_slots`, for each model's `RequestBatcher`."""
+        self.batch_wait_s = batch_wait_s
+        """`gateway.request_batch_max` / `_slots` / `_wait_s`, for each model's `RequestBatcher`."""
         self._block_times: OrderedDict[tuple[int, str], asyncio.Future[int]] = OrderedDict()
         """(chain, block hash) → its timestamp read (`_block_time`), shared by the block's requests."""
         self._requested: dict[int, int] = {}
@@ -477,7 +479,7 @@ class Requester:
                 return await self._send_request(link, data, sum(i.fee for i in items), model)
 
             batcher = link.batchers[mid] = RequestBatcher(
-                send, max_batch=self.batch_max, max_in_flight=self.batch_slots
+                send, max_batch=self.batch_max, max_in_flight=self.batch_slots, max_wait_s=self.batch_wait_s
             )
         return batcher
 

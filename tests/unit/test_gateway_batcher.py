@@ -19,7 +19,14 @@ from eth_utils.crypto import keccak
 from node.chain.events import event_topic
 from node.chain.sender import TxNonceGap, TxReverted, TxTimeout, TxWouldRevert
 from node.config import GatewaySettings
-from node.gateway.batcher import BatchItem, RequestBatcher, SharedCall, content_revert, match_receipt
+from node.gateway.batcher import (
+    OVERFLOW_SLOTS,
+    BatchItem,
+    RequestBatcher,
+    SharedCall,
+    content_revert,
+    match_receipt,
+)
 from node.gateway.errors import ServiceUnavailable, UpstreamError
 
 HUB = "0x" + "ab" * 20
@@ -294,3 +301,35 @@ async def test_the_gateway_settings_set_the_cap_and_the_slots() -> None:
                 {"request_batch_slots": 17}):  # fmt: skip
         with pytest.raises(ValueError):
             GatewaySettings(**bad)  # type: ignore[arg-type]
+
+
+async def test_a_request_waits_for_a_slot_at_most_max_wait_s() -> None:
+    """On a chain with a block time a slot frees only when a block is mined: a request that waited
+    `max_wait_s` goes out beside the transaction on its way (so it still makes the next block), at
+    most `OVERFLOW_SLOTS` beyond the slots; without the bound it waits for the slot."""
+    _needs_event_abi()
+    chain = FakeChain()
+    chain.gate = asyncio.Event()
+    batcher = RequestBatcher(chain.send, max_wait_s=0.05)
+    first, rest = await hold_first(batcher, [item(1), item(2)])
+    assert len(chain.sent) == 1 and batcher.waiting == 2
+    await asyncio.sleep(0.1)  # past the bound, the first transaction still on its way
+    assert [len(tx) for tx in chain.sent] == [1, 2] and batcher.waiting == 0 and batcher.overflow_txs == 1
+    late = [asyncio.create_task(batcher.submit(item(i))) for i in range(3, 3 + 64 * (OVERFLOW_SLOTS + 1))]
+    await asyncio.sleep(0.1)
+    # the cap: 1 slot + OVERFLOW_SLOTS transactions on their way (one went above), the rest wait
+    assert len(chain.sent) == 1 + OVERFLOW_SLOTS and batcher.waiting == len(late) - 64 * (OVERFLOW_SLOTS - 1)
+    chain.gate.set()
+    placed = [await first, *await asyncio.gather(*rest, *late)]
+    assert [p.requested.id for p in placed] == list(range(1, len(placed) + 1))  # each once, in order
+
+    chain = FakeChain()
+    chain.gate = asyncio.Event()
+    unbounded = RequestBatcher(chain.send, max_wait_s=None)
+    first, rest = await hold_first(unbounded, [item(1)])
+    await asyncio.sleep(0.1)
+    assert len(chain.sent) == 1 and unbounded.waiting == 1 and unbounded.overflow_txs == 0
+    chain.gate.set()
+    await asyncio.gather(first, *rest)
+    assert GatewaySettings().request_batch_wait_s == 0.25
+    assert GatewaySettings(request_batch_wait_s=0).request_batch_wait_s == 0
