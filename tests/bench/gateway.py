@@ -8,14 +8,19 @@ process, the miners' engine arguments, the same prompts, seeds and sampling), no
 measured in the same run, interleaved with the gateway, so both see the same machine.
 
 Per chain and run: concurrency 1 (engine; gateway non-streamed for the total; gateway streamed for
-the time to first token), then concurrency 16 (requests/s). Each figure is the median over the runs;
+the time to first token), then concurrency 16 (requests/s). On the 2-second chain each concurrency-1
+request starts after a pause drawn uniformly from [0, 2 s) (`loadgen.arrival_phases`, seeded with
+`--seed`, printed): requests sent back to back lock onto the block schedule, each leaving at the same
+point of a block and waiting `2 s - latency` for inclusion every time, where a user's request
+arrives at a random point and waits 1 s on average. The back-to-back figures are kept beside them
+(`b2_back_to_back_total_p50_ms`, `b2_back_to_back_ttft_p50_ms`). Each figure is the median over the runs;
 `spread` holds min/median/max. The LAST line is one JSON object; automine keys as before
 (`c1_p50_ms`, `c1_p99_ms`, `c16_p50_ms`, `c16_p99_ms`, `engine_c1_p50_ms`, `engine_c16_p50_ms`,
 `c16_rps`, `engine_c16_rps`, ...) plus `ttft_p50_ms` / `engine_ttft_p50_ms`, and for the 2-second
 chain `b2_total_p50_ms`, `b2_engine_total_p50_ms`, `b2_ttft_p50_ms`, `b2_engine_ttft_p50_ms`,
 `b2_c16_rps`, `b2_engine_c16_rps` (and p99s).
 
-    .venv/bin/python tests/bench/gateway.py [--c1 N] [--c16 N] [--runs N] [--max-tokens N]
+    .venv/bin/python tests/bench/gateway.py [--c1 N] [--c16 N] [--runs N] [--max-tokens N] [--seed N]
         [--chains both|automine|b2]
     (env: BENCH_GATEWAY_C1, BENCH_GATEWAY_C16, BENCH_RUNS; a quick run: --c1 4 --c16 16 --runs 2,
     mostly two devnet starts loading vLLM; one chain only with --chains automine|b2)
@@ -38,6 +43,7 @@ os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 from tests.bench.loadgen import (
     MODEL,
     RawEngine,
+    arrival_phases,
     devnet,
     engine_calls,
     gateway_calls,
@@ -60,7 +66,9 @@ async def chain_section(
     engine: RawEngine, block_time: float | None, args: argparse.Namespace
 ) -> dict[str, Any]:
     """Every figure of FIGURES on one chain, median over `args.runs` runs, plus spread and errors."""
-    runs: dict[str, list[float]] = {k: [] for k in FIGURES}
+    phased = block_time is not None
+    keys = FIGURES + (("back_to_back_total_p50_ms", "back_to_back_ttft_p50_ms") if phased else ())
+    runs: dict[str, list[float]] = {k: [] for k in keys}
     errors = 0
     tokens = {"gateway": 0, "engine": 0}
     label = "automine" if block_time is None else f"block time {block_time}s"
@@ -71,9 +79,18 @@ async def chain_section(
         for run in range(args.runs):
             base = run * 10_000
             c1 = messages(args.c1, base)
-            eng, eng_wall = await run_closed(engine_calls(engine, c1, args.max_tokens, base), 1)
-            gw, gw_wall = await run_closed(gateway_calls(http, c1, args.max_tokens, base, False), 1)
-            gws, _ = await run_closed(gateway_calls(http, c1, args.max_tokens, base, True), 1)
+            pauses = arrival_phases(args.c1, block_time, args.seed + run) if block_time is not None else None
+            eng, eng_wall = await run_closed(engine_calls(engine, c1, args.max_tokens, base), 1, pauses)
+            gw, gw_wall = await run_closed(gateway_calls(http, c1, args.max_tokens, base, False), 1, pauses)
+            gws, _ = await run_closed(gateway_calls(http, c1, args.max_tokens, base, True), 1, pauses)
+            if phased:
+                b2b, _ = await run_closed(gateway_calls(http, c1, args.max_tokens, base, False), 1)
+                b2bs, _ = await run_closed(gateway_calls(http, c1, args.max_tokens, base, True), 1)
+                b_tot, _, b_err = summarize(b2b)
+                _, b_ttft, bs_err = summarize(b2bs)
+                errors += b_err + bs_err
+                runs["back_to_back_total_p50_ms"].append(percentile(b_tot, 0.5))
+                runs["back_to_back_ttft_p50_ms"].append(percentile(b_ttft, 0.5))
             e_tot, e_ttft, e_err = summarize(eng)
             g_tot, _, g_err = summarize(gw)
             _, g_ttft, s_err = summarize(gws)
@@ -106,7 +123,13 @@ async def chain_section(
                 f"{label} run {run + 1}: c1 total p50 gateway {last['total_p50_ms']:.0f} ms / engine "
                 f"{last['engine_total_p50_ms']:.0f} ms, ttft p50 gateway {last['ttft_p50_ms']:.0f} ms / "
                 f"engine {last['engine_ttft_p50_ms']:.0f} ms | c16 gateway {last['c16_rps']:.2f} req/s / "
-                f"engine {last['engine_c16_rps']:.2f} req/s | errors {errors}",
+                f"engine {last['engine_c16_rps']:.2f} req/s | errors {errors}"
+                + (
+                    f" | c1 back to back: total p50 {last['back_to_back_total_p50_ms']:.0f} ms, ttft p50 "
+                    f"{last['back_to_back_ttft_p50_ms']:.0f} ms; arrival phases seed {args.seed + run}"
+                    if phased
+                    else ""
+                ),
                 file=sys.stderr,
                 flush=True,
             )
@@ -145,6 +168,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         if args.chains in ("both", "b2"):
             b = await chain_section(engine, 2.0, args)
             results.update({f"b2_{k}": b[k] for k in FIGURES if not k.endswith("c1_rps")})
+            results["b2_back_to_back_total_p50_ms"] = b["back_to_back_total_p50_ms"]
+            results["b2_back_to_back_ttft_p50_ms"] = b["back_to_back_ttft_p50_ms"]
+            results["b2_arrival_seed"] = args.seed
             results["b2_c16_ratio"] = round(b["c16_rps"] / b["engine_c16_rps"], 3)
             results["b2"] = {k: b[k] for k in ("spread", "errors", "completion_tokens")}
     finally:
@@ -169,5 +195,6 @@ if __name__ == "__main__":
     parser.add_argument("--c16", type=int, default=int(os.environ.get("BENCH_GATEWAY_C16", "48")))
     parser.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "3")))
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=int(os.environ.get("BENCH_SEED", "1")))
     parser.add_argument("--chains", choices=["both", "automine", "b2"], default="both")
     print(json.dumps(asyncio.run(main(parser.parse_args()))), flush=True)

@@ -89,17 +89,36 @@ class Sample:
 Call = Callable[[], Coroutine[Any, Any, Sample]]
 
 
-async def run_closed(calls: Sequence[Call], concurrency: int) -> tuple[list[Sample], float]:
-    """Run `calls` with at most `concurrency` in flight; the samples and the wall time (s)."""
+async def run_closed(
+    calls: Sequence[Call], concurrency: int, pauses: Sequence[float] | None = None
+) -> tuple[list[Sample], float]:
+    """Run `calls` with at most `concurrency` in flight; the samples and the wall time (s).
+
+    `pauses[i]` (s) is slept before call i starts, holding its place (not part of its latency): a
+    user who arrives at a random moment, not in step with the previous answer (see `arrival_phases`).
+    """
     sem = asyncio.Semaphore(concurrency)
+    waits = iter(pauses or ())
 
     async def one(call: Call) -> Sample:
         async with sem:
+            pause = next(waits, 0.0)
+            if pause > 0:
+                await asyncio.sleep(pause)
             return await call()
 
     start = time.perf_counter()
     samples = await asyncio.gather(*(one(c) for c in calls))
     return list(samples), time.perf_counter() - start
+
+
+def arrival_phases(n: int, block_time: float, seed: int) -> list[float]:
+    """`n` pauses drawn uniformly from [0, block_time): on a chain with a block time, requests sent
+    back to back lock onto the block schedule (each one leaves just after its answer, always at the
+    same point of a block, and waits `block_time - latency` for inclusion, every time); a user's
+    request arrives at a random point of a block and waits `block_time / 2` on average."""
+    rng = random.Random(seed)
+    return [rng.uniform(0.0, block_time) for _ in range(n)]
 
 
 async def run_poisson(calls: Sequence[Call], rate_per_s: float, seed: int = 7) -> tuple[list[Sample], float]:
