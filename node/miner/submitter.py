@@ -7,23 +7,18 @@ under the policy of `node.miner.batching` (sent at once when no other job is abo
 `batch_wait_s` passed since the first one) and split into one commit and one reveal transaction.
 Several batches may be in flight at once (the sender hands out consecutive nonces).
 
-Before a job goes into a transaction the chain is asked what it may do now (`verdict`): commit while
-its seat's commit window is open and nothing of ours is on chain; reveal once the reveal window is
-open. For an r = 1 assignee the reveal comes in a later block than the commit, and only if the
-result was not drawn for audit (`auditDrawn`, evaluated on the pending block): when it was,
-`openAudit` is sent instead and the reveal waits for the auditor's commit (`RevealOpened`). That
-check is what makes resending after a crash or reorg safe; the journal records each signed
-transaction's hash before broadcast, and the contract rejects a second commit or reveal anyway.
-
-Two cases skip the chain's view (an eth_call per job) because this process already knows the
-answer: a *fresh* commit (uploaded here from a seat it saw, never sent) and the reveal right after
-our own r = 1 commit receipt: that receipt put the request in phase Reveal with the commit block as
-its mark, and the audit draw is `hubview.audit_draw` over the receipt's block hash and the model's
-auditBps (registered once, never changed). Either way the transaction's gas estimate still runs
-the contract's checks; a job whose estimate reverts, a reorg of the commit block, a restart, a
-retry all go through the chain check. A batch is checked against the latest head this process saw
+Before a job goes into a transaction the chain is asked what it may do now (`verdict`, read in
+`node.miner.verdict`): commit, reveal, or for an r = 1 result drawn for audit `openAudit` instead
+of the reveal. That check is what makes resending after a crash or reorg safe. Two cases skip the
+chain's view (an eth_call per job) because this process already knows the answer: a *fresh*
+commit (uploaded here from a seat it saw, never sent) and the reveal right after our own r = 1
+commit receipt (`verdict.OwnCommits`). Either way the transaction's gas estimate still runs the
+contract's checks; a job whose estimate reverts, a reorg of the commit block, a restart, a retry
+all go through the chain check. A batch is checked against the latest head this process saw
 (follower, sweeper, our receipts), not an eth_blockNumber per batch: a head a block behind only
 errs towards sending, and a job whose estimate then reverts is checked against the chain's head.
+What a verdict that sends nothing, or a mined receipt, does to the journal is
+`node.miner.outcomes`.
 
 `commitMany`/`revealMany` are atomic, so a batch whose estimate reverts (a race with a deadline) is
 split into single transactions.
@@ -41,29 +36,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from node.chain.errors import decode_revert
-from node.chain.events import InferenceFinalized, ResultCommitted, ResultRevealed
-from node.chain.hub import Phase, RequestFlag
 from node.chain.sender import TxError, TxReverted, TxSender, TxWouldRevert
 from node.log import get_logger
 from node.miner import batchroot
 from node.miner.batching import BatchCollector
-from node.miner.hubview import BLOCKHASH_WINDOW, COMMIT_PHASES, REVEAL_PHASES, HubView, audit_draw
-from node.miner.journal import (
-    COMMIT_STATES,
-    REVEAL_STATES,
-    TERMINAL,
-    BatchRecord,
-    Job,
-    JobState,
-    Journal,
-    Role,
-)
+from node.miner.hubview import HubView
+from node.miner.journal import COMMIT_STATES, REVEAL_STATES, BatchRecord, Job, JobState, Journal, Role
 from node.miner.metrics import MinerMetrics
 from node.miner.money import receipt_fee_wei
+from node.miner.outcomes import Outcomes
+from node.miner.verdict import OWN_COMMITS_KEPT, OwnCommit, OwnCommits, Verdict, chain_verdict
 from node.miner.votes import Votes
 
 log = get_logger("inferd.miner.submitter")
@@ -73,30 +58,6 @@ log = get_logger("inferd.miner.submitter")
 # (tallies, pays every seat, may seat a committee). Unused gas is not charged, so the headroom only
 # has to fit the wallet's balance at the fee cap.
 TRANSITION_GAS = 300_000
-OWN_COMMITS_KEPT = 10_000
-"""Our r = 1 commit receipts remembered for the reveal (oldest forgotten first: then the chain says)."""
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What the chain says about one job now.
-
-    action: "commit" | "reveal" | "reveal_batch" | "open_audit" | "wait" | "committed" | "revealed"
-    | "finalized" | "expired" | "dropped" | "recommit". `mark`: the root's commit block
-    ("reveal_batch").
-    """
-
-    action: str
-    reason: str = ""
-    mark: int | None = None
-
-
-@dataclass(frozen=True)
-class OwnCommit:
-    """Our receipt of an r = 1 assignee commit: the block that is now the request's mark."""
-
-    block: int
-    block_hash: bytes
 
 
 class Submitter:
@@ -131,7 +92,7 @@ class Submitter:
         self.audit_bps = audit_bps or (lambda: None)  # the model's: None keeps every reveal on chain
         self.head = head  # the latest block the daemon saw (follower, sweeper); None: ask the chain
         self._receipt_head = 0  # the latest block of our own receipts (the follower may lag it)
-        self._own_commits: dict[int, OwnCommit] = {}
+        self._own_commits = OwnCommits(journal=journal, redundancy=self.redundancy, audit_bps=self.audit_bps)
         self._queue: asyncio.Queue[int] = asyncio.Queue()
         self._queued: set[int] = set()
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -141,9 +102,14 @@ class Submitter:
         self._busy: set[int] = set()  # ids in a batch being checked or sent: never two at once
         self._waiting: set[int] = set()  # ids found busy: enqueued again once their holder lets go
         self._collector = BatchCollector(self._queue, batch_max=batch_max, wait_s=batch_wait_s, busy=busy)
+        self._outcomes = Outcomes(
+            journal=journal, metrics=metrics, miner=miner, redundancy=self.redundancy,
+            own_commits=self._own_commits, enqueue=self.enqueue, requeue=self._requeue_later,
+            on_settled=on_settled,
+        )  # fmt: skip
         self.votes = Votes(
             journal=journal, hub=hub, sender=sender, miner=miner, metrics=metrics, extra_gas=TRANSITION_GAS,
-            settle=lambda job, v: self._settle(job, Verdict(*v)), requeue=self._requeue_later,
+            settle=lambda job, v: self._outcomes.settle(job, Verdict(*v)), requeue=self._requeue_later,
         )  # fmt: skip
 
     def enqueue(self, request_id: int, *, fresh: bool = False) -> None:
@@ -169,8 +135,7 @@ class Submitter:
 
     def on_reorg(self, fork_block: int) -> None:
         """Forget our commit receipts from replaced blocks: their jobs go through the chain check."""
-        for rid in [r for r, own in self._own_commits.items() if own.block >= fork_block]:
-            del self._own_commits[rid]
+        self._own_commits.forget_from(fork_block)
         self._receipt_head = min(self._receipt_head, fork_block - 1)
 
     async def run(self) -> None:
@@ -199,105 +164,12 @@ class Submitter:
     # ------------------------------------------------------------------ checks
 
     async def verdict(self, job: Job, head: int) -> Verdict:
-        """Ask the chain what `job` may do now (see the module docstring)."""
-        info = await self.hub.get_request(job.request_id)
-        if info is None:
-            return Verdict("dropped", "request unknown on chain (reorged out?)")
-        if info.input_digest != job.input_digest:
-            return Verdict("dropped", "input digest changed on chain (reorg)")
-        me = self.miner
-        if info.phase == Phase.FINAL:
-            if info.has_revealed(me):
-                return Verdict("finalized", "our result is on chain")
-            return Verdict("expired", "finalized without our result")
-        if info.phase == Phase.REFUNDED:
-            return Verdict("expired", "request refunded")
-        if info.phase == Phase.PENDING:  # a seat we drew ourselves (miner.speculate)
-            return Verdict("wait", "not assigned yet: InferenceAssigned queues the commit")
-        if info.seat_of(me) is None:
-            return Verdict("dropped", "no longer seated (reassigned)")
-        if info.has_revealed(me):
-            return Verdict("revealed", "our digest is on chain")
-        if not info.has_committed(me):
-            if job.state in REVEAL_STATES:
-                return Verdict("recommit", "our commitment is not on chain (reorg)")
-            if info.phase not in COMMIT_PHASES:
-                return Verdict("dropped", f"commit window closed (phase {info.phase.name})")
-            if head + 1 > info.mark:
-                return Verdict("dropped", f"deadline {info.mark} passed (head {head})")
-            return Verdict("commit")
-        if job.state in COMMIT_STATES:
-            return Verdict("committed", "our commitment is on chain")
-        ph = info.phase
-        if ph == Phase.REVEAL and info.redundancy == 1 and RequestFlag.BATCH in info.flags:
-            return Verdict("reveal_batch", "committed under a root", info.mark)
-        if ph == Phase.REVEAL and info.redundancy == 1 and RequestFlag.AUDITED not in info.flags:
-            if await self.hub.audit_drawn(job.request_id):
-                return Verdict("open_audit", "drawn for audit")
-            return Verdict("reveal")
-        if ph in REVEAL_PHASES:
-            if head + 1 > info.mark:
-                return Verdict("expired", f"reveal window closed at {info.mark} (head {head})")
-            return Verdict("reveal")
-        if ph in (Phase.RESOLVED, Phase.VOTE):
-            return Verdict("expired", "resolved without our reveal")
-        return Verdict("wait", f"phase {ph.name}: other seats are committing")
+        """Ask the chain what `job` may do now (`node.miner.verdict.chain_verdict`)."""
+        return await chain_verdict(self.hub, self.miner, job, head)
 
     def _own_verdict(self, job: Job, head: int) -> Verdict | None:
-        """The reveal of a job right after our own r = 1 commit receipt, without the chain (module
-        docstring); None: unsure (not ours to judge, already tried, too old), ask the chain."""
-        own = self._own_commits.get(job.request_id)
-        if own is None or job.state != JobState.COMMITTED or job.commit_block != own.block:
-            self._own_commits.pop(job.request_id, None)
-            return None
-        if job.commitment is not None and self.journal.batch_record(job.commitment) is not None:
-            return Verdict("reveal_batch", "committed under a root (our receipt)", own.block)
-        drawn = self._own_draws([job.request_id], own.block, head)
-        if drawn is None:
-            return None
-        if drawn[job.request_id]:
-            return Verdict("open_audit", "drawn for audit (our receipt's block)")
-        return Verdict("reveal")
-
-    def _own_draws(self, ids: Sequence[int], mark: int, head: int) -> dict[int, bool] | None:
-        """The audit draw of each id from our commit receipts of block `mark` (used once: a retry
-        asks the chain); None when one of them is not ours to judge."""
-        owns = [self._own_commits.pop(i, None) for i in ids]
-        bps = self.audit_bps()
-        if bps is None or self.redundancy() != 1 or not mark <= head < mark + BLOCKHASH_WINDOW // 2:
-            return None
-        if any(own is None or own.block != mark for own in owns):
-            return None
-        return {i: audit_draw(own.block_hash, i, bps) for i, own in zip(ids, owns, strict=True) if own}
-
-    def _settle(self, job: Job, v: Verdict, block: int | None = None) -> None:
-        """Apply a verdict that sends nothing to the journal."""
-        rid = job.request_id
-        current = self.journal.get(rid)
-        if current is None or current.state in TERMINAL:
-            return
-        if v.action == "recommit":
-            self.journal.mark(rid, JobState.UPLOADED, v.reason)
-            self.enqueue(rid)
-            return
-        if v.action in ("committed", "revealed", "finalized") and current.state in COMMIT_STATES:
-            current = self.journal.mark_committed(rid, block)
-            if v.action == "committed":
-                self.enqueue(rid)  # on to the reveal
-                return
-        if v.action in ("revealed", "finalized") and current.state in REVEAL_STATES:
-            current = self.journal.mark_revealed(rid, block)
-        if v.action == "finalized":
-            current = self.journal.mark(rid, JobState.FINALIZED, v.reason)
-        elif v.action in ("dropped", "expired"):
-            state = JobState.DROPPED if v.action == "dropped" else JobState.EXPIRED
-            log.warning("job_closed", request_id=rid, state=state.value, reason=v.reason)
-            current = self.journal.mark(rid, state, v.reason)
-        else:
-            return
-        self.metrics.jobs_done.labels(current.state.value).inc()
-        if self.on_settled is not None:
-            self.on_settled(current)
+        """The reveal right after our own r = 1 commit receipt; None: ask the chain."""
+        return self._own_commits.verdict(job, head)
 
     # ------------------------------------------------------------------ sending
 
@@ -360,7 +232,7 @@ class Submitter:
             elif v.action == "open_audit":
                 await self._open_audit(job)
             elif v.action != "wait":
-                self._settle(job, v)
+                self._outcomes.settle(job, v)
         if commits:
             batched, singles = batchroot.plan_commits(
                 commits, redundancy=self.redundancy(), enabled=self.hub.batch_roots
@@ -472,7 +344,7 @@ class Submitter:
             elif v.action == "open_audit":
                 await self._open_audit(job)
             elif v.action != "wait":
-                self._settle(job, v)
+                self._outcomes.settle(job, v)
             return
         except TxReverted as exc:
             self.metrics.txs.labels("reverted").inc()
@@ -500,7 +372,7 @@ class Submitter:
             if committing:
                 self._after_commit(jobs, events, block, _block_hash(receipt))
             else:
-                self._after_reveal(jobs, events, block, withheld)
+                self._outcomes.after_reveal(jobs, events, block, withheld)
 
     async def _batch_would_revert(
         self, jobs: list[Job], state: JobState, batch: BatchRecord, exc: TxWouldRevert, retried: bool
@@ -532,7 +404,7 @@ class Submitter:
             if v.action == "commit":
                 still.append(job)
             elif v.action != "wait":
-                self._settle(job, v)
+                self._outcomes.settle(job, v)
         if not retried and len(still) >= batchroot.MIN_BATCH:
             await self._send(still, state, batch=self._root(still), retried=True)
             return
@@ -570,7 +442,7 @@ class Submitter:
                 continue
             self._busy.update(extra)
             try:
-                await self._reveal_root(record, mark, self._own_draws(record.ids, mark, head))
+                await self._reveal_root(record, mark, self._own_commits.draws(record.ids, mark, head))
             finally:
                 self._release(extra)
 
@@ -599,52 +471,8 @@ class Submitter:
     def _after_commit(
         self, jobs: list[Job], events: Sequence[object], block: int, block_hash: bytes | None
     ) -> None:
-        done = {
-            e.id: e.commitment for e in events if isinstance(e, ResultCommitted) and e.miner == self.miner
-        }
-        single = self.redundancy() == 1
-        for job in jobs:
-            rid = job.request_id
-            if rid not in done:
-                self._requeue_later([rid], 0.5)
-                continue
-            current = self.journal.get(rid) or job
-            if current.state in COMMIT_STATES:
-                current = self.journal.mark_committed(rid, block, done[rid])
-            # The follower may have marked it committed from the same block's ResultCommitted first.
-            ours = current.state == JobState.COMMITTED and current.commit_block == block
-            if ours and single and block_hash is not None and job.role == Role.ASSIGNEE:
-                # an r = 1 seat's commit from phase Assigned: Reveal now, marked at this block
-                self._own_commits[rid] = OwnCommit(block, block_hash)
-                while len(self._own_commits) > OWN_COMMITS_KEPT:
-                    del self._own_commits[next(iter(self._own_commits))]
-            self.enqueue(rid)  # the reveal: the chain check says when (now, or after RevealOpened)
-
-    def _after_reveal(
-        self, jobs: list[Job], events: Sequence[object], block: int, withheld: frozenset[int] = frozenset()
-    ) -> None:
-        done = {e.id for e in events if isinstance(e, ResultRevealed) and e.miner == self.miner}
-        finalized = {e.id for e in events if isinstance(e, InferenceFinalized)}
-        for job in jobs:
-            rid = job.request_id
-            if rid in withheld:  # its leaf is on chain now: on to openAudit, then the single reveal
-                current = self.journal.get(rid) or job
-                if current.state == JobState.REVEALING:
-                    self.journal.mark(rid, JobState.COMMITTED, "withheld for audit")
-                self.enqueue(rid)
-                continue
-            if rid not in done:
-                self._requeue_later([rid], 0.5)
-                continue
-            current = self.journal.get(rid) or job
-            if current.state in REVEAL_STATES:
-                current = self.journal.mark_revealed(rid, block)
-            self.metrics.job_latency.observe(max(0.0, time.time() - job.assigned_at))
-            if rid in finalized and current.state == JobState.REVEALED:
-                current = self.journal.mark(rid, JobState.FINALIZED)
-                self.metrics.jobs_done.labels(current.state.value).inc()
-            if self.on_settled is not None:
-                self.on_settled(current)
+        """Our commit was mined: mark the journal, keep an r = 1 receipt, queue the reveal."""
+        self._outcomes.after_commit(jobs, events, block, block_hash)
 
 
 def _block_hash(receipt: Any) -> bytes | None:
@@ -659,4 +487,4 @@ def _block_hash(receipt: Any) -> bytes | None:
     return raw if len(raw) == 32 else None
 
 
-__all__ = ["COMMIT_STATES", "REVEAL_STATES", "OwnCommit", "Submitter", "Verdict"]
+__all__ = ["COMMIT_STATES", "OWN_COMMITS_KEPT", "REVEAL_STATES", "OwnCommit", "Submitter", "Verdict"]
