@@ -1,28 +1,10 @@
 """The miner's job journal: SQLite in WAL mode with `synchronous=FULL`, the source of crash safety.
 
-A job is one seat of this miner on one request (protocol v2): an assignee seat (`InferenceAssigned`),
-an audit (`AuditOpened`) or a committee seat (`CommitteeOpened`), or a vote on an escalated request
-(`EscalationOpened`; voters hold no seat). Every role does the same work (run the input document,
-commit to the output's digest, reveal it), and a job's state advances only after its effect is
-durable:
-
-    new ─▶ uploaded ─▶ committing ─▶ committed ─▶ revealing ─▶ revealed ─▶ finalized
-     │        │            │             │            │            └─────▶ expired (refunded, or the
-     │        │            │             │            │                     outcome went on without us)
-     └────────┴────────────┴─────────────┴────────────┴─────────────────▶ dropped / expired
-                                                                         failed (unrecoverable)
-
-* `new`: the seat (request id, role, input digest, commit deadline, the request's declared max tokens
-  and block timestamp) is on disk.
-* Fetching and inference have no durable effect of their own, so they are not journaled states: a
-  crash there simply redoes them (the output is deterministic, so the redo writes the same bytes).
-* `uploaded`: the output document is stored under its CID and its digest and signature are here (or
-  the digest is `UNAVAILABLE`: the input could not be fetched before the deadline's margin).
-* `committing` / `revealing`: the signed transaction's hash is recorded *before* it is broadcast, so
-  after a crash the daemon looks that hash up (and the request on chain) instead of sending again.
-  Commit and reveal each have their own list of hashes: each is broadcast once across crashes.
-* `committed` / `revealed`: a receipt or an event shows our commitment / digest on chain.
-* `finalized`: InferenceFinalized was seen (whatever the outcome: money moves are the hub's events).
+It holds one job per seat of this miner on a request, and a job's state advances only after its
+effect is durable: the states, what each guarantees and the transitions allowed are in
+`node.miner.jobs`; the tables, the job row and the in-place schema upgrades in
+`node.miner.journal_schema`. Both are re-exported here, so `node.miner.journal` stays the one
+import for the miner's durable state.
 
 The same database keeps the chain watcher's cursor and recent block hashes (reorg detection), and a
 small `requests` table of what `InferenceRequested` declared (max tokens, block timestamp): a seat is
@@ -44,30 +26,26 @@ crashes (`node.miner.disputes`).
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
-
-class JobState(StrEnum):
-    """Where a job is; see the module docstring for what each state guarantees."""
-
-    NEW = "new"
-    UPLOADED = "uploaded"
-    COMMITTING = "committing"
-    COMMITTED = "committed"
-    REVEALING = "revealing"
-    REVEALED = "revealed"
-    FINALIZED = "finalized"
-    EXPIRED = "expired"
-    DROPPED = "dropped"
-    FAILED = "failed"
+from node.miner.jobs import (
+    COMMIT_STATES,
+    OPEN,
+    REVEAL_STATES,
+    SENDING,
+    TERMINAL,
+    TRANSITIONS,
+    UNFINISHED,
+    Job,
+    JobState,
+    Role,
+)
+from node.miner.journal_db import JournalDB, JournalError
+from node.miner.journal_schema import COLUMNS, SCHEMA, SCHEMA_VERSION, migrate, row_to_job
 
 
 class EscalationState(StrEnum):
@@ -96,48 +74,6 @@ class BatchRecord:
     digests: tuple[bytes, ...]
 
 
-class Role(StrEnum):
-    """Why this miner holds a seat on the request."""
-
-    ASSIGNEE = "assignee"
-    AUDITOR = "auditor"
-    COMMITTEE = "committee"
-    VOTER = "voter"  # not a seat: an escalation vote (commitVote / revealVote / claimVote)
-
-
-UNFINISHED = frozenset(
-    {JobState.NEW, JobState.UPLOADED, JobState.COMMITTING, JobState.COMMITTED, JobState.REVEALING}
-)
-"""States in which this miner still owes work; every one of them is resumed on restart."""
-OPEN = UNFINISHED | {JobState.REVEALED}
-"""States in which the request is not settled yet (we still follow its events)."""
-TERMINAL = frozenset({JobState.FINALIZED, JobState.EXPIRED, JobState.DROPPED, JobState.FAILED})
-SENDING = {JobState.COMMITTING: "commit_txs", JobState.REVEALING: "reveal_txs"}
-COMMIT_STATES = (JobState.UPLOADED, JobState.COMMITTING)
-"""States of a job whose commit (or vote commit) is still to land."""
-REVEAL_STATES = (JobState.COMMITTED, JobState.REVEALING)
-"""States of a job whose reveal (or vote reveal) is still to land."""
-
-_S = JobState
-_ALLOWED: dict[JobState, frozenset[JobState]] = {
-    _S.NEW: frozenset({_S.UPLOADED, _S.COMMITTED} | TERMINAL),
-    _S.UPLOADED: frozenset({_S.COMMITTING, _S.COMMITTED, _S.NEW} | TERMINAL),
-    _S.COMMITTING: frozenset({_S.COMMITTING, _S.COMMITTED, _S.UPLOADED, _S.NEW} | TERMINAL),
-    _S.COMMITTED: frozenset({_S.REVEALING, _S.REVEALED, _S.UPLOADED, _S.NEW} | TERMINAL),
-    _S.REVEALING: frozenset({_S.REVEALING, _S.REVEALED, _S.COMMITTED, _S.UPLOADED} | TERMINAL),
-    _S.REVEALED: frozenset({_S.COMMITTED, _S.UPLOADED, _S.NEW} | TERMINAL),
-    # Back from a settled state only after a reorg (re-checked against the chain) or a new seat.
-    _S.FINALIZED: frozenset({_S.NEW, _S.UPLOADED, _S.COMMITTED, _S.REVEALED}),
-    _S.EXPIRED: frozenset({_S.NEW, _S.UPLOADED, _S.COMMITTED, _S.REVEALED, _S.FINALIZED}),
-    _S.DROPPED: frozenset({_S.NEW, _S.UPLOADED, _S.COMMITTED, _S.REVEALED, _S.FINALIZED}),
-    _S.FAILED: frozenset({_S.NEW}),
-}
-
-
-class JournalError(RuntimeError):
-    """The journal file cannot be used (corrupt, locked by another miner, wrong schema)."""
-
-
 class InvalidTransition(JournalError):
     """A state change the state machine forbids: a bug, never a normal runtime event."""
 
@@ -145,165 +81,18 @@ class InvalidTransition(JournalError):
         super().__init__(f"job {request_id}: {old.value} -> {new.value} is not a valid transition")
 
 
-@dataclass(frozen=True)
-class Job:
-    """One assigned request, as the journal holds it."""
-
-    request_id: int
-    input_digest: bytes
-    deadline: int  # the seat's commit deadline (block)
-    block_number: int  # of the event that gave us the seat
-    block_hash: str
-    created: int  # the request block's timestamp (output documents' `created`); 0: not known yet
-    state: JobState
-    role: Role = Role.ASSIGNEE
-    max_tokens: int | None = None  # declared on chain by the requester; None: not known yet
-    output_digest: bytes | None = None
-    signature: str | None = None
-    commit_txs: tuple[str, ...] = ()
-    commit_block: int | None = None
-    commitment: bytes | None = None  # what our ResultCommitted carried (a leaf, or a batch root)
-    reveal_txs: tuple[str, ...] = ()
-    reveal_block: int | None = None
-    reason: str | None = None
-    attempts: int = 0
-    assigned_at: float = 0.0
-    updated_at: float = 0.0
-
-    @property
-    def tx_hashes(self) -> tuple[str, ...]:
-        """Every transaction hash recorded for this job (commits, then reveals)."""
-        return self.commit_txs + self.reveal_txs
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    request_id    INTEGER PRIMARY KEY,
-    input_digest  BLOB NOT NULL,
-    deadline      INTEGER NOT NULL,
-    block_number  INTEGER NOT NULL,
-    block_hash    TEXT NOT NULL,
-    created       INTEGER NOT NULL,
-    state         TEXT NOT NULL,
-    role          TEXT NOT NULL,
-    max_tokens    INTEGER,
-    output_digest BLOB,
-    signature     TEXT,
-    commit_txs    TEXT NOT NULL DEFAULT '[]',
-    commit_block  INTEGER,
-    reveal_txs    TEXT NOT NULL DEFAULT '[]',
-    reveal_block  INTEGER,
-    commitment    BLOB,
-    reason        TEXT,
-    attempts      INTEGER NOT NULL DEFAULT 0,
-    assigned_at   REAL NOT NULL,
-    updated_at    REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
-CREATE TABLE IF NOT EXISTS requests (
-    request_id    INTEGER PRIMARY KEY,
-    max_tokens    INTEGER NOT NULL,
-    block_number  INTEGER NOT NULL,
-    created       INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS escalations (
-    request_id    INTEGER PRIMARY KEY,
-    state         TEXT NOT NULL,
-    txs           TEXT NOT NULL DEFAULT '[]',
-    reason        TEXT,
-    updated_at    REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS batches (
-    root          BLOB PRIMARY KEY,
-    ids           TEXT NOT NULL,
-    digests       TEXT NOT NULL,
-    created_at    REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS block_hashes (number INTEGER PRIMARY KEY, hash TEXT NOT NULL);
-"""
-_COLUMNS = (
-    "request_id, input_digest, deadline, block_number, block_hash, created, state, role, max_tokens, "
-    "output_digest, signature, commit_txs, commit_block, reveal_txs, reveal_block, commitment, reason, "
-    "attempts, assigned_at, updated_at"
-)
-SCHEMA_VERSION = "3"
-_MIGRATIONS = {
-    # 2 -> 3: batch roots (`batches`, created by _SCHEMA) and each job's on-chain commitment.
-    "2": ("ALTER TABLE jobs ADD COLUMN commitment BLOB",),
-}
-"""Schema upgrades in place, keyed by the version they start from (each ends one version later)."""
-
-
-def _row_to_job(row: Any) -> Job:
-    (
-        rid,
-        inp,
-        deadline,
-        bn,
-        bh,
-        created,
-        state,
-        role,
-        mt,
-        out,
-        sig,
-        ctx,
-        cb,
-        rtx,
-        rb,
-        commitment,
-        reason,
-        attempts,
-        at,
-        ut,
-    ) = row
-    return Job(
-        request_id=int(rid),
-        input_digest=bytes(inp),
-        deadline=int(deadline),
-        block_number=int(bn),
-        block_hash=str(bh),
-        created=int(created),
-        state=JobState(str(state)),
-        role=Role(str(role)),
-        max_tokens=int(mt) if mt is not None else None,
-        output_digest=bytes(out) if out is not None else None,
-        signature=str(sig) if sig is not None else None,
-        commit_txs=tuple(json.loads(str(ctx))),
-        commit_block=int(cb) if cb is not None else None,
-        reveal_txs=tuple(json.loads(str(rtx))),
-        reveal_block=int(rb) if rb is not None else None,
-        commitment=bytes(commitment) if commitment is not None else None,
-        reason=str(reason) if reason is not None else None,
-        attempts=int(attempts),
-        assigned_at=float(at),
-        updated_at=float(ut),
-    )
-
-
-class Journal:
+class Journal(JournalDB):
     """Durable job records plus the watcher cursor; thread-safe, one writer process per file.
 
-    Every write is a committed transaction with `synchronous=FULL`: when a method returns, the
-    change survives a power cut. Calls are short (one row), so they run inline on the event loop.
+    Every write is a committed transaction with `synchronous=FULL` (or joins a `batch`; see
+    `node.miner.journal_db`): when a method returns, the change survives a power cut. Calls are
+    short (one row), so they run inline on the event loop.
     """
 
     def __init__(self, path: Path, scope: str = "") -> None:
         self.path = path
         self.scope = scope
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise JournalError(
-                f"cannot open the miner journal {path}: {exc}; move it away to start fresh"
-            ) from exc
-        self._lock = threading.RLock()
-        self._batching = False
+        super().__init__(path, SCHEMA)
         self._check_scope()
 
     def _check_scope(self) -> None:
@@ -325,65 +114,8 @@ class Journal:
             )
 
     def _migrate(self, schema: str | None) -> str | None:
-        """Upgrade an older journal in place (operators upgrade the miner over its data dir); each
-        step is one transaction, so a crash mid-upgrade leaves the file at a version it can resume."""
-        while schema in _MIGRATIONS:
-            nxt = str(int(schema) + 1)
-            with self._tx() as db:
-                for statement in _MIGRATIONS[schema]:
-                    db.execute(statement)
-                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?)", (nxt,))
-            schema = nxt
-        return schema
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._batching:  # inside `batch`: atomic on its own, durable when the batch commits
-                self._db.execute("SAVEPOINT write")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK TO write")
-                    self._db.execute("RELEASE write")
-                    raise
-                self._db.execute("RELEASE write")
-                return
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        """Make the writes inside one transaction: one fsync instead of one each (issue 14: at load,
-        a miner spent a fifth of its event loop in the commits of a block's events one by one).
-
-        Each write stays atomic (a savepoint) and one that raises is undone alone; all become
-        durable together when the block exits, so do nothing in it that relies on an earlier write
-        being durable already (e.g. publishing a signature). Nested batches join the outer one.
-        """
-        with self._lock:
-            if self._batching:
-                yield
-                return
-            self._db.execute("BEGIN IMMEDIATE")
-            self._batching = True
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            finally:
-                self._batching = False
-            self._db.execute("COMMIT")
+        """Upgrade an older journal in place (`node.miner.journal_schema.migrate`)."""
+        return migrate(self._tx, schema)
 
     # ------------------------------------------------------------------ meta / cursor
 
@@ -427,24 +159,24 @@ class Journal:
     def get(self, request_id: int) -> Job | None:
         with self._lock:
             row = self._db.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE request_id = ?",  # noqa: S608 - constant columns
+                f"SELECT {COLUMNS} FROM jobs WHERE request_id = ?",  # noqa: S608 - constant columns
                 (request_id,),
             ).fetchone()
-        return None if row is None else _row_to_job(row)
+        return None if row is None else row_to_job(row)
 
     def jobs(self, states: Iterable[JobState] | None = None) -> list[Job]:
         """Jobs in any of `states` (all when None), oldest request first."""
         with self._lock:
             if states is None:
-                rows = self._db.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY request_id").fetchall()  # noqa: S608 - column list is a constant
+                rows = self._db.execute(f"SELECT {COLUMNS} FROM jobs ORDER BY request_id").fetchall()  # noqa: S608 - column list is a constant
             else:
                 wanted = [s.value for s in states]
                 marks = ",".join("?" * len(wanted))
                 rows = self._db.execute(
-                    f"SELECT {_COLUMNS} FROM jobs WHERE state IN ({marks}) ORDER BY request_id",  # noqa: S608
+                    f"SELECT {COLUMNS} FROM jobs WHERE state IN ({marks}) ORDER BY request_id",  # noqa: S608
                     wanted,
                 ).fetchall()
-        return [_row_to_job(r) for r in rows]
+        return [row_to_job(r) for r in rows]
 
     def counts(self) -> dict[JobState, int]:
         with self._lock:
@@ -555,9 +287,9 @@ class Journal:
             max_tokens = max_tokens if max_tokens is not None else meta[0]
             created = created if created is not None else meta[1]
         with self._tx() as db:
-            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE request_id = ?", (request_id,)).fetchone()  # noqa: S608 - column list is a constant
+            row = db.execute(f"SELECT {COLUMNS} FROM jobs WHERE request_id = ?", (request_id,)).fetchone()  # noqa: S608 - column list is a constant
             if row is not None:
-                job = _row_to_job(row)
+                job = row_to_job(row)
                 same_input = job.input_digest == input_digest
                 if (
                     same_input
@@ -570,7 +302,7 @@ class Journal:
                     # Our result is final on chain: a late or replayed assignment (a seat started
                     # at its request's block finishes before the follower delivers its
                     # InferenceAssigned) changes nothing. A reorg of our blocks reopens the job
-                    # first (`MinerDaemon._on_reorg`).
+                    # first (`Seats.on_reorg`, node.miner.seats).
                     return job, False
                 keep = same_input and job.output_digest is not None
                 if not keep:
@@ -598,8 +330,8 @@ class Journal:
                     (request_id, input_digest, deadline, block_number, block_hash, created or 0,
                      JobState.NEW.value, role.value, max_tokens, now, now),
                 )  # fmt: skip
-            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE request_id = ?", (request_id,)).fetchone()  # noqa: S608 - column list is a constant
-        return _row_to_job(row), True
+            row = db.execute(f"SELECT {COLUMNS} FROM jobs WHERE request_id = ?", (request_id,)).fetchone()  # noqa: S608 - column list is a constant
+        return row_to_job(row), True
 
     def set_request_meta(self, request_id: int, *, max_tokens: int, created: int) -> Job:
         """Fill in a seat's declared max tokens and request time (looked up after the seat came)."""
@@ -621,15 +353,15 @@ class Journal:
             if row is None:
                 raise JournalError(f"job {request_id} is not in the journal")
             old = JobState(row[0])
-            if old != new and new not in _ALLOWED[old]:
+            if old != new and new not in TRANSITIONS[old]:
                 raise InvalidTransition(request_id, old, new)
             extra = f", {sets}" if sets else ""
             db.execute(
                 f"UPDATE jobs SET state = ?, updated_at = ?{extra} WHERE request_id = ?",  # noqa: S608
                 (new.value, time.time(), *params, request_id),
             )
-            out = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE request_id = ?", (request_id,)).fetchone()  # noqa: S608 - column list is a constant
-        return _row_to_job(out)
+            out = db.execute(f"SELECT {COLUMNS} FROM jobs WHERE request_id = ?", (request_id,)).fetchone()  # noqa: S608 - column list is a constant
+        return row_to_job(out)
 
     def mark_uploaded(self, request_id: int, output_digest: bytes, signature: str) -> Job:
         """The output document is stored under its CID (or the digest is UNAVAILABLE): record it."""
@@ -710,7 +442,9 @@ class Journal:
 
 
 __all__ = [
+    "COMMIT_STATES",
     "OPEN",
+    "REVEAL_STATES",
     "SENDING",
     "TERMINAL",
     "UNFINISHED",
