@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,18 +49,22 @@ class RetryPolicy:
         return wait * (0.5 + random.random() / 2)  # jitter so clients do not retry in lockstep
 
 
-async def _read_capped(response: httpx.Response, limit: int) -> bytes:
-    declared = response.headers.get("content-length")
+async def _capped(declared: str | None, body: AsyncIterator[bytes], limit: int) -> bytes:
+    """A body read no further than `limit` bytes (a larger declared length stops it before any)."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise DocumentTooLarge(int(declared), limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in body:
         size += len(chunk)
         if size > limit:
             raise DocumentTooLarge(size, limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    return await _capped(response.headers.get("content-length"), response.aiter_bytes(), limit)
 
 
 async def request(
@@ -94,17 +99,7 @@ async def request(
 
 
 async def _read_capped_session(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    declared = response.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise DocumentTooLarge(int(declared), limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise DocumentTooLarge(size, limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await _capped(response.headers.get("content-length"), response.content.iter_any(), limit)
 
 
 async def session_request(
