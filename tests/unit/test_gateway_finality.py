@@ -34,7 +34,7 @@ from node.gateway.auth import KeyStore
 from node.gateway.equivocation import PromiseKeeper, broken_promise
 from node.gateway.errors import InvalidRequest
 from node.gateway.pending import PendingRegistry, ResultMessage, recover_submission_signer
-from node.gateway.records import Submission
+from node.gateway.records import Submission, VerifiedResult
 from node.gateway.responses import build_response
 from node.gateway.schemas import parse_chat_request, parse_completion_request
 from node.gateway.testing import FakeBackend
@@ -252,16 +252,20 @@ def test_answer_on_defaults_to_signature(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ equivocation
 
 
-async def test_broken_promise_sees_a_commit_or_reveal_other_than_the_signed_digest(
-    registry: tuple[PendingRegistry, Store],
-) -> None:
-    reg, _ = registry
+async def _answered_on_signature(reg: PendingRegistry) -> tuple[Submission, bytes, bytes, VerifiedResult]:
+    """A request answered on its seat's signed "honest" output; also the "other" output it could lie with."""
     sub = _submission()
     good, other = _output(sub, "honest"), _output(sub, "other")
     pending = reg.register(sub)
     pending.accept_signed()
     reg.on_result_message(31337, sub.request_id, _signed(sub, good))
-    answered = await pending.wait(1)
+    return sub, good, other, await pending.wait(1)
+
+
+async def test_broken_promise_sees_a_commit_or_reveal_other_than_the_signed_digest(
+    registry: tuple[PendingRegistry, Store],
+) -> None:
+    sub, good, other, answered = await _answered_on_signature(registry[0])
     ref = LogRef(1, "0x00", "0x01", 0, HUB)
     me, rid = ASSIGNEE.address, sub.request_id
 
@@ -284,13 +288,7 @@ async def test_a_batch_root_is_told_from_its_events_not_read_from_the_chain(
     """`commitBatch` emits one root per id in one transaction: the keeper tells a root from a lie by
     those events (no `getRequest` per honest batch commit) and proves the reveal as a batch's; a
     contradicted commit the events cannot place is still read from the chain and proven."""
-    reg, _ = registry
-    sub = _submission()
-    good, other = _output(sub, "honest"), _output(sub, "other")
-    pending = reg.register(sub)
-    pending.accept_signed()
-    reg.on_result_message(31337, sub.request_id, _signed(sub, good))
-    answered = await pending.wait(1)
+    sub, good, other, answered = await _answered_on_signature(registry[0])
     me, rid = ASSIGNEE.address, sub.request_id
     reads: list[int] = []
     receipts: list[str] = []
