@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,8 +63,27 @@ async def _capped(declared: str | None, body: AsyncIterator[bytes], limit: int) 
     return b"".join(chunks)
 
 
-async def _read_capped(response: httpx.Response, limit: int) -> bytes:
-    return await _capped(response.headers.get("content-length"), response.aiter_bytes(), limit)
+Attempt = Callable[[], Awaitable[Reply | str]]
+"""One try: the reply, or why it is worth another try (a retryable status)."""
+
+
+async def _with_retries(
+    backend: str, url: str, policy: RetryPolicy, attempt: Attempt, transient: tuple[type[BaseException], ...]
+) -> Reply:
+    """`attempt` until it replies, at most `policy.retries + 1` times; BackendUnavailable after."""
+    last = ""
+    for n in range(policy.retries + 1):
+        if n:
+            await asyncio.sleep(policy.delay(n - 1))
+        try:
+            outcome = await attempt()
+        except transient as exc:
+            last = f"{type(exc).__name__} talking to {_where(url)}: {exc}".rstrip(": ")
+            continue
+        if isinstance(outcome, Reply):
+            return outcome
+        last = outcome
+    raise BackendUnavailable(backend, f"{last} (after {policy.retries + 1} tries)")
 
 
 async def request(
@@ -78,28 +97,18 @@ async def request(
     **kwargs: Any,
 ) -> Reply:
     """Send one request with retries; BackendUnavailable once every try failed."""
-    last = ""
-    for attempt in range(policy.retries + 1):
-        if attempt:
-            await asyncio.sleep(policy.delay(attempt - 1))
+
+    async def attempt() -> Reply | str:
+        response = await client.send(client.build_request(method, url, **kwargs), stream=True)
         try:
-            req = client.build_request(method, url, **kwargs)
-            response = await client.send(req, stream=True)
-            try:
-                if response.status_code in RETRY_STATUSES:
-                    last = f"HTTP {response.status_code} from {_where(url)}"
-                    continue
-                body = await _read_capped(response, limit)
-            finally:
-                await response.aclose()
-            return Reply(response.status_code, body, response.headers)
-        except httpx.TransportError as exc:
-            last = f"{type(exc).__name__} talking to {_where(url)}: {exc}".rstrip(": ")
-    raise BackendUnavailable(backend, f"{last} (after {policy.retries + 1} tries)")
+            if response.status_code in RETRY_STATUSES:
+                return f"HTTP {response.status_code} from {_where(url)}"
+            body = await _capped(response.headers.get("content-length"), response.aiter_bytes(), limit)
+        finally:
+            await response.aclose()
+        return Reply(response.status_code, body, response.headers)
 
-
-async def _read_capped_session(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    return await _capped(response.headers.get("content-length"), response.content.iter_any(), limit)
+    return await _with_retries(backend, url, policy, attempt, (httpx.TransportError,))
 
 
 async def session_request(
@@ -114,22 +123,17 @@ async def session_request(
     headers: dict[str, str] | None = None,
 ) -> Reply:
     """`request` on an aiohttp session: the same retries, cap and BackendUnavailable; no redirects."""
-    last = ""
-    for attempt in range(policy.retries + 1):
-        if attempt:
-            await asyncio.sleep(policy.delay(attempt - 1))
-        try:
-            async with session.request(
-                method, url, data=data, headers=headers, allow_redirects=False
-            ) as response:
-                if response.status in RETRY_STATUSES:
-                    last = f"HTTP {response.status} from {_where(url)}"
-                    continue
-                body = await _read_capped_session(response, limit)
-                return Reply(response.status, body, httpx.Headers(list(response.headers.items())))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            last = f"{type(exc).__name__} talking to {_where(url)}: {exc}".rstrip(": ")
-    raise BackendUnavailable(backend, f"{last} (after {policy.retries + 1} tries)")
+
+    async def attempt() -> Reply | str:
+        async with session.request(
+            method, url, data=data, headers=headers, allow_redirects=False
+        ) as response:
+            if response.status in RETRY_STATUSES:
+                return f"HTTP {response.status} from {_where(url)}"
+            body = await _capped(response.headers.get("content-length"), response.content.iter_any(), limit)
+            return Reply(response.status, body, httpx.Headers(list(response.headers.items())))
+
+    return await _with_retries(backend, url, policy, attempt, (aiohttp.ClientError, TimeoutError))
 
 
 def _where(url: str) -> str:
