@@ -35,14 +35,16 @@ def _miners(broker: Mosquitto) -> tuple[Login, Login]:
 
 
 async def _observe(broker: Mosquitto, publish: list[tuple[Login, str]], settle_s: float = 0.5) -> list[str]:
-    """Topics an all-reading gateway login receives while each (login, topic) publishes once."""
+    """Topics an all-reading gateway login receives while each (login, topic) publishes once (not
+    the retained heartbeats earlier tests left on this shared broker)."""
     seen: list[str] = []
     async with _client(broker, broker.logins["gateway-observer"]) as observer:
         await observer.subscribe("inferd/#", qos=1)
 
         async def collect() -> None:
             async for message in observer.messages:
-                seen.append(str(message.topic))
+                if not message.retain:
+                    seen.append(str(message.topic))
 
         task = asyncio.create_task(collect())
         for login, topic in publish:
