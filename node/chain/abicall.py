@@ -99,14 +99,6 @@ def codecs(abi: Sequence[dict[str, Any]]) -> dict[str, FunctionCodec]:
     return out
 
 
-def _block_param(block: BlockIdentifier) -> str:
-    if isinstance(block, int):
-        return hex(block)
-    if isinstance(block, bytes):
-        return "0x" + block.hex()
-    return str(block)
-
-
 async def rpc(w3: AsyncWeb3[Any], method: str, params: list[Any]) -> Any:
     """One JSON-RPC call straight to `w3`'s provider: the raw `result` (hex strings, plain dicts),
     none of web3's result formatting. An `error` answer raises web3's `Web3RPCError`."""
@@ -184,7 +176,7 @@ def receipt(raw: dict[str, Any]) -> dict[str, Any]:
 async def eth_call(w3: AsyncWeb3[Any], to: str, data: bytes, block: BlockIdentifier = "latest") -> bytes:
     """`eth_call` straight to the provider. A revert raises the hub's typed `HubError` (as web3's
     `ContractLogicError` path did); any other RPC error raises web3's `Web3RPCError`."""
-    params = [{"to": to, "data": "0x" + data.hex()}, _block_param(block)]
+    params = [{"to": to, "data": "0x" + data.hex()}, hex_param(block)]
     response = cast(dict[str, Any], await w3.provider.make_request(RPCEndpoint("eth_call"), params))
     error = response.get("error")
     if error is not None:

@@ -27,7 +27,7 @@ from typing import Any
 from eth_abi.abi import decode as abi_decode
 from eth_utils.crypto import keccak
 
-from node.chain.abicall import checksum
+from node.chain.abicall import checksum, quantity
 from node.chain.artifacts import hub_abi
 
 
@@ -386,13 +386,6 @@ def _get(log: Mapping[str, Any], key: str, default: Any = None) -> Any:
         return default
 
 
-def _int(value: Any) -> int:
-    """A log field as web3 gives it (int) or as the node does (0x-quantity)."""
-    if not value:
-        return 0
-    return int(value, 16) if isinstance(value, str) else int(value)
-
-
 def _norm(value: Any) -> Any:
     if isinstance(value, str) and value.startswith("0x") and len(value) == 42:
         return checksum(value)
@@ -426,10 +419,10 @@ def decode_log(log: Mapping[str, Any]) -> HubEvent | None:
     args = {k: _norm(v) for k, v in args.items()}
     block_hash = _get(log, "blockHash")
     ref = LogRef(
-        block_number=_int(_get(log, "blockNumber", 0)),
+        block_number=quantity(_get(log, "blockNumber") or 0),
         block_hash=_hex(block_hash) if block_hash is not None else "",
         tx_hash=_hex(_get(log, "transactionHash", b"")),
-        log_index=_int(_get(log, "logIndex", 0)),
+        log_index=quantity(_get(log, "logIndex") or 0),
         address=checksum(_get(log, "address")) if _get(log, "address") else "",
     )
     cls = _BY_NAME.get(ev.name)

@@ -37,7 +37,7 @@ from typing import Any, Literal
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import to_checksum_address
 from web3 import AsyncWeb3
-from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
+from web3.exceptions import Web3RPCError
 
 from node.chain.abicall import hex_param, quantity, rpc
 from node.chain.abicall import receipt as receipt_of
@@ -181,7 +181,7 @@ class TxSender:
         while True:
             try:
                 return await call()
-            except (Web3RPCError, ContractLogicError, TxError):
+            except (Web3RPCError, TxError):
                 raise
             except Exception as exc:
                 self.stats.rpc_errors += 1
@@ -233,9 +233,7 @@ class TxSender:
             gas = await self._retry(
                 "estimate_gas", lambda: rpc(self.w3, "eth_estimateGas", [call, "pending"]), 60
             )
-        except ContractLogicError as exc:
-            raise TxWouldRevert(str(exc.message or exc), exc.data) from exc
-        except Web3RPCError as exc:
+        except Web3RPCError as exc:  # a revert (its data, when the node gives it) or another refusal
             raise TxWouldRevert(_rpc_message(exc), _rpc_data(exc)) from exc
         return int(quantity(gas) * self.gas_margin) + 1
 
@@ -337,10 +335,7 @@ class TxSender:
 
     async def _find_receipt(self, pending: _Pending) -> Any | None:
         for tx_hash in reversed(pending.hashes):
-            try:
-                raw = await rpc(self.w3, "eth_getTransactionReceipt", [tx_hash])
-            except TransactionNotFound:
-                continue
+            raw = await rpc(self.w3, "eth_getTransactionReceipt", [tx_hash])  # null: not mined (yet)
             if raw is not None and raw.get("blockNumber") is not None:
                 return receipt_of(raw)
         return None

@@ -167,7 +167,7 @@ def create_app(
 
         accept = getattr(state.backend, "accept_private_output", None)
         app.add_middleware(EnvelopeRoutes, book=envelopes, accept=accept)  # inside ObserveRequests: counted
-        app.include_router(envelope_router(envelopes, accept))
+        app.include_router(envelope_router(envelopes))  # what EnvelopeRoutes leaves: HEAD, 405s
     app.add_middleware(ObserveRequests, metrics=metrics)
 
     from node.content.trustless import trustless_router

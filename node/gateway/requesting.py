@@ -291,7 +291,8 @@ class Requester:
             return quantity(
                 (await rpc(link.hub.w3, "eth_getBlockByNumber", [hex(number), False]))["timestamp"]
             )
-        except Exception:
+        except Exception as exc:  # `created` only dates the answer; the request goes on
+            log.warning("block_time_unread", block=number, error=f"{type(exc).__name__}: {exc}")
             return int(time.time())
 
     async def _seats(self, link: ChainLink, model: ModelInfo, rid: int, receipt: Any) -> list[str] | None:

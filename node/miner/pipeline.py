@@ -69,7 +69,6 @@ from node.miner.private import (
     encode_private,
     fetch_private,
     is_private,
-    own_address,
     sealed_deltas,
 )
 
@@ -181,7 +180,6 @@ class Pipeline:
         """Where sealed private inputs are found (`node.miner.private`); None: public inputs only."""
         self.store = store
         self._key = private_key
-        self._address = own_address(private_key)  # what envelopes and sealed deltas name us by
         self.chain_id = chain_id
         self.hub = hub
         self.first_fetch_s = first_fetch_s
@@ -249,9 +247,7 @@ class Pipeline:
                 return exc
             except ContentError as exc:  # not found, a backend down, bytes that do not match the CID
                 if self.envelopes is not None and isinstance(exc, ContentNotFound):
-                    opened = await fetch_private(
-                        self.envelopes, input_cid, job.input_digest, self._key, self._address
-                    )
+                    opened = await fetch_private(self.envelopes, input_cid, job.input_digest, self._key)
                     if opened is not None:  # a private input sealed to us (or a tampered envelope)
                         self._unavailable.pop(input_cid, None)
                         return opened
@@ -283,7 +279,7 @@ class Pipeline:
         t1 = time.monotonic()
         private = fetched if not isinstance(fetched, ContentError) and is_private(fetched) else None
         if private is not None and deltas is not None:
-            deltas = sealed_deltas(deltas, private, job.request_id, self._key, self._address)
+            deltas = sealed_deltas(deltas, private, job.request_id, self._key)
         refusal = None
         if not isinstance(fetched, ContentError) and job.max_tokens is not None:
             refusal = over_declared(fetched, job.max_tokens, self.max_model_len)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -150,22 +151,23 @@ def is_private(doc: InputDocument) -> bool:
     return doc.salt is not None and doc.reply_to is not None
 
 
+@functools.lru_cache(maxsize=16)
 def own_address(private_key: str) -> str:
-    """The checksum-free (lowercase) address of a miner's key, as envelopes name recipients."""
+    """The checksum-free (lowercase) address of a miner's key, as envelopes name recipients;
+    remembered per key (a curve multiplication and a keccak, asked for on every private job)."""
     return address_of_public_key(public_key_of(private_key)).lower()
 
 
 def open_private_input(
-    envelope: bytes, *, private_key: str, input_digest: bytes, address: str | None = None
+    envelope: bytes, *, private_key: str, input_digest: bytes
 ) -> InputDocument | ContentError | None:
     """The private input sealed in `envelope`, the error to answer with, or None: not sealed to us.
 
     None (the gateway has not added this seat yet, e.g. an auditor drawn later) leaves the input
-    unavailable for now; the caller retries it like a missing block. `address`: `own_address` of
-    the key when the caller holds it (a key's address costs a curve multiplication and a keccak).
+    unavailable for now; the caller retries it like a missing block.
     """
     try:
-        plaintext = open_envelope(envelope, private_key, address or own_address(private_key))
+        plaintext = open_envelope(envelope, private_key, own_address(private_key))
     except NotARecipient:
         return None
     except EnvelopeError:
@@ -182,13 +184,13 @@ def open_private_input(
 
 
 async def fetch_private(
-    source: EnvelopeSource, input_cid: str, input_digest: bytes, private_key: str, address: str | None = None
+    source: EnvelopeSource, input_cid: str, input_digest: bytes, private_key: str
 ) -> InputDocument | ContentError | None:
     """The newest envelope of `input_cid` from `source`, opened (`open_private_input`); None: none for us."""
     envelope = await source.envelope(input_cid)
     if envelope is None:
         return None
-    opened = open_private_input(envelope, private_key=private_key, input_digest=input_digest, address=address)
+    opened = open_private_input(envelope, private_key=private_key, input_digest=input_digest)
     if isinstance(opened, InputTampered):
         log.warning("private_input_tampered", input_cid=input_cid, reason=str(opened))
     return opened
@@ -233,14 +235,11 @@ def encode_private(
         return salted, data, seal_output(data, doc)
 
 
-def sealed_deltas(
-    sink: DeltaSink, doc: InputDocument, request_id: int, private_key: str, address: str | None = None
-) -> DeltaSink:
-    """A delta sink that encrypts each delta of a private request (module docstring: Deltas).
-    `address`: `own_address(private_key)` when the caller holds it."""
+def sealed_deltas(sink: DeltaSink, doc: InputDocument, request_id: int, private_key: str) -> DeltaSink:
+    """A delta sink that encrypts each delta of a private request (module docstring: Deltas)."""
     assert doc.salt is not None
     key = delta_key(doc.salt)
-    miner = address or own_address(private_key)
+    miner = own_address(private_key)
 
     def send(seq: int, choice: int, delta: dict[str, Any]) -> None:
         sink(seq, choice, seal_delta(key, request_id, miner, seq, delta))

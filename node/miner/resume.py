@@ -101,7 +101,8 @@ class Resume:
     async def _check_revealed(self, job: Job) -> None:
         try:
             info = await self.view.get_request(job.request_id)
-        except Exception:
+        except Exception as exc:  # the follower's InferenceFinalized still settles it; the start goes on
+            log.info("resume_check_failed", request_id=job.request_id, error=f"{type(exc).__name__}: {exc}")
             return
         if info is None:
             self.journal.mark(job.request_id, JobState.UPLOADED, "request vanished (reorg)")

@@ -13,21 +13,15 @@ payload field a stranger could fill in):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Literal
 
-from eth_utils.address import is_hex_address, to_checksum_address
+from eth_utils.address import is_hex_address
+
+from node.chain.abicall import checksum as _checksum  # cached: a keccak per address otherwise
 
 PREFIX = "inferd/v1"
 
 Kind = Literal["delta", "result"]
-
-
-@lru_cache(maxsize=256)
-def _checksum(address: str) -> str:
-    """`to_checksum_address`, remembered: a keccak per call, and a publisher names the same hub and
-    miner in every delta's topic (a few addresses per process, so a small cache holds them all)."""
-    return str(to_checksum_address(address))
 
 
 def _base(chain_id: int, hub: str) -> str:
@@ -86,7 +80,7 @@ def parse_request_topic(topic: str) -> RequestTopic | None:
 
 
 def _is_checksum(text: str) -> bool:
-    """`is_checksum_address` through the cache of `_checksum` (the few miners of a hub recur)."""
+    """`is_checksum_address` through the checksum cache (the few miners of a hub recur)."""
     return is_hex_address(text) and text.startswith("0x") and _checksum(text) == text
 
 
