@@ -69,7 +69,11 @@ contract HubDisputes is HubStorage {
         _bountyTo = msg.sender;
         Request storage q = _requests[id];
         Phase ph = q.phase;
-        if (ph == Phase.None) revert UnknownRequest(id);
+        if (ph == Phase.None) {
+            // a batch member not yet assigned (its head is still empty) is Pending
+            if (q.inputDigest == bytes32(0)) revert UnknownRequest(id);
+            revert WrongPhase(id, Phase.Pending);
+        }
         Model memory model = _models[_modelIds[q.modelIndex - 1]];
         uint256 due = q.mark;
         if (ph == Phase.Reveal && q.redundancy == 1) due += model.timeoutBlocks;
@@ -113,7 +117,7 @@ contract HubDisputes is HubStorage {
             q.committed = 0;
             q.seats = 0;
             q.phase = Phase.Reveal;
-            q.mark = uint48(block.number); // fresh reveal window for the assignee
+            q.mark = uint40(block.number); // fresh reveal window for the assignee
         } else if (ph == Phase.AuditReveal) {
             bool a = q.revealed & 1 != 0;
             bool b = q.revealed & 2 != 0;
@@ -336,10 +340,10 @@ contract HubDisputes is HubStorage {
         if (got == 0) {
             // Nobody can audit: the result goes unaudited, with a fresh reveal window.
             q.flags |= FLAG_NO_AUDIT;
-            q.mark = uint48(block.number);
+            q.mark = uint40(block.number);
             return;
         }
-        uint48 deadline = uint48(block.number + model.timeoutBlocks);
+        uint40 deadline = uint40(block.number + model.timeoutBlocks);
         q.seed = seed;
         q.base = uint48(commitBlock);
         q.more[0] = chosen[0];
@@ -379,7 +383,7 @@ contract HubDisputes is HubStorage {
         q.seats = uint8(2 + got);
         q.flags |= FLAG_DISPUTE;
         q.phase = Phase.Committee;
-        uint48 deadline = uint48(block.number + model.timeoutBlocks);
+        uint40 deadline = uint40(block.number + model.timeoutBlocks);
         q.mark = deadline;
         emit CommitteeOpened(id, q.inputDigest, deadline, members);
     }

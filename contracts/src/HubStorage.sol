@@ -44,17 +44,19 @@ abstract contract HubStorage {
     ///      `digests[0]` (`revealBatch`) or the seat is reassigned.
     uint8 internal constant FLAG_BATCH = 32;
 
-    // A request's slot 2, its "head" (`assignee0`, `mark`, `modelIndex`, `redundancy`, `phase`,
-    // `flags`; see `Request`): the hot paths (request, assign, r = 1 commit and reveal) read it once
-    // and write it once as a word (`_head`, `_setHead`) instead of once per field. Bit offsets:
-    uint256 internal constant HEAD_MARK = 160;
+    // A request's slot 2, its "head" (`assignee0`, `mark`, `offset`, `modelIndex`, `redundancy`,
+    // `phase`, `flags`; see `Request`): the hot paths (request, assign, r = 1 commit and reveal) read
+    // it once and write it once as a word (`_head`, `_setHead`) instead of once per field. Bit offsets:
+    uint256 internal constant HEAD_MARK = 160; // 40 bits
+    uint256 internal constant HEAD_OFFSET = 200; // 8 bits
     uint256 internal constant HEAD_MODEL = 208;
     uint256 internal constant HEAD_R = 232;
     uint256 internal constant HEAD_PHASE = 240;
     uint256 internal constant HEAD_FLAGS = 248;
-    /// @dev The head's `modelIndex`, `redundancy` and `flags` bits (what a (re)assignment keeps).
-    uint256 internal constant HEAD_KEEP_MODEL =
-        uint256(type(uint24).max) << HEAD_MODEL | uint256(0xff) << HEAD_R | uint256(0xff) << HEAD_FLAGS;
+    /// @dev The head's `offset`, `modelIndex`, `redundancy` and `flags` bits (what a (re)assignment
+    ///      keeps).
+    uint256 internal constant HEAD_KEEP_MODEL = uint256(0xff) << HEAD_OFFSET | uint256(type(uint24).max) << HEAD_MODEL
+        | uint256(0xff) << HEAD_R | uint256(0xff) << HEAD_FLAGS;
 
     // Slash reasons (event field)
     uint8 internal constant SLASH_SILENT = 1;
@@ -119,15 +121,22 @@ abstract contract HubStorage {
         uint48 since;
     }
 
+    /// @dev Requests 2.. of one `requestInferences` are its batch's *members*: their requester and
+    ///      block are the first's, so a member's request writes one fresh slot (`inputDigest`) and
+    ///      16 bits of `_memberTokens` instead of three slots. Until assigned a member's head is 0
+    ///      (read as Pending, see `_assignDue` and `getRequest`); slot 0 stays empty for good: its
+    ///      requester is the first's (`offset` back) and its fee the model's price of its tokens
+    ///      (prices never change), see `_requesterOf` and `_feeOf`.
     struct Request {
-        // slot 0
+        // slot 0 (empty for a batch member)
         address requester;
         uint96 fee;
         // slot 1
         bytes32 inputDigest;
         // slot 2
         address assignee0;
-        uint48 mark;
+        uint40 mark;
+        uint8 offset; // a batch member's distance to its batch's first request (0 = not a member)
         uint24 modelIndex;
         uint8 redundancy;
         Phase phase;
@@ -334,6 +343,8 @@ abstract contract HubStorage {
     /// @dev `_batchKey(miner, root, ids)` => the block of its `commitBatch` (0 = none). Appended
     ///      last: the layout before it is shared with HubDisputes.
     mapping(bytes32 => uint256) internal _batchRoots;
+    /// @dev A batch member's `maxTokens - 1`, 16 bits each: id => word `id >> 4`, lane `id & 15`.
+    mapping(uint256 => uint256) internal _memberTokens;
 
 
     modifier nonReentrant() {
@@ -367,6 +378,20 @@ abstract contract HubStorage {
         return keccak256(abi.encode(miner, root, keccak256(abi.encodePacked(ids))));
     }
 
+    /// @dev Who paid for request `id` (a batch member's is its first's).
+    function _requesterOf(uint256 id, Request storage q) internal view returns (address) {
+        uint256 off = q.offset;
+        return off == 0 ? q.requester : _requests[id - off].requester;
+    }
+
+    /// @dev What request `id` escrowed: a batch member's is its model's price of its tokens.
+    function _feeOf(uint256 id, Request storage q) internal view returns (uint256) {
+        if (q.offset == 0) return q.fee;
+        Model memory model = _hotModel(_modelIds[q.modelIndex - 1]);
+        uint256 tokens = uint16(_memberTokens[id >> 4] >> ((id & 15) << 4)) + 1;
+        return uint256(model.baseFee) + uint256(model.perTokenFee) * tokens;
+    }
+
     function _head(Request storage q) internal view returns (uint256 w) {
         assembly {
             w := sload(add(q.slot, 2))
@@ -392,8 +417,8 @@ abstract contract HubStorage {
         internal
     {
         uint256 r = who.length;
-        uint48 deadline = uint48(block.number + timeoutBlocks);
-        // assignee0, mark = deadline, phase Assigned; modelIndex, redundancy and flags kept
+        uint40 deadline = uint40(block.number + timeoutBlocks);
+        // assignee0, mark = deadline, phase Assigned; offset, modelIndex, redundancy and flags kept
         _setHead(
             q,
             (_head(q) & HEAD_KEEP_MODEL) | uint256(uint160(who[0])) | uint256(deadline) << HEAD_MARK
@@ -414,7 +439,7 @@ abstract contract HubStorage {
     }
 
     function _openReveal(uint256 id, Request storage q, Phase next) internal {
-        uint48 deadline = uint48(block.number + _models[_modelIds[q.modelIndex - 1]].timeoutBlocks);
+        uint40 deadline = uint40(block.number + _models[_modelIds[q.modelIndex - 1]].timeoutBlocks);
         q.phase = next;
         q.mark = deadline;
         emit RevealOpened(id, deadline);
@@ -427,7 +452,7 @@ abstract contract HubStorage {
     }
 
     function _provisional(uint256 id, Request storage q, Model memory model, bytes32 win) internal {
-        uint48 end = uint48(block.number + model.timeoutBlocks);
+        uint40 end = uint40(block.number + model.timeoutBlocks);
         q.phase = Phase.Resolved;
         q.mark = end;
         emit InferenceResolved(id, win, end);
@@ -436,7 +461,7 @@ abstract contract HubStorage {
     /// @dev Settle a request with a winner seat: pay the fee, slash losers, pay the committee.
     function _finish(uint256 id, Request storage q, Model memory model) internal {
         bytes32 win = q.digests[q.winner - 1];
-        uint256 fee = q.fee;
+        uint256 fee = _feeOf(id, q);
         q.phase = Phase.Final;
         emit InferenceFinalized(id, win);
         if (win == UNAVAILABLE) {
@@ -482,7 +507,7 @@ abstract contract HubStorage {
                 uint256 comp = fee * 10_000 / model.auditBps;
                 if (comp > taken) comp = taken;
                 taken -= comp;
-                _credit(q.requester, id, comp, CREDIT_COMPENSATION);
+                _credit(_requesterOf(id, q), id, comp, CREDIT_COMPENSATION);
             }
             _burn(id, taken);
             return;
@@ -510,7 +535,7 @@ abstract contract HubStorage {
     /// @dev Nobody could fetch the input: the seats that said so share the base fee, the requester
     ///      gets the rest back.
     function _payUnavailable(uint256 id, Request storage q, Model memory model) internal {
-        uint256 fee = q.fee;
+        uint256 fee = _feeOf(id, q);
         uint256 base = model.baseFee < fee ? model.baseFee : fee;
         uint256 n = q.seats == 0 ? q.redundancy : q.seats;
         uint256 count;
@@ -522,7 +547,7 @@ abstract contract HubStorage {
             if (_revealedSeat(q, i) && q.digests[i] == UNAVAILABLE) _credit(_seat(q, i), id, share, CREDIT_FEE);
         }
         uint256 back = fee - share * count;
-        if (back != 0) _credit(q.requester, id, back, CREDIT_REFUND);
+        if (back != 0) _credit(_requesterOf(id, q), id, back, CREDIT_REFUND);
     }
 
     /// @dev A failed round: reassign once to miners not yet seated, else refund. `pot` (the silent
@@ -574,7 +599,7 @@ abstract contract HubStorage {
 
     function _refund(uint256 id, Request storage q) internal {
         q.phase = Phase.Refunded;
-        _credit(q.requester, id, q.fee, CREDIT_REFUND);
+        _credit(_requesterOf(id, q), id, _feeOf(id, q), CREDIT_REFUND);
         emit InferenceRefunded(id);
     }
 
@@ -697,11 +722,23 @@ abstract contract HubStorage {
         uint256 next = _nextAssign;
         uint256 end = _nextId;
         uint256 start = next;
-        while (done < maxCount && next < end) {
+        uint256 first; // the batch being materialised: its first id and its Pending head
+        uint256 pending;
+        while (next < end) {
             Request storage q = _requests[next];
             uint256 w = _head(q);
+            if (w == 0) {
+                // A batch member: Pending exactly while its first is, and materialised right after
+                // it (a batch is never split across calls), with the first's head as its own.
+                _materialise(next, q, pending | (next - first) << HEAD_OFFSET);
+                ++done;
+                ++next;
+                continue;
+            }
+            if (done >= maxCount) break;
             if (uint8(w >> HEAD_PHASE) == uint8(Phase.Pending)) {
-                if (uint48(w >> HEAD_MARK) >= block.number) break;
+                if (uint40(w >> HEAD_MARK) >= block.number) break;
+                (first, pending) = (next, w);
                 _materialise(next, q, w);
                 ++done;
             }
@@ -710,9 +747,11 @@ abstract contract HubStorage {
         if (next != start) _nextAssign = uint128(next);
     }
 
-    /// @dev `w`: the request's head (Pending: `mark` is the request block).
+    /// @dev `w`: the request's Pending head (`mark` is the request block; a member's carries its
+    ///      offset and is written here for the first time).
     function _materialise(uint256 id, Request storage q, uint256 w) internal {
-        uint256 requestBlock = uint48(w >> HEAD_MARK);
+        if (uint8(w >> HEAD_OFFSET) != 0) _setHead(q, w); // then rewritten at 100 gas
+        uint256 requestBlock = uint40(w >> HEAD_MARK);
         bytes32 h = blockhash(requestBlock);
         if (h == bytes32(0)) {
             _refund(id, q);

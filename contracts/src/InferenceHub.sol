@@ -228,6 +228,8 @@ contract InferenceHub is HubStorage {
     }
 
     /// @notice Many requests of one model in one transaction; msg.value = the sum of their prices.
+    ///         The first is written as a lone request; the others are its batch's members (one
+    ///         fresh slot each, see `Request`), assigned together with it.
     function requestInferences(bytes32 modelId, bytes32[] calldata inputDigests, uint32[] calldata maxTokens)
         external
         payable
@@ -240,18 +242,30 @@ contract InferenceHub is HubStorage {
         Model memory model = _hotModel(modelId);
         if (model.index == 0) revert UnknownModel();
         _checkPool(model);
-        uint256 left = msg.value;
         firstId = _nextId;
         _nextId = uint128(firstId + len); // the ids firstId .. firstId + len - 1, written once
-        for (uint256 i; i < len; ++i) {
-            uint256 p = uint256(model.baseFee) + uint256(model.perTokenFee) * maxTokens[i];
-            if (p > left) revert WrongFee(p, left);
-            unchecked {
-                left -= p;
+        uint256 total = uint256(model.baseFee) + uint256(model.perTokenFee) * maxTokens[0];
+        _newRequest(model, modelId, firstId, inputDigests[0], maxTokens[0], total);
+        uint256 bucket = (firstId + 1) >> 4;
+        uint256 word; // the members' `maxTokens - 1` of `bucket`, written once per 16 ids
+        for (uint256 i = 1; i < len; ++i) {
+            uint256 id = firstId + i;
+            if (id >> 4 != bucket) {
+                _memberTokens[bucket] |= word;
+                (bucket, word) = (id >> 4, 0);
             }
-            _newRequest(model, modelId, firstId + i, inputDigests[i], maxTokens[i], p);
+            bytes32 d = inputDigests[i];
+            uint32 t = maxTokens[i];
+            if (d == bytes32(0)) revert ZeroDigest();
+            if (t == 0 || t > MAX_DECLARED_TOKENS) revert BadMaxTokens(t);
+            uint256 p = uint256(model.baseFee) + uint256(model.perTokenFee) * t;
+            total += p;
+            word |= uint256(t - 1) << ((id & 15) << 4);
+            _requests[id].inputDigest = d;
+            emit InferenceRequested(id, msg.sender, modelId, d, p, t);
         }
-        if (left != 0) revert WrongFee(msg.value - left, msg.value);
+        if (len > 1) _memberTokens[bucket] |= word;
+        if (total != msg.value) revert WrongFee(total, msg.value);
         _assignDue(AUTO_ASSIGN);
     }
 
@@ -301,9 +315,9 @@ contract InferenceHub is HubStorage {
         uint256 prev;
         uint256 modelBits;
         // phase Reveal, mark = this block (seeds each audit draw), FLAG_BATCH: one head write per id
-        uint256 set = uint256(uint48(block.number)) << HEAD_MARK | uint256(uint8(Phase.Reveal)) << HEAD_PHASE
+        uint256 set = uint256(uint40(block.number)) << HEAD_MARK | uint256(uint8(Phase.Reveal)) << HEAD_PHASE
             | uint256(FLAG_BATCH) << HEAD_FLAGS;
-        uint256 clear = ~(uint256(type(uint48).max) << HEAD_MARK | uint256(0xff) << HEAD_PHASE);
+        uint256 clear = ~(uint256(type(uint40).max) << HEAD_MARK | uint256(0xff) << HEAD_PHASE);
         for (uint256 i; i < len; ++i) {
             uint256 id = ids[i];
             if (id <= prev) revert BadBatch();
@@ -313,7 +327,7 @@ contract InferenceHub is HubStorage {
             Phase ph = Phase(uint8(w >> HEAD_PHASE));
             if (ph != Phase.Assigned || uint8(w >> HEAD_R) != 1) revert WrongPhase(id, ph);
             if (address(uint160(w)) != msg.sender) revert NotSeated(id);
-            if (block.number > uint48(w >> HEAD_MARK)) revert DeadlinePassed(id);
+            if (block.number > uint40(w >> HEAD_MARK)) revert DeadlinePassed(id);
             uint256 m = w & uint256(type(uint24).max) << HEAD_MODEL;
             if (i == 0) modelBits = m;
             else if (m != modelBits) revert BadBatch();
@@ -432,13 +446,28 @@ contract InferenceHub is HubStorage {
     ///         read it from the request's `InferenceFinalized` (or `ResultRevealed`) log.
     function getRequest(uint256 id) external view returns (RequestView memory v) {
         Request storage q = _requests[id];
-        if (q.phase == Phase.None) revert UnknownRequest(id);
         v.id = id;
-        v.phase = q.phase;
-        v.requester = q.requester;
-        v.modelId = _modelIds[q.modelIndex - 1];
         v.inputDigest = q.inputDigest;
-        v.fee = q.fee;
+        if (q.phase == Phase.None) {
+            if (v.inputDigest == bytes32(0)) revert UnknownRequest(id);
+            // A batch member not yet assigned: Pending like its first (the last id before it
+            // with a requester), whose block, model and requester it shares.
+            uint256 first = id - 1;
+            while (_requests[first].requester == address(0)) --first;
+            Request storage f = _requests[first];
+            v.phase = Phase.Pending;
+            v.requester = f.requester;
+            v.modelId = _modelIds[f.modelIndex - 1];
+            v.fee = price(v.modelId, uint16(_memberTokens[id >> 4] >> ((id & 15) << 4)) + 1);
+            v.mark = f.mark;
+            v.redundancy = f.redundancy;
+            v.flags = f.flags;
+            return v;
+        }
+        v.phase = q.phase;
+        v.requester = _requesterOf(id, q);
+        v.modelId = _modelIds[q.modelIndex - 1];
+        v.fee = _feeOf(id, q);
         v.mark = q.mark;
         v.redundancy = q.redundancy;
         v.flags = q.flags;
@@ -490,7 +519,7 @@ contract InferenceHub is HubStorage {
         }
         _setHead(
             q,
-            uint256(uint48(block.number)) << HEAD_MARK | uint256(model.index) << HEAD_MODEL
+            uint256(uint40(block.number)) << HEAD_MARK | uint256(model.index) << HEAD_MODEL
                 | uint256(model.redundancy) << HEAD_R | uint256(uint8(Phase.Pending)) << HEAD_PHASE
         );
         emit InferenceRequested(id, msg.sender, modelId, inputDigest, fee, maxTokens);
@@ -502,14 +531,14 @@ contract InferenceHub is HubStorage {
         uint256 w = _head(q);
         Phase ph = Phase(uint8(w >> HEAD_PHASE));
         if (ph == Phase.Assigned) {
-            if (block.number > uint48(w >> HEAD_MARK)) revert DeadlinePassed(id);
+            if (block.number > uint40(w >> HEAD_MARK)) revert DeadlinePassed(id);
             uint256 r = uint8(w >> HEAD_R);
             if (r == 1) {
                 if (address(uint160(w)) != msg.sender) revert NotSeated(id);
                 q.digests[0] = c;
                 // phase Reveal, mark = the commit block (seeds the audit draw): one write
-                w &= ~(uint256(type(uint48).max) << HEAD_MARK | uint256(0xff) << HEAD_PHASE);
-                _setHead(q, w | uint256(uint48(block.number)) << HEAD_MARK | uint256(uint8(Phase.Reveal)) << HEAD_PHASE);
+                w &= ~(uint256(type(uint40).max) << HEAD_MARK | uint256(0xff) << HEAD_PHASE);
+                _setHead(q, w | uint256(uint40(block.number)) << HEAD_MARK | uint256(uint8(Phase.Reveal)) << HEAD_PHASE);
                 emit ResultCommitted(id, msg.sender, c);
                 return;
             }
@@ -542,7 +571,7 @@ contract InferenceHub is HubStorage {
     function _revealSingle(uint256 id, Request storage q, bytes32 d, uint256 w) private {
         if (address(uint160(w)) != msg.sender) revert NotSeated(id);
         if (keccak256(abi.encode(d, msg.sender, id)) != q.digests[0]) revert CommitmentMismatch(id);
-        uint256 commitBlock = uint48(w >> HEAD_MARK);
+        uint256 commitBlock = uint40(w >> HEAD_MARK);
         if (block.number <= commitBlock) revert NotYet(id, uint64(commitBlock + 1));
         Model memory model = _hotModel(_modelIds[uint24(w >> HEAD_MODEL) - 1]);
         if (block.number > commitBlock + model.timeoutBlocks) revert DeadlinePassed(id);
@@ -589,7 +618,7 @@ contract InferenceHub is HubStorage {
         Phase ph = Phase(uint8(w >> HEAD_PHASE));
         if (
             ph != Phase.Reveal || uint8(w >> HEAD_R) != 1
-                || uint8(w >> HEAD_FLAGS) & (FLAG_BATCH | FLAG_AUDIT) != FLAG_BATCH || uint48(w >> HEAD_MARK) != commitBlock
+                || uint8(w >> HEAD_FLAGS) & (FLAG_BATCH | FLAG_AUDIT) != FLAG_BATCH || uint40(w >> HEAD_MARK) != commitBlock
         ) revert WrongPhase(id, ph);
         if (address(uint160(w)) != msg.sender) revert NotSeated(id);
         if (withheld) {
@@ -608,11 +637,11 @@ contract InferenceHub is HubStorage {
 
     function _payFinal(uint256 id, Request storage q, Model memory model, bytes32 d) private {
         emit InferenceFinalized(id, d);
-        uint256 fee = q.fee;
+        uint256 fee = _feeOf(id, q);
         if (d == UNAVAILABLE) {
             uint256 base = model.baseFee < fee ? model.baseFee : fee;
             _credit(msg.sender, id, base, CREDIT_FEE);
-            if (fee != base) _credit(q.requester, id, fee - base, CREDIT_REFUND);
+            if (fee != base) _credit(_requesterOf(id, q), id, fee - base, CREDIT_REFUND);
             return;
         }
         uint256 auditPart = fee * model.auditBps / 10_000;

@@ -119,7 +119,7 @@ contract RequestsTest is HubBase {
         vm.startPrank(alice);
         vm.expectRevert(abi.encodeWithSelector(HubStorage.WrongFee.selector, total, total + 1));
         hub.requestInferences{value: total + 1}(m1, d, t);
-        vm.expectRevert(abi.encodeWithSelector(HubStorage.WrongFee.selector, hub.price(m1, t[2]), hub.price(m1, t[2]) - 1));
+        vm.expectRevert(abi.encodeWithSelector(HubStorage.WrongFee.selector, total, total - 1));
         hub.requestInferences{value: total - 1}(m1, d, t);
         vm.expectRevert(HubStorage.LengthMismatch.selector);
         hub.requestInferences{value: total}(m1, d, new uint32[](2));
@@ -142,6 +142,97 @@ contract RequestsTest is HubBase {
         _roll(1);
         assertEq(hub.assign(64), 3);
         for (uint256 i; i < 3; ++i) assertEq(_phase(first + i), uint8(HubStorage.Phase.Assigned));
+    }
+
+    /// @dev Batch members (every request of a batch but its first) share their first's requester and
+    ///      block and keep their own digest and fee, through request, assignment (never split from
+    ///      their first), payment and refund; their tokens straddle and share `_memberTokens` words.
+    function test_batchMembers_shareTheirFirstsFields() public {
+        address bob = makeAddr("bob");
+        vm.deal(bob, 10 ether);
+        // ids 1..13 (lone), assigned, so that batch A (14..17) straddles the word of ids 0..15
+        vm.startPrank(alice);
+        for (uint256 i; i < 13; ++i) {
+            hub.requestInference{value: _fee()}(m1, IN, MAX_TOKENS);
+        }
+        vm.stopPrank();
+        _roll(1);
+        assertEq(hub.assign(64), 13);
+        uint256 requestBlock = block.number;
+        (bytes32[] memory da, uint32[] memory ta, uint256 totalA) = _batch("a", 4, 10);
+        (bytes32[] memory db, uint32[] memory tb, uint256 totalB) = _batch("b", 3, 50);
+        vm.prank(alice);
+        assertEq(hub.requestInferences{value: totalA}(m1, da, ta), 14);
+        vm.prank(bob);
+        assertEq(hub.requestInferences{value: totalB}(m1, db, tb), 18); // 19, 20 share the word of 16, 17
+        for (uint256 i; i < 7; ++i) {
+            InferenceHub.RequestView memory v = hub.getRequest(14 + i);
+            assertEq(uint8(v.phase), uint8(HubStorage.Phase.Pending));
+            assertEq(v.requester, i < 4 ? alice : bob);
+            assertEq(v.inputDigest, i < 4 ? da[i] : db[i - 4]);
+            assertEq(v.fee, hub.price(m1, i < 4 ? ta[i] : tb[i - 4]));
+            assertEq(uint256(v.mark), requestBlock);
+            assertEq(v.modelId, m1);
+            assertEq(uint256(v.redundancy), 1);
+            assertEq(v.seats.length, 0);
+        }
+        vm.expectRevert(abi.encodeWithSelector(HubStorage.WrongPhase.selector, 16, HubStorage.Phase.Pending));
+        hub.timeout(16);
+        vm.expectRevert(abi.encodeWithSelector(HubStorage.UnknownRequest.selector, 21));
+        hub.getRequest(21);
+
+        _roll(1);
+        assertEq(hub.assign(1), 4); // batch A whole, not batch B
+        assertEq(hub.nextAssign(), 18);
+        assertEq(_phase(18), uint8(HubStorage.Phase.Pending));
+        assertEq(_phase(19), uint8(HubStorage.Phase.Pending));
+        for (uint256 i; i < 4; ++i) {
+            InferenceHub.RequestView memory v = hub.getRequest(14 + i);
+            assertEq(uint8(v.phase), uint8(HubStorage.Phase.Assigned));
+            assertEq(v.requester, alice);
+            assertEq(v.fee, hub.price(m1, ta[i]));
+            assertEq(v.inputDigest, da[i]);
+            assertEq(uint256(v.mark), block.number + TIMEOUT);
+            assertEq(v.seats.length, 1);
+        }
+        assertEq(hub.assign(1), 3);
+
+        // A member is paid its own fee (less the audit share), not its first's.
+        vm.recordLogs();
+        address a = _commitR1(16, OUT, false);
+        _reveal(a, 16, OUT);
+        uint256 fee = hub.price(m1, ta[2]);
+        assertEq(_credited(vm.getRecordedLogs(), a, 0), fee - fee * AUDIT_BPS / 10_000);
+
+        // A member whose seed block's hash is gone is refunded its fee, to its first's requester.
+        (db, tb, totalB) = _batch("c", 3, 90);
+        vm.prank(bob);
+        uint256 first = hub.requestInferences{value: totalB}(m1, db, tb);
+        _roll(300);
+        vm.recordLogs();
+        assertEq(hub.assign(64), 3);
+        assertEq(_credited(vm.getRecordedLogs(), bob, 0), totalB);
+        assertEq(hub.creditsOf(bob), totalB);
+        for (uint256 i; i < 3; ++i) {
+            InferenceHub.RequestView memory v = hub.getRequest(first + i);
+            assertEq(uint8(v.phase), uint8(HubStorage.Phase.Refunded));
+            assertEq(v.requester, bob);
+            assertEq(v.fee, hub.price(m1, tb[i]));
+        }
+    }
+
+    function _batch(string memory tag, uint256 n, uint32 tokens)
+        internal
+        view
+        returns (bytes32[] memory d, uint32[] memory t, uint256 total)
+    {
+        d = new bytes32[](n);
+        t = new uint32[](n);
+        for (uint256 i; i < n; ++i) {
+            d[i] = keccak256(abi.encode(tag, i));
+            t[i] = uint32(tokens + 7 * i);
+            total += hub.price(m1, t[i]);
+        }
     }
 
     /// @dev In the request's own block its seed does not exist: nothing is assigned, nobody is seated.
