@@ -458,7 +458,7 @@ contract InferenceHub is HubStorage {
             v.phase = Phase.Pending;
             v.requester = f.requester;
             v.modelId = _modelIds[f.modelIndex - 1];
-            v.fee = price(v.modelId, uint16(_memberTokens[id >> 4] >> ((id & 15) << 4)) + 1);
+            v.fee = price(v.modelId, uint256(uint16(_memberTokens[id >> 4] >> ((id & 15) << 4))) + 1);
             v.mark = f.mark;
             v.redundancy = f.redundancy;
             v.flags = f.flags;

@@ -146,4 +146,45 @@ contract FuzzTest is HubBase {
         uint256 comp = uint256(10_000) / bps;
         assertEq(hub.creditsOf(alice), comp < left ? comp : left);
     }
+
+    /// @dev Batches of any length and any tokens (1 .. 65536, so lanes hold 0 .. 0xffff): every
+    ///      request keeps its own fee and digest, pending and assigned, and the hub holds their sum.
+    function testFuzz_batch_membersKeepTheirFees(uint256 seed, uint8 lead, uint8 size) public {
+        vm.pauseGasMetering();
+        uint256 before = address(hub).balance;
+        vm.startPrank(alice);
+        for (uint256 i; i < lead % 20; ++i) {
+            hub.requestInference{value: hub.price(m3, 1)}(m3, IN, 1); // shifts the batch's lanes
+        }
+        uint256 n = 1 + uint256(size) % 64;
+        bytes32[] memory d = new bytes32[](n);
+        uint32[] memory t = new uint32[](n);
+        uint256 total;
+        for (uint256 i; i < n; ++i) {
+            d[i] = keccak256(abi.encode(seed, i));
+            uint256 r = uint256(keccak256(abi.encode(seed, "tokens", i)));
+            t[i] = uint32(r % 4 == 0 ? 65_536 : 1 + (r >> 8) % 65_536);
+            total += hub.price(m3, t[i]);
+        }
+        uint256 first = hub.requestInferences{value: total}(m3, d, t);
+        vm.stopPrank();
+        assertEq(address(hub).balance - before, total + (lead % 20) * hub.price(m3, 1));
+        for (uint256 i; i < n; ++i) {
+            HubStorage.RequestView memory v = hub.getRequest(first + i);
+            assertEq(v.fee, hub.price(m3, t[i]));
+            assertEq(v.inputDigest, d[i]);
+            assertEq(v.requester, alice);
+            assertEq(uint8(v.phase), uint8(HubStorage.Phase.Pending));
+        }
+        _roll(1);
+        hub.assign(1_000);
+        for (uint256 i; i < n; ++i) {
+            HubStorage.RequestView memory v = hub.getRequest(first + i);
+            assertEq(v.fee, hub.price(m3, t[i]));
+            assertEq(v.inputDigest, d[i]);
+            assertEq(v.requester, alice);
+            assertEq(uint8(v.phase), uint8(HubStorage.Phase.Assigned));
+            assertEq(v.seats.length, 3);
+        }
+    }
 }

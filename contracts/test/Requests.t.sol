@@ -221,6 +221,37 @@ contract RequestsTest is HubBase {
         }
     }
 
+    /// @dev A member's 16-bit lane holds maxTokens - 1 over the whole range 1 .. 65536 (65536 fills
+    ///      the lane; its neighbours keep theirs) through the view, assignment and payment.
+    function test_batchMembers_tokenBounds() public {
+        bytes32[] memory d = new bytes32[](4);
+        uint32[] memory t = new uint32[](4);
+        t[0] = 65_536;
+        t[1] = 65_536;
+        t[2] = 1;
+        t[3] = 65_536;
+        uint256 total;
+        for (uint256 i; i < 4; ++i) {
+            d[i] = keccak256(abi.encode("bounds", i));
+            total += hub.price(m1, t[i]);
+        }
+        vm.prank(alice);
+        uint256 first = hub.requestInferences{value: total}(m1, d, t);
+        for (uint256 i; i < 4; ++i) {
+            assertEq(hub.getRequest(first + i).fee, hub.price(m1, t[i]));
+        }
+        _roll(1);
+        assertEq(hub.assign(64), 4);
+        for (uint256 i; i < 4; ++i) {
+            assertEq(hub.getRequest(first + i).fee, hub.price(m1, t[i]));
+        }
+        vm.recordLogs();
+        address a = _commitR1(first + 1, OUT, false);
+        _reveal(a, first + 1, OUT);
+        uint256 fee = hub.price(m1, 65_536);
+        assertEq(_credited(vm.getRecordedLogs(), a, 0), fee - fee * AUDIT_BPS / 10_000);
+    }
+
     function _batch(string memory tag, uint256 n, uint32 tokens)
         internal
         view
