@@ -169,22 +169,23 @@ contract FuzzTest is HubBase {
         uint256 first = hub.requestInferences{value: total}(m3, d, t);
         vm.stopPrank();
         assertEq(address(hub).balance - before, total + (lead % 20) * hub.price(m3, 1));
-        for (uint256 i; i < n; ++i) {
-            HubStorage.RequestView memory v = hub.getRequest(first + i);
-            assertEq(v.fee, hub.price(m3, t[i]));
-            assertEq(v.inputDigest, d[i]);
-            assertEq(v.requester, alice);
-            assertEq(uint8(v.phase), uint8(HubStorage.Phase.Pending));
-        }
+        _checkBatch(first, d, t, HubStorage.Phase.Pending, 0);
         _roll(1);
         hub.assign(1_000);
-        for (uint256 i; i < n; ++i) {
+        _checkBatch(first, d, t, HubStorage.Phase.Assigned, 3);
+    }
+
+    function _checkBatch(uint256 first, bytes32[] memory d, uint32[] memory t, HubStorage.Phase phase, uint256 seats)
+        internal
+        view
+    {
+        for (uint256 i; i < d.length; ++i) {
             HubStorage.RequestView memory v = hub.getRequest(first + i);
             assertEq(v.fee, hub.price(m3, t[i]));
             assertEq(v.inputDigest, d[i]);
             assertEq(v.requester, alice);
-            assertEq(uint8(v.phase), uint8(HubStorage.Phase.Assigned));
-            assertEq(v.seats.length, 3);
+            assertEq(uint8(v.phase), uint8(phase));
+            assertEq(v.seats.length, seats);
         }
     }
 }
