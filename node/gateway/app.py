@@ -162,8 +162,8 @@ def create_app(
     app.add_exception_handler(Exception, handle_unexpected)
 
     envelopes = getattr(state.backend, "envelopes", None)
-    if envelopes is not None:  # sealed private inputs for their seats (node.gateway.private)
-        from node.gateway.private import EnvelopeRoutes, envelope_router
+    if envelopes is not None:  # sealed private inputs for their seats (node.gateway.envelopes)
+        from node.gateway.envelopes import EnvelopeRoutes, envelope_router
 
         accept = getattr(state.backend, "accept_private_output", None)
         app.add_middleware(EnvelopeRoutes, book=envelopes, accept=accept)  # inside ObserveRequests: counted

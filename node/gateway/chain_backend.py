@@ -61,17 +61,19 @@ from node.content.cid import digest_to_cid
 from node.content.documents import InputDocument, parse_output_document
 from node.content.errors import ContentError
 from node.content.store import ContentStore
+from node.gateway.envelopes import EnvelopeBook
 from node.gateway.equivocation import PromiseKeeper
 from node.gateway.errors import InvalidRequest, NotFound, ServiceUnavailable, UpstreamError
 from node.gateway.inference_view import has_final_output, inference_record
 from node.gateway.link import ChainLink
 from node.gateway.mqtt import Routed, Subscriber, request_topics
 from node.gateway.pending import PendingInference, PendingRegistry, recover_submission_signer
-from node.gateway.private import EnvelopeBook, PrivateDesk, PublicKeys, heartbeat_filter, offer_heartbeat
+from node.gateway.private import PrivateDesk
 from node.gateway.records import ModelInfo, Submission, VerifiedResult
 from node.gateway.requesting import ASSIGN_BATCH, ASSIGN_WAIT_S, Requester
 from node.gateway.requesting import refunded as _refunded
 from node.gateway.sealing import Sealer
+from node.gateway.seat_keys import PublicKeys, heartbeat_filter, offer_heartbeat
 from node.log import get_logger
 from node.stream.connection import credentials
 from node.supervise import Supervisor, wait_task

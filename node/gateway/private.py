@@ -4,15 +4,10 @@ A private request's input document carries `salt` (random) and `reply_to` (this 
 public key, so answers are sealed to the requester). Its plaintext is never put in the content store:
 the gateway keeps it in memory (`PrivateDesk`) until the request ends and, whenever the chain names a
 seat (`InferenceAssigned`, `AuditOpened`'s auditor, `CommitteeOpened`'s members), seals it again to
-every seat so far (`node.content.envelope.seal`), stores the envelope and serves the newest one at
-`GET /envelope/{input_cid}` (`EnvelopeRoutes` in front of the app's router, `envelope_router` for
-the rest: ciphertext, no auth, bounded). The raw block route then answers 404 for the input CID,
-since the plaintext block does not exist anywhere.
-
-Seats' public keys (`PublicKeys`) are accepted from any source because they authenticate
-themselves (`node.chain.pubkeys`: keccak(key)[12:] == address): offered by a miner's MQTT heartbeat
-(`public_key`), else recovered from the transaction that activated the miner (the `MinerActivated`
-log at `getMiner(address).activeSince`: `registerMiner` or `addStake`, both signed by the miner).
+every seat so far (`node.content.envelope.seal`) with their verified public keys
+(`node.gateway.seat_keys`) and stores the envelope, which the seats fetch at `GET /envelope/{cid}`
+(`node.gateway.envelopes`). The raw block route then answers 404 for the input CID, since the
+plaintext block does not exist anywhere.
 
 Answers: a miner's MQTT result for a private request carries the output envelope; `open_output`
 opens it with the wallet key and the pending registry then checks the plaintext's sha256 against the
@@ -23,279 +18,39 @@ digest on chain as for any result. Deltas are AES-GCM under a key derived from t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from eth_utils.address import is_checksum_address, to_checksum_address
-from fastapi import APIRouter, Request, Response
 from pydantic import TypeAdapter
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from node.chain.events import event_topic
 from node.chain.hub import HubClient
-from node.chain.pubkeys import WrongPublicKey, public_key_of, recover_public_key_from_tx, verify_public_key
+from node.chain.pubkeys import public_key_of
 from node.content.canonical import DOCUMENT_VERSION_3, jcs_json
-from node.content.cid import digest_of, digest_to_cid, normalize_cid
+from node.content.cid import digest_of, digest_to_cid
 from node.content.doc_parts import PublicKeyHex, Salt
 from node.content.documents import InputDocument, parse_output_document, to_canonical_bytes
 from node.content.envelope import (
-    ENVELOPE_LIMITS,
     MAX_RECIPIENTS,
     EnvelopeError,
     max_plaintext_bytes,
     open_envelope,
     seal,
 )
-from node.content.errors import ContentError, InvalidCID
+from node.content.errors import ContentError
 from node.content.salt import private_salt
 from node.content.store import ContentStore
-from node.gate import MQTT_LIMITS, UntrustedJSON, load_json_object
+from node.gateway.envelopes import MAX_PRIVATE_REQUESTS, EnvelopeBook
 from node.gateway.errors import InvalidRequest
+from node.gateway.seat_keys import PublicKeys, PublicKeyUnavailable
 from node.log import get_logger
 from node.miner.private import delta_key, own_address
-from node.stream.topics import PREFIX
 
 log = get_logger("inferd.gateway.private")
 
-MAX_PRIVATE_REQUESTS: Final = 4096
-"""Private requests whose plaintext input is held at once (oldest dropped; a request ends first)."""
-ENVELOPE_WAIT_S: Final = 2.0
-"""How long `GET /envelope/{cid}` holds a seat's request for an input requested here but not sealed
-yet (below the miners' 5 s HTTP timeout)."""
 MAX_OPENED_OUTPUTS: Final = 256
 """Opened answers remembered by envelope hash (`PrivateDesk.open_output`)."""
-
-
-class PublicKeyUnavailable(Exception):
-    """No verified public key for a seat yet (no heartbeat, and its activation tx not readable)."""
-
-
-class PublicKeys:
-    """Verified secp256k1 public keys by (lowercase) address, from heartbeats or the chain."""
-
-    def __init__(self, max_entries: int = 16384) -> None:
-        self._keys: OrderedDict[str, bytes] = OrderedDict()
-        self.max_entries = max_entries
-
-    def offer(self, address: str, public_key: bytes | str) -> bool:
-        """Cache `public_key` for `address` if it is that address's key; False (ignored) otherwise."""
-        try:
-            key = verify_public_key(public_key, address)
-        except (WrongPublicKey, ValueError):
-            return False
-        self._keys[address.lower()] = key
-        self._keys.move_to_end(address.lower())
-        while len(self._keys) > self.max_entries:
-            self._keys.popitem(last=False)
-        return True
-
-    def cached(self, address: str) -> bytes | None:
-        return self._keys.get(address.lower())
-
-    async def get(self, address: str, hub: HubClient) -> bytes:
-        """The key of `address`: cached, else recovered from its activation transaction."""
-        key = self.cached(address)
-        if key is not None:
-            return key
-        try:
-            info = await hub.get_miner(address)
-            topic = "0x" + bytes(12).hex() + address.lower().removeprefix("0x")
-            logs = await hub.w3.eth.get_logs(
-                {
-                    "address": hub.address,
-                    "fromBlock": info.active_since,
-                    "toBlock": info.active_since,
-                    "topics": [event_topic("MinerActivated"), topic],
-                }
-            )
-            if not logs:
-                raise PublicKeyUnavailable(f"no MinerActivated log of {address} at its activeSince block")
-            tx = await hub.w3.eth.get_transaction(logs[0]["transactionHash"])
-            recovered = recover_public_key_from_tx(dict(tx))
-        except PublicKeyUnavailable:
-            raise
-        except Exception as exc:
-            raise PublicKeyUnavailable(f"cannot recover the public key of {address}: {exc}") from exc
-        if not self.offer(address, recovered):
-            raise PublicKeyUnavailable(f"the key recovered for {address} is not its own")
-        return recovered
-
-
-class EnvelopeBook:
-    """The newest envelope of each private input CID, served to seats (bounded, oldest dropped).
-
-    An input the gateway has requested but not sealed yet is `expect`ed: a seat that learned its
-    assignment before the gateway sealed to it (the two race from the same block) is answered as
-    soon as the envelope exists (`wait`), instead of a 404 that costs it a retry with backoff.
-    """
-
-    def __init__(self, max_entries: int = MAX_PRIVATE_REQUESTS) -> None:
-        self._envelopes: OrderedDict[str, bytes] = OrderedDict()
-        self._expected: OrderedDict[str, asyncio.Event] = OrderedDict()
-        self.max_entries = max_entries
-
-    def expect(self, input_cid: str) -> None:
-        self._expected.setdefault(input_cid, asyncio.Event())
-        while len(self._expected) > self.max_entries:
-            self._expected.popitem(last=False)
-
-    def put(self, input_cid: str, envelope: bytes) -> None:
-        self._envelopes[input_cid] = envelope
-        self._envelopes.move_to_end(input_cid)
-        while len(self._envelopes) > self.max_entries:
-            self._envelopes.popitem(last=False)
-        event = self._expected.get(input_cid)
-        if event is not None:
-            event.set()
-
-    def get(self, input_cid: str) -> bytes | None:
-        return self._envelopes.get(input_cid)
-
-    async def wait(self, input_cid: str, timeout_s: float) -> bytes | None:
-        """The envelope; for an expected input not sealed yet, once it is (None after `timeout_s`)."""
-        data = self._envelopes.get(input_cid)
-        event = self._expected.get(input_cid)
-        if data is not None or event is None:
-            return data
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout_s)
-        return self._envelopes.get(input_cid)
-
-    def drop(self, input_cid: str) -> None:
-        self._envelopes.pop(input_cid, None)
-        self._expected.pop(input_cid, None)
-
-
-_TEXT: Final = b"text/plain; charset=utf-8"
-
-
-async def _read_envelope_body(receive: Receive) -> bytes | bool:
-    """A request body of at most `ENVELOPE_LIMITS.max_bytes`; True once it is larger (the rest is
-    not read), False if the client left first."""
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return False
-        body += message.get("body", b"")
-        if len(body) > ENVELOPE_LIMITS.max_bytes:
-            return True
-        if not message.get("more_body", False):
-            return bytes(body)
-
-
-async def _envelope_answer(book: EnvelopeBook, cid: str) -> tuple[int, bytes, bytes]:
-    """`GET /envelope/{cid}`'s status, body and content type (both routes' one answer)."""
-    try:
-        key = normalize_cid(cid)
-    except (InvalidCID, ContentError):
-        return 400, b"malformed CID\n", _TEXT
-    data = await book.wait(key, ENVELOPE_WAIT_S)
-    if data is None:
-        return 404, b"no envelope for this input\n", _TEXT
-    return 200, data, b"application/json"
-
-
-class _RouteLabel:
-    """What `scope["route"]` needs to carry for the metrics: the route's path template."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-
-_GET_ROUTE: Final = _RouteLabel("/envelope/{cid}")
-_POST_ROUTE: Final = _RouteLabel("/envelope/output")
-
-
-class EnvelopeRoutes:
-    """The seats' envelope routes as a plain ASGI middleware, in front of FastAPI's router.
-
-    Two of the three HTTP requests of a private inference are a seat's `GET /envelope/{cid}` and
-    `POST /envelope/output`; through FastAPI's router, exception middleware and per-request
-    dependency machinery they cost about as much CPU as their work. Here they are answered with the
-    same checks as `envelope_router` (a CID that parses, the body cap read as it streams in, the
-    answer kept only if `accept` opens it for a request in flight) and the same statuses; anything
-    else (another method, path) goes on to the app, where `envelope_router` answers as before. Sits
-    inside the metrics middleware, which labels these requests by `scope["route"]` as the router
-    would.
-    """
-
-    def __init__(
-        self, app: ASGIApp, book: EnvelopeBook, accept: Callable[[bytes], bool] | None = None
-    ) -> None:
-        self.app = app
-        self.book = book
-        self.accept = accept
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        if path.startswith("/envelope/"):
-            method = scope["method"]
-            if method == "POST" and path == "/envelope/output" and self.accept is not None:
-                scope["route"] = _POST_ROUTE
-                body = await _read_envelope_body(receive)
-                if body is True:
-                    await _respond(send, 413, b"envelope too large\n", _TEXT)
-                if not isinstance(body, bytes):  # too large, or nobody left to answer
-                    return
-                await _respond(send, 202 if self.accept(body) else 422, b"", None)
-                return
-            cid = path[len("/envelope/") :]
-            if method == "GET" and cid and "/" not in cid:
-                scope["route"] = _GET_ROUTE
-                status, data, media = await _envelope_answer(self.book, cid)
-                await _respond(send, status, data, media, no_store=status == 200)
-                return
-        await self.app(scope, receive, send)
-
-
-async def _respond(
-    send: Send, status: int, body: bytes, media: bytes | None, *, no_store: bool = False
-) -> None:
-    headers = [(b"content-length", str(len(body)).encode())]
-    if media is not None:
-        headers.append((b"content-type", media))
-    if no_store:
-        headers.append((b"cache-control", b"no-store"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-def envelope_router(book: EnvelopeBook, desk_for: Callable[[bytes], bool] | None = None) -> APIRouter:
-    """`GET /envelope/{input_cid}`: the newest envelope of a private input (404: none here).
-
-    `POST /envelope/output` (with `desk_for`): a seat hands in its sealed answer, the path that
-    works without the MQTT broker; `desk_for(envelope)` keeps it only if it opens with one of this
-    gateway's wallet keys to an output of a private request in flight here (202), else 422.
-    The gateway answers both in `EnvelopeRoutes` before its router; these routes answer the rest
-    (a HEAD, another app that includes only this router).
-    """
-    router = APIRouter()
-
-    if desk_for is not None:
-        accept = desk_for
-
-        @router.post("/envelope/output")
-        async def post_output(request: Request) -> Response:
-            body = bytearray()
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > ENVELOPE_LIMITS.max_bytes:
-                    return Response("envelope too large\n", status_code=413, media_type="text/plain")
-            ok = accept(bytes(body))
-            return Response(b"", status_code=202 if ok else 422)
-
-    @router.get("/envelope/{cid}")
-    async def get_envelope(cid: str) -> Response:
-        status, data, media = await _envelope_answer(book, cid)
-        headers = {"Cache-Control": "no-store"} if status == 200 else None
-        return Response(data, status_code=status, media_type=media.decode(), headers=headers)
-
-    return router
 
 
 MAX_PRIVATE_DOCUMENT_BYTES: Final = max_plaintext_bytes(MAX_RECIPIENTS)
@@ -482,43 +237,9 @@ class PrivateDesk:
         return plain
 
 
-def heartbeat_filter(chain_id: int, hub: str) -> str:
-    """The MQTT filter of every miner's retained heartbeat on one hub (`node.stream.topics`)."""
-    return f"{PREFIX}/{int(chain_id)}/{to_checksum_address(hub)}/miner/+"
-
-
-def offer_heartbeat(keys: PublicKeys, topic: str, payload: bytes) -> bool:
-    """Cache the `public_key` of a heartbeat if it is the key of the miner its topic names.
-
-    The topic's miner level is what the broker's ACL checked; the key is checked against it here
-    anyway (self-authenticating), so a forged heartbeat can at worst be ignored.
-    """
-    parts = topic.split("/")
-    if len(parts) != 6 or parts[4] != "miner" or not is_checksum_address(parts[5]):
-        return False
-    try:
-        body = load_json_object(payload, MQTT_LIMITS)
-    except UntrustedJSON:
-        return False
-    key = body.get("public_key")
-    if not isinstance(key, str) or len(key) > 132:
-        return False
-    try:
-        return keys.offer(parts[5], bytes.fromhex(key.removeprefix("0x")))
-    except ValueError:
-        return False
-
-
 __all__ = [
     "MAX_PRIVATE_DOCUMENT_BYTES",
-    "EnvelopeBook",
-    "EnvelopeRoutes",
     "PrivateDesk",
     "PrivateEntry",
-    "PublicKeyUnavailable",
-    "PublicKeys",
-    "envelope_router",
-    "heartbeat_filter",
     "make_private",
-    "offer_heartbeat",
 ]

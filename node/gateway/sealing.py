@@ -1,11 +1,12 @@
 """Private requests on the chain backend's event and MQTT paths: seal the input to each seat the
 chain names, open the seats' sealed answers and deltas.
 
-`node.gateway.private` holds the envelope desk itself (keys, envelopes, the plaintext held per
-request); this module decides *when* it acts, from chain events (`InferenceAssigned`, `AuditOpened`,
-`CommitteeOpened`, `EscalationOpened`'s voters; forgotten on `InferenceFinalized`/`InferenceRefunded`)
-and MQTT messages, across every `ChainLink` the backend holds. Sealing runs as background tasks under
-the backend's supervisor (`private-seal`), so a seat whose key cannot be found is logged, not fatal.
+`node.gateway.private` holds the desk itself (the plaintext held per request; seats' keys are
+`node.gateway.seat_keys`, the served envelopes `node.gateway.envelopes`); this module decides
+*when* it acts, from chain events (`InferenceAssigned`, `AuditOpened`, `CommitteeOpened`,
+`EscalationOpened`'s voters; forgotten on `InferenceFinalized`/`InferenceRefunded`) and MQTT
+messages, across every `ChainLink` the backend holds. Sealing runs as background tasks under the
+backend's supervisor (`private-seal`), so a seat whose key cannot be found is logged, not fatal.
 """
 
 from __future__ import annotations

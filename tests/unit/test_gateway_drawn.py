@@ -28,8 +28,8 @@ from node.chain.hub import Phase, VerificationState
 from node.config import load_settings
 from node.devnet.processes import Anvil
 from node.gateway.app import create_app
+from node.gateway.envelopes import EnvelopeBook
 from node.gateway.pending import ResultMessage
-from node.gateway.private import EnvelopeBook
 from node.gateway.records import Delta
 from node.gateway.requesting import Requester
 from node.gateway.server import GatewayServer
@@ -222,7 +222,7 @@ async def test_a_seat_asking_for_the_envelope_before_the_request_is_mined_waits_
     """The drawn seat acts on the request's block and may ask for its envelope before the gateway
     has read its own receipt: the gateway expects the input from before it sends the request, so
     the seat's GET waits for the sealing instead of a 404 that costs it a retry with backoff."""
-    monkeypatch.setattr("node.gateway.private.ENVELOPE_WAIT_S", 60.0)  # the GET's wait is not tested
+    monkeypatch.setattr("node.gateway.envelopes.ENVELOPE_WAIT_S", 60.0)  # the GET's wait is not tested
     sending, send = asyncio.Event(), asyncio.Event()
     send_request = Requester._send_request
 

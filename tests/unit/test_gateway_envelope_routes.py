@@ -13,14 +13,9 @@ from fastapi.testclient import TestClient
 from node.content.cid import digest_of, digest_to_cid
 from node.content.documents import to_canonical_bytes, validate_input_document
 from node.content.envelope import ENVELOPE_LIMITS
+from node.gateway.envelopes import EnvelopeBook, EnvelopeRoutes, envelope_router
 from node.gateway.errors import InvalidRequest
-from node.gateway.private import (
-    MAX_PRIVATE_DOCUMENT_BYTES,
-    EnvelopeBook,
-    EnvelopeRoutes,
-    envelope_router,
-    make_private,
-)
+from node.gateway.private import MAX_PRIVATE_DOCUMENT_BYTES, make_private
 from node.gateway.schemas import parse_chat_request
 
 

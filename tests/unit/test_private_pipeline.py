@@ -41,21 +41,13 @@ from node.content.local import LocalStore
 from node.content.salt import output_salt, private_salt
 from node.devnet.processes import Anvil
 from node.gateway.early import ResultMessage
+from node.gateway.envelopes import EnvelopeBook, envelope_router
 from node.gateway.errors import InvalidRequest
 from node.gateway.mqtt import Routed, delta_of
-from node.gateway.private import (
-    MAX_PRIVATE_DOCUMENT_BYTES,
-    EnvelopeBook,
-    PrivateDesk,
-    PublicKeys,
-    PublicKeyUnavailable,
-    envelope_router,
-    heartbeat_filter,
-    make_private,
-    offer_heartbeat,
-)
+from node.gateway.private import MAX_PRIVATE_DOCUMENT_BYTES, PrivateDesk, make_private
 from node.gateway.records import Delta
 from node.gateway.sealing import Sealer
+from node.gateway.seat_keys import PublicKeys, PublicKeyUnavailable, heartbeat_filter, offer_heartbeat
 from node.miner.pipeline import Pipeline
 from node.miner.private import (
     INPUT_TAMPERED,
