@@ -315,9 +315,12 @@ abstract contract HubStorage {
     ///      slashes pays it `BOUNTY_BPS` of the slash, so moving a stalled request on costs nobody.
     address internal transient _bountyTo;
 
-    /// @dev Next request id and next id to materialise, in one slot.
-    uint128 internal _nextId = 1;
-    uint128 internal _nextAssign = 1;
+    /// @dev Next request id, next id to materialise, and the batch that id may be a member of (its
+    ///      first id and request block, see `_assignDue`), in one slot.
+    uint64 internal _nextId = 1;
+    uint64 internal _nextAssign = 1;
+    uint64 internal _batchFirst;
+    uint64 internal _batchBlock;
     /// @notice Slashed wei that left every account for good.
     uint256 public burned;
 
@@ -717,26 +720,24 @@ abstract contract HubStorage {
         return q.committed & (1 << seat) != 0;
     }
 
-    /// @dev Materialise up to `maxCount` requests whose seed block has been mined, in id order.
+    /// @dev Materialise up to `maxCount` requests whose seed block has been mined, in id order. A
+    ///      batch member (head 0) is materialised with its first's Pending head (block, model,
+    ///      redundancy) and its offset; a call may end inside a batch, so the batch's first id and
+    ///      block stay in the cursor's slot for the next call (the first's own head has moved on).
     function _assignDue(uint256 maxCount) internal returns (uint256 done) {
         uint256 next = _nextAssign;
         uint256 end = _nextId;
         uint256 start = next;
-        uint256 first; // the batch being materialised: its first id and its Pending head
-        uint256 pending;
-        while (next < end) {
+        uint256 first = _batchFirst;
+        uint256 pending; // the batch's Pending head, once needed
+        while (done < maxCount && next < end) {
             Request storage q = _requests[next];
             uint256 w = _head(q);
             if (w == 0) {
-                // A batch member: Pending exactly while its first is, and materialised right after
-                // it (a batch is never split across calls), with the first's head as its own.
+                if (pending == 0) pending = _resumedBatch(first);
                 _materialise(next, q, pending | (next - first) << HEAD_OFFSET);
                 ++done;
-                ++next;
-                continue;
-            }
-            if (done >= maxCount) break;
-            if (uint8(w >> HEAD_PHASE) == uint8(Phase.Pending)) {
+            } else if (uint8(w >> HEAD_PHASE) == uint8(Phase.Pending)) {
                 if (uint40(w >> HEAD_MARK) >= block.number) break;
                 (first, pending) = (next, w);
                 _materialise(next, q, w);
@@ -744,7 +745,18 @@ abstract contract HubStorage {
             }
             ++next;
         }
-        if (next != start) _nextAssign = uint128(next);
+        if (next != start) {
+            _nextAssign = uint64(next);
+            if (pending != 0) (_batchFirst, _batchBlock) = (uint64(first), uint64(uint40(pending >> HEAD_MARK)));
+        }
+    }
+
+    /// @dev The Pending head batch `first`'s members get when a call resumes inside it: its block from
+    ///      the cursor's slot, its model and redundancy from the first's head (kept by assignment).
+    function _resumedBatch(uint256 first) internal view returns (uint256) {
+        uint256 keep = uint256(type(uint24).max) << HEAD_MODEL | uint256(0xff) << HEAD_R;
+        return (_head(_requests[first]) & keep) | uint256(_batchBlock) << HEAD_MARK
+            | uint256(uint8(Phase.Pending)) << HEAD_PHASE;
     }
 
     /// @dev `w`: the request's Pending head (`mark` is the request block; a member's carries its

@@ -222,14 +222,14 @@ contract InferenceHub is HubStorage {
         if (model.index == 0) revert UnknownModel();
         _checkPool(model);
         id = _nextId;
-        _nextId = uint128(id + 1);
+        _nextId = uint64(id + 1);
         _newRequest(model, modelId, id, inputDigest, maxTokens, msg.value);
         _assignDue(AUTO_ASSIGN);
     }
 
     /// @notice Many requests of one model in one transaction; msg.value = the sum of their prices.
     ///         The first is written as a lone request; the others are its batch's members (one
-    ///         fresh slot each, see `Request`), assigned together with it.
+    ///         fresh slot each, see `Request`).
     function requestInferences(bytes32 modelId, bytes32[] calldata inputDigests, uint32[] calldata maxTokens)
         external
         payable
@@ -243,7 +243,7 @@ contract InferenceHub is HubStorage {
         if (model.index == 0) revert UnknownModel();
         _checkPool(model);
         firstId = _nextId;
-        _nextId = uint128(firstId + len); // the ids firstId .. firstId + len - 1, written once
+        _nextId = uint64(firstId + len); // the ids firstId .. firstId + len - 1, written once
         uint256 total = uint256(model.baseFee) + uint256(model.perTokenFee) * maxTokens[0];
         _newRequest(model, modelId, firstId, inputDigests[0], maxTokens[0], total);
         uint256 bucket = (firstId + 1) >> 4;

@@ -145,8 +145,9 @@ contract RequestsTest is HubBase {
     }
 
     /// @dev Batch members (every request of a batch but its first) share their first's requester and
-    ///      block and keep their own digest and fee, through request, assignment (never split from
-    ///      their first), payment and refund; their tokens straddle and share `_memberTokens` words.
+    ///      block and keep their own digest and fee, through request, assignment (calls that end and
+    ///      resume inside a batch), payment and refund; their tokens straddle and share
+    ///      `_memberTokens` words.
     function test_batchMembers_shareTheirFirstsFields() public {
         address bob = makeAddr("bob");
         vm.deal(bob, 10 ether);
@@ -182,9 +183,15 @@ contract RequestsTest is HubBase {
         hub.getRequest(21);
 
         _roll(1);
-        assertEq(hub.assign(1), 4); // batch A whole, not batch B
-        assertEq(hub.nextAssign(), 18);
-        assertEq(_phase(18), uint8(HubStorage.Phase.Pending));
+        // assign's count bounds its work, batches or not: calls end inside batch A and resume there
+        assertEq(hub.assign(1), 1);
+        assertEq(hub.nextAssign(), 15);
+        assertEq(_phase(15), uint8(HubStorage.Phase.Pending));
+        assertEq(hub.assign(2), 2);
+        assertEq(hub.nextAssign(), 17);
+        _roll(5); // a later block: the resumed members still use batch A's block, not this one
+        assertEq(hub.assign(2), 2); // 17 (A's last member), 18 (B's first)
+        assertEq(hub.nextAssign(), 19);
         assertEq(_phase(19), uint8(HubStorage.Phase.Pending));
         for (uint256 i; i < 4; ++i) {
             InferenceHub.RequestView memory v = hub.getRequest(14 + i);
@@ -192,10 +199,15 @@ contract RequestsTest is HubBase {
             assertEq(v.requester, alice);
             assertEq(v.fee, hub.price(m1, ta[i]));
             assertEq(v.inputDigest, da[i]);
-            assertEq(uint256(v.mark), block.number + TIMEOUT);
             assertEq(v.seats.length, 1);
+            assertEq(v.modelId, m1);
         }
-        assertEq(hub.assign(1), 3);
+        assertEq(uint256(hub.getRequest(14).mark), block.number - 5 + TIMEOUT);
+        assertEq(uint256(hub.getRequest(17).mark), block.number + TIMEOUT);
+        assertEq(hub.assign(1), 1);
+        assertEq(hub.assign(1), 1);
+        assertEq(hub.assign(1), 0);
+        assertEq(_phase(20), uint8(HubStorage.Phase.Assigned));
 
         // A member is paid its own fee (less the audit share), not its first's.
         vm.recordLogs();
@@ -219,6 +231,22 @@ contract RequestsTest is HubBase {
             assertEq(v.requester, bob);
             assertEq(v.fee, hub.price(m1, tb[i]));
         }
+    }
+
+    /// @dev Another requester's transaction materialises at most `AUTO_ASSIGN` (2) due requests, a
+    ///      batch's members included: a big batch never makes the next requester pay for its seats.
+    function test_autoAssign_boundedInsideABatch() public {
+        (bytes32[] memory d, uint32[] memory t, uint256 total) = _batch("big", 64, 5);
+        vm.prank(alice);
+        uint256 first = hub.requestInferences{value: total}(m1, d, t);
+        _roll(1);
+        vm.prank(alice);
+        hub.requestInference{value: _fee()}(m1, IN, MAX_TOKENS);
+        assertEq(hub.nextAssign(), first + 2);
+        assertEq(_phase(first + 1), uint8(HubStorage.Phase.Assigned));
+        assertEq(_phase(first + 2), uint8(HubStorage.Phase.Pending));
+        assertEq(hub.assign(1_000), 62); // the members left; the lone request waits for its block
+        assertEq(hub.nextAssign(), first + 64);
     }
 
     /// @dev A member's 16-bit lane holds maxTokens - 1 over the whole range 1 .. 65536 (65536 fills
