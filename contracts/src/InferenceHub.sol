@@ -450,8 +450,9 @@ contract InferenceHub is HubStorage {
         v.inputDigest = q.inputDigest;
         if (q.phase == Phase.None) {
             if (v.inputDigest == bytes32(0)) revert UnknownRequest(id);
-            // A batch member not yet assigned: Pending like its first (the last id before it
-            // with a requester), whose block, model and requester it shares.
+            // A batch member not yet assigned: Pending, with its first's (the last id before it
+            // with a requester) block, model and requester; once the first is assigned, the block
+            // is the cursor's (`assign` stopped inside this batch).
             uint256 first = id - 1;
             while (_requests[first].requester == address(0)) --first;
             Request storage f = _requests[first];
@@ -459,9 +460,8 @@ contract InferenceHub is HubStorage {
             v.requester = f.requester;
             v.modelId = _modelIds[f.modelIndex - 1];
             v.fee = price(v.modelId, uint256(uint16(_memberTokens[id >> 4] >> ((id & 15) << 4))) + 1);
-            v.mark = f.mark;
+            v.mark = f.phase == Phase.Pending ? f.mark : _batchBlock;
             v.redundancy = f.redundancy;
-            v.flags = f.flags;
             return v;
         }
         v.phase = q.phase;

@@ -186,7 +186,13 @@ contract RequestsTest is HubBase {
         // assign's count bounds its work, batches or not: calls end inside batch A and resume there
         assertEq(hub.assign(1), 1);
         assertEq(hub.nextAssign(), 15);
-        assertEq(_phase(15), uint8(HubStorage.Phase.Pending));
+        for (uint256 id = 15; id < 18; ++id) {
+            InferenceHub.RequestView memory v = hub.getRequest(id);
+            assertEq(uint8(v.phase), uint8(HubStorage.Phase.Pending));
+            assertEq(uint256(v.mark), requestBlock); // not its assigned first's deadline
+            assertEq(uint256(v.flags), 0);
+            assertEq(v.requester, alice);
+        }
         assertEq(hub.assign(2), 2);
         assertEq(hub.nextAssign(), 17);
         _roll(5); // a later block: the resumed members still use batch A's block, not this one
