@@ -30,8 +30,9 @@ from eth_utils.crypto import keccak
 from hexbytes import HexBytes
 from web3 import AsyncWeb3
 from web3.exceptions import Web3RPCError
-from web3.types import BlockIdentifier, RPCEndpoint
+from web3.types import BlockIdentifier
 
+from node.chain import keepalive
 from node.chain.errors import decode_revert
 
 LEAN_DROPPED = ("validation", "ens_name_to_address")
@@ -100,9 +101,10 @@ def codecs(abi: Sequence[dict[str, Any]]) -> dict[str, FunctionCodec]:
 
 
 async def rpc(w3: AsyncWeb3[Any], method: str, params: list[Any]) -> Any:
-    """One JSON-RPC call straight to `w3`'s provider: the raw `result` (hex strings, plain dicts),
-    none of web3's result formatting. An `error` answer raises web3's `Web3RPCError`."""
-    response = cast(dict[str, Any], await w3.provider.make_request(RPCEndpoint(method), params))
+    """One JSON-RPC call straight to `w3`'s provider (over its kept-alive session directly, see
+    `node.chain.keepalive.request`): the raw `result` (hex strings, plain dicts), none of web3's
+    result formatting. An `error` answer raises web3's `Web3RPCError`."""
+    response = await keepalive.request(w3, method, params)
     error = response.get("error")
     if error is not None:
         message = str(error.get("message", "")) if isinstance(error, dict) else str(error)
@@ -177,7 +179,7 @@ async def eth_call(w3: AsyncWeb3[Any], to: str, data: bytes, block: BlockIdentif
     """`eth_call` straight to the provider. A revert raises the hub's typed `HubError` (as web3's
     `ContractLogicError` path did); any other RPC error raises web3's `Web3RPCError`."""
     params = [{"to": to, "data": "0x" + data.hex()}, hex_param(block)]
-    response = cast(dict[str, Any], await w3.provider.make_request(RPCEndpoint("eth_call"), params))
+    response = await keepalive.request(w3, "eth_call", params)
     error = response.get("error")
     if error is not None:
         err = error if isinstance(error, dict) else {"message": str(error)}
