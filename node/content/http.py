@@ -121,12 +121,14 @@ async def session_request(
     limit: int = MAX_DOCUMENT_BYTES,
     data: bytes | None = None,
     headers: dict[str, str] | None = None,
+    **options: Any,
 ) -> Reply:
-    """`request` on an aiohttp session: the same retries, cap and BackendUnavailable; no redirects."""
+    """`request` on an aiohttp session: the same retries, cap and BackendUnavailable; no redirects.
+    `options` go to `session.request` as they are (e.g. `proxy`, `auth`)."""
 
     async def attempt() -> Reply | str:
         async with session.request(
-            method, url, data=data, headers=headers, allow_redirects=False
+            method, url, data=data, headers=headers, allow_redirects=False, **options
         ) as response:
             if response.status in RETRY_STATUSES:
                 return f"HTTP {response.status} from {_where(url)}"
