@@ -274,7 +274,11 @@ class Requester:
 
     async def _block_time(self, link: ChainLink, receipt: Any) -> int:
         """The timestamp of the receipt's block (a submission's `created`; now when it cannot be
-        read): one `eth_getBlockByNumber` per block, however many requests of a batch it holds."""
+        read): the receipt's own `blockTimestamp` where the node gives one (anvil, recent geth),
+        else one `eth_getBlockByNumber` per block, however many requests of a batch it holds."""
+        stamped = receipt.get("blockTimestamp")
+        if stamped is not None:
+            return quantity(stamped)
         key = (link.chain_id, _hash(receipt["blockHash"]).lower())
         reading = self._block_times.get(key)
         if reading is None:
