@@ -27,6 +27,7 @@ import asyncio
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -166,8 +167,13 @@ class Bench:
             raise RuntimeError(f"the daemons did not settle within {limit_s:.0f} s: {stuck}") from None
         finally:
             stop.set()
-            for t in tasks:
-                await t
+            try:
+                async with asyncio.timeout(60):  # a daemon's shutdown is bounded: a hang is a finding
+                    for t in tasks:
+                        await t
+            except TimeoutError:
+                dump_tasks()
+                raise RuntimeError("a miner daemon did not stop within 60 s of its stop signal") from None
         await ledger_from_chain(sim, [str(c.sender) for c in miners], first)
 
     def honest(self, c: HubClient) -> Policy:
@@ -853,7 +859,16 @@ ATTACKS: dict[str, Callable[[Bench], Awaitable[Outcome]]] = {
 }
 
 
+def dump_tasks() -> None:
+    """Every asyncio task's stack, on stderr: what a hang is waiting for (also on SIGUSR1)."""
+    for task in asyncio.all_tasks():
+        print(f"--- {task.get_name()}", file=sys.stderr)
+        task.print_stack(limit=12, file=sys.stderr)
+    sys.stderr.flush()
+
+
 async def run_all(rpc_url: str, keys: list[str], store: LocalStore, only: list[str]) -> dict[str, Outcome]:
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
     env = Env(rpc_url, keys)
     hub = await env.deploy()
     chain_id = int(await env.w3.eth.chain_id)
