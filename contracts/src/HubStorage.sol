@@ -391,8 +391,12 @@ abstract contract HubStorage {
     function _feeOf(uint256 id, Request storage q) internal view returns (uint256) {
         if (q.offset == 0) return q.fee;
         Model memory model = _hotModel(_modelIds[q.modelIndex - 1]);
-        uint256 tokens = uint256(uint16(_memberTokens[id >> 4] >> ((id & 15) << 4))) + 1; // 1 .. 65536
-        return uint256(model.baseFee) + uint256(model.perTokenFee) * tokens;
+        return uint256(model.baseFee) + uint256(model.perTokenFee) * _memberTokensOf(id);
+    }
+
+    /// @dev A batch member's declared maxTokens (1 .. 65536) from its 16-bit lane.
+    function _memberTokensOf(uint256 id) internal view returns (uint256) {
+        return uint256(uint16(_memberTokens[id >> 4] >> ((id & 15) << 4))) + 1;
     }
 
     function _head(Request storage q) internal view returns (uint256 w) {

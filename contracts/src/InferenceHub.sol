@@ -459,7 +459,7 @@ contract InferenceHub is HubStorage {
             v.phase = Phase.Pending;
             v.requester = f.requester;
             v.modelId = _modelIds[f.modelIndex - 1];
-            v.fee = price(v.modelId, uint256(uint16(_memberTokens[id >> 4] >> ((id & 15) << 4))) + 1);
+            v.fee = price(v.modelId, _memberTokensOf(id));
             v.mark = f.phase == Phase.Pending ? f.mark : _batchBlock;
             v.redundancy = f.redundancy;
             return v;
