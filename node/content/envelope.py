@@ -74,6 +74,10 @@ _ECIES: Final = EciesConfig(
     symmetric_algorithm="aes-256-gcm",
     symmetric_nonce_length=16,
 )
+DELTAS_HEADER: Final = "x-inferd-deltas"
+"""On `GET /envelope/{cid}`'s answer: `off` when the requester's gateway relays no live deltas for
+this input (its client did not ask to stream), so the seat need not publish them. A hint about
+traffic only: the answer, its digest and signature are the same either way."""
 WRAPPED_KEY_BYTES: Final = 65 + 16 + TAG_BYTES + CONTENT_KEY_BYTES
 """One recipient's ECIES-encrypted content key: ephemeral key, nonce, tag, key."""
 
@@ -301,6 +305,7 @@ def open_envelope(raw: bytes, private_key: bytes | str, address: str) -> bytes:
 
 __all__ = [
     "ALG",
+    "DELTAS_HEADER",
     "ENVELOPE_LIMITS",
     "ENVELOPE_VERSION",
     "MAX_RECIPIENTS",

@@ -36,10 +36,12 @@ class InferenceBackend(Protocol):
         model: ModelInfo,
         *,
         private: bool | None = None,
+        live: bool = True,
     ) -> PendingInference:
         """Store the input, send `requestInference`, and register for its result (one call).
 
-        `private` (None: the backend's default) seals the input to its seats (issue 16).
+        `private` (None: the backend's default) seals the input to its seats (issue 16). `live`:
+        whether the caller relays live deltas (a streaming client); its seats publish none if not.
         """
         ...
 

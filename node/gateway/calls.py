@@ -200,7 +200,12 @@ class _Inference:
             raise
         try:
             pending = await st.backend.submit(
-                chain_id, self.parsed.document, self.parsed.document_bytes, model, private=self.parsed.private
+                chain_id,
+                self.parsed.document,
+                self.parsed.document_bytes,
+                model,
+                private=self.parsed.private,
+                live=self.parsed.stream and _relay_live(self.parsed),
             )
         except GatewayError as exc:
             await st.ledger.asettle(reservation, exc.spent_wei)

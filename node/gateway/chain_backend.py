@@ -453,12 +453,13 @@ class ChainBackend:
         model: ModelInfo,
         *,
         private: bool | None = None,
+        live: bool = True,
     ) -> PendingInference:
         """Request `document` on `chain_id` (`node.gateway.requesting`); private unless told otherwise
         when the gateway is private by default."""
         link = self._link(chain_id)
         private = self.private_by_default if private is None else private
-        return await self.requester.submit(link, document, document_bytes, model, private=private)
+        return await self.requester.submit(link, document, document_bytes, model, private=private, live=live)
 
     def _remember(self, fut: asyncio.Future[VerifiedResult], sub: Submission) -> None:
         if fut.cancelled() or fut.exception() is not None:

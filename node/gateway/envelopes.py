@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from node.content.cid import normalize_cid
-from node.content.envelope import ENVELOPE_LIMITS
+from node.content.envelope import DELTAS_HEADER, ENVELOPE_LIMITS
 from node.content.errors import ContentError, InvalidCID
 
 MAX_PRIVATE_REQUESTS: Final = 4096
@@ -36,17 +36,31 @@ class EnvelopeBook:
     An input the gateway has requested but not sealed yet is `expect`ed: a seat that learned its
     assignment before the gateway sealed to it (the two race from the same block) is answered as
     soon as the envelope exists (`wait`), instead of a 404 that costs it a retry with backoff.
+
+    An input expected with `live=False` (its client does not stream) is served with
+    `DELTAS_HEADER: off`: its seat then publishes no per-token deltas, which nobody would read
+    (at 16 tokens, a third of the miner's and gateway's CPU per request went to them).
     """
 
     def __init__(self, max_entries: int = MAX_PRIVATE_REQUESTS) -> None:
         self._envelopes: OrderedDict[str, bytes] = OrderedDict()
         self._expected: OrderedDict[str, asyncio.Event] = OrderedDict()
+        self._quiet: OrderedDict[str, None] = OrderedDict()
         self.max_entries = max_entries
 
-    def expect(self, input_cid: str) -> None:
+    def expect(self, input_cid: str, *, live: bool = True) -> None:
+        """Hold seats' fetches of `input_cid` until it is sealed; `live`: whether deltas are relayed."""
         self._expected.setdefault(input_cid, asyncio.Event())
         while len(self._expected) > self.max_entries:
             self._expected.popitem(last=False)
+        if not live:
+            self._quiet[input_cid] = None
+            while len(self._quiet) > self.max_entries:
+                self._quiet.popitem(last=False)
+
+    def live(self, input_cid: str) -> bool:
+        """Whether the requester relays live deltas of `input_cid` (default: yes)."""
+        return input_cid not in self._quiet
 
     def put(self, input_cid: str, envelope: bytes) -> None:
         self._envelopes[input_cid] = envelope
@@ -73,6 +87,7 @@ class EnvelopeBook:
     def drop(self, input_cid: str) -> None:
         self._envelopes.pop(input_cid, None)
         self._expected.pop(input_cid, None)
+        self._quiet.pop(input_cid, None)
 
 
 _TEXT: Final = b"text/plain; charset=utf-8"
@@ -93,16 +108,17 @@ async def _read_envelope_body(receive: Receive) -> bytes | bool:
             return bytes(body)
 
 
-async def _envelope_answer(book: EnvelopeBook, cid: str) -> tuple[int, bytes, bytes]:
-    """`GET /envelope/{cid}`'s status, body and content type (both routes' one answer)."""
+async def _envelope_answer(book: EnvelopeBook, cid: str) -> tuple[int, bytes, bytes, bool]:
+    """`GET /envelope/{cid}`'s status, body, content type and whether deltas are relayed (both
+    routes' one answer)."""
     try:
         key = normalize_cid(cid)
     except (InvalidCID, ContentError):
-        return 400, b"malformed CID\n", _TEXT
+        return 400, b"malformed CID\n", _TEXT, True
     data = await book.wait(key, ENVELOPE_WAIT_S)
     if data is None:
-        return 404, b"no envelope for this input\n", _TEXT
-    return 200, data, b"application/json"
+        return 404, b"no envelope for this input\n", _TEXT, True
+    return 200, data, b"application/json", book.live(key)
 
 
 class _RouteLabel:
@@ -152,20 +168,22 @@ class EnvelopeRoutes:
             cid = path[len("/envelope/") :]
             if method == "GET" and cid and "/" not in cid:
                 scope["route"] = _GET_ROUTE
-                status, data, media = await _envelope_answer(self.book, cid)
-                await _respond(send, status, data, media, no_store=status == 200)
+                status, data, media, live = await _envelope_answer(self.book, cid)
+                await _respond(send, status, data, media, no_store=status == 200, live=live)
                 return
         await self.app(scope, receive, send)
 
 
 async def _respond(
-    send: Send, status: int, body: bytes, media: bytes | None, *, no_store: bool = False
+    send: Send, status: int, body: bytes, media: bytes | None, *, no_store: bool = False, live: bool = True
 ) -> None:
     headers = [(b"content-length", str(len(body)).encode())]
     if media is not None:
         headers.append((b"content-type", media))
     if no_store:
         headers.append((b"cache-control", b"no-store"))
+    if not live:
+        headers.append((DELTAS_HEADER.encode(), b"off"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -196,8 +214,10 @@ def envelope_router(book: EnvelopeBook, desk_for: Callable[[bytes], bool] | None
 
     @router.get("/envelope/{cid}")
     async def get_envelope(cid: str) -> Response:
-        status, data, media = await _envelope_answer(book, cid)
-        headers = {"Cache-Control": "no-store"} if status == 200 else None
+        status, data, media, live = await _envelope_answer(book, cid)
+        headers = {"Cache-Control": "no-store"} if status == 200 else {}
+        if not live:
+            headers[DELTAS_HEADER] = "off"
         return Response(data, status_code=status, media_type=media.decode(), headers=headers)
 
     return router

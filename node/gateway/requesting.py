@@ -185,8 +185,12 @@ class Requester:
         model: ModelInfo,
         *,
         private: bool,
+        live: bool = True,
     ) -> PendingInference:
-        """Store (or seal, when `private`) the input, request it, assign it, register it."""
+        """Store (or seal, when `private`) the input, request it, assign it, register it.
+
+        `live`: whether deltas are relayed; a private input's seats are told when not
+        (`EnvelopeBook.expect`). A public input's seats cannot be, and publish them anyway."""
         chain_id = link.chain_id
         desk = link.private if private else None
         if desk is not None:  # never stored in plaintext: sealed to the seats once they are known
@@ -202,7 +206,7 @@ class Requester:
         fee = model.price(max_tokens)
         mid = bytes.fromhex(model.model_id.removeprefix("0x"))
         if desk is not None:  # a drawn seat asks for its envelope as soon as the request is mined:
-            desk.book.expect(input_cid)  # held until sealed, not a 404 that costs it a retry
+            desk.book.expect(input_cid, live=live)  # held until sealed, not a 404 that costs it a retry
         try:
             placed = await self._batcher(link, mid, model).submit(BatchItem(digest, max_tokens, fee))
         except BaseException:

@@ -132,6 +132,7 @@ class FakeBackend:
         model: ModelInfo,
         *,
         private: bool | None = None,  # the fake network has no seats to seal to: always public
+        live: bool = True,
     ) -> PendingInference:
         assert self.registry is not None, "start() the backend first"
         request_id = self._next_id

@@ -229,8 +229,11 @@ class Pipeline:
             return f"{type(exc).__name__}: {NO_ENVELOPE_SOURCE}"
         return type(exc).__name__
 
-    async def fetch(self, job: JobInput, input_cid: str, give_up_at: float) -> InputDocument | ContentError:
-        """The parsed input, or the input's own error (invalid, too large) to answer with.
+    async def fetch(
+        self, job: JobInput, input_cid: str, give_up_at: float
+    ) -> tuple[InputDocument | ContentError, bool]:
+        """The parsed input, or the input's own error (invalid, too large) to answer with, and
+        whether live deltas are wanted (False only when a private input's gateway says so).
 
         Raises `InputUnavailable` while the input cannot be fetched: retried here until `give_up_at`
         on a first try, once per call (and not before its backoff) after that.
@@ -244,7 +247,7 @@ class Pipeline:
                 raw = await self.store.get(input_cid)
             except DocumentTooLarge as exc:  # no block of that CID fits the protocol: its own answer
                 self._unavailable.pop(input_cid, None)
-                return exc
+                return exc, True
             except ContentError as exc:  # not found, a backend down, bytes that do not match the CID
                 if self.envelopes is not None and isinstance(exc, ContentNotFound):
                     opened = await fetch_private(self.envelopes, input_cid, job.input_digest, self._key)
@@ -260,9 +263,9 @@ class Pipeline:
                 continue
             self._unavailable.pop(input_cid, None)
             try:
-                return parse_input_document(raw)
+                return parse_input_document(raw), True
             except ContentError as exc:  # malformed, hostile, over a cap, invalid schema
-                return exc
+                return exc, True
 
     async def produce(
         self, job: JobInput, *, give_up_at: float | None = None, deltas: DeltaSink | None = None
@@ -273,10 +276,12 @@ class Pipeline:
         """
         input_cid = digest_to_cid(job.input_digest)
         t0 = time.monotonic()
-        fetched = await self.fetch(
+        fetched, live = await self.fetch(
             job, input_cid, give_up_at if give_up_at is not None else t0 + self.first_fetch_s
         )
         t1 = time.monotonic()
+        if not live:  # the requester's client does not stream: nobody reads deltas
+            deltas = None
         private = fetched if not isinstance(fetched, ContentError) and is_private(fetched) else None
         if private is not None and deltas is not None:
             deltas = sealed_deltas(deltas, private, job.request_id, self._key)

@@ -24,7 +24,8 @@ associated data binding it to (request id, miner, seq). Why not one envelope per
 in an envelope: the salt is already a secret shared by exactly those who may read the input (the
 seats and the requester), so no extra message, ECIES operation or ordering problem exists, and a
 delta costs 28 bytes plus base64 over its plaintext. The seats can read each other's deltas, which
-tells them nothing: they compute the same answer.
+tells them nothing: they compute the same answer. A seat publishes none when the gateway serves the
+envelope with `DELTAS_HEADER: off` (its client does not stream: nobody would read them).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import functools
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import aiohttp
@@ -54,7 +56,7 @@ from node.content.documents import (
     parse_input_document,
     to_canonical_bytes,
 )
-from node.content.envelope import EnvelopeError, NotARecipient, open_envelope, seal
+from node.content.envelope import DELTAS_HEADER, EnvelopeError, NotARecipient, open_envelope, seal
 from node.content.errors import ContentError, DocumentError
 from node.content.http import RetryPolicy, session_request
 from node.content.salt import output_salt
@@ -76,10 +78,18 @@ DELTA_KEY_INFO: Final = b"inferd-delta-key"
 DELTA_NONCE_BYTES: Final = 12
 
 
+@dataclass(frozen=True)
+class Envelope:
+    """A private input's envelope as a gateway served it; `live`: whether it relays live deltas."""
+
+    body: bytes
+    live: bool = True
+
+
 class EnvelopeSource(Protocol):
     """Where a seat finds the newest envelope of a private input (None: none published yet)."""
 
-    async def envelope(self, input_cid: str) -> bytes | None: ...
+    async def envelope(self, input_cid: str) -> Envelope | None: ...
 
 
 class HttpEnvelopeSource:
@@ -110,7 +120,7 @@ class HttpEnvelopeSource:
             )
         return self._session
 
-    async def envelope(self, input_cid: str) -> bytes | None:
+    async def envelope(self, input_cid: str) -> Envelope | None:
         cid = normalize_cid(input_cid)
         for url in self.urls:
             try:
@@ -121,7 +131,7 @@ class HttpEnvelopeSource:
                 log.info("envelope_source_down", url=url, error=type(exc).__name__)
                 continue
             if reply.status == 200:
-                return reply.body
+                return Envelope(reply.body, live=reply.headers.get(DELTAS_HEADER, "").lower() != "off")
         return None
 
     async def deliver(self, envelope: bytes) -> None:
@@ -208,15 +218,18 @@ def open_private_input(
 
 async def fetch_private(
     source: EnvelopeSource, input_cid: str, input_digest: bytes, private_key: str
-) -> InputDocument | ContentError | None:
-    """The newest envelope of `input_cid` from `source`, opened (`open_private_input`); None: none for us."""
+) -> tuple[InputDocument | ContentError, bool] | None:
+    """The newest envelope of `input_cid` from `source`, opened (`open_private_input`), and whether
+    its gateway relays live deltas; None: none for us."""
     envelope = await source.envelope(input_cid)
     if envelope is None:
         return None
-    opened = open_private_input(envelope, private_key=private_key, input_digest=input_digest)
+    opened = open_private_input(envelope.body, private_key=private_key, input_digest=input_digest)
+    if opened is None:
+        return None
     if isinstance(opened, InputTampered):
         log.warning("private_input_tampered", input_cid=input_cid, reason=str(opened))
-    return opened
+    return opened, envelope.live
 
 
 async def deliver_output(source: EnvelopeSource, envelope: bytes) -> None:
@@ -313,6 +326,7 @@ def open_delta(key: bytes, request_id: int, miner: str, seq: int, delta: dict[st
 __all__ = [
     "INPUT_TAMPERED",
     "NO_ENVELOPE_SOURCE",
+    "Envelope",
     "EnvelopeSource",
     "HttpEnvelopeSource",
     "InputTampered",

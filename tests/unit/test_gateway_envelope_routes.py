@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from node.content.cid import digest_of, digest_to_cid
 from node.content.documents import to_canonical_bytes, validate_input_document
-from node.content.envelope import ENVELOPE_LIMITS
+from node.content.envelope import DELTAS_HEADER, ENVELOPE_LIMITS
 from node.gateway.envelopes import EnvelopeBook, EnvelopeRoutes, envelope_router
 from node.gateway.errors import InvalidRequest
 from node.gateway.private import MAX_PRIVATE_DOCUMENT_BYTES, make_private
@@ -57,6 +57,28 @@ def test_envelope_routes_answer_like_the_router() -> None:
     assert client.get("/other").json() == {"ok": "yes"}
     assert client.get("/envelope/a/b").status_code == 404  # not an envelope route: the app's 404
     assert client.put(f"/envelope/{cid}").status_code == 405  # the router's answer, as before
+
+
+def test_an_input_whose_client_does_not_stream_is_served_with_deltas_off() -> None:
+    """Both routes say `x-inferd-deltas: off` for an input expected with live=False, nothing for
+    the others; dropping the input forgets it."""
+    book = EnvelopeBook(max_entries=2)
+    quiet, live = (digest_to_cid(digest_of(x)) for x in (b"quiet", b"live"))
+    book.expect(quiet, live=False)
+    book.expect(live)
+    for cid in (quiet, live):
+        book.put(cid, b'{"v":1}')
+    middleware = _client(book, [])
+    router = FastAPI()
+    router.include_router(envelope_router(book))
+    for client in (middleware, TestClient(router)):
+        assert client.get(f"/envelope/{quiet}").headers.get(DELTAS_HEADER) == "off"
+        assert DELTAS_HEADER not in client.get(f"/envelope/{live}").headers
+    book.drop(quiet)
+    assert book.live(quiet)
+    for i in range(3):  # bounded like the envelopes
+        book.expect(digest_to_cid(digest_of(bytes([i]))), live=False)
+    assert len(book._quiet) == 2
 
 
 def test_make_private_from_the_parsed_bytes_is_the_private_models_encoding() -> None:

@@ -26,11 +26,12 @@ class Gateway:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, str | None]] = []
+        self.headers: dict[str, str] = {}
 
     async def handle(self, request: web.Request) -> web.Response:
         self.seen.append((request.method, str(request.rel_url), request.headers.get("Authorization")))
         if request.method == "GET":
-            return web.Response(body=ENVELOPE)
+            return web.Response(body=ENVELOPE, headers=self.headers)
         await request.read()
         return web.Response(status=202)
 
@@ -69,9 +70,9 @@ async def gateway() -> AsyncIterator[tuple[Gateway, str]]:
 async def exchange(url: str) -> bytes | None:
     source = HttpEnvelopeSource([url])
     try:
-        body = await source.envelope(CID)
+        got = await source.envelope(CID)
         await source.deliver(b'{"sealed":1}')
-        return body
+        return None if got is None else got.body
     finally:
         await source.close()
 
@@ -81,6 +82,20 @@ async def test_no_environment_goes_direct(clean_env: Path, gateway: tuple[Gatewa
     assert env_options(url) == {}
     assert await exchange(url) == ENVELOPE
     assert gw.seen == [("GET", f"/envelope/{CID}", None), ("POST", "/envelope/output", None)]
+
+
+async def test_the_gateways_deltas_header_is_read(clean_env: Path, gateway: tuple[Gateway, str]) -> None:
+    """`x-inferd-deltas: off` (any case) marks the envelope not live; no header: live."""
+    gw, url = gateway
+    source = HttpEnvelopeSource([url])
+    try:
+        got = await source.envelope(CID)
+        assert got is not None and got.live and got.body == ENVELOPE
+        gw.headers = {"X-Inferd-Deltas": "OFF"}
+        got = await source.envelope(CID)
+        assert got is not None and not got.live and got.body == ENVELOPE
+    finally:
+        await source.close()
 
 
 @pytest.fixture

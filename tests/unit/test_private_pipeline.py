@@ -52,6 +52,7 @@ from node.miner.pipeline import Pipeline
 from node.miner.private import (
     INPUT_TAMPERED,
     NO_ENVELOPE_SOURCE,
+    Envelope,
     delta_key,
     open_delta,
     open_private_input,
@@ -94,17 +95,18 @@ class _Job:
 
 
 class _Source:
-    def __init__(self, envelope: bytes | None) -> None:
+    def __init__(self, envelope: bytes | None, live: bool = True) -> None:
         self.value = envelope
+        self.live = live
 
-    async def envelope(self, input_cid: str) -> bytes | None:
-        return self.value
+    async def envelope(self, input_cid: str) -> Envelope | None:
+        return None if self.value is None else Envelope(self.value, self.live)
 
 
-def _pipeline(store: LocalStore, acct: object, envelope: bytes | None) -> Pipeline:
+def _pipeline(store: LocalStore, acct: object, envelope: bytes | None, live: bool = True) -> Pipeline:
     return Pipeline(
         engine=FakeEngine(), store=store, private_key=_key(acct), chain_id=31337,
-        hub="0x" + "22" * 20, envelopes=_Source(envelope), first_fetch_s=0.01,
+        hub="0x" + "22" * 20, envelopes=_Source(envelope, live), first_fetch_s=0.01,
     )  # fmt: skip
 
 
@@ -214,6 +216,22 @@ async def test_a_miner_without_envelope_urls_says_why_it_cannot_read_the_input(t
     with pytest.raises(InputUnavailable) as waiting:  # with a source: not sealed to us yet, no advice
         await _pipeline(LocalStore(tmp_path / "b"), MINER_A, None).produce(_Job(4, digest_of(data)))
     assert "envelope_urls" not in waiting.value.reason
+
+
+async def test_a_seat_publishes_deltas_only_when_the_gateway_relays_them(tmp_path: Path) -> None:
+    """An envelope served with `x-inferd-deltas: off` (a client that does not stream): no delta is
+    published, and the answer is the same bytes, digest and signature as with deltas."""
+    _, data = _private_doc()
+    env = _sealed(data, MINER_A)
+    answers = []
+    for live in (True, False):
+        sent: list[tuple[int, int, dict[str, object]]] = []
+        pipeline = _pipeline(LocalStore(tmp_path / str(live)), MINER_A, env, live=live)
+        produced = await pipeline.produce(_Job(9, digest_of(data)), deltas=lambda *d, s=sent: s.append(d))
+        assert (len(sent) > 0) is live, sent
+        opened = open_envelope(produced.output, _key(REQUESTER), REQUESTER.address)
+        answers.append((opened, produced.output_digest, produced.signature))
+    assert answers[0] == answers[1]
 
 
 def test_deltas_open_only_with_the_salt_and_their_own_position() -> None:
