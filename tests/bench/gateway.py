@@ -14,11 +14,19 @@ request starts after a pause drawn uniformly from [0, 2 s) (`loadgen.arrival_pha
 point of a block and waiting `2 s - latency` for inclusion every time, where a user's request
 arrives at a random point and waits 1 s on average. The back-to-back figures are kept beside them
 (`b2_back_to_back_total_p50_ms`, `b2_back_to_back_ttft_p50_ms`). Each figure is the median over the runs;
-`spread` holds min/median/max. The LAST line is one JSON object; automine keys as before
-(`c1_p50_ms`, `c1_p99_ms`, `c16_p50_ms`, `c16_p99_ms`, `engine_c1_p50_ms`, `engine_c16_p50_ms`,
-`c16_rps`, `engine_c16_rps`, ...) plus `ttft_p50_ms` / `engine_ttft_p50_ms`, and for the 2-second
-chain `b2_total_p50_ms`, `b2_engine_total_p50_ms`, `b2_ttft_p50_ms`, `b2_engine_ttft_p50_ms`,
-`b2_c16_rps`, `b2_engine_c16_rps` (and p99s).
+`spread` holds min/median/max.
+
+Each timed phase starts after `SETTLE_S` of quiet: the two vLLM engines on the machine (the miner's
+and the one measured alone) each keep busy-polling their shared-memory queue for a second after
+their last step (vLLM's `SpinCondition`, `busy_loop_s` = 1), so a phase started right after the other
+path's would share a core with that spin for its first second (on 2 cores, an engine-alone c16 run
+measured 10.2 req/s after a quiet second and 8.7 right after the gateway's phase).
+
+The LAST line is one JSON object; automine keys as before (`c1_p50_ms`, `c1_p99_ms`, `c16_p50_ms`,
+`c16_p99_ms`, `engine_c1_p50_ms`, `engine_c16_p50_ms`, `c16_rps`, `engine_c16_rps`, ...) plus
+`ttft_p50_ms` / `engine_ttft_p50_ms`, and for the 2-second chain `b2_total_p50_ms`,
+`b2_engine_total_p50_ms`, `b2_ttft_p50_ms`, `b2_engine_ttft_p50_ms`, `b2_c16_rps`, `b2_engine_c16_rps`
+(and p99s).
 
     .venv/bin/python tests/bench/gateway.py [--c1 N] [--c16 N] [--runs N] [--max-tokens N] [--seed N]
         [--chains both|automine|b2]
@@ -55,6 +63,9 @@ from tests.bench.loadgen import (
     summarize,
 )
 
+SETTLE_S = 1.5
+"""Quiet before each timed phase: longer than vLLM's 1 s busy-poll after an engine's last step."""
+
 FIGURES = (
     "total_p50_ms", "total_p99_ms", "ttft_p50_ms", "engine_total_p50_ms", "engine_total_p99_ms",
     "engine_ttft_p50_ms", "c1_rps", "engine_c1_rps", "c16_p50_ms", "c16_p99_ms", "engine_c16_p50_ms",
@@ -80,11 +91,16 @@ async def chain_section(
             base = run * 10_000
             c1 = messages(args.c1, base)
             pauses = arrival_phases(args.c1, block_time, args.seed + run) if block_time is not None else None
+            await asyncio.sleep(SETTLE_S)
             eng, eng_wall = await run_closed(engine_calls(engine, c1, args.max_tokens, base), 1, pauses)
+            await asyncio.sleep(SETTLE_S)
             gw, gw_wall = await run_closed(gateway_calls(http, c1, args.max_tokens, base, False), 1, pauses)
+            await asyncio.sleep(SETTLE_S)
             gws, _ = await run_closed(gateway_calls(http, c1, args.max_tokens, base, True), 1, pauses)
             if phased:
+                await asyncio.sleep(SETTLE_S)
                 b2b, _ = await run_closed(gateway_calls(http, c1, args.max_tokens, base, False), 1)
+                await asyncio.sleep(SETTLE_S)
                 b2bs, _ = await run_closed(gateway_calls(http, c1, args.max_tokens, base, True), 1)
                 b_tot, _, b_err = summarize(b2b)
                 _, b_ttft, bs_err = summarize(b2bs)
@@ -107,7 +123,9 @@ async def chain_section(
             runs["engine_c1_rps"].append(len(e_tot) / eng_wall)
 
             c16 = messages(args.c16, base + 5_000)
+            await asyncio.sleep(SETTLE_S)
             eng, eng_wall = await run_closed(engine_calls(engine, c16, args.max_tokens, base + 5_000), 16)
+            await asyncio.sleep(SETTLE_S)
             gw, gw_wall = await run_closed(gateway_calls(http, c16, args.max_tokens, base + 5_000, False), 16)
             e_tot, _, e_err = summarize(eng)
             g_tot, _, g_err = summarize(gw)
@@ -192,7 +210,7 @@ if __name__ == "__main__":
     sys.warnoptions.append("ignore::UserWarning:multiprocessing.resource_tracker")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--c1", type=int, default=int(os.environ.get("BENCH_GATEWAY_C1", "10")))
-    parser.add_argument("--c16", type=int, default=int(os.environ.get("BENCH_GATEWAY_C16", "48")))
+    parser.add_argument("--c16", type=int, default=int(os.environ.get("BENCH_GATEWAY_C16", "96")))
     parser.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "3")))
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--seed", type=int, default=int(os.environ.get("BENCH_SEED", "1")))
