@@ -65,6 +65,7 @@ from node.devnet.processes import (
 )
 from node.devnet.progress import Progress, waiting_line
 from node.devnet.service import Service, child_env, env_names, inferd_command
+from node.engine.cores import engine_cpus, keep_off
 from node.stream.access import GATEWAY_PREFIX, gateway_login, miner_login
 
 MAX_MINERS = 16
@@ -469,6 +470,7 @@ class Devnet:
                 + " (the first start loads the model: up to a few minutes on a CPU)"
             )
             self._await_healthy()
+            self._keep_off_engines()
 
         info: dict[str, Any] = {
             "gateway_url": gateway_url,
@@ -611,8 +613,22 @@ class Devnet:
                 changed = self._check_service(svc) or changed
             if changed:
                 self._write_run(self._phase)
+                self._keep_off_engines()
         self.say("stopping the devnet")
         return 0
+
+    def _keep_off_engines(self) -> None:
+        """Move anvil, the broker and the gateway off the cores the miners' CPU engines compute on
+        (`node.engine.cores`: each miner moves itself). Again after a restart: a restarted engine
+        binds anew, and a restarted service starts anywhere."""
+        cpus: frozenset[int] = frozenset()
+        for svc in self.services:
+            if svc.name.startswith("miner") and svc.pid is not None:
+                cpus |= engine_cpus(svc.pid)
+        others = [svc.pid for svc in self.services if not svc.name.startswith("miner")]
+        for proc in (self.anvil, self.broker):
+            others.append(proc.proc.pid if proc is not None and proc.proc is not None else None)
+        keep_off([pid for pid in others if pid is not None], cpus)
 
     def _tracker(self, name: str) -> RestartTracker:
         if name not in self.restarts:

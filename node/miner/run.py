@@ -27,6 +27,7 @@ from node.chain.pubkeys import public_key_of
 from node.config import Settings
 from node.content.factory import open_store
 from node.content.store import ContentStore
+from node.engine.cores import keep_tree_off_engine
 from node.log import get_logger
 from node.miner.daemon import DaemonConfig, MinerDaemon, MinerStartError
 from node.miner.journal import Journal
@@ -80,6 +81,9 @@ async def open_engine(
     from node.engine.engine import Engine  # heavy: vLLM
 
     engine = await Engine.start(settings.engine, expected_class=expected_class)
+    cpus, moved = keep_tree_off_engine()  # on a CPU engine: our own work off its workers' cores
+    if cpus:
+        log.info("host_work_moved_off_engine_cores", engine_cores=sorted(cpus), threads=moved)
     return engine, engine.shutdown
 
 
