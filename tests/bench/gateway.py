@@ -22,6 +22,10 @@ their last step (vLLM's `SpinCondition`, `busy_loop_s` = 1), so a phase started 
 path's would share a core with that spin for its first second (on 2 cores, an engine-alone c16 run
 measured 10.2 req/s after a quiet second and 8.7 right after the gateway's phase).
 
+Concurrency 16 sends `--c16` (192) requests per run: twelve rounds of 16, so that the start (the
+engine alone gets 16 prompts at once, in step; the gateway's arrive spread over the protocol) and
+the drain (the run ends with its slowest request) weigh little in a steady-state throughput.
+
 The LAST line is one JSON object; automine keys as before (`c1_p50_ms`, `c1_p99_ms`, `c16_p50_ms`,
 `c16_p99_ms`, `engine_c1_p50_ms`, `engine_c16_p50_ms`, `c16_rps`, `engine_c16_rps`, ...) plus
 `ttft_p50_ms` / `engine_ttft_p50_ms`, and for the 2-second chain `b2_total_p50_ms`,
@@ -210,7 +214,7 @@ if __name__ == "__main__":
     sys.warnoptions.append("ignore::UserWarning:multiprocessing.resource_tracker")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--c1", type=int, default=int(os.environ.get("BENCH_GATEWAY_C1", "10")))
-    parser.add_argument("--c16", type=int, default=int(os.environ.get("BENCH_GATEWAY_C16", "96")))
+    parser.add_argument("--c16", type=int, default=int(os.environ.get("BENCH_GATEWAY_C16", "192")))
     parser.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "3")))
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--seed", type=int, default=int(os.environ.get("BENCH_SEED", "1")))
