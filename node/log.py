@@ -95,15 +95,16 @@ class _SafeLogger:
     """structlog's PrintLogger, except that a sink that fails (closed, broken pipe, full disk) loses
     the line instead of raising into the caller: a log call must never take a request down."""
 
-    def __init__(self, file: TextIO, lock: threading.Lock) -> None:
+    def __init__(self, file: TextIO | None, lock: threading.Lock) -> None:
         self._file = file
         self._lock = lock
 
     def msg(self, message: str) -> None:
         try:
             with self._lock:
-                self._file.write(message + "\n")
-                self._file.flush()
+                out = self._file if self._file is not None else sys.stderr  # None: stderr as it is now
+                out.write(message + "\n")
+                out.flush()
         except (OSError, ValueError):
             pass
 
@@ -111,12 +112,27 @@ class _SafeLogger:
 
 
 class _SafeLoggerFactory:
-    def __init__(self, file: TextIO) -> None:
+    def __init__(self, file: TextIO | None) -> None:
         self._file = file
         self._lock = threading.Lock()
 
     def __call__(self, *args: Any) -> _SafeLogger:
         return _SafeLogger(self._file, self._lock)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stdlib logging to `sys.stderr` as it is at each record (a test or a CLI runner swaps it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
 
 
 def _exception_formatter() -> Any:
@@ -140,9 +156,11 @@ def configure_logging(
     fmt: Literal["auto", "json", "console"] = "auto",
     stream: TextIO | None = None,
 ) -> None:
-    """Set up structlog (and route stdlib logging through it) once per process."""
-    out = stream or sys.stderr
-    use_console = fmt == "console" or (fmt == "auto" and out.isatty())
+    """Set up structlog (and route stdlib logging through it) once per process.
+
+    Without `stream`, lines go to whatever `sys.stderr` is when each is written: never stdout, which
+    a command's `--json` output owns (unconfigured, structlog would print there)."""
+    use_console = fmt == "console" or (fmt == "auto" and (stream or sys.stderr).isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -159,10 +177,10 @@ def configure_logging(
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=_SafeLoggerFactory(out),
+        logger_factory=_SafeLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(out)
+    handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processor=renderer,

@@ -57,6 +57,9 @@ def root(
     ] = False,
 ) -> None:
     """inferd: decentralized LLM inference."""
+    from node.log import configure_logging
+
+    configure_logging("info")  # stderr for every command (stdout is its output); daemons set their own level
     ctx.obj = State(config)
 
 

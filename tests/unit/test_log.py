@@ -71,3 +71,32 @@ def test_bound_context_is_attached(sink: io.StringIO) -> None:
     assert first["job_id"] == 42 and first["request_id"] == "r-1"
     assert "job_id" not in second
     assert first["level"] == "info"
+
+
+def test_a_command_logs_to_stderr_and_leaves_stdout_to_its_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`inferd ... --json` prints one document on stdout; a warning logged meanwhile (an RPC retry, say)
+    must go to stderr (it once landed on stdout and broke `miner status --json`)."""
+    import sys
+
+    import typer
+    from typer.testing import CliRunner
+
+    from node.cli import main as cli_main
+
+    probe = typer.Typer()
+
+    @probe.command("emit")
+    def emit() -> None:
+        get_logger("t").warning("rpc_retry", what="eth_chainId")
+        typer.echo(json.dumps({"ok": True}))
+
+    monkeypatch.setattr(cli_main, "app", typer.Typer())
+    cli_main.app.callback()(cli_main.root)
+    cli_main.app.add_typer(probe, name="probe")
+    try:
+        result = CliRunner().invoke(cli_main.app, ["probe", "emit"])
+    finally:
+        configure_logging("info", "json", stream=sys.__stderr__)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"ok": True}
+    assert "rpc_retry" in result.stderr
