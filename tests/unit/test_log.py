@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
+from node.cli import main as cli_main
 from node.log import bound, configure_logging, get_logger, register_secret
 
 KEY = "0x4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
@@ -73,16 +77,9 @@ def test_bound_context_is_attached(sink: io.StringIO) -> None:
     assert first["level"] == "info"
 
 
-def test_a_command_logs_to_stderr_and_leaves_stdout_to_its_output(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_command_logs_to_stderr_and_leaves_stdout_to_its_output() -> None:
     """`inferd ... --json` prints one document on stdout; a warning logged meanwhile (an RPC retry, say)
     must go to stderr (it once landed on stdout and broke `miner status --json`)."""
-    import sys
-
-    import typer
-    from typer.testing import CliRunner
-
-    from node.cli import main as cli_main
-
     probe = typer.Typer()
 
     @probe.command("emit")
@@ -90,11 +87,11 @@ def test_a_command_logs_to_stderr_and_leaves_stdout_to_its_output(monkeypatch: p
         get_logger("t").warning("rpc_retry", what="eth_chainId")
         typer.echo(json.dumps({"ok": True}))
 
-    monkeypatch.setattr(cli_main, "app", typer.Typer())
-    cli_main.app.callback()(cli_main.root)
-    cli_main.app.add_typer(probe, name="probe")
+    app = typer.Typer()
+    app.callback()(cli_main.root)  # the real root callback, which sets up logging for every command
+    app.add_typer(probe, name="probe")
     try:
-        result = CliRunner().invoke(cli_main.app, ["probe", "emit"])
+        result = CliRunner().invoke(app, ["probe", "emit"])
     finally:
         configure_logging("info", "json", stream=sys.__stderr__)
     assert result.exit_code == 0, result.output
