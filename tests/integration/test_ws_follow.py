@@ -9,7 +9,6 @@ request ids seen (each exactly once), never on how long anything took.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +29,9 @@ from node.miner.daemon import DaemonConfig, MinerDaemon
 from node.miner.journal import Journal
 from node.miner.testing import FakeEngine, deploy_dev_hub
 from tests.loopback_proxy import LoopbackProxy
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(120)
-
-
-async def until(cond: Callable[[], bool], what: str, timeout: float = 20) -> None:  # noqa: ASYNC109
-    """Wait for `cond` (a guard against hanging, not a timing assertion)."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not cond():  # noqa: ASYNC110 - state set by callbacks in other tasks
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"never happened: {what}") from None
 
 
 async def test_push_then_cut_socket_then_push_again_loses_no_event(

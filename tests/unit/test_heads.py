@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,18 +16,9 @@ from node.chain.watcher import LogFollower, MemoryCursor
 from node.devnet.processes import Anvil, free_port
 from node.log import redact_text
 from tests.loopback_proxy import LoopbackProxy
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def until(cond: Callable[[], bool], what: str, timeout: float = 15) -> None:  # noqa: ASYNC109
-    """Wait for `cond` (a guard against hanging, not a timing assertion)."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not cond():  # noqa: ASYNC110 - state set by callbacks in other tasks
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"never happened: {what}") from None
 
 
 class Recorder:
