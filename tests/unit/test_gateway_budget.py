@@ -34,6 +34,7 @@ from node.log import configure_logging
 from node.miner.testing import deploy_dev_hub
 from tests.gateway_on_anvil import hold_assign
 from tests.unit.test_gateway_http import CHAT, MODEL, Gateway, assert_envelope
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -395,7 +396,8 @@ async def test_sender_fee_bumps_are_capped(process_logs: Path, anvil_keys: list[
         account = Account.from_key(anvil_keys[3])
         bumps = TxSender(w3, account, chain_id=31337, stuck_after_s=0.1, poll_s=0.02, max_replacements=2)
         task = asyncio.create_task(bumps.send(account.address, b"", value=1, gas=21_000))
-        await asyncio.sleep(1.5)
+        await until(lambda: bumps.stats.replaced >= 2, "two fee bumps")
+        await asyncio.sleep(0.5)  # five more stuck periods: no third bump
         assert bumps.stats.replaced == 2 and not task.done()
         await w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
         receipt = await asyncio.wait_for(task, 10)
