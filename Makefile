@@ -63,6 +63,7 @@ model: venv
 
 lint: venv
 	$(VENV)/bin/ruff check node tests
+	$(VENV)/bin/ruff format --check node tests
 	$(VENV)/bin/mypy
 
 pytest: setup

@@ -73,16 +73,12 @@ class ManagedProcess:
 
     def start(self, timeout_s: float = 30.0) -> None:
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise StartupTimeout(
-                    f"{self.name} exited with {self.proc.returncode}; see {self.log_path}"
-                )
+                raise StartupTimeout(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
             if port_open(self.host, self.port) and self._ready():
                 return
             time.sleep(0.05)

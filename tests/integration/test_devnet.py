@@ -119,7 +119,9 @@ def test_three_fake_miners_answer_through_a_quorum(devnet_dir: Path) -> None:
     assert info["engine_class"] == "0x" + FAKE_ENGINE_CLASS.hex() and info["audit_bps"] == 500
     client = OpenAI(base_url=info["openai_base_url"], api_key=info["api_key"], max_retries=0, timeout=120)
     reply = client.chat.completions.create(  # the quorum is what is checked: wait for the chain
-        model=info["model"], messages=[{"role": "user", "content": "hello"}], max_tokens=4,
+        model=info["model"],
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=4,
         extra_body={"finality": "onchain"},
     )
     onchain = reply.model_extra["onchain_data"] if reply.model_extra else {}

@@ -18,8 +18,8 @@ def _write_toml(path: Path) -> Path:
     path.write_text(
         '[chain]\nrpc_url = "http://127.0.0.1:1111"\nconfirmations = 3\n'
         f'private_key = "{SECRET_KEY}"\n'
-        '[engine]\nmax_model_len = 1024\n'
-        '[gateway]\nport = 9001\n'
+        "[engine]\nmax_model_len = 1024\n"
+        "[gateway]\nport = 9001\n"
     )
     return path
 
@@ -79,7 +79,15 @@ def test_config_show_masks_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("INFERD_STREAM__PASSWORD", "hunter2-broker-pass")
     monkeypatch.setenv("INFERD_CHAIN__PRIVATE_KEY", env_key)
     result = CliRunner().invoke(
-        app, ["--config", str(_write_toml(tmp_path / "x.toml")), "config", "show", "--rpc-url", "http://127.0.0.1:4444"]
+        app,
+        [
+            "--config",
+            str(_write_toml(tmp_path / "x.toml")),
+            "config",
+            "show",
+            "--rpc-url",
+            "http://127.0.0.1:4444",
+        ],
     )
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)

@@ -134,9 +134,7 @@ async def test_fake_engine_miner_refuses_a_chain_that_is_not_the_devnets(tmp_pat
     node = anvil_process(tmp_path, chain_id=1337)
     node.start()
     try:
-        chain = ChainSettings(
-            rpc_url=node.rpc_url, hub_address="0x" + "11" * 20, private_key=SecretStr(key)
-        )
+        chain = ChainSettings(rpc_url=node.rpc_url, hub_address="0x" + "11" * 20, private_key=SecretStr(key))
         with pytest.raises(FakeEngineRefused, match="1337"):
             await build_daemon(Settings(data_dir=tmp_path, chain=chain), FakeEngine(), fake_engine=True)
     finally:

@@ -276,9 +276,10 @@ async def test_a_seat_asking_before_the_seal_gets_the_envelope_once_it_exists(tm
     assert not asking.done()
     assert await desk.add_seats((1, 5), (MINER_A.address,), hub=None)  # type: ignore[arg-type]
     envelope = await asking
-    assert envelope is not None and open_private_input(
-        envelope, private_key=_key(MINER_A), input_digest=digest_of(data)
-    ) is not None
+    assert (
+        envelope is not None
+        and open_private_input(envelope, private_key=_key(MINER_A), input_digest=digest_of(data)) is not None
+    )
     assert await book.wait(digest_to_cid(digest_of(b"never requested")), 60) is None
 
 
