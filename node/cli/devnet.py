@@ -91,7 +91,9 @@ def up(
     ] = False,
 ) -> None:
     """Start anvil, deploy the hub, stake miners, start mosquitto, the miners and the gateway."""
-    from node.devnet.up import DevnetError, UpOptions, run_foreground, up_detached
+    from node.devnet.detach import up_detached
+    from node.devnet.options import DevnetError, UpOptions
+    from node.devnet.up import run_foreground
 
     if miners is None:  # a restarted devnet keeps its miners (the hub's redundancy depends on them)
         previous = None if fresh else read_json(Layout(data_dir.resolve()).devnet_json)
@@ -185,8 +187,9 @@ def bootstrap_cmd(
     anvil the hub lands at the address compose expects.
     """
     from node.devnet.chain import ETH, ChainPlan, bootstrap
+    from node.devnet.options import DevnetError
     from node.devnet.processes import anvil_private_keys
-    from node.devnet.up import DevnetError, miner_engine_class
+    from node.devnet.up import miner_engine_class
 
     settings = settings_from(ctx)
     key = settings.chain.private_key

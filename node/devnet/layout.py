@@ -8,6 +8,7 @@ where it was (anvil state, content store, miner journals, API keys).
 - `run.json`: the supervisor's pid, its phase (starting / ready / stopping / failed) and every
   child's pid and process group, so `down` and `status` work from another shell and `down` can
   clean up even after the supervisor was killed.
+- each part's `inferd.toml` (0600, `dump_toml`): the settings the devnet gives a miner or the gateway.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+PHASE_STARTING, PHASE_READY, PHASE_STOPPING, PHASE_FAILED = "starting", "ready", "stopping", "failed"
+"""The supervisor's phases, as run.json says them."""
 
 DEFAULT_DATA_DIR = Path.home() / ".inferd" / "devnet"
 """Under the home dir, so `inferd devnet status|down` find it from any working directory."""
@@ -90,3 +94,25 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """TOML for a settings dict: top-level keys, then one table per component."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict) and v is not None]
+    for table, values in data.items():
+        if isinstance(values, dict):
+            lines += ["", f"[{table}]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+    return "\n".join(lines) + "\n"

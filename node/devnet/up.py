@@ -17,222 +17,60 @@ anvil is not restarted: its state is dumped only every few seconds, so a restart
 miners and gateway a chain that went back in time (their cursors, nonces and journals ahead of it).
 anvil dying stops the devnet with a message; `inferd devnet up` then resumes from the saved state.
 
-`--detach` re-runs the same command as a background supervisor (its output in logs/devnet.log)
-and returns once it reports ready.
+`--detach` re-runs the same command as a background supervisor (`node.devnet.detach`). The
+restarts are `node.devnet.watchdog`'s, the ready message `node.devnet.banner`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from eth_account import Account
 
-from node.config import DEFAULT_MODEL_NAME
+from node.devnet.banner import banner
 from node.devnet.chain import ChainPlan, ChainState, bootstrap
 from node.devnet.control import down, lock_pid
 from node.devnet.groups import stop_group
-from node.devnet.layout import Layout, read_json, write_json, write_private
+from node.devnet.layout import (
+    PHASE_FAILED,
+    PHASE_READY,
+    PHASE_STARTING,
+    PHASE_STOPPING,
+    Layout,
+    dump_toml,
+    read_json,
+    write_json,
+    write_private,
+)
+from node.devnet.options import DevnetError, UpOptions, pick_port
 from node.devnet.processes import (
-    GAVE_UP,
-    RESTARTING,
     Anvil,
     ManagedProcess,
     Mosquitto,
-    RestartPolicy,
-    RestartTracker,
-    StartupTimeout,
     anvil_private_keys,
     anvil_process,
-    describe_exit,
-    free_port,
     mosquitto_process,
 )
 from node.devnet.progress import Progress, waiting_line
 from node.devnet.service import Service, child_env, env_names, inferd_command
+from node.devnet.watchdog import Watchdog, describe_exit
 from node.engine.cores import engine_cpus, keep_off
 from node.stream.access import GATEWAY_PREFIX, gateway_login, miner_login
-
-MAX_MINERS = 16
-PHASE_STARTING, PHASE_READY, PHASE_STOPPING, PHASE_FAILED = "starting", "ready", "stopping", "failed"
-
-
-class DevnetError(RuntimeError):
-    """The devnet could not start (a part failed, a port is taken, one is already running)."""
-
-
-class FakeEngineChainError(DevnetError):
-    """`--fake-engine` with a `--chain-id` other than anvil's 31337 (the miners would refuse it too)."""
 
 
 class Interrupted(Exception):
     """Ctrl-C or SIGTERM arrived while starting."""
-
-
-@dataclass
-class UpOptions:
-    """Everything `inferd devnet up` accepts; ports of 0 mean "a free one"."""
-
-    data_dir: Path
-    fresh: bool = False
-    miners: int = 1
-    redundancy: int | None = None
-    block_time: float | None = None
-    chain_id: int = 31337
-    rpc_port: int = 0
-    broker_port: int = 0
-    gateway_port: int = 0
-    model: str = DEFAULT_MODEL_NAME
-    ready_timeout_s: float = 900.0
-    chain_only: bool = False  # write every config but launch no miner or gateway (run them yourself)
-    fake_engine: bool = False  # miners answer with the deterministic FakeEngine (no vLLM, no model)
-
-    @property
-    def effective_redundancy(self) -> int:
-        """min(miners, 3) by default: with 3 miners a request needs 2 matching results (quorum)."""
-        return self.redundancy if self.redundancy is not None else min(self.miners, 3)
-
-    def validate(self) -> None:
-        if not 1 <= self.miners <= MAX_MINERS:
-            raise DevnetError(f"--miners must be between 1 and {MAX_MINERS}")
-        if not 1 <= self.effective_redundancy <= min(self.miners, 7):
-            raise DevnetError("--redundancy must be between 1 and min(--miners, 7)")
-        if self.fake_engine:
-            from node.miner.run import DEVNET_CHAIN_ID
-
-            if self.chain_id != DEVNET_CHAIN_ID:
-                raise FakeEngineChainError(
-                    f"--fake-engine runs only on the devnet's chain id {DEVNET_CHAIN_ID}, "
-                    f"not --chain-id {self.chain_id}: its outputs are made up"
-                )
-
-
-# -------------------------------------------------------------------------------------------------
-# Small helpers
-# -------------------------------------------------------------------------------------------------
-
-
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True if a server could listen on `port` now (SO_REUSEADDR, as servers do: TIME_WAIT is ok)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def pick_port(flag: int, previous: Any, taken: set[int]) -> int:
-    """The port asked for; else the one this devnet used last time if still free; else any free one.
-
-    Reusing the previous port keeps a restarted devnet's URLs (and devnet.json) stable; `taken`
-    holds the ports already handed out, so two parts never get the same one.
-    """
-    if flag:
-        if flag in taken or not port_free(flag):
-            raise DevnetError(f"port {flag} is already in use on 127.0.0.1")
-        port = flag
-    elif isinstance(previous, int) and previous > 0 and previous not in taken and port_free(previous):
-        port = previous
-    else:
-        port = free_port()
-        while port in taken:
-            port = free_port()
-    taken.add(port)
-    return port
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def dump_toml(data: dict[str, Any]) -> str:
-    """TOML for a settings dict: top-level keys, then one table per component."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict) and v is not None]
-    for table, values in data.items():
-        if isinstance(values, dict):
-            lines += ["", f"[{table}]"]
-            lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
-    return "\n".join(lines) + "\n"
-
-
-def examples(info: dict[str, Any]) -> str:
-    """Ready-to-paste curl and openai SDK snippets for a running devnet."""
-    base, key, model = info["gateway_url"], info["api_key"], info["model"]
-    body = json.dumps(
-        {
-            "model": model,
-            "messages": [{"role": "user", "content": "Say hello in five words."}],
-            "max_tokens": 32,
-        }
-    )
-    return f"""\
-curl -s {base}/v1/chat/completions \\
-  -H "Authorization: Bearer {key}" \\
-  -H "Content-Type: application/json" \\
-  -d '{body}'
-
-python - <<'EOF'
-from openai import OpenAI
-client = OpenAI(base_url="{base}/v1", api_key="{key}")
-reply = client.chat.completions.create(
-    model="{model}",
-    messages=[{{"role": "user", "content": "Say hello in five words."}}],
-    max_tokens=32,
-)
-print(reply.choices[0].message.content)
-print(reply.model_extra["onchain_data"])  # request id, transactions, CIDs, assigned miners
-EOF"""
-
-
-def banner(info: dict[str, Any]) -> str:
-    miners = info.get("miners", [])
-    lines = [
-        f"inferd devnet ready in {info.get('startup_s', '?')} s  (data dir {info['data_dir']})",
-        "",
-        f"  gateway   {info['gateway_url']}   (OpenAI base_url {info['gateway_url']}/v1)",
-        f"  api key   {info['api_key']}",
-        f"  chain     {info['rpc_url']}   chain id {info['chain_id']}   hub {info['hub']}",
-        f"  model     {info['model']}   redundancy {info['redundancy']}",
-        f"  broker    {info['broker_url']}",
-    ]
-    for m in miners:
-        lines.append(f"  {m['name']:<9} {m['address']}   metrics {m['metrics_url']}")
-    lines += [
-        "",
-        f"  logs      {info['logs']}",
-        f"  miner CLI inferd --config {miners[0]['config']} miner status" if miners else "",
-        "",
-        "Try it:",
-        "",
-        examples(info),
-        "",
-    ]
-    return "\n".join(lines)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -255,8 +93,7 @@ class Devnet:
         self._phase = PHASE_STARTING
         self._t0 = time.monotonic()
         self._taken: set[int] = set()
-        self.restart_policy = RestartPolicy()
-        self.restarts: dict[str, RestartTracker] = {}
+        self.watchdog = Watchdog(say)  # restarts a part that dies while the devnet runs
         self.progress = Progress()  # the waiting line on stderr while the parts start
 
     # ---------------------------------------------------------------- signals and run.json
@@ -278,7 +115,7 @@ class Devnet:
         for svc in self.services:
             if svc.pid is not None:
                 parts[svc.name] = {"pid": svc.pid, "pgid": svc.pid}
-        for name, tracker in self.restarts.items():
+        for name, tracker in self.watchdog.restarts.items():
             if name in parts:
                 parts[name].update(tracker.as_dict())
         write_json(
@@ -608,9 +445,9 @@ class Devnet:
                     f"and the gateway. `inferd devnet up --data-dir {self.layout.root}` resumes it."
                 )
                 return 1
-            changed = self._check_broker()
+            changed = self.broker is not None and self.watchdog.check_broker(self.broker)
             for svc in self.services:
-                changed = self._check_service(svc) or changed
+                changed = self.watchdog.check_service(svc) or changed
             if changed:
                 self._write_run(self._phase)
                 self._keep_off_engines()
@@ -629,72 +466,6 @@ class Devnet:
         for proc in (self.anvil, self.broker):
             others.append(proc.proc.pid if proc is not None and proc.proc is not None else None)
         keep_off([pid for pid in others if pid is not None], cpus)
-
-    def _tracker(self, name: str) -> RestartTracker:
-        if name not in self.restarts:
-            self.restarts[name] = RestartTracker(name, self.restart_policy)
-        return self.restarts[name]
-
-    def _crashed(self, name: str, code: int | None, log_path: Path, tail: str) -> None:
-        tracker = self._tracker(name)
-        delay = tracker.crashed(code, time.monotonic())
-        what = f"{name} exited ({describe_exit(code)})"
-        if delay is None:
-            policy = self.restart_policy
-            self.say(
-                f"{what}; giving up on it: more than {policy.max_restarts} restarts in "
-                f"{policy.window_s:.0f} s. The rest of the devnet keeps running; see {log_path}"
-            )
-        else:
-            self.say(f"{what}; restarting it in {delay:.0f} s (restart {tracker.restarts + 1})")
-        if tail:
-            self.say(f"last lines of {log_path}:\n{tail}")
-
-    def _check_service(self, svc: Service) -> bool:
-        """Notice a dead miner or gateway, restart it when its backoff is over; True if anything changed."""
-        tracker = self._tracker(svc.name)
-        if tracker.state == GAVE_UP:
-            return False
-        if tracker.state != RESTARTING:
-            code = svc.exited()
-            if code is None:
-                return False
-            self._crashed(svc.name, code, svc.log_path, svc.log_tail())
-            return True
-        if not tracker.due(time.monotonic()):
-            return False
-        svc.stop(5.0)  # sweep what the dead process left in its group (vLLM workers)
-        svc.launch()
-        tracker.restarted()
-        self.say(f"restarted  {svc.name} (pid {svc.pid}, restart {tracker.restarts})")
-        return True
-
-    def _check_broker(self) -> bool:
-        """mosquitto keeps nothing (no persistence): restart it like a service; clients reconnect."""
-        broker = self.broker
-        if broker is None:
-            return False
-        tracker = self._tracker(broker.name)
-        if tracker.state == GAVE_UP:
-            return False
-        if tracker.state != RESTARTING:
-            if broker.running:
-                return False
-            code = broker.proc.returncode if broker.proc is not None else None
-            self._crashed(broker.name, code, broker.log_path, "")
-            return True
-        if not tracker.due(time.monotonic()):
-            return False
-        try:
-            broker.start(timeout_s=30.0)
-        except StartupTimeout as exc:
-            self.say(f"mosquitto did not come back: {exc}")
-            tracker.restarted()
-            self._crashed(broker.name, broker.proc.returncode if broker.proc else None, broker.log_path, "")
-            return True
-        tracker.restarted()
-        self.say(f"restarted  {broker.name} (pid {broker.proc.pid if broker.proc else '?'})")
-        return True
 
     def _stop_all(self) -> None:
         with contextlib.suppress(Exception):
@@ -717,107 +488,6 @@ class Devnet:
                 self.say(f"stopped    {proc.name} after {time.monotonic() - t0:.1f} s")
         with contextlib.suppress(FileNotFoundError):
             self.layout.run_json.unlink()
-
-
-# -------------------------------------------------------------------------------------------------
-# --detach, down
-# -------------------------------------------------------------------------------------------------
-
-
-def supervisor_argv(opts: UpOptions, config_file: Path | None) -> list[str]:
-    """The foreground `inferd devnet up` command a detached devnet runs in the background."""
-    # `python -m node.cli.devnet`: the same interpreter, whether or not `inferd` is on PATH.
-    del config_file  # the devnet writes every part's settings itself
-    argv = [
-        sys.executable,
-        "-m",
-        "node.cli.devnet",
-        "up",
-        "--data-dir",
-        str(opts.data_dir.resolve()),
-        "--miners",
-        str(opts.miners),
-        "--redundancy",
-        str(opts.effective_redundancy),
-        "--chain-id",
-        str(opts.chain_id),
-        "--rpc-port",
-        str(opts.rpc_port),
-        "--broker-port",
-        str(opts.broker_port),
-        "--gateway-port",
-        str(opts.gateway_port),
-        "--model",
-        opts.model,
-        "--timeout",
-        str(opts.ready_timeout_s),
-    ]
-    if opts.block_time is not None:
-        argv += ["--block-time", str(opts.block_time)]
-    if opts.chain_only:
-        argv.append("--chain-only")
-    if opts.fake_engine:
-        argv.append("--fake-engine")
-    return argv
-
-
-def up_detached(opts: UpOptions, config_file: Path | None, say: Callable[[str], None] = print) -> int:
-    """Start a background supervisor; return 0 once it reports ready, 1 if it fails."""
-    opts.validate()
-    layout = Layout(opts.data_dir.resolve())
-    other = lock_pid(layout)
-    if other is not None:
-        say(f"a devnet is already running from {layout.root} (pid {other})")
-        return 1
-    if layout.run_json.exists():  # a supervisor that was killed: sweep what it left
-        down(layout, 15.0, say)
-    if opts.fresh and layout.root.exists():
-        shutil.rmtree(layout.root)
-    layout.logs.mkdir(parents=True, exist_ok=True)
-    os.chmod(layout.root, 0o700)
-    with layout.supervisor_log.open("ab") as log:
-        proc = subprocess.Popen(
-            supervisor_argv(opts, config_file),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # survives this shell; `inferd devnet down` stops it
-        )
-    say(
-        f"devnet supervisor started (pid {proc.pid}); waiting until every part is healthy "
-        f"(progress in {layout.supervisor_log})"
-    )
-    started = time.monotonic()
-    deadline = started + opts.ready_timeout_s + 60
-    progress = Progress()
-    while time.monotonic() < deadline:
-        run = read_json(layout.run_json) or {}
-        if run.get("pid") == proc.pid and run.get("phase") == PHASE_READY:
-            info = read_json(layout.devnet_json) or {}
-            if info.get("pid") == proc.pid:
-                progress.clear()
-                say(banner(info))
-                say(
-                    f"detached: `inferd devnet status --data-dir {layout.root}` shows its health, "
-                    f"`inferd devnet down --data-dir {layout.root}` stops it"
-                )
-                return 0
-        if proc.poll() is not None:
-            progress.clear()
-            say(
-                f"the devnet failed to start (exit {proc.returncode}); last lines of {layout.supervisor_log}:"
-            )
-            say("\n".join(layout.supervisor_log.read_text(errors="replace").splitlines()[-30:]))
-            return 1
-        progress.update(
-            f"waiting    for the devnet supervisor ({run.get('phase') or 'starting'})  "
-            f"{time.monotonic() - started:.0f} s"
-        )
-        time.sleep(0.5)
-    progress.clear()
-    say("the devnet did not become healthy in time; stopping it")
-    down(layout)
-    return 1
 
 
 def miner_engine_class(engine: dict[str, Any], *, fake: bool = False) -> bytes:
@@ -845,16 +515,4 @@ def run_foreground(opts: UpOptions, say: Callable[[str], None] = print) -> int:
     return Devnet(opts, say).run()
 
 
-__all__ = [
-    "Devnet",
-    "DevnetError",
-    "FakeEngineChainError",
-    "UpOptions",
-    "banner",
-    "down",
-    "dump_toml",
-    "examples",
-    "miner_engine_class",
-    "run_foreground",
-    "up_detached",
-]
+__all__ = ["Devnet", "miner_engine_class", "run_foreground"]

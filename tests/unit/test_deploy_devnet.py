@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from node.config import load_settings
+from node.devnet.banner import banner, examples
 from node.devnet.groups import group_members, pid_alive, stop_group
-from node.devnet.layout import Layout, read_json, write_json
+from node.devnet.layout import Layout, dump_toml, read_json, write_json
+from node.devnet.options import DevnetError, UpOptions, pick_port
 from node.devnet.service import child_env, env_names, inferd_command
-from node.devnet.up import DevnetError, UpOptions, banner, dump_toml, examples, pick_port
 
 
 def test_dump_toml_round_trips_through_load_settings(tmp_path: Path) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from node.devnet.options import UpOptions
 from node.devnet.progress import Progress, waiting_line
 from node.devnet.service import Service
-from node.devnet.up import Devnet, UpOptions
+from node.devnet.up import Devnet
 
 
 class Clock:

@@ -2,7 +2,7 @@
 
 - `RestartTracker`: backoff doubling per recent crash, capped; more than 5 crashes in 60 s gives
   the part up; crashes older than the window are forgotten (the clock is passed in);
-- `Devnet._check_service` on real child processes: one SIGKILLed is restarted (new pid, restart
+- `Watchdog.check_service` on real child processes: one SIGKILLed is restarted (new pid, restart
   counted, `signal SIGKILL` recorded in run.json); one that crash-loops is given up, said so;
 - `--fake-engine` on another chain id: refused by `devnet up` and by the miner, with typed errors.
 """
@@ -20,17 +20,11 @@ from pydantic import SecretStr
 from node.config import ChainSettings, Settings
 from node.devnet.groups import pid_alive
 from node.devnet.layout import read_json
-from node.devnet.processes import (
-    GAVE_UP,
-    RESTARTING,
-    RUNNING,
-    RestartPolicy,
-    RestartTracker,
-    anvil_process,
-    describe_exit,
-)
+from node.devnet.options import FakeEngineChainError, UpOptions
+from node.devnet.processes import anvil_process
 from node.devnet.service import Service
-from node.devnet.up import Devnet, FakeEngineChainError, UpOptions
+from node.devnet.up import Devnet
+from node.devnet.watchdog import GAVE_UP, RESTARTING, RUNNING, RestartPolicy, RestartTracker, describe_exit
 from node.miner.run import FakeEngineRefused, build_daemon, check_fake_engine_chain, run_miner
 from node.miner.testing import FakeEngine
 
@@ -69,7 +63,7 @@ def test_describe_exit() -> None:
 def _devnet(tmp_path: Path, argv: list[str], said: list[str]) -> tuple[Devnet, Service]:
     dev = Devnet(UpOptions(data_dir=tmp_path / "devnet"), say=said.append)
     dev.layout.logs.mkdir(parents=True)
-    dev.restart_policy = RestartPolicy(backoff_s=0.0, max_backoff_s=0.0, window_s=3600, max_restarts=3)
+    dev.watchdog.policy = RestartPolicy(backoff_s=0.0, max_backoff_s=0.0, window_s=3600, max_restarts=3)
     svc = Service(name="miner-0", argv=argv, log_path=dev.layout.log_path("miner-0"))
     dev.services = [svc]
     return dev, svc
@@ -79,7 +73,7 @@ def _until(dev: Devnet, svc: Service, done: object) -> None:
     """Tick the supervisor's check (as its watch loop does) until `done()` holds."""
     assert callable(done)
     while not done():
-        if dev._check_service(svc):
+        if dev.watchdog.check_service(svc):
             dev._write_run("ready")
         dev._stop.wait(0.05)
 
@@ -92,7 +86,8 @@ def test_a_killed_part_is_restarted_and_recorded(tmp_path: Path) -> None:
     assert first is not None
     try:
         os.kill(first, signal.SIGKILL)
-        _until(dev, svc, lambda: dev.restarts.get("miner-0") is not None and dev.restarts["miner-0"].restarts)
+        restarts = dev.watchdog.restarts
+        _until(dev, svc, lambda: restarts.get("miner-0") is not None and restarts["miner-0"].restarts)
         assert svc.pid != first and svc.exited() is None and not pid_alive(first)
         part = (read_json(dev.layout.run_json) or {})["parts"]["miner-0"]
         assert part["pid"] == svc.pid
@@ -106,12 +101,13 @@ def test_a_crash_looping_part_is_given_up(tmp_path: Path) -> None:
     said: list[str] = []
     dev, svc = _devnet(tmp_path, [sys.executable, "-c", "print('bad config'); raise SystemExit(3)"], said)
     svc.launch()
-    _until(dev, svc, lambda: "miner-0" in dev.restarts and dev.restarts["miner-0"].state == GAVE_UP)
-    tracker = dev.restarts["miner-0"]
+    restarts = dev.watchdog.restarts
+    _until(dev, svc, lambda: "miner-0" in restarts and restarts["miner-0"].state == GAVE_UP)
+    tracker = restarts["miner-0"]
     assert tracker.restarts == 3 and tracker.last_exit == 3
     assert any("giving up on it: more than 3 restarts" in line for line in said)
     assert any("bad config" in line for line in said)  # the part's last log lines are shown
-    assert dev._check_service(svc) is False  # given up: left alone
+    assert dev.watchdog.check_service(svc) is False  # given up: left alone
 
 
 def test_fake_engine_refuses_another_chain(tmp_path: Path) -> None:
