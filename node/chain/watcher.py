@@ -14,8 +14,10 @@ socket announced, it polls every `poll_interval_s` as without one.
 The cursor only advances after the consumer has handled a batch (the generator resumes), so a crash
 re-reads at most one batch: consumers must be idempotent (the miner's journal is). Block hashes of
 the batch end and of every block with a matching log are remembered; before each step the newest
-remembered hash is compared with the chain, and on a mismatch the follower walks back to the last
-block that still matches, rewinds the cursor there and yields `Reorg(fork_block)` before re-scanning.
+remembered hash is compared with the chain (when the step reads just the next block, with that
+block's parent hash: three RPCs a block, not four), and on a mismatch the follower walks back to the
+last block that still matches, rewinds the cursor there and yields `Reorg(fork_block)` before
+re-scanning.
 
 Generic: give it an address, topics and a `decode(log) -> event | None`; the miner and the gateway
 each bring their own filter. A log that `decode` cannot read is logged, counted and skipped: raising
@@ -185,14 +187,19 @@ class LogFollower(Generic[T]):
             await asyncio.wait_for(self._wake.wait(), seconds)
         self._wake.clear()
 
-    async def _block_hash(self, number: int) -> str | None:
+    async def _block_link(self, number: int) -> tuple[str, str] | None:
+        """Block `number`'s hash and its parent's, or None when the node has no such block."""
         try:
             block = await rpc(self.w3, "eth_getBlockByNumber", [hex(number), False])
         except Exception as exc:
             if "not found" in str(exc).lower():
                 return None
             raise
-        return None if block is None else _hex(block["hash"])
+        return None if block is None else (_hex(block["hash"]), _hex(block["parentHash"]))
+
+    async def _block_hash(self, number: int) -> str | None:
+        link = await self._block_link(number)
+        return None if link is None else link[0]
 
     async def _check_reorg(self, head: int) -> Reorg | None:
         """Compare remembered hashes with the chain, newest first; rewind to the last match."""
@@ -244,22 +251,31 @@ class LogFollower(Generic[T]):
             return None  # nothing new: one cheap RPC per poll; same-height reorgs are checked every few s
         self.stats.head = head
         self._last_reorg_check = loop.time()
-        reorg = await self._check_reorg(head)
-        if reorg is not None:
-            return reorg
         cursor = stored if stored is not None else self.start_block - 1
-        self.stats.cursor = cursor
         safe = head - self.confirmations
         if cursor >= safe:
-            return None
+            reorg = await self._check_reorg(head)
+            if reorg is None:
+                self.stats.cursor = cursor
+            return reorg
         frm = cursor + 1
         to = min(safe, frm + self.range_blocks - 1)
-        to_hash = await self._block_hash(to)
+        link = await self._block_link(to)
+        known = self.cursor.recent_hashes()
+        newest = max(known, default=None)
+        # One block on from the newest we know (the usual step on a live chain): its parent hash is
+        # the reorg check, so no second read. Otherwise compare the remembered hashes themselves.
+        if link is None or newest != to - 1 or link[1] != known[newest]:
+            reorg = await self._check_reorg(head)
+            if reorg is not None:
+                return reorg
+        self.stats.cursor = cursor
+        if link is None:
+            return None  # `to` is gone already; the next step sees the reorg
+        to_hash = link[0]
         params: dict[str, Any] = {"address": self.address, "fromBlock": hex(frm), "toBlock": hex(to)}
         if self.topics is not None:
             params["topics"] = hex_param(self.topics)
-        if to_hash is None:
-            return None  # `to` is gone already; the next step sees the reorg
         logs = list(await rpc(self.w3, "eth_getLogs", [params]) or [])
         # A reorg between the hash read and the logs shows as a log whose block hash differs from
         # the one read (retry now) or, for a block without logs, at the next step's reorg check of

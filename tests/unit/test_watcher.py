@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 import pytest
 
+from node.chain import abicall
 from node.chain.events import InferenceRequested, decode_log
 from node.chain.hub import HubClient
 from node.chain.watcher import LogBatch, LogFollower, MemoryCursor, Reorg
@@ -113,3 +115,36 @@ async def test_an_undecodable_log_is_skipped_not_retried_forever(anvil: Anvil, a
     items = await collect(f, lambda it: 3 in requested(it))
     assert requested(items) == [1, 3]
     assert f.stats.decode_errors == 1 and f.stats.rpc_errors == 0
+
+
+async def test_a_new_block_costs_three_rpcs_and_a_reorg_under_it_is_still_caught(
+    anvil: Anvil, anvil_keys: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Following a live chain one block at a time, the new block's parent hash is the reorg check:
+    head, block, logs — three calls a block, not four. A reorg under the new block still shows."""
+    client, model = await setup(anvil, anvil_keys)
+    calls: Counter[str] = Counter()
+    real_rpc = abicall.rpc
+
+    async def counting(w3: Any, method: str, params: list[Any]) -> Any:
+        calls[method] += 1
+        return await real_rpc(w3, method, params)
+
+    await client.request_inference(model, b"\x01" * 32, 16)
+    cursor = MemoryCursor()
+    first = follower(client, cursor, start_block=int(await client.w3.eth.block_number))
+    await collect(first, lambda it: requested(it) == [1])
+    monkeypatch.setattr("node.chain.watcher.rpc", counting)
+    for i in range(2, 6):  # each request is a block of its own (automine)
+        await client.request_inference(model, bytes([i]) * 32, 16)
+        items = await collect(follower(client, cursor), lambda it: requested(it) == [i])  # noqa: B023
+        assert [type(x) for x in items] == [LogBatch]
+    assert calls == {"eth_blockNumber": 4, "eth_getBlockByNumber": 4, "eth_getLogs": 4}, calls
+
+    head = int(await client.w3.eth.block_number)
+    await client.w3.provider.make_request("anvil_reorg", [3, []])  # type: ignore[arg-type]
+    await client.request_inference(model, b"\x20" * 32, 16)  # one block on top of the new fork
+    items = await collect(follower(client, cursor), lambda it: 3 in requested(it))
+    reorgs = [x for x in items if isinstance(x, Reorg)]
+    assert len(reorgs) == 1 and reorgs[0].fork_block == head - 2, items
+    assert requested(items) == [3]  # ids 3..5 were reorged out; the new request reuses 3
