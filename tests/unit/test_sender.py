@@ -66,11 +66,16 @@ async def test_dropped_transaction_is_rebroadcast(anvil: Anvil, anvil_keys: list
         await rpc.make_request("anvil_dropTransaction", [hashes[0]])  # type: ignore[arg-type]
         while len(hashes) < 2:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
-        await rpc.make_request("evm_mine", [])  # type: ignore[arg-type]
-        receipt = await asyncio.wait_for(task, 10)
+        # `on_signed` sees a hash before it is broadcast: mine until the rebroadcast is in a block.
+        async with asyncio.timeout(10):
+            while not task.done():
+                await rpc.make_request("evm_mine", [])  # type: ignore[arg-type]
+                await asyncio.wait([task], timeout=0.2)
+        receipt = await task
     finally:
         await rpc.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
     assert receipt["status"] == 1
+    assert "0x" + bytes(receipt["transactionHash"]).hex() in hashes[1:]  # not the dropped one
 
 
 async def test_nonce_resync_after_external_use_of_the_key(anvil: Anvil, anvil_keys: list[str]) -> None:
