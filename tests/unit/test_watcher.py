@@ -127,7 +127,8 @@ async def test_a_new_block_costs_three_rpcs_and_a_reorg_under_it_is_still_caught
     real_rpc = abicall.rpc
 
     async def counting(w3: Any, method: str, params: list[Any]) -> Any:
-        calls[method] += 1
+        if w3 is client.w3:  # this test's followers only: other tests' may still poll in this loop
+            calls[method] += 1
         return await real_rpc(w3, method, params)
 
     await client.request_inference(model, b"\x01" * 32, 16)
