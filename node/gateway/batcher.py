@@ -42,7 +42,6 @@ paying for an `assign` of its own).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -53,7 +52,7 @@ from node.chain.errors import decode_revert
 from node.chain.events import InferenceRequested, decode_logs
 from node.chain.hub import MAX_BATCH
 from node.chain.sender import TxWouldRevert
-from node.gateway.errors import ServiceUnavailable, UpstreamError
+from node.gateway.errors import UpstreamError
 from node.log import get_logger
 
 log = get_logger("gateway.batcher")
@@ -248,23 +247,13 @@ class RequestBatcher:
             if not fut.done():
                 fut.set_result(placed)
 
-    async def close(self, timeout_s: float | None = None) -> None:
-        """Send nothing more: a request still waiting fails (nothing was paid). Wait for the
-        transactions on their way (their callers are answered either way) up to `timeout_s`, then
-        cancel what is still on its way."""
+    async def close(self) -> None:
+        """Wait for the transactions on their way (their callers are answered either way)."""
         if self._overdue is not None:
             self._overdue.cancel()
             self._overdue = None
-        waiting, self._waiting = self._waiting, []
-        for _, fut in waiting:
-            if not fut.done():
-                fut.set_exception(ServiceUnavailable("the gateway is shutting down: request not sent"))
         if self._tasks:
-            _, late = await asyncio.wait(set(self._tasks), timeout=timeout_s)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late)
+            await asyncio.wait(set(self._tasks))
 
 
 def match_receipt(receipt: Any, items: Sequence[BatchItem], *, mined_at: float = 0.0) -> list[Placed]:
@@ -316,14 +305,6 @@ class SharedCall(Generic[T]):
         call.sharers += 1
         result = await asyncio.shield(call.task)
         return result, call.sharers
-
-    async def close(self) -> None:
-        """Cancel the call on its way: its callers' cancellation does not reach it (it is shielded)."""
-        call, self._call = self._call, None
-        if call is not None and not call.task.done():
-            call.task.cancel()
-            with contextlib.suppress(BaseException):
-                await call.task
 
 
 __all__ = [

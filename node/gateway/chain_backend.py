@@ -81,9 +81,6 @@ from node.supervise import Supervisor, wait_task
 log = get_logger("gateway.chain")
 
 MODEL_CACHE_S = 2.0
-CLOSE_WAIT_S = 10.0
-"""How long closing waits for request transactions on their way (then cancels them)."""
-
 WATCHED_EVENTS = (
     "InferenceAssigned",
     "ResultCommitted",
@@ -269,11 +266,6 @@ class ChainBackend:
         self.loops.stop_restarts()
         await self.registry.close()
         await self.requester.close()
-        for link in self.links.values():  # before their RPC closes: nothing runs on after `close`
-            if link.assigner is not None:
-                await link.assigner.close()
-            for batcher in link.batchers.values():
-                await batcher.close(timeout_s=CLOSE_WAIT_S)
         for task in list(self._nudges):
             task.cancel()
         if self.subscriber is not None:

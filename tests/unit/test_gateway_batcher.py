@@ -203,45 +203,6 @@ async def test_shared_call_serves_a_batch_once_and_a_later_batch_again() -> None
     assert calls == [16, 4]
 
 
-async def test_closing_cancels_the_shared_call_its_cancelled_callers_leave_running() -> None:
-    """A caller's cancellation does not reach the shielded call: `close` does, so no `assign`
-    runs on after the gateway closed (against an RPC already closed)."""
-    started, finished = asyncio.Event(), asyncio.Event()
-
-    async def assign(count: int) -> str:
-        started.set()
-        await asyncio.Event().wait()  # a transaction that never comes back
-        finished.set()
-        return "receipt"
-
-    shared = SharedCall(assign)
-    caller = asyncio.create_task(shared.run(since=0.0, arg=16))
-    await started.wait()
-    caller.cancel()
-    await asyncio.gather(caller, return_exceptions=True)
-    running = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__.endswith("assign")]  # type: ignore[union-attr]
-    assert len(running) == 1 and not running[0].done()  # the caller is gone, the call is not
-    await shared.close()
-    assert running[0].cancelled() and not finished.is_set()
-
-
-async def test_closing_the_batcher_waits_for_sends_then_cancels_the_late_ones() -> None:
-    _needs_event_abi()
-    chain = FakeChain()
-    chain.gate = asyncio.Event()
-    batcher = RequestBatcher(chain.send)
-    first, (waiting,) = await hold_first(batcher, [item(1)])
-    await batcher.close(timeout_s=0.05)  # the held send never returns: cancelled
-    with pytest.raises(asyncio.CancelledError):
-        await first
-    with pytest.raises(ServiceUnavailable, match="not sent"):  # never sent: failed, not left hanging
-        await waiting
-    assert chain.sent == [[item(0)]]
-    chain.gate = None
-    placed = await asyncio.wait_for(RequestBatcher(chain.send).submit(item(2)), 5)
-    assert placed.requested.input_digest == item(2).digest
-
-
 def hub_revert(signature: str, *args: int) -> TxWouldRevert:
     """What the sender raises when `eth_estimateGas` reverts with the hub's custom error."""
     types = signature[signature.index("(") + 1 : -1].split(",") if args else []
