@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import aiomqtt
 import httpx
 
-from node.devnet.processes import Anvil, Mosquitto, anvil_process
+from node.devnet.processes import Anvil, Mosquitto
 
 
 async def test_anvil_answers_chain_id(anvil: Anvil) -> None:
@@ -20,23 +19,18 @@ async def test_anvil_answers_chain_id(anvil: Anvil) -> None:
     assert int(reply.json()["result"], 16) == anvil.chain_id == 31337
 
 
-async def test_anvil_funds_the_dev_accounts(tmp_path: Path, anvil_keys: list[str]) -> None:
-    """Each dev account starts with 10,000 ETH (a fresh anvil: the session's has paid gas by now, and
-    it keeps no state as old as its genesis)."""
+async def test_anvil_funds_the_dev_accounts(own_anvil: Anvil, anvil_keys: list[str]) -> None:
+    """Each dev account starts with 10,000 ETH (an anvil of the test's own: the session's has paid gas
+    by now, and it keeps no state as old as its genesis)."""
     from eth_account import Account
 
     assert Account.from_key(anvil_keys[0]).address == "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
-    node = anvil_process(tmp_path)
-    node.start()
-    try:
-        async with httpx.AsyncClient() as client:
-            for key in anvil_keys:
-                address = Account.from_key(key).address
-                body = {"jsonrpc": "2.0", "id": 1, "method": "eth_getBalance", "params": [address, "latest"]}
-                reply = await client.post(node.rpc_url, json=body)
-                assert int(reply.json()["result"], 16) == 10_000 * 10**18, address
-    finally:
-        node.stop()
+    async with httpx.AsyncClient() as client:
+        for key in anvil_keys:
+            address = Account.from_key(key).address
+            body = {"jsonrpc": "2.0", "id": 1, "method": "eth_getBalance", "params": [address, "latest"]}
+            reply = await client.post(own_anvil.rpc_url, json=body)
+            assert int(reply.json()["result"], 16) == 10_000 * 10**18, address
 
 
 async def test_mqtt_publish_reaches_subscriber(mosquitto: Mosquitto) -> None:
